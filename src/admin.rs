@@ -1,0 +1,134 @@
+//! The admin plane: health, readiness, Prometheus metrics, and token-protected
+//! `/admin/*` operations.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::app::App;
+use crate::body::ProxyBody;
+
+/// Serves one admin request.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if app.is_shutting_down() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            let mut r = Response::new(ProxyBody::full(app.render_metrics()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        (_, p) if p.starts_with("/admin/") => {
+            if let Some(denied) = reject(&app, &req) {
+                return denied;
+            }
+            admin(&app, req.method(), p)
+        }
+        _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
+    }
+}
+
+fn admin(app: &App, method: &Method, path: &str) -> Response<ProxyBody> {
+    match (method, path) {
+        (&Method::POST, "/admin/reload") => match app.reload() {
+            Ok(()) => json_response(StatusCode::OK, &json!({"reloaded": true})),
+            Err(e) => {
+                tracing::error!(errors = %e, "config reload refused; old config keeps serving");
+                json_response(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &json!({"reloaded": false, "errors": e.errors}),
+                )
+            }
+        },
+        (&Method::GET, "/admin/config") => {
+            let snap = app.snapshot();
+            let c = &snap.config;
+            json_response(
+                StatusCode::OK,
+                &json!({
+                    "server": {
+                        "listen": c.server.listen.to_string(),
+                        "max_body": c.server.max_body,
+                        "passthrough_keys": c.server.passthrough_keys,
+                        "tls": c.server.tls.is_some(),
+                    },
+                    "providers": c.providers.iter().map(|p| json!({
+                        "name": p.name,
+                        "kind": p.kind.as_str(),
+                        "base_url": p.base_url.to_string(),
+                        "api_key_env": p.api_key_env,
+                        "api_key_set": p.api_key.is_some(),
+                    })).collect::<Vec<_>>(),
+                    "models": c.models.iter().map(|m| json!({
+                        "name": m.pattern,
+                        "provider": c.providers.get(m.provider).map(|p| p.name.as_str()),
+                        "upstream_model": m.upstream_model,
+                    })).collect::<Vec<_>>(),
+                    "keys": c.keys.iter().map(|k| json!({
+                        "name": k.name, "user": k.user, "team": k.team, "models": k.models,
+                    })).collect::<Vec<_>>(),
+                }),
+            )
+        }
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "unknown admin endpoint"}),
+        ),
+    }
+}
+
+/// Checks the bearer token in constant time (`/admin/*` is off without
+/// one); `Some` is the refusal to send.
+fn reject(app: &App, req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+    let snap = app.snapshot();
+    let Some(token) = snap.config.admin.token.as_deref() else {
+        return Some(json_response(
+            StatusCode::FORBIDDEN,
+            &json!({"error": "admin API disabled: set [admin] token_env and that variable"}),
+        ));
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    (!constant_time_eq(presented.as_bytes(), token.as_bytes())).then(|| {
+        json_response(StatusCode::UNAUTHORIZED, &json!({"error": "invalid admin token"}))
+    })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}

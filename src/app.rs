@@ -1,0 +1,144 @@
+//! The running application: one immutable snapshot of everything derived
+//! from config behind an `ArcSwap`. Reload prepares a new snapshot fallibly,
+//! then swaps it in infallibly; a request loads the snapshot once and sees
+//! the old or the new config, never a mix.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::auth::Keys;
+use crate::config::{Config, ConfigError};
+use crate::route::Router;
+use crate::upstream::Upstream;
+use crate::usage_log::UsageLog;
+
+/// Everything derived from one config.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Config,
+    pub upstreams: Vec<Upstream>,
+    pub router: Router,
+    pub keys: Keys,
+}
+
+impl Snapshot {
+    /// Builds clients, key table and routes; fails on anything a request
+    /// could otherwise trip over later.
+    pub fn build(config: Config) -> Result<Snapshot, ConfigError> {
+        let mut errors = Vec::new();
+        let mut upstreams = Vec::with_capacity(config.providers.len());
+        for (i, p) in config.providers.iter().enumerate() {
+            match Upstream::new(p) {
+                Ok(u) => upstreams.push(u),
+                Err(e) => errors.push(format!("providers[{i}] ({}): {e}", p.name)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigError { errors });
+        }
+        let s = &config.server;
+        let keys = Keys::new(&config.keys, s.passthrough_keys, s.trust_identity_headers);
+        let router = Router::new(config.models.clone());
+        Ok(Snapshot {
+            config,
+            upstreams,
+            router,
+            keys,
+        })
+    }
+}
+
+/// Shared state of the running proxy.
+pub struct App {
+    live: ArcSwap<Snapshot>,
+    config_path: Option<PathBuf>,
+    pub usage: UsageLog,
+    pub metrics: Option<PrometheusHandle>,
+    shutting_down: AtomicBool,
+    id_seed: u64,
+    id_counter: AtomicU64,
+}
+
+impl App {
+    pub fn new(
+        snapshot: Snapshot,
+        config_path: Option<PathBuf>,
+        usage: UsageLog,
+        metrics: Option<PrometheusHandle>,
+    ) -> Arc<App> {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ (u64::from(std::process::id()) << 32);
+        Arc::new(App {
+            live: ArcSwap::from_pointee(snapshot),
+            config_path,
+            usage,
+            metrics,
+            shutting_down: AtomicBool::new(false),
+            id_seed: seed,
+            id_counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The current snapshot; hold it for the whole request.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.live.load_full()
+    }
+
+    /// Re-reads the config file and swaps it in; on error the old config
+    /// keeps serving.
+    pub fn reload(&self) -> Result<(), ConfigError> {
+        let Some(path) = &self.config_path else {
+            return Err(ConfigError {
+                errors: vec!["no config file to reload".into()],
+            });
+        };
+        let result = Config::load(path).and_then(Snapshot::build);
+        crate::metrics::config_reload(result.is_ok());
+        let snap = result?;
+        let old = self.live.load();
+        if snap.config.server.listen != old.config.server.listen
+            || snap.config.admin.listen != old.config.admin.listen
+        {
+            tracing::warn!("listen addresses changed; they take effect on restart");
+        }
+        self.live.store(Arc::new(snap));
+        tracing::info!(path = %path.display(), "config reloaded");
+        Ok(())
+    }
+
+    /// A new request id: unique in this process, unguessable across restarts.
+    pub fn next_id(&self) -> Arc<str> {
+        let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
+        let mut z = self
+            .id_seed
+            .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        format!("req_{z:016x}").into()
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// Prometheus text for `/metrics`.
+    pub fn render_metrics(&self) -> Bytes {
+        self.metrics
+            .as_ref()
+            .map(|h| Bytes::from(h.render()))
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,224 @@
+//! Who is calling: a Sluice virtual key (looked up by its SHA-256), or the
+//! client's own provider key passed through when the listener allows it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use sha2::{Digest, Sha256};
+
+use crate::config::KeyConfig;
+use crate::error::ProxyError;
+use crate::route::glob_match;
+
+/// Attribution of a request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// Virtual key name, or `passthrough:<fingerprint>` for a client key.
+    pub key: Option<Arc<str>>,
+    pub user: Option<Arc<str>>,
+    pub team: Option<Arc<str>>,
+    pub feature: Option<Arc<str>>,
+    /// The end user named in the body (`user`, `metadata.user_id`), when trusted.
+    pub end_user: Option<String>,
+}
+
+/// How the upstream request is authenticated.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// A virtual key: Sluice uses the provider's configured key.
+    Virtual(Arc<VirtualKey>),
+    /// The client's own key, forwarded in the header it came in.
+    Passthrough {
+        header: HeaderName,
+        value: HeaderValue,
+    },
+}
+
+/// A configured virtual key.
+#[derive(Debug)]
+pub struct VirtualKey {
+    pub name: Arc<str>,
+    pub user: Option<Arc<str>>,
+    pub team: Option<Arc<str>>,
+    pub models: Option<Vec<String>>,
+}
+
+impl VirtualKey {
+    /// Whether this key may use the public model `model`.
+    pub fn allows(&self, model: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|pats| pats.iter().any(|p| glob_match(p, model)))
+    }
+}
+
+/// The key table of one config snapshot.
+#[derive(Debug, Default)]
+pub struct Keys {
+    by_hash: HashMap<[u8; 32], Arc<VirtualKey>>,
+    passthrough: bool,
+    trust_headers: bool,
+}
+
+/// SHA-256 of a key, hex encoded: what `[[keys]] sha256` holds.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+impl Keys {
+    pub fn new(keys: &[KeyConfig], passthrough: bool, trust_headers: bool) -> Self {
+        let by_hash = keys
+            .iter()
+            .map(|k| {
+                let vk = VirtualKey {
+                    name: k.name.as_str().into(),
+                    user: k.user.as_deref().map(Into::into),
+                    team: k.team.as_deref().map(Into::into),
+                    models: k.models.clone(),
+                };
+                (k.sha256, Arc::new(vk))
+            })
+            .collect();
+        Self {
+            by_hash,
+            passthrough,
+            trust_headers,
+        }
+    }
+
+    /// Authenticates a request from its headers.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<(Credential, Identity), ProxyError> {
+        let (header, value, key) = presented_key(headers).ok_or(ProxyError::MissingKey)?;
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let (cred, mut id) = match self.by_hash.get(&digest) {
+            Some(vk) => (
+                Credential::Virtual(vk.clone()),
+                Identity {
+                    key: Some(vk.name.clone()),
+                    user: vk.user.clone(),
+                    team: vk.team.clone(),
+                    ..Identity::default()
+                },
+            ),
+            None if self.passthrough => (
+                Credential::Passthrough { header, value },
+                Identity {
+                    key: Some(format!("passthrough:{}", hex::encode(&digest[..4])).into()),
+                    ..Identity::default()
+                },
+            ),
+            None => return Err(ProxyError::InvalidKey),
+        };
+        if self.trust_headers {
+            let get = |name: &str| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|s| !s.is_empty())
+                    .map(Arc::<str>::from)
+            };
+            id.user = id.user.or_else(|| get("x-sluice-user"));
+            id.team = id.team.or_else(|| get("x-sluice-team"));
+            id.feature = get("x-sluice-feature");
+        }
+        Ok((cred, id))
+    }
+}
+
+/// The key the client presented, the header it used, and that header's value.
+fn presented_key(headers: &HeaderMap) -> Option<(HeaderName, HeaderValue, &str)> {
+    if let Some(v) = headers.get(http::header::AUTHORIZATION) {
+        let s = v.to_str().ok()?;
+        let key = s
+            .strip_prefix("Bearer ")
+            .or_else(|| s.strip_prefix("bearer "))?
+            .trim();
+        if !key.is_empty() {
+            return Some((http::header::AUTHORIZATION, v.clone(), key));
+        }
+    }
+    let v = headers.get("x-api-key")?;
+    let key = v.to_str().ok()?.trim();
+    (!key.is_empty()).then(|| (HeaderName::from_static("x-api-key"), v.clone(), key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(passthrough: bool) -> Keys {
+        let mut sha = [0u8; 32];
+        hex::decode_to_slice(hash_key("sk-sluice-alice"), &mut sha).expect("hex");
+        let k = KeyConfig {
+            name: "alice".into(),
+            sha256: sha,
+            user: Some("alice".into()),
+            team: Some("research".into()),
+            models: Some(vec!["gpt-4o*".into()]),
+        };
+        Keys::new(&[k], passthrough, true)
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).expect("value"));
+        }
+        h
+    }
+
+    #[test]
+    fn virtual_key_by_bearer_or_x_api_key() {
+        let t = keys(false);
+        for h in [
+            headers(&[("authorization", "Bearer sk-sluice-alice")]),
+            headers(&[("x-api-key", "sk-sluice-alice")]),
+        ] {
+            let (cred, id) = t.authenticate(&h).expect("ok");
+            let Credential::Virtual(vk) = cred else {
+                panic!("virtual")
+            };
+            assert!(vk.allows("gpt-4o-mini") && !vk.allows("o3"));
+            assert_eq!(id.user.as_deref(), Some("alice"));
+        }
+    }
+
+    #[test]
+    fn unknown_key_needs_passthrough() {
+        let h = headers(&[
+            ("authorization", "Bearer sk-real"),
+            ("x-sluice-user", "bob"),
+        ]);
+        assert!(matches!(
+            keys(false).authenticate(&h),
+            Err(ProxyError::InvalidKey)
+        ));
+        let (cred, id) = keys(true).authenticate(&h).expect("passthrough");
+        assert!(matches!(cred, Credential::Passthrough { .. }));
+        assert_eq!(id.user.as_deref(), Some("bob"));
+        assert!(id
+            .key
+            .as_deref()
+            .is_some_and(|k| k.starts_with("passthrough:")));
+        assert!(!id.key.as_deref().unwrap_or("").contains("sk-real"));
+    }
+
+    #[test]
+    fn headers_do_not_override_a_key_identity() {
+        let h = headers(&[
+            ("x-api-key", "sk-sluice-alice"),
+            ("x-sluice-user", "mallory"),
+        ]);
+        let (_, id) = keys(false).authenticate(&h).expect("ok");
+        assert_eq!(id.user.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn missing_key() {
+        assert!(matches!(
+            keys(true).authenticate(&HeaderMap::new()),
+            Err(ProxyError::MissingKey)
+        ));
+    }
+}

@@ -1,0 +1,234 @@
+//! The response body type, and the tap that streams an upstream body to the
+//! client frame by frame while observing it.
+//!
+//! The tap never buffers: each upstream frame is handed on as soon as it is
+//! polled (in rewrite mode, as soon as the SSE event it completes is whole).
+//! It finishes the request's record exactly once: at end of stream, on an
+//! upstream error or timeout, or in `Drop` when the client goes away.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::Sleep;
+
+use crate::record::{RequestRecord, StreamEnd};
+use crate::stream::observe::Observer;
+
+/// Errors a response body can end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of every response Sluice sends.
+pub enum ProxyBody {
+    /// A complete body (errors, admin answers, cache hits).
+    Full(Option<Bytes>),
+    /// An upstream body streamed through a tap.
+    Tap(Box<TapBody>),
+}
+
+impl ProxyBody {
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        ProxyBody::Full(Some(b.into()))
+    }
+
+    pub fn empty() -> Self {
+        ProxyBody::Full(None)
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Tap(t) => Pin::new(t.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Tap(t) => t.done,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ProxyBody::Full(None) => SizeHint::with_exact(0),
+            ProxyBody::Tap(t) if t.passthrough_size => t.inner.size_hint(),
+            ProxyBody::Tap(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// Streams an upstream body while observing it.
+pub struct TapBody {
+    inner: Incoming,
+    observer: Observer,
+    record: Option<RequestRecord>,
+    /// The size of the upstream body is the size of this body (no rewrite).
+    passthrough_size: bool,
+    idle: Duration,
+    last_frame: Instant,
+    idle_timer: Pin<Box<Sleep>>,
+    deadline: Pin<Box<Sleep>>,
+    bytes: u64,
+    /// Set once a terminal error event has been sent in place of an upstream error.
+    done: bool,
+    /// A frame to send before ending (held-back bytes, or an error event).
+    tail: Option<Bytes>,
+}
+
+/// How the tap should treat an upstream body.
+pub struct TapConfig {
+    pub observer: Observer,
+    pub idle: Duration,
+    /// When the whole request must be over.
+    pub deadline: tokio::time::Instant,
+}
+
+impl TapBody {
+    pub fn new(inner: Incoming, cfg: TapConfig, record: RequestRecord) -> Self {
+        let now = Instant::now();
+        Self {
+            inner,
+            passthrough_size: !cfg.observer.rewrites(),
+            observer: cfg.observer,
+            record: Some(record),
+            idle: cfg.idle,
+            last_frame: now,
+            idle_timer: Box::pin(tokio::time::sleep(cfg.idle)),
+            deadline: Box::pin(tokio::time::sleep_until(cfg.deadline)),
+            bytes: 0,
+            done: false,
+            tail: None,
+        }
+    }
+
+    fn finish(&mut self, end: StreamEnd) {
+        if let Some(record) = self.record.take() {
+            let observed = self.observer.finish();
+            record.finish(end, observed, self.bytes);
+        }
+    }
+
+    /// Ends the stream because of `end`: SSE clients get a terminal error
+    /// event in their API's shape (when the stream is at an event boundary);
+    /// others see the body fail, never a clean end.
+    fn fail(&mut self, end: StreamEnd) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let message = end.message();
+        let event = self.record.as_ref().and_then(|r| {
+            self.observer
+                .at_event_boundary()
+                .then(|| r.error_event(&message))
+        });
+        self.finish(end);
+        match event {
+            Some(ev) => {
+                self.done = true;
+                Poll::Ready(Some(Ok(Frame::data(ev))))
+            }
+            None => {
+                self.done = true;
+                Poll::Ready(Some(Err(message.into())))
+            }
+        }
+    }
+
+    fn poll_timers(&mut self, cx: &mut Context<'_>) -> Option<StreamEnd> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return Some(StreamEnd::TotalTimeout);
+        }
+        while self.idle_timer.as_mut().poll(cx).is_ready() {
+            let due = self.last_frame + self.idle;
+            if Instant::now() >= due {
+                return Some(StreamEnd::IdleTimeout);
+            }
+            // Frames arrived since the timer was set: push it out instead of
+            // resetting it on every frame.
+            self.idle_timer
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(due));
+        }
+        None
+    }
+}
+
+impl Body for TapBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(tail) = this.tail.take() {
+            return Poll::Ready(Some(Ok(Frame::data(tail))));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let data = match frame.into_data() {
+                        Ok(d) => d,
+                        Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                    };
+                    this.last_frame = Instant::now();
+                    if this.bytes == 0 {
+                        if let Some(r) = this.record.as_mut() {
+                            r.first_byte(this.last_frame);
+                        }
+                    }
+                    this.bytes += data.len() as u64;
+                    if this.passthrough_size {
+                        this.observer.observe(&data);
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    if let Some(out) = this.observer.rewrite(data) {
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    return this.fail(StreamEnd::UpstreamError(e.to_string()));
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    let pending = this.observer.take_pending();
+                    this.finish(StreamEnd::Complete);
+                    return Poll::Ready(pending.map(|b| Ok(Frame::data(b))));
+                }
+                Poll::Pending => {
+                    return match this.poll_timers(cx) {
+                        Some(end) => this.fail(end),
+                        None => Poll::Pending,
+                    };
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.tail.is_none()
+    }
+}
+
+impl Drop for TapBody {
+    fn drop(&mut self) {
+        // Still unfinished: the client went away (or the server is dropping the
+        // connection). Either way, account for what passed.
+        self.finish(StreamEnd::ClientGone);
+    }
+}

@@ -1,0 +1,480 @@
+//! Configuration: parse proxy.toml into raw structs, then validate once into
+//! typed config. Request code never re-checks config.
+
+mod raw;
+mod values;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use values::parse_duration;
+use values::parse_size;
+
+use raw::{RawConfig, RawTimeouts};
+
+/// Default request body limit: 32 MiB.
+const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub providers: Vec<ProviderConfig>,
+    pub models: Vec<ModelRule>,
+    pub keys: Vec<KeyConfig>,
+}
+
+/// The data-plane listener and its request limits.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body: usize,
+    pub passthrough_keys: bool,
+    pub trust_identity_headers: bool,
+    pub end_user_from_body: bool,
+    pub drain_timeout: Duration,
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files for a TLS listener.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Bearer token for `/admin/*`; `None` disables those endpoints.
+    pub token: Option<String>,
+}
+
+/// Where usage records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UsageSink {
+    Off,
+    Stdout,
+    File(PathBuf),
+}
+
+/// Logging settings.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub level: String,
+    pub json: bool,
+    pub usage: UsageSink,
+}
+
+/// The wire protocol a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    OpenAi,
+    Anthropic,
+    OpenAiCompatible,
+}
+
+impl ProviderKind {
+    /// True for providers that speak the OpenAI wire format.
+    pub fn is_openai_shaped(self) -> bool {
+        matches!(self, Self::OpenAi | Self::OpenAiCompatible)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+            Self::Anthropic => "anthropic",
+            Self::OpenAiCompatible => "openai-compatible",
+        }
+    }
+}
+
+/// Per-phase upstream timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub idle: Duration,
+    pub total: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            first_byte: Duration::from_secs(120),
+            idle: Duration::from_secs(120),
+            total: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// An upstream provider.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Parsed base URL (scheme, authority and path prefix).
+    pub base_url: http::Uri,
+    pub api_key_env: Option<String>,
+    /// The key itself, read from `api_key_env` when the config was loaded.
+    pub api_key: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub timeouts: Timeouts,
+}
+
+/// A public model name (or glob) mapped to a provider.
+#[derive(Debug, Clone)]
+pub struct ModelRule {
+    pub pattern: String,
+    pub provider: usize,
+    pub upstream_model: Option<String>,
+}
+
+/// A virtual key, stored by its SHA-256.
+#[derive(Debug, Clone)]
+pub struct KeyConfig {
+    pub name: String,
+    pub sha256: [u8; 32],
+    pub user: Option<String>,
+    pub team: Option<String>,
+    /// Model names (or globs) this key may use; `None` = all.
+    pub models: Option<Vec<String>>,
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .errors.join("\n"))]
+pub struct ConfigError {
+    pub errors: Vec<String>,
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            errors: vec![format!("{}: {e}", path.display())],
+        })?;
+        Self::parse(&text, &path.display().to_string(), &|name| {
+            std::env::var(name).ok()
+        })
+    }
+
+    /// Parse and validate config text; `origin` names the file in errors and
+    /// `env` resolves environment variables (injectable for tests).
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| ConfigError {
+            errors: vec![format!("{origin}: {}: {}", e.path(), e.inner().message())],
+        })?;
+        let mut v = Validator {
+            origin,
+            errors: Vec::new(),
+        };
+        let config = v.config(raw, env);
+        match config {
+            Some(c) if v.errors.is_empty() => Ok(c),
+            _ => Err(ConfigError { errors: v.errors }),
+        }
+    }
+}
+
+struct Validator<'a> {
+    origin: &'a str,
+    errors: Vec<String>,
+}
+
+impl Validator<'_> {
+    fn err(&mut self, field: &str, msg: impl std::fmt::Display) {
+        self.errors.push(format!("{}: {field}: {msg}", self.origin));
+    }
+
+    fn addr(&mut self, field: &str, value: Option<&str>, default: &str) -> SocketAddr {
+        let text = value.unwrap_or(default);
+        match text.parse() {
+            Ok(a) => a,
+            Err(_) => {
+                self.err(
+                    field,
+                    format!("invalid socket address {text:?} (expected IP:PORT)"),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        }
+    }
+
+    fn duration(&mut self, field: &str, value: Option<&str>, default: Duration) -> Duration {
+        match value.map(parse_duration) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.err(field, e);
+                default
+            }
+        }
+    }
+
+    fn timeouts(&mut self, field: &str, raw: &RawTimeouts, base: Timeouts) -> Timeouts {
+        Timeouts {
+            connect: self.duration(
+                &format!("{field}.connect"),
+                raw.connect.as_deref(),
+                base.connect,
+            ),
+            first_byte: self.duration(
+                &format!("{field}.first_byte"),
+                raw.first_byte.as_deref(),
+                base.first_byte,
+            ),
+            idle: self.duration(&format!("{field}.idle"), raw.idle.as_deref(), base.idle),
+            total: self.duration(&format!("{field}.total"), raw.total.as_deref(), base.total),
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Option<Config> {
+        let s = &raw.server;
+        let max_body = match &s.max_body {
+            None => DEFAULT_MAX_BODY,
+            Some(size) => match parse_size(size) {
+                Ok(n) if n > 0 => n,
+                Ok(_) => {
+                    self.err("server.max_body", "must be greater than zero");
+                    DEFAULT_MAX_BODY
+                }
+                Err(e) => {
+                    self.err("server.max_body", e);
+                    DEFAULT_MAX_BODY
+                }
+            },
+        };
+        let server = ServerConfig {
+            listen: self.addr("server.listen", s.listen.as_deref(), "127.0.0.1:8080"),
+            max_body,
+            passthrough_keys: s.passthrough_keys.unwrap_or(false),
+            trust_identity_headers: s.trust_identity_headers.unwrap_or(false),
+            end_user_from_body: s.end_user_from_body.unwrap_or(false),
+            drain_timeout: self.duration(
+                "server.drain_timeout",
+                s.drain_timeout.as_deref(),
+                Duration::from_secs(30),
+            ),
+            tls: s.tls.as_ref().map(|t| TlsFiles {
+                cert: PathBuf::from(&t.cert),
+                key: PathBuf::from(&t.key),
+            }),
+        };
+
+        let admin = AdminConfig {
+            listen: self.addr(
+                "admin.listen",
+                raw.admin.listen.as_deref(),
+                "127.0.0.1:9090",
+            ),
+            token: raw
+                .admin
+                .token_env
+                .as_deref()
+                .and_then(env)
+                .filter(|t| !t.is_empty()),
+        };
+
+        let log = LogConfig {
+            level: raw.log.level.clone().unwrap_or_else(|| "info".into()),
+            json: match raw.log.format.as_deref() {
+                None | Some("text") => false,
+                Some("json") => true,
+                Some(other) => {
+                    self.err(
+                        "log.format",
+                        format!("unknown format {other:?} (expected text|json)"),
+                    );
+                    false
+                }
+            },
+            usage: match raw.log.usage.as_deref() {
+                None | Some("stdout") => UsageSink::Stdout,
+                Some("off") => UsageSink::Off,
+                Some("") => {
+                    self.err("log.usage", "empty path (expected stdout|off|a file path)");
+                    UsageSink::Off
+                }
+                Some(path) => UsageSink::File(PathBuf::from(path)),
+            },
+        };
+
+        let default_timeouts = self.timeouts("timeouts", &raw.timeouts, Timeouts::default());
+        let providers = self.providers(&raw, default_timeouts, env);
+        let models = self.models(&raw, &providers);
+        let keys = self.keys(&raw);
+
+        Some(Config {
+            server,
+            admin,
+            log,
+            providers,
+            models,
+            keys,
+        })
+    }
+
+    fn providers(
+        &mut self,
+        raw: &RawConfig,
+        base: Timeouts,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Vec<ProviderConfig> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (i, p) in raw.providers.iter().enumerate() {
+            let field = format!("providers[{i}]");
+            if !seen.insert(p.name.clone()) {
+                self.err(
+                    &format!("{field}.name"),
+                    format!("duplicate provider name {:?}", p.name),
+                );
+            }
+            let kind = match p.kind.as_str() {
+                "openai" => ProviderKind::OpenAi,
+                "anthropic" => ProviderKind::Anthropic,
+                "openai-compatible" => ProviderKind::OpenAiCompatible,
+                other => {
+                    self.err(
+                        &format!("{field}.kind"),
+                        format!(
+                            "unknown kind {other:?} (expected openai|anthropic|openai-compatible)"
+                        ),
+                    );
+                    continue;
+                }
+            };
+            let default_url = match kind {
+                ProviderKind::OpenAi => Some("https://api.openai.com/v1"),
+                ProviderKind::Anthropic => Some("https://api.anthropic.com"),
+                ProviderKind::OpenAiCompatible => None,
+            };
+            let Some(url_text) = p.base_url.as_deref().or(default_url) else {
+                self.err(
+                    &format!("{field}.base_url"),
+                    "required for kind openai-compatible",
+                );
+                continue;
+            };
+            let base_url = match parse_base_url(url_text) {
+                Ok(u) => u,
+                Err(e) => {
+                    self.err(&format!("{field}.base_url"), e);
+                    continue;
+                }
+            };
+            let ca_file = p.ca_file.as_ref().map(PathBuf::from);
+            if let Some(ca) = &ca_file {
+                if !ca.exists() {
+                    self.err(
+                        &format!("{field}.ca_file"),
+                        format!("{} does not exist", ca.display()),
+                    );
+                }
+            }
+            out.push(ProviderConfig {
+                name: p.name.clone(),
+                kind,
+                base_url,
+                api_key_env: p.api_key_env.clone(),
+                api_key: p
+                    .api_key_env
+                    .as_deref()
+                    .and_then(env)
+                    .filter(|k| !k.is_empty()),
+                ca_file,
+                timeouts: self.timeouts(&format!("{field}.timeouts"), &p.timeouts, base),
+            });
+        }
+        out
+    }
+
+    fn models(&mut self, raw: &RawConfig, providers: &[ProviderConfig]) -> Vec<ModelRule> {
+        let mut out = Vec::new();
+        for (i, m) in raw.models.iter().enumerate() {
+            let field = format!("models[{i}]");
+            if m.name.is_empty() {
+                self.err(&format!("{field}.name"), "must not be empty");
+            }
+            let Some(provider) = providers.iter().position(|p| p.name == m.provider) else {
+                self.err(
+                    &format!("{field}.provider"),
+                    format!("unknown provider {:?}", m.provider),
+                );
+                continue;
+            };
+            if m.upstream_model.as_deref() == Some("") {
+                self.err(&format!("{field}.upstream_model"), "must not be empty");
+            }
+            out.push(ModelRule {
+                pattern: m.name.clone(),
+                provider,
+                upstream_model: m.upstream_model.clone(),
+            });
+        }
+        out
+    }
+
+    fn keys(&mut self, raw: &RawConfig) -> Vec<KeyConfig> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (i, k) in raw.keys.iter().enumerate() {
+            let field = format!("keys[{i}]");
+            let mut sha = [0u8; 32];
+            if hex::decode_to_slice(k.sha256.trim(), &mut sha).is_err() {
+                self.err(
+                    &format!("{field}.sha256"),
+                    "expected 64 hex characters (make one with `sluice hash-key KEY`)",
+                );
+                continue;
+            }
+            if !seen.insert(sha) {
+                self.err(&format!("{field}.sha256"), "duplicate key");
+            }
+            out.push(KeyConfig {
+                name: k
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("key-{}", &k.sha256[..8])),
+                sha256: sha,
+                user: k.user.clone(),
+                team: k.team.clone(),
+                models: k.models.clone(),
+            });
+        }
+        out
+    }
+}
+
+fn parse_base_url(text: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = text
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|e| format!("invalid URL {text:?}: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("URL {text:?} must start with http:// or https://")),
+    }
+    if uri.authority().is_none() {
+        return Err(format!("URL {text:?} has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("URL {text:?} must not have a query"));
+    }
+    Ok(uri)
+}
+
+#[cfg(test)]
+mod tests;

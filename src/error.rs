@@ -1,0 +1,225 @@
+//! The data-plane error: one enum, one status table, rendered in the shape of
+//! the API the client called (OpenAI or Anthropic) in one place.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use serde_json::json;
+
+use crate::body::ProxyBody;
+
+/// Which provider API a request speaks; errors are rendered in its shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiShape {
+    OpenAi,
+    Anthropic,
+}
+
+/// Everything that can end a request before or instead of an upstream answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("missing API key: send it as `Authorization: Bearer KEY` or `x-api-key: KEY`")]
+    MissingKey,
+    #[error("invalid API key")]
+    InvalidKey,
+    #[error("this key is not allowed to use model {model:?}")]
+    ModelNotAllowed { model: String },
+    #[error("the model {model:?} does not exist or is not served here")]
+    UnknownModel { model: String },
+    #[error("unknown path {0}")]
+    NotFound(String),
+    #[error("provider {provider:?} has no API key configured (set {env})")]
+    ProviderKeyMissing { provider: String, env: String },
+    #[error("could not reach provider {provider:?}: {detail}")]
+    UpstreamConnect { provider: String, detail: String },
+    #[error("provider {provider:?} did not answer within the {phase} timeout")]
+    UpstreamTimeout {
+        provider: String,
+        phase: &'static str,
+    },
+    #[error("Sluice is shutting down")]
+    ShuttingDown,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Where an error came from, for logs and metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Client,
+    Upstream,
+    Internal,
+}
+
+impl ProxyError {
+    /// The HTTP status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::MissingKey | Self::InvalidKey => StatusCode::UNAUTHORIZED,
+            Self::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
+            Self::UnknownModel { .. } | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::ProviderKeyMissing { .. } | Self::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            Self::UpstreamConnect { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn origin(&self) -> Origin {
+        match self {
+            Self::UpstreamConnect { .. } | Self::UpstreamTimeout { .. } => Origin::Upstream,
+            Self::ProviderKeyMissing { .. } | Self::Internal(_) | Self::ShuttingDown => {
+                Origin::Internal
+            }
+            _ => Origin::Client,
+        }
+    }
+
+    /// Whether another attempt could succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::UpstreamConnect { .. } | Self::UpstreamTimeout { .. }
+        )
+    }
+
+    /// A short, fixed label for metrics and usage records.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::MissingKey => "missing_key",
+            Self::InvalidKey => "invalid_key",
+            Self::ModelNotAllowed { .. } => "model_not_allowed",
+            Self::UnknownModel { .. } => "unknown_model",
+            Self::NotFound(_) => "not_found",
+            Self::ProviderKeyMissing { .. } => "provider_key_missing",
+            Self::UpstreamConnect { .. } => "upstream_connect",
+            Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::ShuttingDown => "shutting_down",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// OpenAI's `error.code`.
+    fn openai_code(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::BodyTooLarge { .. } => "request_too_large",
+            Self::MissingKey => "missing_api_key",
+            Self::InvalidKey => "invalid_api_key",
+            Self::ModelNotAllowed { .. } => "model_not_allowed",
+            Self::UnknownModel { .. } => "model_not_found",
+            Self::NotFound(_) => "unknown_url",
+            Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::UpstreamConnect { .. } => "upstream_unreachable",
+            _ => return None,
+        })
+    }
+
+    /// OpenAI's `error.type`.
+    fn openai_type(&self) -> &'static str {
+        match self.status().as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            400..=499 => "invalid_request_error",
+            _ => "server_error",
+        }
+    }
+
+    /// Anthropic's `error.type`.
+    fn anthropic_type(&self) -> &'static str {
+        match self.status().as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 => "overloaded_error",
+            400..=499 => "invalid_request_error",
+            _ => "api_error",
+        }
+    }
+
+    /// The JSON error body in the given API's shape.
+    pub fn body(&self, shape: ApiShape) -> Bytes {
+        let message = self.to_string();
+        let value = match shape {
+            ApiShape::OpenAi => json!({
+                "error": {
+                    "message": message,
+                    "type": self.openai_type(),
+                    "param": match self { Self::UnknownModel { .. } | Self::ModelNotAllowed { .. } => Some("model"), _ => None },
+                    "code": self.openai_code(),
+                }
+            }),
+            ApiShape::Anthropic => json!({
+                "type": "error",
+                "error": { "type": self.anthropic_type(), "message": message }
+            }),
+        };
+        Bytes::from(value.to_string())
+    }
+
+    /// A complete error response.
+    pub fn into_response(self, shape: ApiShape) -> Response<ProxyBody> {
+        let mut resp = Response::new(ProxyBody::full(self.body(shape)));
+        *resp.status_mut() = self.status();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(b: Bytes) -> serde_json::Value {
+        serde_json::from_slice(&b).expect("json")
+    }
+
+    #[test]
+    fn openai_shape() {
+        let e = ProxyError::UnknownModel {
+            model: "gpt-9".into(),
+        };
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        let v = parse(e.body(ApiShape::OpenAi));
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], "model");
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("gpt-9"));
+    }
+
+    #[test]
+    fn anthropic_shape() {
+        let e = ProxyError::InvalidKey;
+        let v = parse(e.body(ApiShape::Anthropic));
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "authentication_error");
+    }
+
+    #[test]
+    fn upstream_errors_are_retryable_and_5xx() {
+        let e = ProxyError::UpstreamTimeout {
+            provider: "p".into(),
+            phase: "first byte",
+        };
+        assert!(e.retryable());
+        assert_eq!(e.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(e.origin(), Origin::Upstream);
+        assert!(!ProxyError::InvalidKey.retryable());
+    }
+}

@@ -1,0 +1,107 @@
+//! Header hygiene for a proxy hop: hop-by-hop headers never cross, and
+//! credentials are replaced, never copied.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+fn is_hop_by_hop(name: &HeaderName, connection: &HeaderMap) -> bool {
+    HOP_BY_HOP.contains(name)
+        || *name == header::UPGRADE
+        || connection
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+}
+
+/// Headers for the upstream request: the client's, less hop-by-hop, host,
+/// length, credentials and Sluice's own `x-sluice-*` controls.
+pub fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(client.len());
+    for (name, value) in client {
+        if is_hop_by_hop(name, client)
+            || *name == header::HOST
+            || *name == header::CONTENT_LENGTH
+            || *name == header::AUTHORIZATION
+            || name.as_str() == "x-api-key"
+            || name.as_str().starts_with("x-sluice-")
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// Headers for the client response: the upstream's, less hop-by-hop.
+/// `keep_length` is false when the body is rewritten.
+pub fn client_response_headers(upstream: &HeaderMap, keep_length: bool) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(upstream.len() + 6);
+    for (name, value) in upstream {
+        if is_hop_by_hop(name, upstream) || (!keep_length && *name == header::CONTENT_LENGTH) {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// A header value from text Sluice made; invalid bytes become `-`.
+pub fn value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_credentials_and_controls() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-drop-me"),
+        );
+        h.insert("x-drop-me", HeaderValue::from_static("1"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer secret"),
+        );
+        h.insert("x-api-key", HeaderValue::from_static("secret"));
+        h.insert("x-sluice-user", HeaderValue::from_static("bob"));
+        h.insert(header::HOST, HeaderValue::from_static("localhost"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+        h.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+        h.append("x-multi", HeaderValue::from_static("a"));
+        h.append("x-multi", HeaderValue::from_static("b"));
+        let out = upstream_request_headers(&h);
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["anthropic-version", "x-multi"]);
+        assert_eq!(out.get_all("x-multi").iter().count(), 2);
+    }
+
+    #[test]
+    fn response_length_dropped_only_on_rewrite() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert!(client_response_headers(&h, true).contains_key(header::CONTENT_LENGTH));
+        assert!(!client_response_headers(&h, false).contains_key(header::CONTENT_LENGTH));
+        assert!(!client_response_headers(&h, true).contains_key(header::TRANSFER_ENCODING));
+    }
+}

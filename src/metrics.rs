@@ -1,0 +1,153 @@
+//! Prometheus metrics: every metric described once at start-up, recorded
+//! through small functions so names and labels live in one place.
+//! Labels stay low-cardinality: never a user id or key.
+
+use std::time::Duration;
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Installs the global recorder and describes every metric.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let latency = [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    ];
+    let overhead = [
+        0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.0025, 0.005, 0.01,
+        0.025, 0.05, 0.1,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full("sluice_overhead_seconds".into()), &overhead)
+        .and_then(|b| b.set_buckets(&latency))
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_counter!(
+        "sluice_requests_total",
+        "Requests answered, by model, provider, endpoint, status class and cache result."
+    );
+    describe_histogram!(
+        "sluice_request_duration_seconds",
+        Unit::Seconds,
+        "Time from request arrival to the end of the response body."
+    );
+    describe_histogram!(
+        "sluice_overhead_seconds",
+        Unit::Seconds,
+        "Time Sluice spent on a request outside of waiting for the upstream."
+    );
+    describe_histogram!(
+        "sluice_ttft_seconds",
+        Unit::Seconds,
+        "Time from request arrival to the first response body byte."
+    );
+    describe_counter!(
+        "sluice_tokens_total",
+        "Tokens by model and kind (input, cached_input, output, reasoning)."
+    );
+    describe_counter!(
+        "sluice_upstream_attempts_total",
+        "Upstream attempts by provider and outcome."
+    );
+    describe_gauge!(
+        "sluice_inflight_requests",
+        "Requests currently being served on the data plane."
+    );
+    describe_counter!(
+        "sluice_response_bytes_total",
+        "Response body bytes streamed to clients, by endpoint."
+    );
+    describe_counter!(
+        "sluice_config_reloads_total",
+        "Config reloads by result (ok, error)."
+    );
+    describe_counter!("sluice_stream_ends_total", "How response bodies ended (complete, client_gone, upstream_error, idle_timeout, total_timeout).");
+}
+
+/// `2xx`, `4xx`, …
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Labels of one finished request.
+pub struct RequestLabels<'a> {
+    pub model: &'a str,
+    pub provider: &'a str,
+    pub endpoint: &'static str,
+    pub status: u16,
+    pub cache: &'static str,
+}
+
+pub fn request_done(l: &RequestLabels<'_>, duration: Duration) {
+    let labels = [
+        ("model", l.model.to_owned()),
+        ("provider", l.provider.to_owned()),
+        ("endpoint", l.endpoint.to_owned()),
+        ("status_class", status_class(l.status).to_owned()),
+        ("cache", l.cache.to_owned()),
+    ];
+    counter!("sluice_requests_total", &labels).increment(1);
+    histogram!("sluice_request_duration_seconds", "endpoint" => l.endpoint).record(duration);
+}
+
+pub fn overhead(d: Duration) {
+    histogram!("sluice_overhead_seconds").record(d);
+}
+
+pub fn ttft(endpoint: &'static str, d: Duration) {
+    histogram!("sluice_ttft_seconds", "endpoint" => endpoint).record(d);
+}
+
+pub fn tokens(model: &str, kind: &'static str, n: u64) {
+    if n > 0 {
+        counter!("sluice_tokens_total", "model" => model.to_owned(), "kind" => kind).increment(n);
+    }
+}
+
+pub fn upstream_attempt(provider: &str, outcome: &'static str) {
+    counter!("sluice_upstream_attempts_total", "provider" => provider.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+pub fn response_bytes(endpoint: &'static str, n: u64) {
+    counter!("sluice_response_bytes_total", "endpoint" => endpoint).increment(n);
+}
+
+pub fn stream_end(kind: &'static str) {
+    counter!("sluice_stream_ends_total", "end" => kind).increment(1);
+}
+
+pub fn config_reload(ok: bool) {
+    counter!("sluice_config_reloads_total", "result" => if ok { "ok" } else { "error" })
+        .increment(1);
+}
+
+/// Tracks one in-flight request in `sluice_inflight_requests`.
+pub struct Inflight(());
+
+impl Inflight {
+    pub fn start() -> Self {
+        gauge!("sluice_inflight_requests").increment(1.0);
+        Inflight(())
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        gauge!("sluice_inflight_requests").decrement(1.0);
+    }
+}

@@ -1,0 +1,252 @@
+//! The per-request record: created when a request arrives, finished exactly
+//! once (when the response is built, or when a streamed body ends or is
+//! dropped), producing metrics and one JSON usage line.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::auth::Identity;
+use crate::error::ApiShape;
+use crate::metrics::{self, Inflight, RequestLabels};
+use crate::sniff::Endpoint;
+use crate::stream::observe::Observed;
+use crate::usage_log::UsageLog;
+
+/// How a response body ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEnd {
+    Complete,
+    ClientGone,
+    UpstreamError(String),
+    IdleTimeout,
+    TotalTimeout,
+}
+
+impl StreamEnd {
+    pub fn label(&self) -> &'static str {
+        match self {
+            StreamEnd::Complete => "complete",
+            StreamEnd::ClientGone => "client_gone",
+            StreamEnd::UpstreamError(_) => "upstream_error",
+            StreamEnd::IdleTimeout => "idle_timeout",
+            StreamEnd::TotalTimeout => "total_timeout",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            StreamEnd::Complete => "complete".into(),
+            StreamEnd::ClientGone => "client went away".into(),
+            StreamEnd::UpstreamError(e) => format!("upstream stream failed: {e}"),
+            StreamEnd::IdleTimeout => "upstream stream stalled past the idle timeout".into(),
+            StreamEnd::TotalTimeout => "request exceeded the total timeout".into(),
+        }
+    }
+}
+
+/// Everything known about a request while it is served.
+pub struct RequestRecord {
+    pub id: Arc<str>,
+    started: Instant,
+    started_at: SystemTime,
+    pub identity: Identity,
+    pub endpoint: Endpoint,
+    pub shape: ApiShape,
+    pub stream: bool,
+    pub model: String,
+    pub upstream_model: String,
+    pub provider: Arc<str>,
+    pub status: u16,
+    pub request_bytes: u64,
+    pub attempts: u32,
+    /// Time spent waiting on the upstream for response headers.
+    pub upstream_wait: Duration,
+    first_byte_at: Option<Instant>,
+    pub error: Option<&'static str>,
+    sink: UsageLog,
+    _inflight: Inflight,
+}
+
+impl RequestRecord {
+    pub fn new(id: Arc<str>, started: Instant, sink: UsageLog) -> Self {
+        Self {
+            id,
+            started,
+            started_at: SystemTime::now(),
+            identity: Identity::default(),
+            endpoint: Endpoint::Other,
+            shape: ApiShape::OpenAi,
+            stream: false,
+            model: String::new(),
+            upstream_model: String::new(),
+            provider: Arc::from(""),
+            status: 0,
+            request_bytes: 0,
+            attempts: 0,
+            upstream_wait: Duration::ZERO,
+            first_byte_at: None,
+            error: None,
+            sink,
+            _inflight: Inflight::start(),
+        }
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    pub fn first_byte(&mut self, at: Instant) {
+        self.first_byte_at.get_or_insert(at);
+    }
+
+    /// A terminal SSE error event in the client's API shape.
+    pub fn error_event(&self, message: &str) -> Bytes {
+        let text = match self.shape {
+            ApiShape::OpenAi => format!(
+                "data: {}\n\n",
+                json!({"error": {"message": message, "type": "server_error", "param": null, "code": "upstream_stream_error"}})
+            ),
+            ApiShape::Anthropic => format!(
+                "event: error\ndata: {}\n\n",
+                json!({"type": "error", "error": {"type": "api_error", "message": message}})
+            ),
+        };
+        Bytes::from(text)
+    }
+
+    /// Finishes the request: metrics and the usage line.
+    pub fn finish(self, end: StreamEnd, observed: Observed, response_bytes: u64) {
+        let now = Instant::now();
+        let duration = now.duration_since(self.started);
+        let ttft = self.first_byte_at.map(|t| t.duration_since(self.started));
+        let (usage, usage_source) = match observed.usage {
+            Some(u) => (Some(u), "provider"),
+            None if !observed.text.is_empty() => (
+                Some(crate::usage::Usage {
+                    output: estimate_tokens(&observed.text),
+                    ..Default::default()
+                }),
+                "estimated",
+            ),
+            None => (None, "none"),
+        };
+
+        let model_label = if self.upstream_model.is_empty() {
+            "-"
+        } else {
+            &self.upstream_model
+        };
+        metrics::request_done(
+            &RequestLabels {
+                model: model_label,
+                provider: if self.provider.is_empty() {
+                    "-"
+                } else {
+                    &self.provider
+                },
+                endpoint: self.endpoint.label(),
+                status: self.status,
+                cache: "bypass",
+            },
+            duration,
+        );
+        if let Some(t) = ttft {
+            metrics::ttft(self.endpoint.label(), t);
+        }
+        metrics::overhead(
+            self.first_byte_at
+                .map(|fb| fb.duration_since(self.started))
+                .unwrap_or(duration)
+                .saturating_sub(self.upstream_wait),
+        );
+        if let Some(u) = &usage {
+            metrics::tokens(model_label, "input", u.input);
+            metrics::tokens(model_label, "cached_input", u.cached_input);
+            metrics::tokens(model_label, "output", u.output);
+            metrics::tokens(model_label, "reasoning", u.reasoning);
+        }
+        metrics::response_bytes(self.endpoint.label(), response_bytes);
+        if self.attempts > 0 {
+            metrics::stream_end(end.label());
+        }
+
+        let line = UsageLine {
+            ts: humantime::format_rfc3339_millis(self.started_at).to_string(),
+            request_id: &self.id,
+            key: self.identity.key.as_deref(),
+            user: self.identity.user.as_deref(),
+            team: self.identity.team.as_deref(),
+            feature: self.identity.feature.as_deref(),
+            end_user: self.identity.end_user.as_deref(),
+            endpoint: self.endpoint.label(),
+            model: (!self.model.is_empty()).then_some(self.model.as_str()),
+            upstream_model: (!self.upstream_model.is_empty())
+                .then_some(self.upstream_model.as_str()),
+            provider: (!self.provider.is_empty()).then_some(&*self.provider),
+            status: self.status,
+            stream: self.stream,
+            end: end.label(),
+            error: self
+                .error
+                .or(observed.stream_error.then_some("upstream_stream_error")),
+            input_tokens: usage.map(|u| u.input),
+            cached_input_tokens: usage.map(|u| u.cached_input),
+            cache_write_tokens: usage.map(|u| u.cache_write),
+            output_tokens: usage.map(|u| u.output),
+            reasoning_tokens: usage.map(|u| u.reasoning),
+            usage_source,
+            latency_ms: ms(duration),
+            ttft_ms: ttft.map(ms),
+            upstream_ms: (self.attempts > 0).then(|| ms(self.upstream_wait)),
+            request_bytes: self.request_bytes,
+            response_bytes,
+            attempts: self.attempts,
+        };
+        self.sink.write(&line);
+    }
+}
+
+/// A rough output estimate (4 bytes per token) for streams cut before usage.
+fn estimate_tokens(text: &str) -> u64 {
+    (text.len() as u64).div_ceil(4)
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// One line of the usage log.
+#[derive(Serialize)]
+pub struct UsageLine<'a> {
+    pub ts: String,
+    pub request_id: &'a str,
+    pub key: Option<&'a str>,
+    pub user: Option<&'a str>,
+    pub team: Option<&'a str>,
+    pub feature: Option<&'a str>,
+    pub end_user: Option<&'a str>,
+    pub endpoint: &'static str,
+    pub model: Option<&'a str>,
+    pub upstream_model: Option<&'a str>,
+    pub provider: Option<&'a str>,
+    pub status: u16,
+    pub stream: bool,
+    pub end: &'static str,
+    pub error: Option<&'static str>,
+    pub input_tokens: Option<u64>,
+    pub cached_input_tokens: Option<u64>,
+    pub cache_write_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub reasoning_tokens: Option<u64>,
+    pub usage_source: &'static str,
+    pub latency_ms: f64,
+    pub ttft_ms: Option<f64>,
+    pub upstream_ms: Option<f64>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub attempts: u32,
+}

@@ -1,0 +1,96 @@
+//! Process lifecycle: start both planes, reload on SIGHUP, drain on
+//! SIGTERM/SIGINT, flush the usage log, exit.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{App, Snapshot};
+use crate::config::Config;
+use crate::usage_log::UsageLog;
+use crate::{admin, metrics, proxy, server};
+
+/// Runs Sluice on a config file until SIGTERM/SIGINT.
+pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&config_path)?;
+    let snapshot = Snapshot::build(config)?;
+    let metrics = metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
+    let usage = UsageLog::start(&snapshot.config.log.usage).await?;
+    let server_cfg = snapshot.config.server.clone();
+    let admin_addr = snapshot.config.admin.listen;
+    let tls = match &server_cfg.tls {
+        Some(files) => Some(server::tls_acceptor(files).map_err(|e| anyhow::anyhow!("tls: {e}"))?),
+        None => None,
+    };
+    let app = App::new(snapshot, Some(config_path), usage, Some(metrics));
+
+    let data_listener = server::bind(server_cfg.listen).await?;
+    let admin_listener = server::bind(admin_addr).await?;
+    tracing::info!(
+        data = %data_listener.local_addr()?,
+        admin = %admin_listener.local_addr()?,
+        tls = tls.is_some(),
+        "sluice listening"
+    );
+
+    let stop_data = CancellationToken::new();
+    let stop_admin = CancellationToken::new();
+    let data = {
+        let app = app.clone();
+        tokio::spawn(server::serve(
+            data_listener,
+            tls,
+            move |req| proxy::handle(app.clone(), req),
+            stop_data.clone(),
+            server_cfg.drain_timeout,
+        ))
+    };
+    let admin_task = {
+        let app = app.clone();
+        tokio::spawn(server::serve(
+            admin_listener,
+            None,
+            move |req| admin::handle(app.clone(), req),
+            stop_admin.clone(),
+            Duration::from_secs(1),
+        ))
+    };
+
+    wait_for_stop(&app).await;
+    tracing::info!(drain = ?server_cfg.drain_timeout, "shutting down: draining in-flight requests");
+    app.begin_shutdown();
+    stop_data.cancel();
+    let _ = data.await;
+    stop_admin.cancel();
+    let _ = admin_task.await;
+    app.usage.flush().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT, reloading config on every SIGHUP meanwhile.
+async fn wait_for_stop(app: &Arc<App>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stopping on ctrl-c only");
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                if let Err(e) = app.reload() {
+                    tracing::error!(errors = %e, "config reload refused; old config keeps serving");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! The response side: SSE framing and the observing tap.
+
+pub mod observe;
+pub mod sse;

@@ -1,0 +1,352 @@
+//! Watches a response as it passes: usage, end-of-stream markers, in-stream
+//! errors and the streamed text (for counting output when usage never comes).
+//!
+//! For OpenAI streams where Sluice asked for `stream_options.include_usage`
+//! on the client's behalf, it also rewrites events so the client sees exactly
+//! what it would have seen without that option.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::sse::{parse_block, SseSplitter};
+use crate::usage::{Usage, UsageAcc, UsageFields};
+
+/// Streamed output text kept for counting, at most this many bytes.
+const MAX_TEXT: usize = 4 << 20;
+/// A non-streamed JSON body is parsed for usage only up to this size.
+const MAX_JSON: usize = 16 << 20;
+
+/// What was learned from a response body.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// Usage as the provider reported it.
+    pub usage: Option<Usage>,
+    /// The stream ended with its protocol's final event (`[DONE]`,
+    /// `message_stop`, `response.completed`).
+    pub complete: bool,
+    /// The provider sent an error inside the stream.
+    pub stream_error: bool,
+    /// Streamed text (content, tool arguments), for counting output tokens
+    /// when usage is missing.
+    pub text: String,
+    /// Number of SSE events seen.
+    pub events: u64,
+}
+
+/// Per-response observer; one of three modes chosen from the response.
+#[derive(Debug)]
+pub enum Observer {
+    /// Server-sent events.
+    Sse {
+        splitter: SseSplitter,
+        state: SseState,
+    },
+    /// A JSON body, kept (up to a cap) to read its usage at the end.
+    Json {
+        chunks: Vec<Bytes>,
+        len: usize,
+        anthropic: bool,
+    },
+    /// Not inspected.
+    None,
+}
+
+/// Event-level state of an SSE observer.
+#[derive(Debug)]
+pub struct SseState {
+    acc: UsageAcc,
+    strip_injected_usage: bool,
+    out: Observed,
+}
+
+impl Observer {
+    pub fn sse(anthropic: bool, strip_injected_usage: bool) -> Self {
+        Observer::Sse {
+            splitter: SseSplitter::default(),
+            state: SseState {
+                acc: UsageAcc::new(anthropic),
+                strip_injected_usage,
+                out: Observed::default(),
+            },
+        }
+    }
+
+    pub fn json(anthropic: bool) -> Self {
+        Observer::Json {
+            chunks: Vec::new(),
+            len: 0,
+            anthropic,
+        }
+    }
+
+    /// Whether frames must be rewritten (not just observed).
+    pub fn rewrites(&self) -> bool {
+        matches!(self, Observer::Sse { state, .. } if state.strip_injected_usage)
+    }
+
+    /// Observes a frame that passes through unchanged.
+    pub fn observe(&mut self, chunk: &Bytes) {
+        match self {
+            Observer::Sse { splitter, state } => splitter.feed(chunk, |b| {
+                state.on_event(b);
+            }),
+            Observer::Json { chunks, len, .. } => {
+                *len += chunk.len();
+                if *len <= MAX_JSON {
+                    chunks.push(chunk.clone());
+                }
+            }
+            Observer::None => {}
+        }
+    }
+
+    /// Observes a frame and returns what to forward in its place: whole
+    /// events only, with the injected usage removed. `None` = nothing yet.
+    pub fn rewrite(&mut self, chunk: Bytes) -> Option<Bytes> {
+        let Observer::Sse { splitter, state } = self else {
+            self.observe(&chunk);
+            return Some(chunk);
+        };
+        let was_empty = splitter.pending().is_empty();
+        let mut out: Vec<u8> = Vec::new();
+        let mut changed = false;
+        splitter.feed(&chunk, |block| match state.on_event(block) {
+            Keep::Unchanged => out.extend_from_slice(block),
+            Keep::Drop => changed = true,
+            Keep::Edited(b) => {
+                changed = true;
+                out.extend_from_slice(&b);
+            }
+        });
+        if was_empty && !changed && splitter.pending().is_empty() {
+            return Some(chunk);
+        }
+        (!out.is_empty()).then(|| Bytes::from(out))
+    }
+
+    /// True when no event is half-forwarded, so a new event can be sent.
+    pub fn at_event_boundary(&self) -> bool {
+        match self {
+            Observer::Sse { splitter, state } => {
+                state.strip_injected_usage || splitter.pending().is_empty()
+            }
+            _ => false,
+        }
+    }
+
+    /// Bytes held back by `rewrite` when the stream ends (an incomplete
+    /// final event): forwarded as they are.
+    pub fn take_pending(&mut self) -> Option<Bytes> {
+        match self {
+            Observer::Sse { splitter, state } if state.strip_injected_usage => {
+                let rest = splitter.pending();
+                (!rest.is_empty()).then(|| Bytes::copy_from_slice(rest))
+            }
+            _ => None,
+        }
+    }
+
+    /// Everything learned, at the end of the body (or when it is dropped).
+    pub fn finish(&mut self) -> Observed {
+        match self {
+            Observer::Sse { state, .. } => {
+                let mut out = std::mem::take(&mut state.out);
+                out.usage = state.acc.get();
+                out
+            }
+            Observer::Json {
+                chunks,
+                len,
+                anthropic,
+            } => {
+                let mut out = Observed::default();
+                if *len <= MAX_JSON {
+                    let body: Vec<u8> = chunks.concat();
+                    if let Ok(top) = serde_json::from_slice::<TopLevel>(&body) {
+                        if let Some(u) = top.usage {
+                            let mut acc = UsageAcc::new(*anthropic);
+                            acc.add(&u);
+                            out.usage = acc.get();
+                        }
+                        out.complete = true;
+                    }
+                }
+                out
+            }
+            Observer::None => Observed::default(),
+        }
+    }
+}
+
+enum Keep {
+    Unchanged,
+    Drop,
+    Edited(Vec<u8>),
+}
+
+const USAGE_NULL: &[u8] = b",\"usage\":null";
+
+impl SseState {
+    fn on_event(&mut self, block: &[u8]) -> Keep {
+        let ev = parse_block(block);
+        self.out.events += 1;
+        let data: &[u8] = &ev.data;
+        match ev.event {
+            b"error" => self.out.stream_error = true,
+            b"message_stop" | b"response.completed" => self.out.complete = true,
+            _ => {}
+        }
+        if data == b"[DONE]" {
+            self.out.complete = true;
+            return Keep::Unchanged;
+        }
+        if data.first() != Some(&b'{') {
+            return Keep::Unchanged;
+        }
+        let Ok(probe) = serde_json::from_slice::<Probe<'_>>(data) else {
+            return Keep::Unchanged;
+        };
+        if probe.error.is_some() {
+            self.out.stream_error = true;
+        }
+        let usage_only = probe.choices.is_empty() && probe.usage.is_some();
+        for u in [
+            probe.usage.as_ref(),
+            nested(&probe.message),
+            nested(&probe.response),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            self.acc.add(u);
+        }
+        self.collect_text(&probe);
+        if !self.strip_injected_usage {
+            return Keep::Unchanged;
+        }
+        if usage_only {
+            return Keep::Drop;
+        }
+        match memchr::memmem::find(block, USAGE_NULL) {
+            Some(at) => {
+                let mut edited = Vec::with_capacity(block.len());
+                edited.extend_from_slice(&block[..at]);
+                edited.extend_from_slice(&block[at + USAGE_NULL.len()..]);
+                Keep::Edited(edited)
+            }
+            None => Keep::Unchanged,
+        }
+    }
+
+    fn collect_text(&mut self, probe: &Probe<'_>) {
+        let text = &mut self.out.text;
+        let mut push = |s: &str| {
+            if text.len() + s.len() <= MAX_TEXT {
+                text.push_str(s);
+            }
+        };
+        for choice in &probe.choices {
+            if let Some(t) = &choice.text {
+                push(t);
+            }
+            if let Some(d) = &choice.delta {
+                d.push_text(&mut push);
+            }
+        }
+        if let Some(raw) = probe.delta {
+            let s = raw.get();
+            if s.starts_with('"') {
+                if let Ok(t) = serde_json::from_str::<Cow<'_, str>>(s) {
+                    push(&t);
+                }
+            } else if let Ok(d) = serde_json::from_str::<Delta<'_>>(s) {
+                d.push_text(&mut push);
+            }
+        }
+    }
+}
+
+fn nested(n: &Option<Nested>) -> Option<&UsageFields> {
+    n.as_ref().and_then(|n| n.usage.as_ref())
+}
+
+#[derive(Deserialize)]
+struct TopLevel {
+    usage: Option<UsageFields>,
+}
+
+#[derive(Deserialize)]
+struct Probe<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<Choice<'a>>,
+    #[serde(borrow)]
+    delta: Option<&'a RawValue>,
+    usage: Option<UsageFields>,
+    message: Option<Nested>,
+    response: Option<Nested>,
+    error: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct Nested {
+    usage: Option<UsageFields>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(borrow)]
+    delta: Option<Delta<'a>>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    partial_json: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tool_calls: Vec<ToolCall<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCall<'a> {
+    #[serde(borrow)]
+    function: Option<Function<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Function<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+impl Delta<'_> {
+    fn push_text(&self, push: &mut impl FnMut(&str)) {
+        for t in [&self.content, &self.text, &self.partial_json]
+            .into_iter()
+            .flatten()
+        {
+            push(t);
+        }
+        for call in &self.tool_calls {
+            if let Some(f) = &call.function {
+                for t in [&f.name, &f.arguments].into_iter().flatten() {
+                    push(t);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

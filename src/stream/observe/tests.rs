@@ -1,0 +1,126 @@
+use super::*;
+
+fn run(obs: &mut Observer, chunks: &[&str]) -> String {
+    let mut out = String::new();
+    for c in chunks {
+        let b = Bytes::copy_from_slice(c.as_bytes());
+        if obs.rewrites() {
+            if let Some(f) = obs.rewrite(b) {
+                out.push_str(std::str::from_utf8(&f).expect("utf8"));
+            }
+        } else {
+            obs.observe(&b);
+            out.push_str(c);
+        }
+    }
+    out
+}
+
+const CHUNK_A: &str = "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}],\"usage\":null}\n\n";
+const CHUNK_B: &str = "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"}}],\"usage\":null}\n\n";
+const USAGE: &str = "data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"total_tokens\":11}}\n\n";
+const DONE: &str = "data: [DONE]\n\n";
+
+#[test]
+fn injected_usage_is_read_then_removed() {
+    let mut obs = Observer::sse(false, true);
+    let out = run(&mut obs, &[CHUNK_A, CHUNK_B, USAGE, DONE]);
+    assert_eq!(
+        out,
+        "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n\
+         data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"}}]}\n\n\
+         data: [DONE]\n\n"
+    );
+    let o = obs.finish();
+    assert_eq!(o.usage.map(|u| (u.input, u.output)), Some((9, 2)));
+    assert!(o.complete);
+    assert_eq!(o.text, "Hello");
+}
+
+#[test]
+fn rewrite_is_independent_of_fragmentation() {
+    let whole = format!("{CHUNK_A}{CHUNK_B}{USAGE}{DONE}");
+    let mut reference = Observer::sse(false, true);
+    let expected = run(&mut reference, &[&whole]);
+    for step in [1, 2, 3, 7, 50] {
+        let bytes = whole.as_bytes();
+        let pieces: Vec<&str> = bytes
+            .chunks(step)
+            .map(|c| std::str::from_utf8(c).expect("ascii"))
+            .collect();
+        let mut obs = Observer::sse(false, true);
+        assert_eq!(run(&mut obs, &pieces), expected, "step {step}");
+    }
+}
+
+#[test]
+fn client_requested_usage_passes_through() {
+    let mut obs = Observer::sse(false, false);
+    let out = run(&mut obs, &[CHUNK_A, USAGE, DONE]);
+    assert_eq!(out, format!("{CHUNK_A}{USAGE}{DONE}"));
+    assert_eq!(obs.finish().usage.map(|u| u.output), Some(2));
+}
+
+#[test]
+fn anthropic_stream() {
+    let mut obs = Observer::sse(true, false);
+    run(
+        &mut obs,
+        &[
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi \\u00e9\"}}\n\n",
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":5}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        ],
+    );
+    let o = obs.finish();
+    assert_eq!(o.usage.map(|u| (u.input, u.output)), Some((12, 5)));
+    assert!(o.complete);
+    assert_eq!(o.text, "Hi é");
+}
+
+#[test]
+fn responses_stream() {
+    let mut obs = Observer::sse(false, false);
+    run(
+        &mut obs,
+        &[
+            "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"abc\"}\n\n",
+            "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":4,\"output_tokens\":1}}}\n\n",
+        ],
+    );
+    let o = obs.finish();
+    assert_eq!(o.usage.map(|u| (u.input, u.output)), Some((4, 1)));
+    assert_eq!(o.text, "abc");
+    assert!(o.complete);
+}
+
+#[test]
+fn cut_stream_has_text_but_no_usage() {
+    let mut obs = Observer::sse(false, true);
+    run(&mut obs, &[CHUNK_A, &CHUNK_B[..20]]);
+    assert_eq!(obs.take_pending().map(|b| b.len()), Some(20));
+    let o = obs.finish();
+    assert!(o.usage.is_none());
+    assert!(!o.complete);
+    assert_eq!(o.text, "Hel");
+}
+
+#[test]
+fn json_body_usage() {
+    let mut obs = Observer::json(false);
+    let body = r#"{"id":"x","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
+    obs.observe(&Bytes::copy_from_slice(&body.as_bytes()[..10]));
+    obs.observe(&Bytes::copy_from_slice(&body.as_bytes()[10..]));
+    assert_eq!(
+        obs.finish().usage.map(|u| (u.input, u.output)),
+        Some((3, 1))
+    );
+}
+
+#[test]
+fn in_stream_error_is_noticed() {
+    let mut obs = Observer::sse(true, false);
+    run(&mut obs, &["event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n"]);
+    assert!(obs.finish().stream_error);
+}

@@ -1,0 +1,204 @@
+//! Upstream providers: a pooled keep-alive client per provider (rustls with
+//! webpki roots plus an optional extra CA; h2 where the upstream offers it),
+//! URL building and provider authentication.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Uri};
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::{ProviderConfig, ProviderKind, Timeouts};
+use crate::error::ApiShape;
+
+/// The HTTP client used for one provider.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A provider ready to take requests.
+pub struct Upstream {
+    pub name: Arc<str>,
+    pub kind: ProviderKind,
+    pub timeouts: Timeouts,
+    pub client: HttpClient,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    /// Path prefix from the base URL, without a trailing slash.
+    prefix: String,
+    /// The provider's own credential header, when a key is configured.
+    auth: Option<(HeaderName, HeaderValue)>,
+    /// Env var the key comes from (for error messages).
+    pub api_key_env: Option<String>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field(
+                "base",
+                &format_args!("{}://{}{}", self.scheme, self.authority, self.prefix),
+            )
+            .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Upstream {
+    /// Builds the provider's client; fails on an unreadable CA file.
+    pub fn new(p: &ProviderConfig) -> Result<Upstream, String> {
+        let client = build_client(p)?;
+        let parts = p.base_url.clone().into_parts();
+        let scheme = parts.scheme.ok_or("base_url has no scheme")?;
+        let authority = parts.authority.ok_or("base_url has no host")?;
+        let prefix = parts
+            .path_and_query
+            .map(|pq| pq.path().trim_end_matches('/').to_owned())
+            .unwrap_or_default();
+        let auth = match &p.api_key {
+            None => None,
+            Some(key) => {
+                let (name, text) = match p.kind {
+                    ProviderKind::Anthropic => (HeaderName::from_static("x-api-key"), key.clone()),
+                    _ => (http::header::AUTHORIZATION, format!("Bearer {key}")),
+                };
+                let mut v = HeaderValue::from_str(&text).map_err(|_| {
+                    format!("the key in {:?} is not a valid header value", p.api_key_env)
+                })?;
+                v.set_sensitive(true);
+                Some((name, v))
+            }
+        };
+        Ok(Upstream {
+            name: p.name.as_str().into(),
+            kind: p.kind,
+            timeouts: p.timeouts,
+            client,
+            scheme,
+            authority,
+            prefix,
+            auth,
+            api_key_env: p.api_key_env.clone(),
+        })
+    }
+
+    /// Whether this provider serves requests of the given API shape.
+    pub fn speaks(&self, shape: ApiShape) -> bool {
+        match shape {
+            ApiShape::Anthropic => self.kind == ProviderKind::Anthropic,
+            ApiShape::OpenAi => self.kind.is_openai_shaped(),
+        }
+    }
+
+    /// The upstream URL for a client path such as `/v1/chat/completions?x=1`.
+    ///
+    /// OpenAI-style base URLs carry the version (`https://api.openai.com/v1`),
+    /// so the client's `/v1` is replaced by the base path; Anthropic base URLs
+    /// are bare origins and the path is kept.
+    pub fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        let rest = match self.kind {
+            ProviderKind::Anthropic => path_and_query,
+            _ => path_and_query.strip_prefix("/v1").unwrap_or(path_and_query),
+        };
+        let mut pq = String::with_capacity(self.prefix.len() + rest.len());
+        pq.push_str(&self.prefix);
+        pq.push_str(rest);
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+    }
+
+    /// The provider credential header Sluice adds for virtual-key requests.
+    pub fn auth_header(&self) -> Option<&(HeaderName, HeaderValue)> {
+        self.auth.as_ref()
+    }
+}
+
+fn build_client(p: &ProviderConfig) -> Result<HttpClient, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(ca) = &p.ca_file {
+        let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+        let mut added = 0;
+        for cert in rustls_pemfile_certs(&pem) {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: bad certificate: {e}", ca.display()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!("{}: no PEM certificates found", ca.display()));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(p.timeouts.connect));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(https))
+}
+
+/// Certificates from PEM text.
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .filter_map(Result::ok)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn upstream(kind: &str, url: &str) -> Upstream {
+        let text = format!(
+            "[[providers]]\nname = \"p\"\nkind = \"{kind}\"\nbase_url = \"{url}\"\napi_key_env = \"K\"\n"
+        );
+        let cfg = Config::parse(&text, "t", &|_| Some("sk-1".into())).expect("config");
+        Upstream::new(&cfg.providers[0]).expect("upstream")
+    }
+
+    #[tokio::test]
+    async fn urls_by_kind() {
+        let o = upstream("openai", "https://api.openai.com/v1");
+        assert_eq!(
+            o.uri("/v1/chat/completions?a=1").expect("uri").to_string(),
+            "https://api.openai.com/v1/chat/completions?a=1"
+        );
+        let g = upstream("openai-compatible", "http://127.0.0.1:9/openai/v1/");
+        assert_eq!(
+            g.uri("/v1/models").expect("uri").to_string(),
+            "http://127.0.0.1:9/openai/v1/models"
+        );
+        let a = upstream("anthropic", "https://api.anthropic.com");
+        assert_eq!(
+            a.uri("/v1/messages").expect("uri").to_string(),
+            "https://api.anthropic.com/v1/messages"
+        );
+        assert_eq!(a.auth_header().map(|(n, _)| n.as_str()), Some("x-api-key"));
+        assert!(format!("{a:?}").contains("redacted") && !format!("{a:?}").contains("sk-1"));
+    }
+}
