@@ -107,7 +107,10 @@ fn reject(app: &App, req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     (!constant_time_eq(presented.as_bytes(), token.as_bytes())).then(|| {
-        json_response(StatusCode::UNAUTHORIZED, &json!({"error": "invalid admin token"}))
+        json_response(
+            StatusCode::UNAUTHORIZED,
+            &json!({"error": "invalid admin token"}),
+        )
     })
 }
 

@@ -83,9 +83,9 @@ pub struct TapBody {
     idle_timer: Pin<Box<Sleep>>,
     deadline: Pin<Box<Sleep>>,
     bytes: u64,
-    /// Set once a terminal error event has been sent in place of an upstream error.
+    /// The upstream body has ended (or failed) and the record is finished.
     done: bool,
-    /// A frame to send before ending (held-back bytes, or an error event).
+    /// A last frame to send before ending (bytes held back by a rewrite).
     tail: Option<Bytes>,
 }
 
@@ -193,12 +193,23 @@ impl Body for TapBody {
                         }
                     }
                     this.bytes += data.len() as u64;
-                    if this.passthrough_size {
+                    let out = if this.passthrough_size {
                         this.observer.observe(&data);
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                        Some(data)
+                    } else {
+                        this.observer.rewrite(data)
+                    };
+                    // hyper stops polling a body that says it has ended (a
+                    // known length fully sent), so finish here, not on `None`.
+                    if this.inner.is_end_stream() {
+                        this.done = true;
+                        this.tail = this.observer.take_pending();
+                        this.finish(StreamEnd::Complete);
                     }
-                    if let Some(out) = this.observer.rewrite(data) {
-                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    match out.or_else(|| this.tail.take()) {
+                        Some(b) => return Poll::Ready(Some(Ok(Frame::data(b)))),
+                        None if this.done => return Poll::Ready(None),
+                        None => {}
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, Snapshot};
@@ -25,6 +26,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         None => None,
     };
     let app = App::new(snapshot, Some(config_path), usage, Some(metrics));
+    // Handlers go in before the listeners open, so an early SIGHUP reloads
+    // instead of killing the process.
+    let signals = Signals::install()?;
 
     let data_listener = server::bind(server_cfg.listen).await?;
     let admin_listener = server::bind(admin_addr).await?;
@@ -58,7 +62,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         ))
     };
 
-    wait_for_stop(&app).await;
+    signals.wait_for_stop(&app).await;
     tracing::info!(drain = ?server_cfg.drain_timeout, "shutting down: draining in-flight requests");
     app.begin_shutdown();
     stop_data.cancel();
@@ -70,25 +74,32 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT, reloading config on every SIGHUP meanwhile.
-async fn wait_for_stop(app: &Arc<App>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stopping on ctrl-c only");
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => {
-                if let Err(e) = app.reload() {
-                    tracing::error!(errors = %e, "config reload refused; old config keeps serving");
+/// The signals Sluice acts on.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT, reloading config on every SIGHUP meanwhile.
+    async fn wait_for_stop(mut self, app: &Arc<App>) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    if let Err(e) = app.reload() {
+                        tracing::error!(errors = %e, "config reload refused; old config keeps serving");
+                    }
                 }
             }
         }

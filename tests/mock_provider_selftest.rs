@@ -85,7 +85,8 @@ fn named_events(bytes: &Bytes) -> Vec<(String, Value)> {
         .map(|e| {
             let (event_line, data_line) = e.split_once('\n').unwrap();
             let name = event_line.strip_prefix("event: ").unwrap().to_owned();
-            let data: Value = serde_json::from_str(data_line.strip_prefix("data: ").unwrap()).unwrap();
+            let data: Value =
+                serde_json::from_str(data_line.strip_prefix("data: ").unwrap()).unwrap();
             assert_eq!(data["type"], name, "event name matches data.type");
             (name, data)
         })
@@ -107,7 +108,10 @@ async fn chat_non_stream_shape_and_recording() {
         &client,
         &mock,
         "/v1/chat/completions?trace=1",
-        &[("authorization", "Bearer sk-test"), ("content-type", "application/json")],
+        &[
+            ("authorization", "Bearer sk-test"),
+            ("content-type", "application/json"),
+        ],
         chat_body("hello world", false),
     )
     .await;
@@ -126,7 +130,10 @@ async fn chat_non_stream_shape_and_recording() {
     assert_eq!(v["usage"]["completion_tokens"], 3);
     assert_eq!(v["usage"]["total_tokens"], 13);
     assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
-    assert_eq!(v["usage"]["completion_tokens_details"]["reasoning_tokens"], 0);
+    assert_eq!(
+        v["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        0
+    );
 
     // max_tokens truncation
     let mut req = chat_body("one two three four", false);
@@ -146,7 +153,10 @@ async fn chat_non_stream_shape_and_recording() {
         chat_body("x", false),
     )
     .await;
-    assert_eq!(as_json(&body)["choices"][0]["message"]["content"], "w0 w1 w2 w3");
+    assert_eq!(
+        as_json(&body)["choices"][0]["message"]["content"],
+        "w0 w1 w2 w3"
+    );
     let bad = Request::post(format!("{}/v1/chat/completions", mock.url()))
         .body(Full::new(Bytes::from_static(b"{not json")))
         .unwrap();
@@ -171,8 +181,14 @@ async fn chat_non_stream_shape_and_recording() {
 async fn chat_stream_without_include_usage() {
     let mock = MockProvider::start().await.unwrap();
     let client = client();
-    let (status, headers, body) =
-        post_json(&client, &mock, "/v1/chat/completions", &[], chat_body("hi there", true)).await;
+    let (status, headers, body) = post_json(
+        &client,
+        &mock,
+        "/v1/chat/completions",
+        &[],
+        chat_body("hi there", true),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["content-type"], "text/event-stream");
     assert!(!String::from_utf8_lossy(&body).contains("usage"));
@@ -185,7 +201,10 @@ async fn chat_stream_without_include_usage() {
     // role chunk + 3 pieces + final
     assert_eq!(chunks.len(), 5);
     assert_eq!(chunks[0]["object"], "chat.completion.chunk");
-    assert_eq!(chunks[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
     let content: String = chunks[1..4]
         .iter()
         .map(|c| c["choices"][0]["delta"]["content"].as_str().unwrap())
@@ -220,12 +239,22 @@ async fn chat_stream_with_include_usage() {
     mock.shutdown().await;
 }
 
+fn req_with_tool_result() -> Value {
+    json!({"model": "gpt-test", "messages": [
+        {"role": "user", "content": "What's the weather?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_mock_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_mock_1", "content": "sunny"}
+    ]})
+}
+
 #[tokio::test]
 async fn chat_tool_call_stream() {
     let mock = MockProvider::start().await.unwrap();
     let client = client();
     let mut req = chat_body("What's the weather in Paris?", true);
-    req["tools"] = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]);
+    req["tools"] =
+        json!([{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]);
     let (_, _, body) = post_json(&client, &mock, "/v1/chat/completions", &[], req.clone()).await;
     let events = data_events(&body);
     let chunks: Vec<Value> = events[..events.len() - 1]
@@ -245,14 +274,31 @@ async fn chat_tool_call_stream() {
         })
         .collect();
     assert_eq!(args, "{\"city\":\"Paris\"}");
-    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
 
     req["stream"] = json!(false);
     let (_, _, body) = post_json(&client, &mock, "/v1/chat/completions", &[], req).await;
     let v = as_json(&body);
     assert!(v["choices"][0]["message"]["content"].is_null());
-    assert_eq!(v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{\"city\":\"Paris\"}");
+    assert_eq!(
+        v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+        "{\"city\":\"Paris\"}"
+    );
     assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+
+    // After the tool result the mock answers with text.
+    let mut follow_up = req_with_tool_result();
+    follow_up["tools"] = json!([{"type": "function", "function": {"name": "get_weather"}}]);
+    let (_, _, body) = post_json(&client, &mock, "/v1/chat/completions", &[], follow_up).await;
+    let v = as_json(&body);
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "echo: What's the weather?"
+    );
     mock.shutdown().await;
 }
 
@@ -262,16 +308,27 @@ async fn anthropic_messages_and_stream_order() {
     let client = client();
     let body = json!({"model": "claude-test", "max_tokens": 100, "stream": true,
         "messages": [{"role": "user", "content": [{"type": "text", "text": "hello there"}]}]});
-    let (status, headers, resp) =
-        post_json(&client, &mock, "/v1/messages", &[("x-api-key", "sk-ant")], body.clone()).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "anthropic-version is required");
+    let (status, headers, resp) = post_json(
+        &client,
+        &mock,
+        "/v1/messages",
+        &[("x-api-key", "sk-ant")],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "anthropic-version is required"
+    );
     assert_eq!(headers["request-id"], "req_mock_1");
     let err = as_json(&resp);
     assert_eq!(err["type"], "error");
     assert_eq!(err["error"]["type"], "invalid_request_error");
 
     let anthropic = [("x-api-key", "sk-ant"), ("anthropic-version", "2023-06-01")];
-    let (status, _, resp) = post_json(&client, &mock, "/v1/messages", &anthropic, body.clone()).await;
+    let (status, _, resp) =
+        post_json(&client, &mock, "/v1/messages", &anthropic, body.clone()).await;
     assert_eq!(status, StatusCode::OK);
     let events = named_events(&resp);
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
@@ -307,7 +364,10 @@ async fn anthropic_messages_and_stream_order() {
     let (_, _, resp) = post_json(&client, &mock, "/v1/messages", &anthropic, non_stream).await;
     let v = as_json(&resp);
     assert_eq!(v["type"], "message");
-    assert_eq!(v["content"], json!([{"type": "text", "text": "echo: hello there"}]));
+    assert_eq!(
+        v["content"],
+        json!([{"type": "text", "text": "echo: hello there"}])
+    );
     assert_eq!(v["stop_reason"], "end_turn");
     assert_eq!(
         v["usage"],
@@ -430,7 +490,13 @@ async fn abort_after_is_a_body_error() {
             mock.push_fault(Fault::AbortAfterChunks(2));
             &[]
         };
-        let req = request(&mock, Method::POST, "/v1/chat/completions", headers, &chat_body("a b c d", true));
+        let req = request(
+            &mock,
+            Method::POST,
+            "/v1/chat/completions",
+            headers,
+            &chat_body("a b c d", true),
+        );
         let response = client.request(req).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         let mut body = response.into_body();
@@ -447,7 +513,11 @@ async fn abort_after_is_a_body_error() {
         assert_eq!(text.matches("data: ").count(), 2, "{text}");
         assert!(!text.contains("[DONE]"));
     }
-    assert_eq!(mock.cancelled_streams(), 0, "deliberate aborts are not cancellations");
+    assert_eq!(
+        mock.cancelled_streams(),
+        0,
+        "deliberate aborts are not cancellations"
+    );
     mock.shutdown().await;
 }
 
@@ -458,8 +528,14 @@ async fn fragment_mode_reassembles_to_the_same_bytes() {
     let text = "héllo wörld 🚀 ünïcode";
     let mut plain_req = chat_body(text, true);
     plain_req["stream_options"] = json!({"include_usage": true});
-    let (_, _, plain) =
-        post_json(&client, &mock, "/v1/chat/completions", &[], plain_req.clone()).await;
+    let (_, _, plain) = post_json(
+        &client,
+        &mock,
+        "/v1/chat/completions",
+        &[],
+        plain_req.clone(),
+    )
+    .await;
     let req = request(
         &mock,
         Method::POST,
@@ -477,9 +553,15 @@ async fn fragment_mode_reassembles_to_the_same_bytes() {
     }
     let fragmented = String::from_utf8(fragmented).unwrap();
     let plain = String::from_utf8(plain.to_vec()).unwrap();
-    assert_eq!(fragmented.replace("chatcmpl-mock-2", "chatcmpl-mock-1"), plain);
+    assert_eq!(
+        fragmented.replace("chatcmpl-mock-2", "chatcmpl-mock-1"),
+        plain
+    );
     assert!(plain.contains("🚀"));
-    assert!(frames > data_events(&Bytes::from(plain)).len(), "frames: {frames}");
+    assert!(
+        frames > data_events(&Bytes::from(plain)).len(),
+        "frames: {frames}"
+    );
 
     // Anthropic events too (multi-line events).
     let anthropic = [("anthropic-version", "2023-06-01")];
@@ -490,11 +572,16 @@ async fn fragment_mode_reassembles_to_the_same_bytes() {
         &client,
         &mock,
         "/v1/messages",
-        &[("anthropic-version", "2023-06-01"), ("x-mock-fragment", "1")],
+        &[
+            ("anthropic-version", "2023-06-01"),
+            ("x-mock-fragment", "1"),
+        ],
         body,
     )
     .await;
-    let b = String::from_utf8(b.to_vec()).unwrap().replace("msg_mock_4", "msg_mock_3");
+    let b = String::from_utf8(b.to_vec())
+        .unwrap()
+        .replace("msg_mock_4", "msg_mock_3");
     assert_eq!(b.as_bytes(), &a[..]);
     mock.shutdown().await;
 }
@@ -508,8 +595,14 @@ async fn faults_errors_and_auth() {
         body: "slow down".to_owned(),
         retry_after: Some(7),
     });
-    let (status, headers, body) =
-        post_json(&client, &mock, "/v1/chat/completions", &[], chat_body("x", false)).await;
+    let (status, headers, body) = post_json(
+        &client,
+        &mock,
+        "/v1/chat/completions",
+        &[],
+        chat_body("x", false),
+    )
+    .await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(headers["retry-after"], "7");
     let v = as_json(&body);
@@ -518,8 +611,14 @@ async fn faults_errors_and_auth() {
     assert!(v["error"]["param"].is_null());
 
     // The fault was consumed: next request is normal.
-    let (status, _, _) =
-        post_json(&client, &mock, "/v1/chat/completions", &[], chat_body("x", false)).await;
+    let (status, _, _) = post_json(
+        &client,
+        &mock,
+        "/v1/chat/completions",
+        &[],
+        chat_body("x", false),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
 
     // Header-driven status, Anthropic shape, default retry-after for 429.
@@ -527,7 +626,10 @@ async fn faults_errors_and_auth() {
         &client,
         &mock,
         "/v1/messages",
-        &[("anthropic-version", "2023-06-01"), ("x-mock-status", "429")],
+        &[
+            ("anthropic-version", "2023-06-01"),
+            ("x-mock-status", "429"),
+        ],
         json!({}),
     )
     .await;
@@ -549,7 +651,10 @@ async fn faults_errors_and_auth() {
         &client,
         &mock,
         "/v1/messages",
-        &[("x-api-key", "bad-key"), ("anthropic-version", "2023-06-01")],
+        &[
+            ("x-api-key", "bad-key"),
+            ("anthropic-version", "2023-06-01"),
+        ],
         json!({}),
     )
     .await;
@@ -559,8 +664,14 @@ async fn faults_errors_and_auth() {
     // Delay fault then first-byte delay header.
     mock.push_fault(Fault::Delay(Duration::from_millis(60)));
     let started = Instant::now();
-    let (status, _, _) =
-        post_json(&client, &mock, "/v1/chat/completions", &[], chat_body("x", false)).await;
+    let (status, _, _) = post_json(
+        &client,
+        &mock,
+        "/v1/chat/completions",
+        &[],
+        chat_body("x", false),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert!(started.elapsed() >= Duration::from_millis(60));
     assert_eq!(mock.request_count(), 6);
@@ -585,7 +696,9 @@ async fn client_disconnect_is_counted_and_closes_the_connection() {
     assert_eq!(mock.active_connections(), 1);
     drop(body);
     let deadline = Instant::now() + Duration::from_secs(2);
-    while (mock.cancelled_streams() != 1 || mock.active_connections() != 0) && Instant::now() < deadline {
+    while (mock.cancelled_streams() != 1 || mock.active_connections() != 0)
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(mock.cancelled_streams(), 1);
@@ -593,25 +706,52 @@ async fn client_disconnect_is_counted_and_closes_the_connection() {
 
     // A hung request is released by shutdown.
     mock.push_fault(Fault::Hang);
-    let req = request(&mock, Method::POST, "/v1/chat/completions", &[], &chat_body("x", false));
+    let req = request(
+        &mock,
+        Method::POST,
+        "/v1/chat/completions",
+        &[],
+        &chat_body("x", false),
+    );
     let pending = tokio::spawn(async move { client.request(req).await.is_err() });
     tokio::time::sleep(Duration::from_millis(30)).await;
     assert!(!pending.is_finished());
     mock.shutdown().await;
-    assert!(tokio::time::timeout(Duration::from_secs(1), pending).await.unwrap().unwrap());
+    assert!(tokio::time::timeout(Duration::from_secs(1), pending)
+        .await
+        .unwrap()
+        .unwrap());
 }
 
 #[tokio::test]
 async fn h2c_and_gzip() {
     let mock = MockProvider::start().await.unwrap();
-    let h2: HttpClient = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
-    let (status, _, body) =
-        post_json(&h2, &mock, "/v1/chat/completions", &[], chat_body("over h2", false)).await;
+    let h2: HttpClient = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let (status, _, body) = post_json(
+        &h2,
+        &mock,
+        "/v1/chat/completions",
+        &[],
+        chat_body("over h2", false),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(as_json(&body)["choices"][0]["message"]["content"], "echo: over h2");
+    assert_eq!(
+        as_json(&body)["choices"][0]["message"]["content"],
+        "echo: over h2"
+    );
     let mut req = chat_body("streamed over h2", true);
     req["stream_options"] = json!({"include_usage": true});
-    let (_, _, body) = post_json(&h2, &mock, "/v1/chat/completions", &[("x-mock-fragment", "1")], req).await;
+    let (_, _, body) = post_json(
+        &h2,
+        &mock,
+        "/v1/chat/completions",
+        &[("x-mock-fragment", "1")],
+        req,
+    )
+    .await;
     assert_eq!(data_events(&body).last().unwrap(), "[DONE]");
     assert_eq!(mock.requests()[0].http_version, "HTTP/2.0");
 
@@ -620,15 +760,28 @@ async fn h2c_and_gzip() {
         &client,
         &mock,
         "/v1/chat/completions",
-        &[("x-mock-gzip", "1"), ("accept-encoding", "gzip, br"), ("x-mock-large-response-kb", "4")],
-        chat_body("x", false),
+        &[
+            ("x-mock-gzip", "1"),
+            ("accept-encoding", "gzip, br"),
+            ("x-mock-large-response-kb", "4"),
+        ],
+        // The size modes ignore max_tokens.
+        json!({"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "x"}]}),
     )
     .await;
     assert_eq!(headers["content-encoding"], "gzip");
     let mut decoded = String::new();
-    flate2::read::GzDecoder::new(&body[..]).read_to_string(&mut decoded).unwrap();
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_string(&mut decoded)
+        .unwrap();
     let v: Value = serde_json::from_str(&decoded).unwrap();
-    assert_eq!(v["choices"][0]["message"]["content"].as_str().unwrap().len(), 4096);
+    assert_eq!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .len(),
+        4096
+    );
     // Without accept-encoding: plain.
     let (_, headers, body) = post_json(
         &client,
@@ -640,7 +793,10 @@ async fn h2c_and_gzip() {
     .await;
     assert!(headers.get("content-encoding").is_none());
     let body_len = mock.requests().last().unwrap().body.len();
-    assert_eq!(as_json(&body)["choices"][0]["message"]["content"], format!("len:{body_len}"));
+    assert_eq!(
+        as_json(&body)["choices"][0]["message"]["content"],
+        format!("len:{body_len}")
+    );
     mock.shutdown().await;
 }
 
@@ -663,11 +819,21 @@ async fn embeddings_models_completions_and_echo() {
     assert_ne!(v["data"][0]["embedding"], v["data"][1]["embedding"]);
     assert_eq!(v["usage"]["prompt_tokens"], 3);
 
-    let (_, _, body) = send(&client, request(&mock, Method::GET, "/v1/models", &[], &Value::Null)).await;
+    let (_, _, body) = send(
+        &client,
+        request(&mock, Method::GET, "/v1/models", &[], &Value::Null),
+    )
+    .await;
     assert_eq!(as_json(&body)["data"][0]["id"], "mock-model");
     let (_, _, body) = send(
         &client,
-        request(&mock, Method::GET, "/v1/models", &[("anthropic-version", "2023-06-01")], &Value::Null),
+        request(
+            &mock,
+            Method::GET,
+            "/v1/models",
+            &[("anthropic-version", "2023-06-01")],
+            &Value::Null,
+        ),
     )
     .await;
     assert_eq!(as_json(&body)["data"][0]["type"], "model");
@@ -683,13 +849,24 @@ async fn embeddings_models_completions_and_echo() {
     let events = data_events(&body);
     let text: String = events[..events.len() - 1]
         .iter()
-        .map(|e| serde_json::from_str::<Value>(e).unwrap()["choices"][0]["text"].as_str().unwrap().to_owned())
+        .map(|e| {
+            serde_json::from_str::<Value>(e).unwrap()["choices"][0]["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     assert_eq!(text, "echo: say this");
 
     let (status, _, body) = send(
         &client,
-        request(&mock, Method::GET, "/v1/echo-headers?q=1", &[("x-custom", "abc")], &Value::Null),
+        request(
+            &mock,
+            Method::GET,
+            "/v1/echo-headers?q=1",
+            &[("x-custom", "abc")],
+            &Value::Null,
+        ),
     )
     .await;
     assert_eq!(status, StatusCode::OK);

@@ -66,6 +66,10 @@ async fn chat_body_reaches_provider_byte_for_byte_with_provider_key() {
     assert_eq!(rec["input_tokens"], v["usage"]["prompt_tokens"]);
     assert_eq!(rec["output_tokens"], v["usage"]["completion_tokens"]);
     assert_eq!(rec["usage_source"], "provider");
+    assert_eq!(
+        rec["end"], "complete",
+        "a sized body that was fully sent is complete"
+    );
 }
 
 #[tokio::test]

@@ -12,7 +12,8 @@ import json
 import anthropic
 import pytest
 
-MODEL = "claude-sonnet-4-5"
+# A made-up name: real ones get deprecation warnings from the SDK as they age.
+MODEL = "claude-sluice-test"
 
 WEATHER_TOOL = {
     "name": "get_weather",
@@ -199,7 +200,7 @@ def test_model_not_allowed_is_403(make_anthropic, keys: dict) -> None:
         )
 
 
-def test_missing_max_tokens_upstream_400_passes_through(anthropic_client) -> None:
+def test_upstream_400_passes_through(anthropic_client: anthropic.Anthropic) -> None:
     with pytest.raises(anthropic.BadRequestError) as info:
         anthropic_client.messages.create(
             model=MODEL,

@@ -264,11 +264,12 @@ impl Sluice {
         .expect("write config");
     }
 
-    /// SIGTERM, then wait for exit (up to 30 s).
-    pub async fn stop(mut self) -> ExitStatus {
+    /// SIGTERM, then wait for exit (up to 30 s); returns the exit status and
+    /// the usage log as it was left.
+    pub async fn stop(mut self) -> (ExitStatus, String) {
         self.signal("TERM");
         let mut child = self.child.take().expect("running");
-        tokio::task::spawn_blocking(move || {
+        let status = tokio::task::spawn_blocking(move || {
             for _ in 0..300 {
                 if let Some(st) = child.try_wait().expect("wait") {
                     return st;
@@ -279,7 +280,11 @@ impl Sluice {
             panic!("sluice did not exit after SIGTERM");
         })
         .await
-        .expect("join")
+        .expect("join");
+        (
+            status,
+            std::fs::read_to_string(&self.usage_path).unwrap_or_default(),
+        )
     }
 }
 

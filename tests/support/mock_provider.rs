@@ -23,7 +23,12 @@
 //! completion tokens = number of streamed pieces (for tool calls: number of argument fragments).
 //! `max_tokens` / `max_completion_tokens` / `max_output_tokens` smaller than the word count
 //! truncates the text to that many words (finish_reason `length`, Anthropic `max_tokens`,
-//! Responses status `incomplete`).
+//! Responses status `incomplete`, final event `response.incomplete`); the size modes
+//! (`x-mock-echo-body`, `x-mock-large-response-kb`) ignore the limit.
+//!
+//! Tool calls: when the request has `tools` and its last message is a user turn (without tool
+//! results) mentioning "weather", the mock calls the first tool with `{"city":"Paris"}`; after a
+//! tool result it answers with text again.
 //!
 //! Response ids embed the 1-based sequence number N of the request (`chatcmpl-mock-N`,
 //! `msg_mock_N`, ...), which is also its index + 1 in [`MockProvider::requests`] when recording
@@ -848,7 +853,7 @@ async fn produce_stream(tx: FrameSender, events: Vec<Bytes>, plan: StreamPlan) {
         return;
     }
     if let Some(carried) = carry {
-        if !plan.delay.is_zero() && !pause(&tx, FRAGMENT_PAUSE).await {
+        if !pause(&tx, FRAGMENT_PAUSE).await {
             return;
         }
         let _ = tx.send(Ok(carried)).await;
@@ -921,9 +926,11 @@ fn generate(ctx: &Ctx, user_text: &str, max_tokens: Option<u64>) -> Generated {
     } else {
         format!("echo: {user_text}")
     };
+    // The size-oriented modes ignore the token limit: their point is an exact body size.
+    let sized = ctx.opts.echo_body || ctx.opts.large_kb.is_some();
     let words = split_words(&full);
     let (text, truncated) = match max_tokens {
-        Some(max) if (max as usize) < words.len() => {
+        Some(max) if !sized && (max as usize) < words.len() => {
             let kept = words
                 .iter()
                 .take(max as usize)
@@ -1045,6 +1052,28 @@ fn last_user_text(messages: &[Value]) -> String {
         .unwrap_or_default()
 }
 
+/// Text that may trigger a tool call: that of the last message when it is a user turn without
+/// tool results (after a tool result the mock answers with text, as a model would).
+fn tool_trigger_text(messages: &[Value]) -> String {
+    let Some(last) = messages.last() else {
+        return String::new();
+    };
+    if last.get("role").and_then(Value::as_str) != Some("user") {
+        return String::new();
+    }
+    let content = last.get("content");
+    let has_tool_result = content.and_then(Value::as_array).is_some_and(|blocks| {
+        blocks
+            .iter()
+            .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+    });
+    if has_tool_result {
+        String::new()
+    } else {
+        content.map(content_text).unwrap_or_default()
+    }
+}
+
 fn model_of(request: &Value) -> String {
     request
         .get("model")
@@ -1066,10 +1095,11 @@ fn bool_at(request: &Value, pointer: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// The name of the tool to call, when the request has tools and the user asks about weather.
-fn tool_to_call(request: &Value, user_text: &str) -> Option<String> {
+/// The name of the tool to call: the first tool, when the request has tools and `trigger_text`
+/// (see [`tool_trigger_text`]) mentions the weather.
+fn tool_to_call(request: &Value, trigger_text: &str) -> Option<String> {
     let tool = request.get("tools")?.as_array()?.first()?;
-    if !user_text.to_lowercase().contains("weather") {
+    if !trigger_text.to_lowercase().contains("weather") {
         return None;
     }
     let name = tool
@@ -1139,7 +1169,7 @@ fn chat_completions(ctx: &Ctx, request: &Value) -> Reply {
         })
     };
 
-    if let Some(tool_name) = tool_to_call(request, &user_text) {
+    if let Some(tool_name) = tool_to_call(request, &tool_trigger_text(messages)) {
         let completion_tokens = TOOL_ARG_FRAGMENTS.len() as u64;
         if !stream {
             return Reply::json(json!({
@@ -1375,10 +1405,12 @@ fn base64_encode(data: &[u8]) -> String {
     out
 }
 
-/// Prompt tokens and last user text of a Responses API request.
-fn responses_input(request: &Value) -> (u64, String) {
+/// Prompt tokens, last user text and tool-trigger text (that of the last input item when it
+/// is a user message) of a Responses API request.
+fn responses_input(request: &Value) -> (u64, String, String) {
     let mut tokens = 0;
     let mut user_text = String::new();
+    let mut trigger_text = String::new();
     if let Some(instructions) = request.get("instructions").and_then(Value::as_str) {
         tokens += 3 + count_words(instructions);
     }
@@ -1386,6 +1418,7 @@ fn responses_input(request: &Value) -> (u64, String) {
         Some(Value::String(s)) => {
             tokens += 3 + count_words(s);
             user_text = s.clone();
+            trigger_text = s.clone();
         }
         Some(Value::Array(items)) => {
             for item in items {
@@ -1403,13 +1436,16 @@ fn responses_input(request: &Value) -> (u64, String) {
                 };
                 tokens += 3 + count_words(&text);
                 if item.get("role").and_then(Value::as_str) == Some("user") {
+                    trigger_text = text.clone();
                     user_text = text;
+                } else {
+                    trigger_text.clear();
                 }
             }
         }
         _ => {}
     }
-    (tokens, user_text)
+    (tokens, user_text, trigger_text)
 }
 
 fn responses_usage(input: u64, output: u64) -> Value {
@@ -1474,7 +1510,7 @@ fn response_object(
 
 fn responses(ctx: &Ctx, request: &Value) -> Reply {
     let id = format!("resp_mock_{}", ctx.seq);
-    let (prompt_tokens, user_text) = responses_input(request);
+    let (prompt_tokens, user_text, trigger_text) = responses_input(request);
     let stream = bool_at(request, "/stream");
     let mut sequence = 0u64;
     let mut event = |mut value: Value| {
@@ -1492,7 +1528,7 @@ fn responses(ctx: &Ctx, request: &Value) -> Reply {
         sse_event(&value)
     };
 
-    if let Some(tool_name) = tool_to_call(request, &user_text) {
+    if let Some(tool_name) = tool_to_call(request, &trigger_text) {
         let item_id = format!("fc_mock_{}", ctx.seq);
         let item = |status: &str, arguments: &str| {
             json!({
@@ -1791,7 +1827,7 @@ fn messages(ctx: &Ctx, request: &Value) -> Reply {
     let stream = bool_at(request, "/stream");
 
     let (content_block, start_block, deltas, stop_reason, output_tokens) = if let Some(tool_name) =
-        tool_to_call(request, &user_text)
+        tool_to_call(request, &tool_trigger_text(messages))
     {
         let deltas: Vec<Value> = TOOL_ARG_FRAGMENTS
             .iter()
