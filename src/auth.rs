@@ -156,6 +156,7 @@ mod tests {
             user: Some("alice".into()),
             team: Some("research".into()),
             models: Some(vec!["gpt-4o*".into()]),
+            limits: Default::default(),
         };
         Keys::new(&[k], passthrough, true)
     }

@@ -10,6 +10,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod headers;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod record;

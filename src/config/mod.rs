@@ -26,6 +26,68 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     pub models: Vec<ModelRule>,
     pub keys: Vec<KeyConfig>,
+    /// Global per-request token limits.
+    pub limits: TokenLimits,
+    /// Tokens reserved for the output of a request that sets no output cap,
+    /// when a tokens-per-minute limit applies.
+    pub output_reserve: u64,
+    pub rate_limits: Vec<RateRule>,
+}
+
+/// Per-request token limits; `None` = no limit at this level.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenLimits {
+    pub max_input: Option<u64>,
+    pub max_output: Option<u64>,
+}
+
+impl TokenLimits {
+    /// The tighter of two sets of limits.
+    pub fn min(self, other: TokenLimits) -> TokenLimits {
+        let m = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        };
+        TokenLimits {
+            max_input: m(self.max_input, other.max_input),
+            max_output: m(self.max_output, other.max_output),
+        }
+    }
+}
+
+/// What a rate limit is counted per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dim {
+    Key,
+    User,
+    Team,
+    Model,
+    Feature,
+}
+
+impl Dim {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dim::Key => "key",
+            Dim::User => "user",
+            Dim::Team => "team",
+            Dim::Model => "model",
+            Dim::Feature => "feature",
+        }
+    }
+}
+
+/// One rate limit rule: limits per minute for each combination of `scope`
+/// values (an empty scope is one global bucket).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateRule {
+    pub name: String,
+    pub scope: Vec<Dim>,
+    /// Only requests for these public models (globs); `None` = all.
+    pub models: Option<Vec<String>>,
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+    pub max_concurrent: Option<u64>,
 }
 
 /// The data-plane listener and its request limits.
@@ -134,6 +196,9 @@ pub struct ModelRule {
     pub pattern: String,
     pub provider: usize,
     pub upstream_model: Option<String>,
+    /// Overrides the built-in context window for this model.
+    pub context_window: Option<u64>,
+    pub limits: TokenLimits,
 }
 
 /// A virtual key, stored by its SHA-256.
@@ -145,6 +210,7 @@ pub struct KeyConfig {
     pub team: Option<String>,
     /// Model names (or globs) this key may use; `None` = all.
     pub models: Option<Vec<String>>,
+    pub limits: TokenLimits,
 }
 
 /// Every problem found in a config file.
@@ -315,6 +381,12 @@ impl Validator<'_> {
         let providers = self.providers(&raw, default_timeouts, env);
         let models = self.models(&raw, &providers);
         let keys = self.keys(&raw);
+        let limits = self.token_limits(
+            "limits",
+            raw.limits.max_input_tokens,
+            raw.limits.max_output_tokens,
+        );
+        let rate_limits = self.rate_limits(&raw);
 
         Some(Config {
             server,
@@ -323,6 +395,9 @@ impl Validator<'_> {
             providers,
             models,
             keys,
+            limits,
+            output_reserve: raw.limits.output_reserve.unwrap_or(1024),
+            rate_limits,
         })
     }
 
@@ -418,10 +493,19 @@ impl Validator<'_> {
             if m.upstream_model.as_deref() == Some("") {
                 self.err(&format!("{field}.upstream_model"), "must not be empty");
             }
+            if m.context_window == Some(0) {
+                self.err(
+                    &format!("{field}.context_window"),
+                    "must be greater than zero",
+                );
+            }
+            let limits = self.token_limits(&field, m.max_input_tokens, m.max_output_tokens);
             out.push(ModelRule {
                 pattern: m.name.clone(),
                 provider,
                 upstream_model: m.upstream_model.clone(),
+                context_window: m.context_window,
+                limits,
             });
         }
         out
@@ -443,7 +527,9 @@ impl Validator<'_> {
             if !seen.insert(sha) {
                 self.err(&format!("{field}.sha256"), "duplicate key");
             }
+            let limits = self.token_limits(&field, k.max_input_tokens, k.max_output_tokens);
             out.push(KeyConfig {
+                limits,
                 name: k
                     .name
                     .clone()
@@ -452,6 +538,105 @@ impl Validator<'_> {
                 user: k.user.clone(),
                 team: k.team.clone(),
                 models: k.models.clone(),
+            });
+        }
+        out
+    }
+}
+
+impl Validator<'_> {
+    fn token_limits(
+        &mut self,
+        field: &str,
+        input: Option<u64>,
+        output: Option<u64>,
+    ) -> TokenLimits {
+        if input == Some(0) {
+            self.err(
+                &format!("{field}.max_input_tokens"),
+                "must be greater than zero",
+            );
+        }
+        if output == Some(0) {
+            self.err(
+                &format!("{field}.max_output_tokens"),
+                "must be greater than zero",
+            );
+        }
+        TokenLimits {
+            max_input: input,
+            max_output: output,
+        }
+    }
+
+    fn rate_limits(&mut self, raw: &RawConfig) -> Vec<RateRule> {
+        let mut names = HashSet::new();
+        let mut out = Vec::new();
+        for (i, r) in raw.rate_limits.iter().enumerate() {
+            let field = format!("rate_limits[{i}]");
+            let mut scope = Vec::new();
+            for (j, d) in r.scope.iter().enumerate() {
+                let dim = match d.as_str() {
+                    "key" => Dim::Key,
+                    "user" => Dim::User,
+                    "team" => Dim::Team,
+                    "model" => Dim::Model,
+                    "feature" => Dim::Feature,
+                    other => {
+                        self.err(
+                            &format!("{field}.scope[{j}]"),
+                            format!("unknown dimension {other:?} (expected key|user|team|model|feature)"),
+                        );
+                        continue;
+                    }
+                };
+                if scope.contains(&dim) {
+                    self.err(
+                        &format!("{field}.scope[{j}]"),
+                        format!("{d:?} listed twice"),
+                    );
+                }
+                scope.push(dim);
+            }
+            if r.requests_per_minute.is_none()
+                && r.tokens_per_minute.is_none()
+                && r.max_concurrent.is_none()
+            {
+                self.err(
+                    &field,
+                    "sets no limit (expected requests_per_minute, tokens_per_minute or max_concurrent)",
+                );
+            }
+            for (name, v) in [
+                ("requests_per_minute", r.requests_per_minute),
+                ("tokens_per_minute", r.tokens_per_minute),
+                ("max_concurrent", r.max_concurrent),
+            ] {
+                if v == Some(0) {
+                    self.err(&format!("{field}.{name}"), "must be greater than zero");
+                }
+            }
+            let name = r.name.clone().unwrap_or_else(|| {
+                let dims: Vec<&str> = scope.iter().map(|d| d.as_str()).collect();
+                if dims.is_empty() {
+                    format!("global-{i}")
+                } else {
+                    format!("{}-{i}", dims.join("+"))
+                }
+            });
+            if !names.insert(name.clone()) {
+                self.err(
+                    &format!("{field}.name"),
+                    format!("duplicate rate limit name {name:?}"),
+                );
+            }
+            out.push(RateRule {
+                name,
+                scope,
+                models: r.models.clone(),
+                requests_per_minute: r.requests_per_minute,
+                tokens_per_minute: r.tokens_per_minute,
+                max_concurrent: r.max_concurrent,
             });
         }
         out

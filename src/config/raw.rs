@@ -21,6 +21,30 @@ pub struct RawConfig {
     pub models: Vec<RawModel>,
     #[serde(default)]
     pub keys: Vec<RawKey>,
+    #[serde(default)]
+    pub limits: RawTokenLimits,
+    #[serde(default)]
+    pub rate_limits: Vec<RawRateLimit>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokenLimits {
+    pub max_input_tokens: Option<u64>,
+    pub max_output_tokens: Option<u64>,
+    pub output_reserve: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub scope: Vec<String>,
+    pub models: Option<Vec<String>>,
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+    pub max_concurrent: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -84,6 +108,9 @@ pub struct RawModel {
     pub name: String,
     pub provider: String,
     pub upstream_model: Option<String>,
+    pub context_window: Option<u64>,
+    pub max_input_tokens: Option<u64>,
+    pub max_output_tokens: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +121,8 @@ pub struct RawKey {
     pub user: Option<String>,
     pub team: Option<String>,
     pub models: Option<Vec<String>>,
+    pub max_input_tokens: Option<u64>,
+    pub max_output_tokens: Option<u64>,
 }
 
 /// A byte size: a bare integer or a string such as `"32MiB"`.

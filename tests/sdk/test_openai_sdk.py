@@ -15,6 +15,7 @@ import pytest
 
 REWRITTEN = "gpt-4o-mini"  # -> upstream "mock-model"
 PASSED = "gpt-4.1-nano"  # -> upstream under its own name
+HI = [{"role": "user", "content": "hi"}]
 MODELS = [pytest.param(REWRITTEN, id="rewritten-model"), pytest.param(PASSED, id="same-model")]
 
 WEATHER_TOOLS = [
@@ -86,7 +87,10 @@ def test_chat_system_and_history(openai_client: openai.OpenAI) -> None:
             {"role": "system", "content": "You are terse."},
             {"role": "user", "content": "first question"},
             {"role": "assistant", "content": "first answer"},
-            {"role": "user", "content": [{"type": "text", "text": "second"}, {"type": "text", "text": "question"}]},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "second"}, {"type": "text", "text": "question"}],
+            },
         ],
     )
     assert completion.choices[0].message.content == "echo: second question"
@@ -351,7 +355,7 @@ def test_provider_key_replaces_virtual_key(openai_client: openai.OpenAI, keys: d
 def test_bad_key_is_401(make_openai) -> None:
     client = make_openai("sk-not-a-sluice-key")
     with pytest.raises(openai.AuthenticationError) as info:
-        client.chat.completions.create(model=REWRITTEN, messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(model=REWRITTEN, messages=HI)
     err = info.value
     assert err.status_code == 401
     assert err.response.headers.get("x-sluice-request-id")
@@ -361,10 +365,10 @@ def test_bad_key_is_401(make_openai) -> None:
 
 def test_model_not_allowed_is_403(make_openai, keys: dict) -> None:
     client = make_openai(keys["limited"])
-    ok = client.chat.completions.create(model=REWRITTEN, messages=[{"role": "user", "content": "hi"}])
+    ok = client.chat.completions.create(model=REWRITTEN, messages=HI)
     assert ok.choices[0].message.content == "echo: hi"
     with pytest.raises(openai.PermissionDeniedError) as info:
-        client.chat.completions.create(model=PASSED, messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(model=PASSED, messages=HI)
     assert info.value.status_code == 403
 
 

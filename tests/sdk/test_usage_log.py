@@ -59,17 +59,12 @@ def test_usage_log_has_one_line_per_request(sluice) -> None:
 
 
 @pytest.mark.run_last
-@pytest.mark.xfail(
-    reason=(
-        "proxy bug: every non-streamed upstream response (200 and upstream 4xx/5xx alike) is "
-        "logged with end=client_gone although the client read the whole body. Likely cause: "
-        "TapBody (src/body.rs) records Complete only when it polls the end of the upstream "
-        "body, but with an exact Content-Length hyper stops polling once that many bytes are "
-        "written and drops the body, so Drop records ClientGone"
-    ),
-    strict=False,
-)
 def test_usage_log_marks_delivered_responses_complete(sluice) -> None:
+    """A body the client read to the end is `end: complete`, sized (non-stream) ones too.
+
+    Regression: sized bodies used to be logged `client_gone`, because hyper stops polling a
+    body once Content-Length bytes are written and only the tap's Drop saw the end.
+    """
     deadline = time.monotonic() + 10
     records = _read(sluice.usage_path)
     while len(records) < len(sluice.request_ids) and time.monotonic() < deadline:

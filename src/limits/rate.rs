@@ -1,0 +1,322 @@
+//! Rate limits: requests and tokens per minute, and concurrent requests, per
+//! any combination of key, user, team, model and feature.
+//!
+//! Tokens are reserved at an estimate (input tokens + the output cap) when a
+//! request is admitted and settled with the real usage when it finishes. The
+//! counters live outside the config snapshot, so a reload keeps them.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::window::{Refused, SlidingWindow};
+use crate::auth::Identity;
+use crate::config::{Dim, RateRule};
+use crate::route::glob_match;
+
+const WINDOW: Duration = Duration::from_secs(60);
+const SHARDS: usize = 16;
+
+/// What a rate limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKind {
+    Requests,
+    Tokens,
+    Concurrent,
+}
+
+/// A refused request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimited {
+    pub rule: String,
+    pub kind: LimitKind,
+    pub limit: u64,
+    pub requested: u64,
+    pub retry_after: Duration,
+    pub never_fits: bool,
+}
+
+/// Remaining allowance of the tightest limit, for `x-ratelimit-*` headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Allowance {
+    pub requests: Option<(u64, u64, Duration)>,
+    pub tokens: Option<(u64, u64, Duration)>,
+}
+
+#[derive(Debug, Default)]
+struct Bucket {
+    requests: SlidingWindow,
+    tokens: SlidingWindow,
+    inflight: u64,
+}
+
+impl Bucket {
+    fn idle(&self) -> bool {
+        self.inflight == 0 && self.requests.is_empty() && self.tokens.is_empty()
+    }
+}
+
+/// The counters of every rate limit bucket, shared by all config snapshots.
+#[derive(Debug)]
+pub struct RateLimiter {
+    shards: Vec<Mutex<HashMap<String, Bucket>>>,
+    next_id: AtomicU64,
+}
+
+impl Default for RateLimiter {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+}
+
+/// The request attributes rate limits are keyed on.
+pub struct Subject<'a> {
+    pub identity: &'a Identity,
+    pub model: &'a str,
+}
+
+impl Subject<'_> {
+    fn value(&self, d: Dim) -> &str {
+        let id = self.identity;
+        match d {
+            Dim::Key => id.key.as_deref(),
+            Dim::User => id.user.as_deref(),
+            Dim::Team => id.team.as_deref(),
+            Dim::Model => Some(self.model),
+            Dim::Feature => id.feature.as_deref(),
+        }
+        .unwrap_or("")
+    }
+}
+
+/// The bucket name of a rule for a subject: `rule|dim=value|…`.
+fn bucket_key(rule: &RateRule, s: &Subject<'_>) -> String {
+    let mut k = rule.name.clone();
+    for d in &rule.scope {
+        k.push('|');
+        k.push_str(d.as_str());
+        k.push('=');
+        k.push_str(s.value(*d));
+    }
+    k
+}
+
+fn applies(rule: &RateRule, model: &str) -> bool {
+    rule.models
+        .as_ref()
+        .is_none_or(|pats| pats.iter().any(|p| glob_match(p, model)))
+}
+
+/// What an admitted request holds until it finishes.
+#[derive(Debug)]
+struct Hold {
+    bucket: String,
+    token_id: Option<u64>,
+    concurrent: bool,
+}
+
+/// An admitted request's reservations; settle it with the actual tokens.
+/// Dropped unsettled, it releases its concurrency slots and keeps its
+/// reserved tokens (the safe side).
+#[derive(Debug)]
+pub struct Admission {
+    limiter: Arc<RateLimiter>,
+    holds: Vec<Hold>,
+    pub allowance: Allowance,
+}
+
+impl RateLimiter {
+    fn shard(&self, key: &str) -> MutexGuard<'_, HashMap<String, Bucket>> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        let i = (h.finish() as usize) % SHARDS;
+        // A poisoned shard only means a panic elsewhere mid-update; the
+        // counters are still usable.
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits a request under every rule that applies, or refuses it;
+    /// `tokens` is the reservation. All-or-nothing: a refusal releases what
+    /// earlier rules took.
+    pub fn admit(
+        self: &Arc<Self>,
+        rules: &[RateRule],
+        subject: &Subject<'_>,
+        tokens: u64,
+    ) -> Result<Admission, RateLimited> {
+        let now = Instant::now();
+        let mut adm = Admission {
+            limiter: self.clone(),
+            holds: Vec::new(),
+            allowance: Allowance::default(),
+        };
+        for rule in rules.iter().filter(|r| applies(r, subject.model)) {
+            let key = bucket_key(rule, subject);
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let mut shard = self.shard(&key);
+            let b = shard.entry(key.clone()).or_default();
+            let refuse = |kind, limit, requested, r: Refused| RateLimited {
+                rule: rule.name.clone(),
+                kind,
+                limit,
+                requested,
+                retry_after: r.retry_after,
+                never_fits: r.never_fits,
+            };
+            if let Some(max) = rule.max_concurrent {
+                if b.inflight >= max {
+                    drop(shard);
+                    adm.release();
+                    return Err(RateLimited {
+                        rule: rule.name.clone(),
+                        kind: LimitKind::Concurrent,
+                        limit: max,
+                        requested: 1,
+                        retry_after: Duration::from_secs(1),
+                        never_fits: false,
+                    });
+                }
+            }
+            if let Some(rpm) = rule.requests_per_minute {
+                if let Err(r) = b.requests.try_take(now, WINDOW, rpm, 1, id) {
+                    drop(shard);
+                    adm.release();
+                    return Err(refuse(LimitKind::Requests, rpm, 1, r));
+                }
+            }
+            if let Some(tpm) = rule.tokens_per_minute {
+                if let Err(r) = b.tokens.try_take(now, WINDOW, tpm, tokens, id) {
+                    // Give back the request slot taken just above.
+                    if rule.requests_per_minute.is_some() {
+                        b.requests.settle(now, WINDOW, id, 0);
+                    }
+                    drop(shard);
+                    adm.release();
+                    return Err(refuse(LimitKind::Tokens, tpm, tokens, r));
+                }
+            }
+            if rule.max_concurrent.is_some() {
+                b.inflight += 1;
+            }
+            let a = &mut adm.allowance;
+            if let Some(rpm) = rule.requests_per_minute {
+                let left = rpm.saturating_sub(b.requests.used(now, WINDOW));
+                if a.requests.is_none_or(|(_, l, _)| left < l) {
+                    a.requests = Some((rpm, left, b.requests.reset_after(now, WINDOW)));
+                }
+            }
+            if let Some(tpm) = rule.tokens_per_minute {
+                let left = tpm.saturating_sub(b.tokens.used(now, WINDOW));
+                if a.tokens.is_none_or(|(_, l, _)| left < l) {
+                    a.tokens = Some((tpm, left, b.tokens.reset_after(now, WINDOW)));
+                }
+            }
+            adm.holds.push(Hold {
+                bucket: key,
+                token_id: rule.tokens_per_minute.map(|_| id),
+                concurrent: rule.max_concurrent.is_some(),
+            });
+        }
+        Ok(adm)
+    }
+
+    /// Current use of every bucket whose name contains `filter`
+    /// (e.g. `user=alice`), for the admin API.
+    pub fn snapshot(&self, filter: &str) -> Vec<BucketState> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+            map.retain(|_, b| {
+                let _ = b.requests.used(now, WINDOW);
+                let _ = b.tokens.used(now, WINDOW);
+                !b.idle()
+            });
+            for (k, b) in map.iter_mut() {
+                if k.contains(filter) {
+                    out.push(BucketState {
+                        bucket: k.clone(),
+                        requests_last_minute: b.requests.used(now, WINDOW),
+                        tokens_last_minute: b.tokens.used(now, WINDOW),
+                        inflight: b.inflight,
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.bucket.cmp(&b.bucket));
+        out
+    }
+}
+
+/// One bucket's state, for the admin API.
+#[derive(Debug, Serialize)]
+pub struct BucketState {
+    pub bucket: String,
+    pub requests_last_minute: u64,
+    pub tokens_last_minute: u64,
+    pub inflight: u64,
+}
+
+impl Admission {
+    /// Settles the token reservations with the tokens actually used and
+    /// releases concurrency slots.
+    pub fn settle(mut self, actual_tokens: u64) {
+        let now = Instant::now();
+        for h in std::mem::take(&mut self.holds) {
+            let mut shard = self.limiter.shard(&h.bucket);
+            if let Some(b) = shard.get_mut(&h.bucket) {
+                if let Some(id) = h.token_id {
+                    b.tokens.settle(now, WINDOW, id, actual_tokens);
+                }
+                if h.concurrent {
+                    b.inflight = b.inflight.saturating_sub(1);
+                }
+            }
+        }
+    }
+
+    /// Releases everything taken so far (a later rule refused the request).
+    fn release(&mut self) {
+        let now = Instant::now();
+        for h in std::mem::take(&mut self.holds) {
+            let mut shard = self.limiter.shard(&h.bucket);
+            if let Some(b) = shard.get_mut(&h.bucket) {
+                if let Some(id) = h.token_id {
+                    b.tokens.settle(now, WINDOW, id, 0);
+                }
+                if h.concurrent {
+                    b.inflight = b.inflight.saturating_sub(1);
+                }
+            }
+        }
+    }
+
+    /// Whether any rule applied.
+    pub fn is_empty(&self) -> bool {
+        self.holds.is_empty()
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        for h in std::mem::take(&mut self.holds) {
+            if h.concurrent {
+                let mut shard = self.limiter.shard(&h.bucket);
+                if let Some(b) = shard.get_mut(&h.bucket) {
+                    b.inflight = b.inflight.saturating_sub(1);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

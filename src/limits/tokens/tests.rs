@@ -1,0 +1,158 @@
+use super::*;
+use serde_json::json;
+
+fn reference(encoding: &str, text: &str) -> u64 {
+    let bpe = match encoding {
+        "o200k" => tiktoken_rs::o200k_base().expect("o200k"),
+        _ => tiktoken_rs::cl100k_base().expect("cl100k"),
+    };
+    bpe.encode_with_special_tokens(text).len() as u64
+}
+
+/// Texts of the kind agents send: prose, code, JSON, logs, many scripts.
+fn corpus() -> Vec<String> {
+    let mut texts: Vec<String> = vec![
+        "Hello, world!".into(),
+        "You are a helpful assistant. Answer concisely and cite sources.".into(),
+        "def fib(n):\n    if n < 2:\n        return n\n    return fib(n-1) + fib(n-2)\n\nprint([fib(i) for i in range(20)])\n".into(),
+        "{\"tool\": \"search\", \"args\": {\"query\": \"rust async cancellation\", \"limit\": 10}}".into(),
+        "2026-11-26T03:52:12.510Z ERROR worker[42]: connection reset by peer (os error 104)\n    at tokio::net::TcpStream::poll_read\n".into(),
+        "Ünïcödé façade naïve café — «quotes» and ‘single’ … ellipsis".into(),
+        "日本語のテキストと中文文本，还有한국어 텍스트도 있습니다。".into(),
+        "Emoji 🚀🔥👩‍💻 and combining e\u{301} a\u{308} and ZWJ 👨‍👩‍👧‍👦".into(),
+        "    indented\n\n\n\ttabs\t\tand   multiple   spaces   \r\n windows line".into(),
+        "I'm sure they'll say it's fine, but we've seen what'd happen. DON'T SHOUT'S".into(),
+        "12345678901234567890 3.14159 1e-10 0xDEADBEEF 1,000,000".into(),
+        "https://example.com/path?query=value&other=1#fragment user@example.com".into(),
+        "SELECT u.id, COUNT(*) FROM users u JOIN orders o ON o.user_id = u.id GROUP BY u.id HAVING COUNT(*) > 5;".into(),
+        "Ελληνικά, русский текст, עברית, العربية, हिन्दी".into(),
+        String::new(),
+        " ".into(),
+        "\n".into(),
+    ];
+    let long: String = texts
+        .iter()
+        .cycle()
+        .take(200)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n");
+    texts.push(long);
+    texts
+}
+
+#[test]
+fn counts_match_the_reference_tokenizer() {
+    for text in corpus() {
+        assert_eq!(
+            Family::O200k.count(&text),
+            reference("o200k", &text),
+            "o200k: {text:?}"
+        );
+        assert_eq!(
+            Family::Cl100k.count(&text),
+            reference("cl100k", &text),
+            "cl100k: {text:?}"
+        );
+    }
+}
+
+#[test]
+fn families() {
+    assert_eq!(Family::for_model("gpt-4o-mini"), Family::O200k);
+    assert_eq!(Family::for_model("o3-mini"), Family::O200k);
+    assert_eq!(Family::for_model("gpt-5"), Family::O200k);
+    assert_eq!(Family::for_model("gpt-4-turbo"), Family::Cl100k);
+    assert_eq!(Family::for_model("gpt-3.5-turbo"), Family::Cl100k);
+    assert_eq!(Family::for_model("claude-sonnet-4-5"), Family::Claude);
+    assert_eq!(Family::for_model("openai/gpt-4o"), Family::O200k);
+}
+
+#[test]
+fn chat_format_overhead_matches_openai_cookbook() {
+    // OpenAI's cookbook (num_tokens_from_messages) for gpt-4o: 3 per message,
+    // +1 per name, +3 reply priming.
+    let body = json!({"model": "gpt-4o", "messages": [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "name": "bob", "content": "Hi there"},
+    ]});
+    let f = Family::O200k;
+    let expected = 3
+        + f.count("system")
+        + f.count("You are terse.")
+        + 3
+        + f.count("user")
+        + 1
+        + f.count("bob")
+        + f.count("Hi there")
+        + 3;
+    let n = count_request(Endpoint::ChatCompletions, body.to_string().as_bytes(), f);
+    assert_eq!(n, expected);
+}
+
+#[test]
+fn parts_images_and_tools_are_counted() {
+    let f = Family::O200k;
+    let body = json!({"model": "gpt-4o", "messages": [
+        {"role": "user", "content": [
+            {"type": "text", "text": "What is in this image?"},
+            {"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "low"}},
+            {"type": "image_url", "image_url": {"url": "https://x/z.png"}},
+        ]},
+    ], "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]});
+    let n = count_request(Endpoint::ChatCompletions, body.to_string().as_bytes(), f);
+    let tools = serde_json::to_string(&body["tools"]).expect("json");
+    assert_eq!(
+        n,
+        3 + f.count("user") + f.count("What is in this image?") + 85 + 765 + 3 + f.count(&tools)
+    );
+}
+
+#[test]
+fn anthropic_is_a_conservative_estimate() {
+    let body = json!({"model": "claude-x", "system": "Be brief.", "max_tokens": 10, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "hello world"}]},
+    ]});
+    let n = count_request(
+        Endpoint::Messages,
+        body.to_string().as_bytes(),
+        Family::Claude,
+    );
+    let cl = Family::Cl100k;
+    assert!(
+        n >= cl.count("Be brief.") + cl.count("hello world") + 3,
+        "{n}"
+    );
+}
+
+#[test]
+fn upper_bound_is_an_upper_bound() {
+    for text in corpus() {
+        let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": text}]});
+        let raw = body.to_string();
+        for f in [Family::O200k, Family::Cl100k, Family::Claude] {
+            let exact = count_request(Endpoint::ChatCompletions, raw.as_bytes(), f);
+            assert!(upper_bound(raw.as_bytes(), f) >= exact, "{f:?} {text:?}");
+        }
+    }
+}
+
+#[test]
+fn other_endpoints() {
+    let f = Family::O200k;
+    let emb = json!({"model": "m", "input": ["alpha beta", "gamma"]}).to_string();
+    assert_eq!(
+        count_request(Endpoint::Embeddings, emb.as_bytes(), f),
+        f.count("alpha beta") + f.count("gamma")
+    );
+    let cmp = json!({"model": "m", "prompt": "Once upon a time"}).to_string();
+    assert_eq!(
+        count_request(Endpoint::Completions, cmp.as_bytes(), f),
+        f.count("Once upon a time")
+    );
+    let resp = json!({"model": "m", "instructions": "Be kind.", "input": "Hi"}).to_string();
+    assert_eq!(
+        count_request(Endpoint::Responses, resp.as_bytes(), f),
+        f.count("Be kind.") + f.count("Hi") + 3
+    );
+}
