@@ -35,13 +35,13 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
             if let Some(denied) = reject(&app, &req) {
                 return denied;
             }
-            admin(&app, req.method(), p)
+            admin(&app, req.method(), p, req.uri().query().unwrap_or(""))
         }
         _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
     }
 }
 
-fn admin(app: &App, method: &Method, path: &str) -> Response<ProxyBody> {
+fn admin(app: &App, method: &Method, path: &str, query: &str) -> Response<ProxyBody> {
     match (method, path) {
         (&Method::POST, "/admin/reload") => match app.reload() {
             Ok(()) => json_response(StatusCode::OK, &json!({"reloaded": true})),
@@ -53,6 +53,14 @@ fn admin(app: &App, method: &Method, path: &str) -> Response<ProxyBody> {
                 )
             }
         },
+        (&Method::GET, "/admin/limits") => {
+            // `?filter=user=alice` narrows to buckets whose name contains it.
+            let filter = query_param(query, "filter").unwrap_or_default();
+            json_response(
+                StatusCode::OK,
+                &json!({"buckets": app.rate.snapshot(&filter)}),
+            )
+        }
         (&Method::GET, "/admin/config") => {
             let snap = app.snapshot();
             let c = &snap.config;
@@ -114,6 +122,39 @@ fn reject(app: &App, req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
     })
 }
 
+/// A query parameter, percent-decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    fn hex(c: u8) -> Option<u8> {
+        (c as char).to_digit(16).map(|d| d as u8)
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let decoded = (b[i] == b'%' && i + 2 < b.len())
+            .then(|| Some(hex(b[i + 1])? * 16 + hex(b[i + 2])?))
+            .flatten();
+        match (decoded, b[i]) {
+            (Some(v), _) => {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, c) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -134,4 +175,14 @@ fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<ProxyBod
         HeaderValue::from_static("application/json"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(super::percent_decode("user%3Dalice+x"), "user=alice x");
+        assert_eq!(super::percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(super::percent_decode("caf%C3%A9"), "café");
+    }
 }

@@ -13,6 +13,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::auth::Keys;
 use crate::config::{Config, ConfigError};
+use crate::limits::rate::RateLimiter;
 use crate::route::Router;
 use crate::upstream::Upstream;
 use crate::usage_log::UsageLog;
@@ -59,6 +60,8 @@ pub struct App {
     config_path: Option<PathBuf>,
     pub usage: UsageLog,
     pub metrics: Option<PrometheusHandle>,
+    /// Rate-limit counters; they outlive config snapshots.
+    pub rate: Arc<RateLimiter>,
     shutting_down: AtomicBool,
     id_seed: u64,
     id_counter: AtomicU64,
@@ -81,6 +84,7 @@ impl App {
             config_path,
             usage,
             metrics,
+            rate: Arc::new(RateLimiter::default()),
             shutting_down: AtomicBool::new(false),
             id_seed: seed,
             id_counter: AtomicU64::new(0),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
 
-use crate::config::KeyConfig;
+use crate::config::{KeyConfig, TokenLimits};
 use crate::error::ProxyError;
 use crate::route::glob_match;
 
@@ -42,6 +42,7 @@ pub struct VirtualKey {
     pub user: Option<Arc<str>>,
     pub team: Option<Arc<str>>,
     pub models: Option<Vec<String>>,
+    pub limits: TokenLimits,
 }
 
 impl VirtualKey {
@@ -76,6 +77,7 @@ impl Keys {
                     user: k.user.as_deref().map(Into::into),
                     team: k.team.as_deref().map(Into::into),
                     models: k.models.clone(),
+                    limits: k.limits,
                 };
                 (k.sha256, Arc::new(vk))
             })

@@ -6,6 +6,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::json;
 
 use crate::body::ProxyBody;
+use crate::limits::rate::{LimitKind, RateLimited};
 
 /// Which provider API a request speaks; errors are rendered in its shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,15 @@ pub enum ProxyError {
         provider: String,
         phase: &'static str,
     },
+    #[error("{}", input_too_long(.tokens, .limit, .context_window, .max_output))]
+    InputTooLong {
+        tokens: u64,
+        limit: u64,
+        context_window: Option<u64>,
+        max_output: Option<u64>,
+    },
+    #[error("{}", rate_limited(.0))]
+    RateLimited(RateLimited),
     #[error("Sluice is shutting down")]
     ShuttingDown,
     #[error("internal error: {0}")]
@@ -58,7 +68,8 @@ impl ProxyError {
     /// The HTTP status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidRequest(_) | Self::InputTooLong { .. } => StatusCode::BAD_REQUEST,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MissingKey | Self::InvalidKey => StatusCode::UNAUTHORIZED,
             Self::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
@@ -94,6 +105,8 @@ impl ProxyError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::InvalidRequest(_) => "invalid_request",
+            Self::InputTooLong { .. } => "context_length_exceeded",
+            Self::RateLimited(_) => "rate_limited",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::MissingKey => "missing_key",
             Self::InvalidKey => "invalid_key",
@@ -112,6 +125,8 @@ impl ProxyError {
     fn openai_code(&self) -> Option<&'static str> {
         Some(match self {
             Self::BodyTooLarge { .. } => "request_too_large",
+            Self::InputTooLong { .. } => "context_length_exceeded",
+            Self::RateLimited(_) => "rate_limit_exceeded",
             Self::MissingKey => "missing_api_key",
             Self::InvalidKey => "invalid_api_key",
             Self::ModelNotAllowed { .. } => "model_not_allowed",
@@ -128,6 +143,7 @@ impl ProxyError {
         match self.status().as_u16() {
             401 => "authentication_error",
             403 => "permission_error",
+            429 => "requests",
             400..=499 => "invalid_request_error",
             _ => "server_error",
         }
@@ -155,7 +171,11 @@ impl ProxyError {
                 "error": {
                     "message": message,
                     "type": self.openai_type(),
-                    "param": match self { Self::UnknownModel { .. } | Self::ModelNotAllowed { .. } => Some("model"), _ => None },
+                    "param": match self {
+                        Self::UnknownModel { .. } | Self::ModelNotAllowed { .. } => Some("model"),
+                        Self::InputTooLong { .. } => Some("messages"),
+                        _ => None,
+                    },
                     "code": self.openai_code(),
                 }
             }),
@@ -175,7 +195,59 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Self::RateLimited(r) = &self {
+            let h = resp.headers_mut();
+            let secs = r.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            if r.never_fits {
+                // Waiting will not help: tell SDKs not to retry.
+                h.insert("x-should-retry", HeaderValue::from_static("false"));
+            }
+            crate::limits::headers::refused(h, r, shape);
+        }
         resp
+    }
+}
+
+fn input_too_long(
+    tokens: &u64,
+    limit: &u64,
+    window: &Option<u64>,
+    max_output: &Option<u64>,
+) -> String {
+    let (tokens, limit, out) = (*tokens, *limit, max_output.unwrap_or(0));
+    match *window {
+        Some(w) if tokens + out > w => format!(
+            "This model's maximum context length is {w} tokens. However, you requested {} \
+             tokens ({tokens} in the messages, {out} in the completion). Please reduce the \
+             length of the messages or completion.",
+            tokens + out
+        ),
+        _ => format!(
+            "The input is {tokens} tokens, over this gateway's limit of {limit} input tokens. \
+             Please reduce the length of the messages."
+        ),
+    }
+}
+
+fn rate_limited(r: &RateLimited) -> String {
+    let what = match r.kind {
+        LimitKind::Requests => "requests per minute",
+        LimitKind::Tokens => "tokens per minute",
+        LimitKind::Concurrent => "concurrent requests",
+    };
+    if r.never_fits {
+        format!(
+            "Request too large for rate limit {:?}: limit {} {what}, requested {}.",
+            r.rule, r.limit, r.requested
+        )
+    } else {
+        format!(
+            "Rate limit {:?} reached: limit {} {what}. Please try again in {:.1}s.",
+            r.rule,
+            r.limit,
+            r.retry_after.as_secs_f64()
+        )
     }
 }
 

@@ -131,6 +131,10 @@ pub fn stream_end(kind: &'static str) {
     counter!("sluice_stream_ends_total", "end" => kind).increment(1);
 }
 
+pub fn rate_limited(rule: &str) {
+    counter!("sluice_rate_limited_total", "scope" => rule.to_owned()).increment(1);
+}
+
 pub fn config_reload(ok: bool) {
     counter!("sluice_config_reloads_total", "result" => if ok { "ok" } else { "error" })
         .increment(1);

@@ -13,8 +13,11 @@ use serde_json::json;
 use crate::app::{App, Snapshot};
 use crate::auth::Credential;
 use crate::body::{ProxyBody, TapBody, TapConfig};
+use crate::config::TokenLimits;
 use crate::error::{ApiShape, ProxyError};
 use crate::headers::{client_response_headers, upstream_request_headers, value};
+use crate::limits::tokens::{self, Family};
+use crate::limits::{self, context, rate, request};
 use crate::metrics;
 use crate::record::{RequestRecord, StreamEnd};
 use crate::sniff::{self, Endpoint, Rewrite, Sniffed};
@@ -47,13 +50,15 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
     let result = if app.is_shutting_down() {
         Err(ProxyError::ShuttingDown)
     } else {
-        pipeline(&snap, req, &mut rec).await
+        pipeline(&app, &snap, req, &mut rec).await
     };
 
     let id = value(&rec.id);
     let model = (!rec.upstream_model.is_empty()).then(|| value(&rec.upstream_model));
     let provider = (!rec.provider.is_empty()).then(|| value(&rec.provider));
     let attempts = rec.attempts;
+    let allowance = rec.admission.as_ref().map(|a| a.allowance);
+    let shape = rec.shape;
     let mut resp = match result {
         Ok(Answer::Local(resp)) => {
             rec.status = resp.status().as_u16();
@@ -93,11 +98,15 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
     if attempts > 0 {
         h.insert("x-sluice-attempts", HeaderValue::from(attempts));
     }
+    if let Some(a) = allowance {
+        limits::headers::allowed(h, &a, shape);
+    }
     resp
 }
 
 /// The request path, one stage per step.
 async fn pipeline(
+    app: &App,
     snap: &Snapshot,
     req: Request<Incoming>,
     rec: &mut RequestRecord,
@@ -139,7 +148,7 @@ async fn pipeline(
     }
 
     // Where it goes: the model's route, or the default provider for the API.
-    let (upstream, upstream_model) = match &sniffed {
+    let (upstream, route) = match &sniffed {
         Some(s) => {
             if let Credential::Virtual(vk) = &cred {
                 if !vk.allows(&s.model) {
@@ -154,7 +163,7 @@ async fn pipeline(
                 .ok_or_else(|| ProxyError::UnknownModel {
                     model: s.model.clone(),
                 })?;
-            (&snap.upstreams[route.provider], Some(route.upstream_model))
+            (&snap.upstreams[route.provider], Some(route))
         }
         None => {
             if rec.endpoint == Endpoint::Models && parts.method == Method::GET {
@@ -171,17 +180,76 @@ async fn pipeline(
         }
     };
     rec.provider = upstream.name.clone();
-    rec.upstream_model = upstream_model.clone().unwrap_or_default();
+    rec.upstream_model = route
+        .as_ref()
+        .map(|r| r.upstream_model.clone())
+        .unwrap_or_default();
+
+    // Token limits: cap the output, bound the input. The input is counted
+    // exactly only when the cheap upper bound cannot settle a limit, or a
+    // tokens-per-minute limit needs the number.
+    let rules = &snap.config.rate_limits;
+    let public_model = sniffed.as_ref().map_or("", |s| s.model.as_str());
+    let mut plan = None;
+    if let (Some(s), Some(r)) = (&sniffed, &route) {
+        let family = Family::for_model(&r.upstream_model);
+        let key_limits = match &cred {
+            Credential::Virtual(vk) => vk.limits,
+            Credential::Passthrough { .. } => TokenLimits::default(),
+        };
+        let p = request::plan(
+            snap.config.limits.min(r.limits).min(key_limits),
+            r.context_window
+                .or_else(|| context::context_window(&r.upstream_model)),
+            s.max_output,
+            request::output_field(rec.endpoint, s.max_output_field, upstream.kind),
+        );
+        let must_count = rate::needs_tokens(rules, public_model)
+            || p.max_input
+                .is_some_and(|(limit, _)| tokens::upper_bound(&body, family) > limit);
+        if must_count {
+            let n = count_input(rec.endpoint, body.clone(), family).await;
+            p.check_input(n)?;
+            rec.input_counted = Some(n);
+        }
+        rec.family = Some(family);
+        plan = Some(p);
+    }
+
+    // Rate limits: admit under every rule that applies, reserving the input
+    // and the output cap; settled with the real usage when the request ends.
+    if !rules.is_empty() {
+        let reserve = rec.input_counted.unwrap_or(0)
+            + plan
+                .and_then(|p| p.max_output)
+                .unwrap_or(snap.config.output_reserve);
+        let subject = rate::Subject {
+            identity: &rec.identity,
+            model: public_model,
+        };
+        let admission = app.rate.admit(rules, &subject, reserve).map_err(|r| {
+            metrics::rate_limited(&r.rule);
+            ProxyError::RateLimited(r)
+        })?;
+        rec.admission = Some(admission);
+    }
 
     // The body as the upstream must see it: rewritten only if something changes.
     let inject_usage = sniffed
         .as_ref()
         .is_some_and(|s| needs_usage_injection(rec.endpoint, s));
     let rw = Rewrite {
-        model: upstream_model.filter(|m| sniffed.as_ref().is_some_and(|s| &s.model != m)),
+        model: route
+            .as_ref()
+            .map(|r| r.upstream_model.clone())
+            .filter(|m| sniffed.as_ref().is_some_and(|s| &s.model != m)),
         include_usage: inject_usage,
+        max_output: plan.and_then(|p| p.output_cap),
     };
     let body = sniff::rewrite(body, &rw)?;
+    if rec.endpoint.generates() {
+        rec.request_body = Some(body.clone());
+    }
 
     // The upstream request.
     let path_and_query = match parts.uri.query() {
@@ -242,6 +310,16 @@ async fn pipeline(
             deadline,
         },
     })))
+}
+
+/// Counts input tokens; large bodies are counted off the async workers.
+async fn count_input(endpoint: Endpoint, body: Bytes, family: Family) -> u64 {
+    if body.len() < 64 * 1024 {
+        return tokens::count_request(endpoint, &body, family);
+    }
+    tokio::task::spawn_blocking(move || tokens::count_request(endpoint, &body, family))
+        .await
+        .unwrap_or(0)
 }
 
 /// Reads the request body up to `limit` bytes.

@@ -11,9 +11,12 @@ use serde_json::json;
 
 use crate::auth::Identity;
 use crate::error::ApiShape;
+use crate::limits::rate::Admission;
+use crate::limits::tokens::{self, Family};
 use crate::metrics::{self, Inflight, RequestLabels};
 use crate::sniff::Endpoint;
 use crate::stream::observe::Observed;
+use crate::usage::Usage;
 use crate::usage_log::UsageLog;
 
 /// How a response body ended.
@@ -67,6 +70,15 @@ pub struct RequestRecord {
     pub upstream_wait: Duration,
     first_byte_at: Option<Instant>,
     pub error: Option<&'static str>,
+    /// Input tokens counted before sending (when a limit needed them).
+    pub input_counted: Option<u64>,
+    /// The upstream model's tokenizer.
+    pub family: Option<Family>,
+    /// The body sent upstream, kept (a reference, not a copy) to count its
+    /// input when the provider never reports usage.
+    pub request_body: Option<Bytes>,
+    /// Rate-limit reservations, settled with the real usage at the end.
+    pub admission: Option<Admission>,
     sink: UsageLog,
     _inflight: Inflight,
 }
@@ -90,6 +102,10 @@ impl RequestRecord {
             upstream_wait: Duration::ZERO,
             first_byte_at: None,
             error: None,
+            input_counted: None,
+            family: None,
+            request_body: None,
+            admission: None,
             sink,
             _inflight: Inflight::start(),
         }
@@ -119,21 +135,20 @@ impl RequestRecord {
     }
 
     /// Finishes the request: metrics and the usage line.
-    pub fn finish(self, end: StreamEnd, observed: Observed, response_bytes: u64) {
+    pub fn finish(mut self, end: StreamEnd, observed: Observed, response_bytes: u64) {
         let now = Instant::now();
         let duration = now.duration_since(self.started);
         let ttft = self.first_byte_at.map(|t| t.duration_since(self.started));
         let (usage, usage_source) = match observed.usage {
             Some(u) => (Some(u), "provider"),
-            None if !observed.text.is_empty() => (
-                Some(crate::usage::Usage {
-                    output: estimate_tokens(&observed.text),
-                    ..Default::default()
-                }),
-                "estimated",
-            ),
-            None => (None, "none"),
+            None => match self.estimate(&observed) {
+                Some(u) => (Some(u), "estimated"),
+                None => (None, "none"),
+            },
         };
+        if let Some(adm) = self.admission.take() {
+            adm.settle(usage.map_or(0, |u| u.input + u.output));
+        }
 
         let model_label = if self.upstream_model.is_empty() {
             "-"
@@ -210,9 +225,27 @@ impl RequestRecord {
     }
 }
 
-/// A rough output estimate (4 bytes per token) for streams cut before usage.
-fn estimate_tokens(text: &str) -> u64 {
-    (text.len() as u64).div_ceil(4)
+impl RequestRecord {
+    /// Usage for a request the provider answered but never reported usage
+    /// for (a cut stream): the input as counted, the output from the
+    /// streamed text, both with the model's tokenizer.
+    fn estimate(&self, observed: &Observed) -> Option<Usage> {
+        let answered = self.attempts > 0 && (200..300).contains(&self.status);
+        if !answered || !self.endpoint.generates() {
+            return None;
+        }
+        let family = self.family?;
+        let input = self.input_counted.or_else(|| {
+            self.request_body
+                .as_ref()
+                .map(|b| tokens::count_request(self.endpoint, b, family))
+        })?;
+        Some(Usage {
+            input,
+            output: family.count(&observed.text),
+            ..Usage::default()
+        })
+    }
 }
 
 fn ms(d: Duration) -> f64 {

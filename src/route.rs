@@ -1,6 +1,6 @@
 //! Public model name → provider and upstream model.
 
-use crate::config::ModelRule;
+use crate::config::{ModelRule, TokenLimits};
 use crate::error::ApiShape;
 use crate::upstream::Upstream;
 
@@ -11,6 +11,9 @@ pub struct Route {
     pub provider: usize,
     /// The model name to send upstream.
     pub upstream_model: String,
+    /// The rule's token limits and context window override.
+    pub limits: TokenLimits,
+    pub context_window: Option<u64>,
 }
 
 /// Ordered model rules of one config snapshot.
@@ -33,6 +36,8 @@ impl Router {
             .map(|r| Route {
                 provider: r.provider,
                 upstream_model: r.upstream_model.clone().unwrap_or_else(|| model.to_owned()),
+                limits: r.limits,
+                context_window: r.context_window,
             })
     }
 

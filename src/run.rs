@@ -25,6 +25,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         Some(files) => Some(server::tls_acceptor(files).map_err(|e| anyhow::anyhow!("tls: {e}"))?),
         None => None,
     };
+    // Load the tokenizer tables now, not on the first request that needs them.
+    tokio::task::spawn_blocking(crate::limits::tokens::warm_up);
     let app = App::new(snapshot, Some(config_path), usage, Some(metrics));
     // Handlers go in before the listeners open, so an early SIGHUP reloads
     // instead of killing the process.

@@ -87,8 +87,9 @@ pub struct Sniffed {
     pub stream: bool,
     /// Whether the client asked for `stream_options.include_usage`.
     pub include_usage: bool,
-    /// The output cap the client asked for, whichever field it used.
+    /// The output cap the client asked for, and the field it used.
     pub max_output: Option<u64>,
+    pub max_output_field: Option<&'static str>,
     /// OpenAI `user` or Anthropic `metadata.user_id`.
     pub end_user: Option<String>,
 }
@@ -158,6 +159,15 @@ pub fn sniff(body: &[u8]) -> Result<Sniffed, ProxyError> {
             .max_completion_tokens
             .or(raw.max_tokens)
             .or(raw.max_output_tokens),
+        max_output_field: if raw.max_completion_tokens.is_some() {
+            Some("max_completion_tokens")
+        } else if raw.max_tokens.is_some() {
+            Some("max_tokens")
+        } else if raw.max_output_tokens.is_some() {
+            Some("max_output_tokens")
+        } else {
+            None
+        },
         end_user: raw
             .user
             .map(Cow::into_owned)
@@ -172,11 +182,13 @@ pub struct Rewrite {
     pub model: Option<String>,
     /// Set `stream_options.include_usage = true`.
     pub include_usage: bool,
+    /// Set this output-cap field to this value.
+    pub max_output: Option<(&'static str, u64)>,
 }
 
 impl Rewrite {
     pub fn is_empty(&self) -> bool {
-        self.model.is_none() && !self.include_usage
+        self.model.is_none() && !self.include_usage && self.max_output.is_none()
     }
 }
 
@@ -190,6 +202,9 @@ pub fn rewrite(body: Bytes, rw: &Rewrite) -> Result<Bytes, ProxyError> {
         .map_err(|e| ProxyError::InvalidRequest(format!("invalid JSON in request body: {e}")))?;
     if let Some(m) = &rw.model {
         obj.insert("model".into(), Value::String(m.clone()));
+    }
+    if let Some((field, n)) = rw.max_output {
+        obj.insert(field.into(), Value::from(n));
     }
     if rw.include_usage {
         let opts = obj
@@ -266,6 +281,7 @@ mod tests {
         let rw = Rewrite {
             model: Some("b".into()),
             include_usage: true,
+            max_output: None,
         };
         let out = rewrite(body, &rw).expect("ok");
         assert_eq!(

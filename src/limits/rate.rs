@@ -109,6 +109,13 @@ fn bucket_key(rule: &RateRule, s: &Subject<'_>) -> String {
     k
 }
 
+/// Whether a tokens-per-minute rule applies to requests for `model`.
+pub fn needs_tokens(rules: &[RateRule], model: &str) -> bool {
+    rules
+        .iter()
+        .any(|r| r.tokens_per_minute.is_some() && applies(r, model))
+}
+
 fn applies(rule: &RateRule, model: &str) -> bool {
     rule.models
         .as_ref()
