@@ -56,8 +56,32 @@ impl Family {
         }
     }
 
-    /// Tokens in a piece of text.
+    /// Tokens in a piece of text. Long texts are split at piece boundaries
+    /// and counted on several threads (the sum is exact: BPE never merges
+    /// across the pre-tokenizer's pieces).
     pub fn count(self, text: &str) -> u64 {
+        if text.len() < PARALLEL_MIN {
+            return self.count_one(text);
+        }
+        let parts = split_at_lines(text, parallelism());
+        if parts.len() < 2 {
+            return self.count_one(text);
+        }
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = parts[1..]
+                .iter()
+                .map(|p| scope.spawn(move || self.count_one(p)))
+                .collect();
+            let first = self.count_one(parts[0]);
+            first
+                + handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| self.count_one("")))
+                    .sum::<u64>()
+        })
+    }
+
+    fn count_one(self, text: &str) -> u64 {
         if text.is_empty() {
             return 0;
         }
@@ -76,6 +100,39 @@ impl Family {
             _ => bytes,
         }
     }
+}
+
+/// Texts at least this long are counted on several threads.
+const PARALLEL_MIN: usize = 128 * 1024;
+
+fn parallelism() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+/// Splits `text` into up to `n` parts of similar size, cutting only right
+/// after a newline that is followed by a non-space character: both
+/// tokenizers' pre-tokenizers always end a piece there (a newline run is its
+/// own piece, or ends a punctuation piece, and nothing starts with one).
+fn split_at_lines(text: &str, n: usize) -> Vec<&str> {
+    let mut parts = Vec::with_capacity(n);
+    let mut rest = text;
+    for i in (1..n).rev() {
+        let target = rest.len() / (i + 1);
+        let bytes = rest.as_bytes();
+        let cut = memchr::memchr_iter(b'\n', &bytes[target..])
+            .map(|off| target + off + 1)
+            .find(|&at| bytes.get(at).is_some_and(|c| !c.is_ascii_whitespace()));
+        match cut {
+            Some(at) => {
+                let (head, tail) = rest.split_at(at);
+                parts.push(head);
+                rest = tail;
+            }
+            None => break,
+        }
+    }
+    parts.push(rest);
+    parts
 }
 
 /// Loads the tokenizer tables (tens of ms) so the first request does not pay.

@@ -156,3 +156,23 @@ fn other_endpoints() {
         f.count("Be kind.") + f.count("Hi") + 3
     );
 }
+
+#[test]
+fn parallel_split_counts_exactly() {
+    let mut text = String::new();
+    let pieces = corpus();
+    while text.len() < 600 * 1024 {
+        for t in &pieces {
+            text.push_str(t);
+            text.push_str(if text.len() % 3 == 0 { "\n" } else { "\n\n  " });
+        }
+    }
+    let parts = split_at_lines(&text, 4);
+    assert!(parts.len() > 1);
+    assert_eq!(parts.concat(), text);
+    for f in [Family::O200k, Family::Cl100k] {
+        let single: u64 = f.count_one(&text);
+        assert_eq!(f.count(&text), single, "{f:?}");
+        assert_eq!(single, reference(if f == Family::O200k { "o200k" } else { "cl100k" }, &text));
+    }
+}
