@@ -40,7 +40,13 @@ fn counting(c: &mut Criterion) {
         ]})
         .to_string();
         g.bench_with_input(BenchmarkId::new("request", tokens), &body, |b, body| {
-            b.iter(|| black_box(count_request(Endpoint::ChatCompletions, body.as_bytes(), Family::O200k)))
+            b.iter(|| {
+                black_box(count_request(
+                    Endpoint::ChatCompletions,
+                    body.as_bytes(),
+                    Family::O200k,
+                ))
+            })
         });
         g.bench_with_input(BenchmarkId::new("upper_bound", tokens), &body, |b, body| {
             b.iter(|| black_box(upper_bound(body.as_bytes(), Family::O200k)))

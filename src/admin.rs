@@ -53,6 +53,48 @@ fn admin(app: &App, method: &Method, path: &str, query: &str) -> Response<ProxyB
                 )
             }
         },
+        (&Method::GET, "/admin/deployments") => {
+            let cfg = app.snapshot().config.breaker;
+            json_response(
+                StatusCode::OK,
+                &json!({"deployments": app.deployments.report(&cfg)}),
+            )
+        }
+        (&Method::POST, p) if p.starts_with("/admin/deployments/") => {
+            // /admin/deployments/{provider}/{model}/eject|restore
+            let rest = &p["/admin/deployments/".len()..];
+            let Some((name, action)) = rest.rsplit_once('/') else {
+                return json_response(
+                    StatusCode::NOT_FOUND,
+                    &json!({"error": "expected /admin/deployments/PROVIDER/MODEL/eject|restore"}),
+                );
+            };
+            let name = percent_decode(name);
+            let Some(d) = app.deployments.find(&name) else {
+                return json_response(
+                    StatusCode::NOT_FOUND,
+                    &json!({"error": format!("unknown deployment {name:?} (see GET /admin/deployments)")}),
+                );
+            };
+            match action {
+                "eject" => d.breaker.eject(),
+                "restore" => d.breaker.restore(),
+                _ => {
+                    return json_response(
+                        StatusCode::NOT_FOUND,
+                        &json!({"error": "expected eject or restore"}),
+                    )
+                }
+            }
+            let cfg = app.snapshot().config.breaker;
+            let state = d.breaker.state(&cfg);
+            crate::metrics::circuit(&d.name, state);
+            tracing::warn!(deployment = %name, action, "deployment {action}ed by the admin API");
+            json_response(
+                StatusCode::OK,
+                &json!({"deployment": name, "circuit": state}),
+            )
+        }
         (&Method::GET, "/admin/limits") => {
             // `?filter=user=alice` narrows to buckets whose name contains it.
             let filter = query_param(query, "filter").unwrap_or_default();
@@ -82,8 +124,13 @@ fn admin(app: &App, method: &Method, path: &str, query: &str) -> Response<ProxyB
                     })).collect::<Vec<_>>(),
                     "models": c.models.iter().map(|m| json!({
                         "name": m.pattern,
-                        "provider": c.providers.get(m.provider).map(|p| p.name.as_str()),
-                        "upstream_model": m.upstream_model,
+                        "deployments": m.deployments.iter().map(|d| json!({
+                            "provider": c.providers.get(d.provider).map(|p| p.name.as_str()),
+                            "upstream_model": d.upstream_model,
+                            "weight": d.weight,
+                        })).collect::<Vec<_>>(),
+                        "fallbacks": m.fallbacks,
+                        "context_fallback": m.context_fallback,
                     })).collect::<Vec<_>>(),
                     "keys": c.keys.iter().map(|k| json!({
                         "name": k.name, "user": k.user, "team": k.team, "models": k.models,

@@ -14,6 +14,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::auth::Keys;
 use crate::config::{Config, ConfigError};
 use crate::limits::rate::RateLimiter;
+use crate::resilience::Deployments;
 use crate::route::Router;
 use crate::upstream::Upstream;
 use crate::usage_log::UsageLog;
@@ -44,7 +45,7 @@ impl Snapshot {
         }
         let s = &config.server;
         let keys = Keys::new(&config.keys, s.passthrough_keys, s.trust_identity_headers);
-        let router = Router::new(config.models.clone());
+        let router = Router::new(config.models.clone(), config.routing.clone());
         Ok(Snapshot {
             config,
             upstreams,
@@ -62,6 +63,9 @@ pub struct App {
     pub metrics: Option<PrometheusHandle>,
     /// Rate-limit counters; they outlive config snapshots.
     pub rate: Arc<RateLimiter>,
+    /// Breakers, retry budgets and load stats per deployment; they outlive
+    /// config snapshots too.
+    pub deployments: Deployments,
     shutting_down: AtomicBool,
     id_seed: u64,
     id_counter: AtomicU64,
@@ -85,6 +89,7 @@ impl App {
             usage,
             metrics,
             rate: Arc::new(RateLimiter::default()),
+            deployments: Deployments::default(),
             shutting_down: AtomicBool::new(false),
             id_seed: seed,
             id_counter: AtomicU64::new(0),

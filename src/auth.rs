@@ -43,6 +43,8 @@ pub struct VirtualKey {
     pub team: Option<Arc<str>>,
     pub models: Option<Vec<String>>,
     pub limits: TokenLimits,
+    /// Tier name for routing rules.
+    pub tier: Option<String>,
 }
 
 impl VirtualKey {
@@ -78,6 +80,7 @@ impl Keys {
                     team: k.team.as_deref().map(Into::into),
                     models: k.models.clone(),
                     limits: k.limits,
+                    tier: k.tier.clone(),
                 };
                 (k.sha256, Arc::new(vk))
             })
@@ -159,6 +162,7 @@ mod tests {
             team: Some("research".into()),
             models: Some(vec!["gpt-4o*".into()]),
             limits: Default::default(),
+            tier: None,
         };
         Keys::new(&[k], passthrough, true)
     }

@@ -50,6 +50,10 @@ pub enum ProxyError {
     },
     #[error("{}", rate_limited(.0))]
     RateLimited(RateLimited),
+    #[error(
+        "no healthy deployment: every deployment of this model is ejected or its circuit is open"
+    )]
+    NoHealthyDeployment,
     #[error("Sluice is shutting down")]
     ShuttingDown,
     #[error("internal error: {0}")]
@@ -79,13 +83,15 @@ impl ProxyError {
             }
             Self::UpstreamConnect { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ShuttingDown | Self::NoHealthyDeployment => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     pub fn origin(&self) -> Origin {
         match self {
-            Self::UpstreamConnect { .. } | Self::UpstreamTimeout { .. } => Origin::Upstream,
+            Self::UpstreamConnect { .. }
+            | Self::UpstreamTimeout { .. }
+            | Self::NoHealthyDeployment => Origin::Upstream,
             Self::ProviderKeyMissing { .. } | Self::Internal(_) | Self::ShuttingDown => {
                 Origin::Internal
             }
@@ -117,6 +123,7 @@ impl ProxyError {
             Self::UpstreamConnect { .. } => "upstream_connect",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::ShuttingDown => "shutting_down",
+            Self::NoHealthyDeployment => "no_healthy_deployment",
             Self::Internal(_) => "internal",
         }
     }

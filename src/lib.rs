@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod attempt;
 pub mod auth;
 pub mod body;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod record;
+pub mod resilience;
 pub mod route;
 pub mod run;
 pub mod server;

@@ -131,6 +131,16 @@ pub fn stream_end(kind: &'static str) {
     counter!("sluice_stream_ends_total", "end" => kind).increment(1);
 }
 
+pub fn retry() {
+    counter!("sluice_retries_total").increment(1);
+}
+
+/// 1 while a deployment's circuit is not closed.
+pub fn circuit(deployment: &str, state: &'static str) {
+    gauge!("sluice_circuit_open", "deployment" => deployment.to_owned())
+        .set(if state == "closed" { 0.0 } else { 1.0 });
+}
+
 pub fn rate_limited(rule: &str) {
     counter!("sluice_rate_limited_total", "scope" => rule.to_owned()).increment(1);
 }

@@ -1,31 +1,32 @@
 //! The data-plane request pipeline. Every stage is a plain function in its
 //! own module; this file only wires them, in order, in `pipeline`.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::app::{App, Snapshot};
+use crate::attempt;
 use crate::auth::Credential;
 use crate::body::{ProxyBody, TapBody, TapConfig};
 use crate::config::TokenLimits;
 use crate::error::{ApiShape, ProxyError};
-use crate::headers::{client_response_headers, upstream_request_headers, value};
+use crate::headers::{client_response_headers, value};
 use crate::limits::tokens::{self, Family};
 use crate::limits::{self, context, rate, request};
 use crate::metrics;
 use crate::record::{RequestRecord, StreamEnd};
+use crate::resilience::balance::Candidate;
+use crate::resilience::Deployments;
+use crate::route::tier::{self, TierInput};
 use crate::sniff::{self, Endpoint, Rewrite, Sniffed};
 use crate::stream::observe::{Observed, Observer};
-use crate::upstream::Upstream;
-
-/// Anthropic API version sent when a client names none.
-const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// What the pipeline produced.
 enum Answer {
@@ -126,6 +127,10 @@ async fn pipeline(
     if !path.starts_with("/v1/") {
         return Err(ProxyError::NotFound(full_path.to_owned()));
     }
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
 
     // Who is calling, before any body is read.
     let (cred, identity) = snap.keys.authenticate(&parts.headers)?;
@@ -139,177 +144,287 @@ async fn pipeline(
     } else {
         None
     };
-    if let Some(s) = &sniffed {
-        rec.stream = s.stream;
-        rec.model = s.model.clone();
-        if snap.config.server.end_user_from_body {
-            rec.identity.end_user = s.end_user.clone();
+    let mut call = attempt::Call {
+        snap,
+        registry: &app.deployments,
+        method: &parts.method,
+        path_and_query: &path_and_query,
+        client_headers: &parts.headers,
+        cred: &cred,
+        body: Bytes::new(),
+        client_model: None,
+        endpoint: rec.endpoint,
+        shape: rec.shape,
+        deadline: tokio::time::Instant::now(),
+    };
+    let Some(s) = sniffed else {
+        // No model: `GET /v1/models` from config, or a passthrough path.
+        if rec.endpoint == Endpoint::Models && parts.method == Method::GET {
+            if let Some(list) = model_list(snap, rec.shape, &cred) {
+                return Ok(Answer::Local(list));
+            }
+        }
+        let group = passthrough_group(snap, &app.deployments, rec.shape)
+            .ok_or_else(|| ProxyError::NotFound(full_path.to_owned()))?;
+        admit(app, snap, rec, "", 0)?;
+        call.body = body;
+        call.deadline = deadline(rec, snap, &group);
+        let answer = attempt::run(&call, VecDeque::from([group]), rec).await?;
+        return Ok(upstream_answer(answer, rec, snap, false));
+    };
+    rec.stream = s.stream;
+    rec.model = s.model.clone();
+    if snap.config.server.end_user_from_body {
+        rec.identity.end_user = s.end_user.clone();
+    }
+    if let Credential::Virtual(vk) = &cred {
+        if !vk.allows(&s.model) {
+            return Err(ProxyError::ModelNotAllowed {
+                model: s.model.clone(),
+            });
         }
     }
 
-    // Where it goes: the model's route, or the default provider for the API.
-    let (upstream, route) = match &sniffed {
-        Some(s) => {
-            if let Credential::Virtual(vk) = &cred {
-                if !vk.allows(&s.model) {
-                    return Err(ProxyError::ModelNotAllowed {
-                        model: s.model.clone(),
-                    });
-                }
-            }
-            let route = snap
-                .router
-                .resolve(&s.model, rec.shape, &snap.upstreams)
-                .ok_or_else(|| ProxyError::UnknownModel {
-                    model: s.model.clone(),
-                })?;
-            (&snap.upstreams[route.provider], Some(route))
-        }
-        None => {
-            if rec.endpoint == Endpoint::Models && parts.method == Method::GET {
-                if let Some(list) = model_list(snap, rec.shape, &cred) {
-                    return Ok(Answer::Local(list));
-                }
-            }
-            let u = snap
-                .upstreams
-                .iter()
-                .find(|u| u.speaks(rec.shape))
-                .ok_or_else(|| ProxyError::NotFound(full_path.to_owned()))?;
-            (u, None)
+    // Tier routing: a routing model (e.g. `auto`) picks the model to use.
+    let mut counted: Option<(Family, u64)> = None;
+    let target = match snap.router.tier(&s.model) {
+        None => s.model.clone(),
+        Some(tier) => {
+            let chosen = choose_tier(
+                snap,
+                tier,
+                &cred,
+                &parts.headers,
+                rec,
+                &body,
+                &s,
+                &mut counted,
+            );
+            rec.routed_to = Some(chosen.clone());
+            chosen
         }
     };
+
+    // Where it goes: the model's route; its deployments and fallbacks.
+    let route = snap
+        .router
+        .resolve(&target, rec.shape, &snap.upstreams)
+        .ok_or_else(|| ProxyError::UnknownModel {
+            model: target.clone(),
+        })?;
+    let upstream = &snap.upstreams[route.provider];
     rec.provider = upstream.name.clone();
-    rec.upstream_model = route
-        .as_ref()
-        .map(|r| r.upstream_model.clone())
-        .unwrap_or_default();
+    rec.upstream_model = route.upstream_model.clone();
 
     // Token limits: cap the output, bound the input. The input is counted
     // exactly only when the cheap upper bound cannot settle a limit, or a
     // tokens-per-minute limit needs the number.
-    let rules = &snap.config.rate_limits;
-    let public_model = sniffed.as_ref().map_or("", |s| s.model.as_str());
-    let mut plan = None;
-    if let (Some(s), Some(r)) = (&sniffed, &route) {
-        let family = Family::for_model(&r.upstream_model);
-        let key_limits = match &cred {
-            Credential::Virtual(vk) => vk.limits,
-            Credential::Passthrough { .. } => TokenLimits::default(),
+    let family = Family::for_model(&route.upstream_model);
+    let key_limits = match &cred {
+        Credential::Virtual(vk) => vk.limits,
+        Credential::Passthrough { .. } => TokenLimits::default(),
+    };
+    let plan = request::plan(
+        snap.config.limits.min(route.limits).min(key_limits),
+        route
+            .context_window
+            .or_else(|| context::context_window(&route.upstream_model)),
+        s.max_output,
+        request::output_field(rec.endpoint, s.max_output_field, upstream.kind),
+    );
+    let must_count = rate::needs_tokens(&snap.config.rate_limits, &s.model)
+        || plan
+            .max_input
+            .is_some_and(|(limit, _)| tokens::upper_bound(&body, family) > limit);
+    if must_count {
+        let n = match counted {
+            Some((f, n)) if f == family => n,
+            _ => count_input(rec.endpoint, body.clone(), family).await,
         };
-        let p = request::plan(
-            snap.config.limits.min(r.limits).min(key_limits),
-            r.context_window
-                .or_else(|| context::context_window(&r.upstream_model)),
-            s.max_output,
-            request::output_field(rec.endpoint, s.max_output_field, upstream.kind),
-        );
-        let must_count = rate::needs_tokens(rules, public_model)
-            || p.max_input
-                .is_some_and(|(limit, _)| tokens::upper_bound(&body, family) > limit);
-        if must_count {
-            let n = count_input(rec.endpoint, body.clone(), family).await;
-            p.check_input(n)?;
-            rec.input_counted = Some(n);
-        }
-        rec.family = Some(family);
-        plan = Some(p);
+        plan.check_input(n)?;
+        rec.input_counted = Some(n);
     }
+    rec.family = Some(family);
 
     // Rate limits: admit under every rule that applies, reserving the input
     // and the output cap; settled with the real usage when the request ends.
-    if !rules.is_empty() {
-        let reserve = rec.input_counted.unwrap_or(0)
-            + plan
-                .and_then(|p| p.max_output)
-                .unwrap_or(snap.config.output_reserve);
-        let subject = rate::Subject {
-            identity: &rec.identity,
-            model: public_model,
-        };
-        let admission = app.rate.admit(rules, &subject, reserve).map_err(|r| {
-            metrics::rate_limited(&r.rule);
-            ProxyError::RateLimited(r)
-        })?;
-        rec.admission = Some(admission);
-    }
+    let reserve =
+        rec.input_counted.unwrap_or(0) + plan.max_output.unwrap_or(snap.config.output_reserve);
+    admit(app, snap, rec, &s.model, reserve)?;
 
-    // The body as the upstream must see it: rewritten only if something changes.
-    let inject_usage = sniffed
-        .as_ref()
-        .is_some_and(|s| needs_usage_injection(rec.endpoint, s));
-    let rw = Rewrite {
-        model: route
-            .as_ref()
-            .map(|r| r.upstream_model.clone())
-            .filter(|m| sniffed.as_ref().is_some_and(|s| &s.model != m)),
-        include_usage: inject_usage,
-        max_output: plan.and_then(|p| p.output_cap),
-    };
-    let body = sniff::rewrite(body, &rw)?;
+    // The body as every deployment must see it; the model name is set per
+    // deployment. Rewritten only if something changes.
+    let inject_usage = needs_usage_injection(rec.endpoint, &s);
+    let body = sniff::rewrite(
+        body,
+        &Rewrite {
+            model: None,
+            include_usage: inject_usage,
+            max_output: plan.output_cap,
+        },
+    )?;
     if rec.endpoint.generates() {
         rec.request_body = Some(body.clone());
     }
 
-    // The upstream request.
-    let path_and_query = match parts.uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_owned(),
-    };
-    let uri = upstream
-        .uri(&path_and_query)
-        .map_err(|e| ProxyError::Internal(format!("building upstream URL: {e}")))?;
-    let mut headers = upstream_request_headers(&parts.headers);
-    match &cred {
-        Credential::Virtual(_) => {
-            let (name, v) =
-                upstream
-                    .auth_header()
-                    .ok_or_else(|| ProxyError::ProviderKeyMissing {
-                        provider: upstream.name.to_string(),
-                        env: upstream
-                            .api_key_env
-                            .clone()
-                            .unwrap_or_else(|| "api_key_env".into()),
-                    })?;
-            headers.insert(name.clone(), v.clone());
-        }
-        Credential::Passthrough { header, value } => {
-            headers.insert(header.clone(), value.clone());
-        }
-    }
-    if rec.endpoint != Endpoint::Other {
-        // Sluice reads these bodies (usage, errors): ask for them uncompressed.
-        headers.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("identity"),
-        );
-    }
-    if rec.shape == ApiShape::Anthropic && !headers.contains_key("anthropic-version") {
-        headers.insert(
-            "anthropic-version",
-            HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION),
-        );
-    }
-    let mut up_req = Request::new(Full::new(body));
-    *up_req.method_mut() = parts.method.clone();
-    *up_req.uri_mut() = uri;
-    *up_req.headers_mut() = headers;
+    // Attempts: deployments, retries and fallbacks, before any byte goes back.
+    let groups: VecDeque<attempt::Group> = snap
+        .router
+        .chain(route, rec.shape, &snap.upstreams)
+        .into_iter()
+        .map(|r| attempt::Group {
+            candidates: r.candidates(&snap.upstreams, &app.deployments),
+            balance: r.rule.balance,
+            tries: 1 + snap.config.retry.max_retries,
+            context_fallback: r.rule.context_fallback.clone(),
+        })
+        .collect();
+    call.body = body;
+    call.client_model = Some(&s.model);
+    call.deadline = deadline(rec, snap, &groups[0]);
+    let answer = attempt::run(&call, groups, rec).await?;
+    Ok(upstream_answer(answer, rec, snap, inject_usage))
+}
 
-    // One attempt (retries and fallbacks build on this).
-    let deadline = tokio::time::Instant::from_std(rec.started()) + upstream.timeouts.total;
-    let resp = send(upstream, up_req, rec, deadline).await?;
-    let (head, body) = resp.into_parts();
-    let observer = observer_for(rec.endpoint, &head, inject_usage);
-    Ok(Answer::Upstream(Box::new(UpstreamAnswer {
-        head,
+/// The answer for the client from what the attempt loop returned.
+fn upstream_answer(
+    answer: attempt::Answered,
+    rec: &RequestRecord,
+    snap: &Snapshot,
+    inject_usage: bool,
+) -> Answer {
+    match answer {
+        attempt::Answered::Buffered(head, bytes) => {
+            let mut resp = Response::new(ProxyBody::full(bytes));
+            *resp.status_mut() = head.status;
+            *resp.headers_mut() = client_response_headers(&head.headers, false);
+            Answer::Local(resp)
+        }
+        attempt::Answered::Stream(resp) => {
+            let (head, body) = resp.into_parts();
+            let observer = observer_for(rec.endpoint, &head, inject_usage);
+            let idle = snap
+                .upstreams
+                .iter()
+                .find(|u| u.name == rec.provider)
+                .map_or(snap.config.server.drain_timeout, |u| u.timeouts.idle);
+            Answer::Upstream(Box::new(UpstreamAnswer {
+                head,
+                body,
+                tap: TapConfig {
+                    observer,
+                    idle,
+                    deadline: rec.deadline,
+                },
+            }))
+        }
+    }
+}
+
+/// The whole request's deadline: the first deployment's total timeout.
+fn deadline(
+    rec: &mut RequestRecord,
+    snap: &Snapshot,
+    group: &attempt::Group,
+) -> tokio::time::Instant {
+    let total = group
+        .candidates
+        .first()
+        .and_then(|c| snap.upstreams.get(c.provider))
+        .map_or(Duration::from_secs(900), |u| u.timeouts.total);
+    rec.deadline = tokio::time::Instant::from_std(rec.started()) + total;
+    rec.deadline
+}
+
+/// Admits the request under the rate limits, or refuses it.
+fn admit(
+    app: &App,
+    snap: &Snapshot,
+    rec: &mut RequestRecord,
+    model: &str,
+    reserve: u64,
+) -> Result<(), ProxyError> {
+    let rules = &snap.config.rate_limits;
+    if rules.is_empty() {
+        return Ok(());
+    }
+    let subject = rate::Subject {
+        identity: &rec.identity,
+        model,
+    };
+    let admission = app.rate.admit(rules, &subject, reserve).map_err(|r| {
+        metrics::rate_limited(&r.rule);
+        ProxyError::RateLimited(r)
+    })?;
+    rec.admission = Some(admission);
+    Ok(())
+}
+
+/// Runs a routing model's tier rules.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the tier inputs come from several pipeline stages"
+)]
+fn choose_tier(
+    snap: &Snapshot,
+    tier: &crate::config::TierRoute,
+    cred: &Credential,
+    headers: &http::HeaderMap,
+    rec: &RequestRecord,
+    body: &Bytes,
+    s: &Sniffed,
+    counted: &mut Option<(Family, u64)>,
+) -> String {
+    // Input size for tier rules is counted with the default model's tokenizer.
+    let family = snap
+        .router
+        .resolve(&tier.default, rec.shape, &snap.upstreams)
+        .map_or(Family::O200k, |r| Family::for_model(&r.upstream_model));
+    let endpoint = rec.endpoint;
+    let mut count = || {
+        let n = tokens::count_request(endpoint, body, family);
+        *counted = Some((family, n));
+        n
+    };
+    let key_tier = match cred {
+        Credential::Virtual(vk) => vk.tier.as_deref(),
+        Credential::Passthrough { .. } => None,
+    };
+    let mut input = TierInput {
+        headers,
+        feature: rec.identity.feature.as_deref(),
+        key_tier,
+        has_tools: s.has_tools,
+        has_images: s.has_images,
+        input_tokens: &mut count,
         body,
-        tap: TapConfig {
-            observer,
-            idle: upstream.timeouts.idle,
-            deadline,
-        },
-    })))
+    };
+    tier::choose(tier, &mut input).to_owned()
+}
+
+/// Passthrough paths go to the first provider speaking the client's API,
+/// once (no retries: the request may not be idempotent).
+fn passthrough_group(
+    snap: &Snapshot,
+    registry: &Deployments,
+    shape: ApiShape,
+) -> Option<attempt::Group> {
+    let (i, u) = snap
+        .upstreams
+        .iter()
+        .enumerate()
+        .find(|(_, u)| u.speaks(shape))?;
+    Some(attempt::Group {
+        candidates: vec![Candidate {
+            provider: i,
+            upstream_model: String::new(),
+            weight: 1,
+            state: registry.get(&u.name, "*"),
+        }],
+        balance: crate::config::Balance::Weighted,
+        tries: 1,
+        context_fallback: None,
+    })
 }
 
 /// Counts input tokens; large bodies are counted off the async workers.
@@ -368,92 +483,6 @@ fn observer_for(endpoint: Endpoint, head: &http::response::Parts, injected: bool
     } else {
         Observer::None
     }
-}
-
-/// One upstream attempt, bounded by the first-byte timeout and the request
-/// deadline.
-async fn send(
-    upstream: &Upstream,
-    req: Request<Full<Bytes>>,
-    rec: &mut RequestRecord,
-    deadline: tokio::time::Instant,
-) -> Result<Response<Incoming>, ProxyError> {
-    rec.attempts += 1;
-    let sent = Instant::now();
-    let first_byte = tokio::time::Instant::now() + upstream.timeouts.first_byte;
-    let (limit, phase) = if first_byte < deadline {
-        (first_byte, "first byte")
-    } else {
-        (deadline, "total")
-    };
-    let result = tokio::time::timeout_at(limit, upstream.client.request(req)).await;
-    rec.upstream_wait += sent.elapsed();
-    match result {
-        Err(_) => {
-            metrics::upstream_attempt(&upstream.name, "timeout");
-            Err(ProxyError::UpstreamTimeout {
-                provider: upstream.name.to_string(),
-                phase,
-            })
-        }
-        Ok(Err(e)) => {
-            let timed_out = is_timeout(&e);
-            metrics::upstream_attempt(
-                &upstream.name,
-                if timed_out {
-                    "timeout"
-                } else {
-                    "connect_error"
-                },
-            );
-            if timed_out {
-                Err(ProxyError::UpstreamTimeout {
-                    provider: upstream.name.to_string(),
-                    phase: "connect",
-                })
-            } else {
-                Err(ProxyError::UpstreamConnect {
-                    provider: upstream.name.to_string(),
-                    detail: error_chain(&e),
-                })
-            }
-        }
-        Ok(Ok(resp)) => {
-            let outcome = match resp.status().as_u16() {
-                200..=399 => "ok",
-                429 => "rate_limited",
-                400..=499 => "client_error",
-                _ => "server_error",
-            };
-            metrics::upstream_attempt(&upstream.name, outcome);
-            Ok(resp)
-        }
-    }
-}
-
-fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
-        }
-        source = s.source();
-    }
-    false
-}
-
-/// The error and its causes, one line (no secrets: these are transport errors).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// `GET /v1/models` answered from the configured public models, when any are

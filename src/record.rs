@@ -9,11 +9,13 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::attempt::AttemptInfo;
 use crate::auth::Identity;
 use crate::error::ApiShape;
 use crate::limits::rate::Admission;
 use crate::limits::tokens::{self, Family};
 use crate::metrics::{self, Inflight, RequestLabels};
+use crate::resilience::InflightGuard;
 use crate::sniff::Endpoint;
 use crate::stream::observe::Observed;
 use crate::usage::Usage;
@@ -79,6 +81,14 @@ pub struct RequestRecord {
     pub request_body: Option<Bytes>,
     /// Rate-limit reservations, settled with the real usage at the end.
     pub admission: Option<Admission>,
+    /// Every upstream attempt.
+    pub attempt_log: Vec<AttemptInfo>,
+    /// Counts the request in flight on the deployment that answered.
+    pub inflight: Option<InflightGuard>,
+    /// The model a routing model (e.g. `auto`) chose.
+    pub routed_to: Option<String>,
+    /// When the whole request must be over.
+    pub deadline: tokio::time::Instant,
     sink: UsageLog,
     _inflight: Inflight,
 }
@@ -106,6 +116,10 @@ impl RequestRecord {
             family: None,
             request_body: None,
             admission: None,
+            attempt_log: Vec::new(),
+            inflight: None,
+            routed_to: None,
+            deadline: tokio::time::Instant::from_std(started) + Duration::from_secs(900),
             sink,
             _inflight: Inflight::start(),
         }
@@ -199,6 +213,7 @@ impl RequestRecord {
             end_user: self.identity.end_user.as_deref(),
             endpoint: self.endpoint.label(),
             model: (!self.model.is_empty()).then_some(self.model.as_str()),
+            routed_to: self.routed_to.as_deref(),
             upstream_model: (!self.upstream_model.is_empty())
                 .then_some(self.upstream_model.as_str()),
             provider: (!self.provider.is_empty()).then_some(&*self.provider),
@@ -220,6 +235,7 @@ impl RequestRecord {
             request_bytes: self.request_bytes,
             response_bytes,
             attempts: self.attempts,
+            attempt_log: &self.attempt_log,
         };
         self.sink.write(&line);
     }
@@ -264,6 +280,7 @@ pub struct UsageLine<'a> {
     pub end_user: Option<&'a str>,
     pub endpoint: &'static str,
     pub model: Option<&'a str>,
+    pub routed_to: Option<&'a str>,
     pub upstream_model: Option<&'a str>,
     pub provider: Option<&'a str>,
     pub status: u16,
@@ -282,4 +299,5 @@ pub struct UsageLine<'a> {
     pub request_bytes: u64,
     pub response_bytes: u64,
     pub attempts: u32,
+    pub attempt_log: &'a [AttemptInfo],
 }

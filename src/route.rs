@@ -1,17 +1,24 @@
-//! Public model name → provider and upstream model.
+//! Public model name → model rule → deployments, plus routing models whose
+//! tier rules pick the model to use (see `tier`).
 
-use crate::config::{ModelRule, TokenLimits};
+pub mod tier;
+
+use crate::config::{ModelRule, TierRoute, TokenLimits};
 use crate::error::ApiShape;
+use crate::resilience::balance::Candidate;
+use crate::resilience::Deployments;
 use crate::upstream::Upstream;
 
-/// Where a request goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    /// Index into the snapshot's upstreams.
+/// Where a request for one public model goes.
+#[derive(Debug, Clone)]
+pub struct Route<'a> {
+    pub rule: &'a ModelRule,
+    /// The public model name this route serves.
+    pub public: String,
+    /// The first deployment's provider and upstream model (for limits and
+    /// the tokenizer; every deployment of a model speaks the same API).
     pub provider: usize,
-    /// The model name to send upstream.
     pub upstream_model: String,
-    /// The rule's token limits and context window override.
     pub limits: TokenLimits,
     pub context_window: Option<u64>,
 }
@@ -20,25 +27,62 @@ pub struct Route {
 #[derive(Debug, Default)]
 pub struct Router {
     rules: Vec<ModelRule>,
+    tiers: Vec<TierRoute>,
 }
 
 impl Router {
-    pub fn new(rules: Vec<ModelRule>) -> Self {
-        Self { rules }
+    pub fn new(rules: Vec<ModelRule>, tiers: Vec<TierRoute>) -> Self {
+        Self { rules, tiers }
     }
 
-    /// The first rule matching `model` whose provider speaks `shape`.
-    pub fn resolve(&self, model: &str, shape: ApiShape, upstreams: &[Upstream]) -> Option<Route> {
-        self.rules
-            .iter()
-            .filter(|r| upstreams.get(r.provider).is_some_and(|u| u.speaks(shape)))
-            .find(|r| glob_match(&r.pattern, model))
-            .map(|r| Route {
-                provider: r.provider,
-                upstream_model: r.upstream_model.clone().unwrap_or_else(|| model.to_owned()),
-                limits: r.limits,
-                context_window: r.context_window,
-            })
+    /// The first rule matching `model` whose providers speak `shape`.
+    pub fn resolve(
+        &self,
+        model: &str,
+        shape: ApiShape,
+        upstreams: &[Upstream],
+    ) -> Option<Route<'_>> {
+        let rule = self.rules.iter().find(|r| {
+            glob_match(&r.pattern, model)
+                && r.deployments
+                    .first()
+                    .and_then(|d| upstreams.get(d.provider))
+                    .is_some_and(|u| u.speaks(shape))
+        })?;
+        let first = rule.deployments.first()?;
+        Some(Route {
+            rule,
+            public: model.to_owned(),
+            provider: first.provider,
+            upstream_model: first
+                .upstream_model
+                .clone()
+                .unwrap_or_else(|| model.to_owned()),
+            limits: rule.limits,
+            context_window: rule.context_window,
+        })
+    }
+
+    /// The routing model named `model`, if it is one.
+    pub fn tier(&self, model: &str) -> Option<&TierRoute> {
+        self.tiers.iter().find(|t| t.model == model)
+    }
+
+    /// The routes to try in order: the model itself, then its fallbacks.
+    pub fn chain<'a>(
+        &'a self,
+        first: Route<'a>,
+        shape: ApiShape,
+        upstreams: &[Upstream],
+    ) -> Vec<Route<'a>> {
+        let fallbacks = first.rule.fallbacks.clone();
+        let mut out = vec![first];
+        out.extend(
+            fallbacks
+                .iter()
+                .filter_map(|f| self.resolve(f, shape, upstreams)),
+        );
+        out
     }
 
     /// Exact (non-glob) public model names, for `GET /v1/models`.
@@ -46,7 +90,31 @@ impl Router {
         self.rules
             .iter()
             .map(|r| r.pattern.as_str())
+            .chain(self.tiers.iter().map(|t| t.model.as_str()))
             .filter(|p| !p.contains('*'))
+    }
+}
+
+impl Route<'_> {
+    /// The deployments of this route, with their live state.
+    pub fn candidates(&self, upstreams: &[Upstream], registry: &Deployments) -> Vec<Candidate> {
+        self.rule
+            .deployments
+            .iter()
+            .filter_map(|d| {
+                let u = upstreams.get(d.provider)?;
+                let model = d
+                    .upstream_model
+                    .clone()
+                    .unwrap_or_else(|| self.public.clone());
+                Some(Candidate {
+                    provider: d.provider,
+                    state: registry.get(&u.name, &model),
+                    upstream_model: model,
+                    weight: d.weight,
+                })
+            })
+            .collect()
     }
 }
 

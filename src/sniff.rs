@@ -92,6 +92,10 @@ pub struct Sniffed {
     pub max_output_field: Option<&'static str>,
     /// OpenAI `user` or Anthropic `metadata.user_id`.
     pub end_user: Option<String>,
+    /// The request defines tools.
+    pub has_tools: bool,
+    /// The request carries image parts.
+    pub has_images: bool,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +110,8 @@ struct Raw<'a> {
     #[serde(borrow)]
     user: Option<Cow<'a, str>>,
     metadata: Option<Metadata>,
+    #[serde(borrow)]
+    tools: Option<&'a serde_json::value::RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -172,6 +178,12 @@ pub fn sniff(body: &[u8]) -> Result<Sniffed, ProxyError> {
             .user
             .map(Cow::into_owned)
             .or(raw.metadata.and_then(|m| m.user_id)),
+        has_tools: raw
+            .tools
+            .is_some_and(|t| !matches!(t.get().trim(), "[]" | "null")),
+        has_images: ["\"image_url\"", "\"input_image\"", "\"type\":\"image\""]
+            .iter()
+            .any(|n| memchr::memmem::find(body, n.as_bytes()).is_some()),
     })
 }
 

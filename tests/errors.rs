@@ -236,7 +236,7 @@ async fn passthrough_forwards_the_client_key_unchanged() {
 
 #[tokio::test]
 async fn upstream_errors_pass_through_unchanged() {
-    let (mock, s) = setup_with("", "").await;
+    let (mock, s) = setup_with("", "[retry]\nmax_retries = 0\n").await;
     mock.push_fault(Fault::Status {
         status: 429,
         body: r#"{"error":{"message":"slow down","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#.into(),

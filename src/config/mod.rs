@@ -2,6 +2,7 @@
 //! typed config. Request code never re-checks config.
 
 mod raw;
+mod routing;
 mod values;
 
 use std::collections::HashSet;
@@ -9,6 +10,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use routing::{
+    Balance, BreakerConfig, Deployment, HeaderMatch, ModelRule, RetryConfig, TierRoute, TierRule,
+};
 pub use values::parse_duration;
 use values::parse_size;
 
@@ -32,6 +36,10 @@ pub struct Config {
     /// when a tokens-per-minute limit applies.
     pub output_reserve: u64,
     pub rate_limits: Vec<RateRule>,
+    pub retry: RetryConfig,
+    pub breaker: BreakerConfig,
+    /// Routing models (e.g. `auto`) and their tier rules.
+    pub routing: Vec<TierRoute>,
 }
 
 /// Per-request token limits; `None` = no limit at this level.
@@ -190,17 +198,6 @@ pub struct ProviderConfig {
     pub timeouts: Timeouts,
 }
 
-/// A public model name (or glob) mapped to a provider.
-#[derive(Debug, Clone)]
-pub struct ModelRule {
-    pub pattern: String,
-    pub provider: usize,
-    pub upstream_model: Option<String>,
-    /// Overrides the built-in context window for this model.
-    pub context_window: Option<u64>,
-    pub limits: TokenLimits,
-}
-
 /// A virtual key, stored by its SHA-256.
 #[derive(Debug, Clone)]
 pub struct KeyConfig {
@@ -211,6 +208,8 @@ pub struct KeyConfig {
     /// Model names (or globs) this key may use; `None` = all.
     pub models: Option<Vec<String>>,
     pub limits: TokenLimits,
+    /// A tier name routing rules can match (`tier = "premium"`).
+    pub tier: Option<String>,
 }
 
 /// Every problem found in a config file.
@@ -387,6 +386,9 @@ impl Validator<'_> {
             raw.limits.max_output_tokens,
         );
         let rate_limits = self.rate_limits(&raw);
+        let retry = self.retry(&raw.retry);
+        let breaker = self.breaker(&raw.circuit_breaker);
+        let routing = self.routing(&raw, &models);
 
         Some(Config {
             server,
@@ -398,6 +400,9 @@ impl Validator<'_> {
             limits,
             output_reserve: raw.limits.output_reserve.unwrap_or(1024),
             rate_limits,
+            retry,
+            breaker,
+            routing,
         })
     }
 
@@ -476,41 +481,6 @@ impl Validator<'_> {
         out
     }
 
-    fn models(&mut self, raw: &RawConfig, providers: &[ProviderConfig]) -> Vec<ModelRule> {
-        let mut out = Vec::new();
-        for (i, m) in raw.models.iter().enumerate() {
-            let field = format!("models[{i}]");
-            if m.name.is_empty() {
-                self.err(&format!("{field}.name"), "must not be empty");
-            }
-            let Some(provider) = providers.iter().position(|p| p.name == m.provider) else {
-                self.err(
-                    &format!("{field}.provider"),
-                    format!("unknown provider {:?}", m.provider),
-                );
-                continue;
-            };
-            if m.upstream_model.as_deref() == Some("") {
-                self.err(&format!("{field}.upstream_model"), "must not be empty");
-            }
-            if m.context_window == Some(0) {
-                self.err(
-                    &format!("{field}.context_window"),
-                    "must be greater than zero",
-                );
-            }
-            let limits = self.token_limits(&field, m.max_input_tokens, m.max_output_tokens);
-            out.push(ModelRule {
-                pattern: m.name.clone(),
-                provider,
-                upstream_model: m.upstream_model.clone(),
-                context_window: m.context_window,
-                limits,
-            });
-        }
-        out
-    }
-
     fn keys(&mut self, raw: &RawConfig) -> Vec<KeyConfig> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
@@ -530,6 +500,7 @@ impl Validator<'_> {
             let limits = self.token_limits(&field, k.max_input_tokens, k.max_output_tokens);
             out.push(KeyConfig {
                 limits,
+                tier: k.tier.clone(),
                 name: k
                     .name
                     .clone()

@@ -25,6 +25,67 @@ pub struct RawConfig {
     pub limits: RawTokenLimits,
     #[serde(default)]
     pub rate_limits: Vec<RawRateLimit>,
+    #[serde(default)]
+    pub retry: RawRetry,
+    #[serde(default)]
+    pub circuit_breaker: RawBreaker,
+    #[serde(default)]
+    pub routing: Vec<RawRouting>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeployment {
+    pub provider: String,
+    pub upstream_model: Option<String>,
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub max_retries: Option<u32>,
+    pub max_attempts: Option<u32>,
+    pub base_backoff: Option<String>,
+    pub max_backoff: Option<String>,
+    pub max_retry_after: Option<String>,
+    pub budget_ratio: Option<f64>,
+    pub budget_min_per_second: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    pub consecutive_failures: Option<u32>,
+    pub failure_rate: Option<f64>,
+    pub window: Option<String>,
+    pub min_requests: Option<u32>,
+    pub open_for: Option<String>,
+    pub half_open_probes: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouting {
+    pub model: String,
+    pub default: String,
+    #[serde(default)]
+    pub rules: Vec<RawRoutingRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoutingRule {
+    #[serde(rename = "use")]
+    pub use_model: String,
+    pub header: Option<String>,
+    pub feature: Option<String>,
+    pub tier: Option<String>,
+    pub min_input_tokens: Option<u64>,
+    pub max_input_tokens: Option<u64>,
+    pub tools: Option<bool>,
+    pub images: Option<bool>,
+    pub last_message_matches: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -106,8 +167,14 @@ pub struct RawProvider {
 #[serde(deny_unknown_fields)]
 pub struct RawModel {
     pub name: String,
-    pub provider: String,
+    pub provider: Option<String>,
     pub upstream_model: Option<String>,
+    #[serde(default)]
+    pub deployments: Vec<RawDeployment>,
+    pub balance: Option<String>,
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    pub context_fallback: Option<String>,
     pub context_window: Option<u64>,
     pub max_input_tokens: Option<u64>,
     pub max_output_tokens: Option<u64>,
@@ -123,6 +190,7 @@ pub struct RawKey {
     pub models: Option<Vec<String>>,
     pub max_input_tokens: Option<u64>,
     pub max_output_tokens: Option<u64>,
+    pub tier: Option<String>,
 }
 
 /// A byte size: a bare integer or a string such as `"32MiB"`.

@@ -173,6 +173,16 @@ fn parallel_split_counts_exactly() {
     for f in [Family::O200k, Family::Cl100k] {
         let single: u64 = f.count_one(&text);
         assert_eq!(f.count(&text), single, "{f:?}");
-        assert_eq!(single, reference(if f == Family::O200k { "o200k" } else { "cl100k" }, &text));
+        assert_eq!(
+            single,
+            reference(
+                if f == Family::O200k {
+                    "o200k"
+                } else {
+                    "cl100k"
+                },
+                &text
+            )
+        );
     }
 }

@@ -1,0 +1,217 @@
+//! A circuit breaker per deployment: opens on consecutive failures or a
+//! failure rate over a window, lets probes through after a cool-down
+//! (half-open), closes on a successful probe. Operators can eject a
+//! deployment by hand and restore it.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::config::BreakerConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Closed,
+    Open { until: Instant },
+    HalfOpen { probes: u32 },
+}
+
+#[derive(Debug)]
+struct State {
+    mode: Mode,
+    consecutive: u32,
+    outcomes: VecDeque<(Instant, bool)>,
+    ejected: bool,
+}
+
+/// What the breaker lets through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    Normal,
+    /// A half-open probe: its outcome decides open or closed.
+    Probe,
+    Denied,
+}
+
+/// One deployment's breaker.
+#[derive(Debug)]
+pub struct Breaker {
+    state: Mutex<State>,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(State {
+                mode: Mode::Closed,
+                consecutive: 0,
+                outcomes: VecDeque::new(),
+                ejected: false,
+            }),
+        }
+    }
+}
+
+impl Breaker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// May a request go to this deployment now?
+    pub fn allow(&self, cfg: &BreakerConfig, now: Instant) -> Permit {
+        let mut s = self.lock();
+        if s.ejected {
+            return Permit::Denied;
+        }
+        match s.mode {
+            Mode::Closed => Permit::Normal,
+            Mode::Open { until } if now >= until => {
+                s.mode = Mode::HalfOpen { probes: 1 };
+                Permit::Probe
+            }
+            Mode::Open { .. } => Permit::Denied,
+            Mode::HalfOpen { probes } if probes < cfg.half_open_probes => {
+                s.mode = Mode::HalfOpen { probes: probes + 1 };
+                Permit::Probe
+            }
+            Mode::HalfOpen { .. } => Permit::Denied,
+        }
+    }
+
+    /// Records an attempt's outcome; returns true when this opened the circuit.
+    pub fn record(&self, cfg: &BreakerConfig, now: Instant, ok: bool, permit: Permit) -> bool {
+        let mut s = self.lock();
+        if permit == Permit::Probe {
+            if let Mode::HalfOpen { .. } = s.mode {
+                if ok {
+                    s.mode = Mode::Closed;
+                    s.consecutive = 0;
+                    s.outcomes.clear();
+                    return false;
+                }
+                s.mode = Mode::Open {
+                    until: now + cfg.open_for,
+                };
+                return true;
+            }
+        }
+        if s.mode != Mode::Closed {
+            return false;
+        }
+        while s
+            .outcomes
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) >= cfg.window)
+        {
+            s.outcomes.pop_front();
+        }
+        s.outcomes.push_back((now, ok));
+        s.consecutive = if ok { 0 } else { s.consecutive + 1 };
+        let total = s.outcomes.len() as u32;
+        let failed = s.outcomes.iter().filter(|(_, ok)| !ok).count() as f64;
+        let by_rate = total >= cfg.min_requests && failed / f64::from(total) >= cfg.failure_rate;
+        if !ok && (s.consecutive >= cfg.consecutive_failures || by_rate) {
+            s.mode = Mode::Open {
+                until: now + cfg.open_for,
+            };
+            s.consecutive = 0;
+            s.outcomes.clear();
+            return true;
+        }
+        false
+    }
+
+    /// Takes the deployment out of rotation until `restore`.
+    pub fn eject(&self) {
+        self.lock().ejected = true;
+    }
+
+    /// Puts an ejected deployment back, with a closed circuit.
+    pub fn restore(&self) {
+        let mut s = self.lock();
+        s.ejected = false;
+        s.mode = Mode::Closed;
+        s.consecutive = 0;
+        s.outcomes.clear();
+    }
+
+    /// `closed`, `open`, `half_open` or `ejected`.
+    pub fn state(&self, _cfg: &BreakerConfig) -> &'static str {
+        let s = self.lock();
+        if s.ejected {
+            return "ejected";
+        }
+        match s.mode {
+            Mode::Closed => "closed",
+            Mode::Open { until } if Instant::now() >= until => "half_open",
+            Mode::Open { .. } => "open",
+            Mode::HalfOpen { .. } => "half_open",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn cfg() -> BreakerConfig {
+        BreakerConfig {
+            consecutive_failures: 3,
+            failure_rate: 0.5,
+            window: Duration::from_secs(10),
+            min_requests: 10,
+            open_for: Duration::from_secs(5),
+            half_open_probes: 1,
+        }
+    }
+
+    #[test]
+    fn opens_probes_and_closes() {
+        let (b, c, t0) = (Breaker::default(), cfg(), Instant::now());
+        assert!(!b.record(&c, t0, false, Permit::Normal));
+        assert!(!b.record(&c, t0, false, Permit::Normal));
+        assert!(
+            b.record(&c, t0, false, Permit::Normal),
+            "third consecutive failure opens"
+        );
+        assert_eq!(b.allow(&c, t0 + Duration::from_secs(1)), Permit::Denied);
+        let later = t0 + Duration::from_secs(5);
+        assert_eq!(b.allow(&c, later), Permit::Probe);
+        assert_eq!(b.allow(&c, later), Permit::Denied, "one probe at a time");
+        assert!(
+            b.record(&c, later, false, Permit::Probe),
+            "failed probe reopens"
+        );
+        let later = later + Duration::from_secs(5);
+        assert_eq!(b.allow(&c, later), Permit::Probe);
+        b.record(&c, later, true, Permit::Probe);
+        assert_eq!(
+            b.allow(&c, later),
+            Permit::Normal,
+            "successful probe closes"
+        );
+    }
+
+    #[test]
+    fn opens_on_failure_rate() {
+        let (b, c, t0) = (Breaker::default(), cfg(), Instant::now());
+        let mut opened = false;
+        for i in 0..11 {
+            // Alternate: never 3 consecutive failures, but 6 of 11 failed.
+            opened |= b.record(&c, t0, i % 2 == 1, Permit::Normal);
+        }
+        assert!(opened);
+        assert_eq!(b.allow(&c, t0), Permit::Denied);
+    }
+
+    #[test]
+    fn eject_and_restore() {
+        let (b, c, t0) = (Breaker::default(), cfg(), Instant::now());
+        b.eject();
+        assert_eq!(b.allow(&c, t0), Permit::Denied);
+        assert_eq!(b.state(&c), "ejected");
+        b.restore();
+        assert_eq!(b.allow(&c, t0), Permit::Normal);
+    }
+}

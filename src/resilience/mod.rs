@@ -1,0 +1,137 @@
+//! Keeping requests alive through provider failures: per-deployment state
+//! (circuit breaker, retry budget, load stats), load balancing, backoff and
+//! the classification of attempt outcomes.
+
+pub mod balance;
+pub mod breaker;
+pub mod retry;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use breaker::Breaker;
+use retry::RetryBudget;
+
+/// Live state of one deployment (provider + upstream model). It outlives
+/// config snapshots: a reload keeps breakers, budgets and latency stats.
+#[derive(Debug)]
+pub struct DeploymentState {
+    pub name: String,
+    pub breaker: Breaker,
+    pub budget: RetryBudget,
+    pub inflight: AtomicU64,
+    /// Latency to response headers, EWMA, in microseconds (0 = no sample).
+    pub ewma_us: AtomicU64,
+}
+
+impl DeploymentState {
+    fn new(name: String) -> Self {
+        Self {
+            name,
+            breaker: Breaker::default(),
+            budget: RetryBudget::default(),
+            inflight: AtomicU64::new(0),
+            ewma_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Folds a latency sample into the EWMA (weight 0.2).
+    pub fn observe_latency(&self, us: u64) {
+        let old = self.ewma_us.load(Ordering::Relaxed);
+        let new = if old == 0 { us } else { (old * 4 + us) / 5 };
+        self.ewma_us.store(new.max(1), Ordering::Relaxed);
+    }
+}
+
+/// Counts a request in flight on a deployment until dropped.
+#[derive(Debug)]
+pub struct InflightGuard(Arc<DeploymentState>);
+
+impl InflightGuard {
+    pub fn new(d: Arc<DeploymentState>) -> Self {
+        d.inflight.fetch_add(1, Ordering::Relaxed);
+        InflightGuard(d)
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Every deployment's state, by `provider/upstream_model`.
+#[derive(Debug, Default)]
+pub struct Deployments {
+    map: Mutex<HashMap<String, Arc<DeploymentState>>>,
+}
+
+impl Deployments {
+    pub fn get(&self, provider: &str, model: &str) -> Arc<DeploymentState> {
+        let name = format!("{provider}/{model}");
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(name.clone())
+            .or_insert_with(|| Arc::new(DeploymentState::new(name)))
+            .clone()
+    }
+
+    pub fn find(&self, name: &str) -> Option<Arc<DeploymentState>> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(name).cloned()
+    }
+
+    /// State of every deployment seen so far, for the admin API.
+    pub fn report(&self, cfg: &crate::config::BreakerConfig) -> Vec<DeploymentReport> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = map
+            .values()
+            .map(|d| DeploymentReport {
+                deployment: d.name.clone(),
+                circuit: d.breaker.state(cfg),
+                inflight: d.inflight.load(Ordering::Relaxed),
+                latency_ewma_ms: d.ewma_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            })
+            .collect();
+        out.sort_by(|a, b| a.deployment.cmp(&b.deployment));
+        out
+    }
+}
+
+/// One deployment's state, for the admin API.
+#[derive(Debug, Serialize)]
+pub struct DeploymentReport {
+    pub deployment: String,
+    pub circuit: &'static str,
+    pub inflight: u64,
+    pub latency_ewma_ms: f64,
+}
+
+/// A fast, non-cryptographic random number (load balancing, jitter).
+pub fn random_u64() -> u64 {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, Hasher};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(0x5EED);
+            h.finish() | 1
+        });
+    }
+    STATE.with(|s| {
+        // xorshift64*
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    })
+}
+
+/// A random number in [0, 1).
+pub fn random_unit() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
