@@ -7,6 +7,7 @@ pub mod admin;
 pub mod app;
 pub mod attempt;
 pub mod auth;
+pub mod budget;
 pub mod body;
 pub mod config;
 pub mod error;

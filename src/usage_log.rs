@@ -58,6 +58,13 @@ impl UsageLog {
         }
     }
 
+    /// Queues an already serialized record (one line, newline included).
+    pub fn write_raw(&self, line: Vec<u8>) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Msg::Line(line));
+        }
+    }
+
     /// Waits until everything queued so far is written out.
     pub async fn flush(&self) {
         let Some(tx) = &self.tx else { return };

@@ -1,6 +1,7 @@
 //! Configuration: parse proxy.toml into raw structs, then validate once into
 //! typed config. Request code never re-checks config.
 
+mod budget;
 mod raw;
 mod routing;
 mod values;
@@ -10,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use budget::{BudgetAction, BudgetRule};
 pub use routing::{
     Balance, BreakerConfig, Deployment, HeaderMatch, ModelRule, RetryConfig, TierRoute, TierRule,
 };
@@ -40,6 +42,13 @@ pub struct Config {
     pub breaker: BreakerConfig,
     /// Routing models (e.g. `auto`) and their tier rules.
     pub routing: Vec<TierRoute>,
+    pub budgets: Vec<BudgetRule>,
+    /// The shipped price table with `[[pricing]]` applied.
+    pub prices: crate::budget::pricing::PriceTable,
+    /// The most one request may cost (worst case), in nano-dollars.
+    pub max_request_cost: Option<crate::budget::pricing::Nanos>,
+    /// The embedded state file (budget spend journal).
+    pub state_path: PathBuf,
 }
 
 /// Per-request token limits; `None` = no limit at this level.
@@ -389,6 +398,15 @@ impl Validator<'_> {
         let retry = self.retry(&raw.retry);
         let breaker = self.breaker(&raw.circuit_breaker);
         let routing = self.routing(&raw, &models);
+        let prices = crate::budget::pricing::PriceTable::with_overrides(&raw.pricing);
+        let budgets = self.budgets(&raw, &models, &providers, &prices);
+        let state_path = self.state(&raw);
+        let max_request_cost = raw.limits.max_request_cost_usd.map(|usd| {
+            if usd <= 0.0 {
+                self.err("limits.max_request_cost_usd", "must be greater than zero");
+            }
+            crate::budget::pricing::usd_to_nanos(usd)
+        });
 
         Some(Config {
             server,
@@ -403,6 +421,10 @@ impl Validator<'_> {
             retry,
             breaker,
             routing,
+            budgets,
+            prices,
+            max_request_cost,
+            state_path,
         })
     }
 
@@ -540,35 +562,43 @@ impl Validator<'_> {
         }
     }
 
+    /// A `scope = [...]` list of attribution dimensions.
+    fn dims(&mut self, field: &str, names: &[String]) -> Vec<Dim> {
+        let mut scope = Vec::new();
+        for (j, d) in names.iter().enumerate() {
+            let dim = match d.as_str() {
+                "key" => Dim::Key,
+                "user" => Dim::User,
+                "team" => Dim::Team,
+                "model" => Dim::Model,
+                "feature" => Dim::Feature,
+                other => {
+                    self.err(
+                        &format!("{field}.scope[{j}]"),
+                        format!(
+                            "unknown dimension {other:?} (expected key|user|team|model|feature)"
+                        ),
+                    );
+                    continue;
+                }
+            };
+            if scope.contains(&dim) {
+                self.err(
+                    &format!("{field}.scope[{j}]"),
+                    format!("{d:?} listed twice"),
+                );
+            }
+            scope.push(dim);
+        }
+        scope
+    }
+
     fn rate_limits(&mut self, raw: &RawConfig) -> Vec<RateRule> {
         let mut names = HashSet::new();
         let mut out = Vec::new();
         for (i, r) in raw.rate_limits.iter().enumerate() {
             let field = format!("rate_limits[{i}]");
-            let mut scope = Vec::new();
-            for (j, d) in r.scope.iter().enumerate() {
-                let dim = match d.as_str() {
-                    "key" => Dim::Key,
-                    "user" => Dim::User,
-                    "team" => Dim::Team,
-                    "model" => Dim::Model,
-                    "feature" => Dim::Feature,
-                    other => {
-                        self.err(
-                            &format!("{field}.scope[{j}]"),
-                            format!("unknown dimension {other:?} (expected key|user|team|model|feature)"),
-                        );
-                        continue;
-                    }
-                };
-                if scope.contains(&dim) {
-                    self.err(
-                        &format!("{field}.scope[{j}]"),
-                        format!("{d:?} listed twice"),
-                    );
-                }
-                scope.push(dim);
-            }
+            let scope = self.dims(&field, &r.scope);
             if r.requests_per_minute.is_none()
                 && r.tokens_per_minute.is_none()
                 && r.max_concurrent.is_none()

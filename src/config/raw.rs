@@ -31,6 +31,34 @@ pub struct RawConfig {
     pub circuit_breaker: RawBreaker,
     #[serde(default)]
     pub routing: Vec<RawRouting>,
+    #[serde(default)]
+    pub budgets: Vec<RawBudget>,
+    #[serde(default)]
+    pub pricing: Vec<crate::budget::pricing::Entry>,
+    #[serde(default)]
+    pub state: RawState,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub scope: Vec<String>,
+    pub window: String,
+    pub limit_usd: f64,
+    pub action: Option<String>,
+    pub downgrade_to: Option<String>,
+    pub downgrade_at: Option<f64>,
+    pub alert_at: Option<Vec<f64>>,
+    pub models: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    pub backend: Option<String>,
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +122,7 @@ pub struct RawTokenLimits {
     pub max_input_tokens: Option<u64>,
     pub max_output_tokens: Option<u64>,
     pub output_reserve: Option<u64>,
+    pub max_request_cost_usd: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

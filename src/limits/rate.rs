@@ -97,10 +97,11 @@ impl Subject<'_> {
     }
 }
 
-/// The bucket name of a rule for a subject: `rule|dim=value|…`.
-fn bucket_key(rule: &RateRule, s: &Subject<'_>) -> String {
-    let mut k = rule.name.clone();
-    for d in &rule.scope {
+/// The bucket name of a rule for a subject: `rule|dim=value|…` (rate
+/// limits and budgets name their buckets alike).
+pub fn bucket_key(name: &str, scope: &[Dim], s: &Subject<'_>) -> String {
+    let mut k = name.to_owned();
+    for d in scope {
         k.push('|');
         k.push_str(d.as_str());
         k.push('=');
@@ -166,7 +167,7 @@ impl RateLimiter {
             allowance: Allowance::default(),
         };
         for rule in rules.iter().filter(|r| applies(r, subject.model)) {
-            let key = bucket_key(rule, subject);
+            let key = bucket_key(&rule.name, &rule.scope, subject);
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let mut shard = self.shard(&key);
             let b = shard.entry(key.clone()).or_default();

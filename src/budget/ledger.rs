@@ -1,0 +1,372 @@
+//! The spend ledger: per budget and scope bucket, the settled spend of the
+//! current window and what in-flight requests have reserved. Reservation is
+//! all-or-nothing across every budget that applies, under one lock, so
+//! concurrent requests cannot overspend.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+
+use super::journal::{self, Journal, Line};
+use super::pricing::{nanos_to_usd, Nanos};
+use crate::config::{BudgetAction, BudgetRule};
+use crate::limits::rate::{bucket_key, Subject};
+use crate::route::glob_match;
+use crate::usage_log::UsageLog;
+
+/// Seconds since the Unix epoch; injectable so tests can move time.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The real clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    })
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    window: String,
+    spent: Nanos,
+    reserved: Nanos,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exhausted {
+    pub budget: String,
+    pub bucket: String,
+    pub limit: Nanos,
+    pub spent: Nanos,
+    pub requested: Nanos,
+}
+
+/// What a request holds at each budget until it settles.
+#[derive(Debug)]
+pub struct BudgetHold {
+    ledger: Arc<Ledger>,
+    parts: Vec<(String, String, Nanos)>,
+    /// The least remaining allowance among the budgets that apply, after
+    /// this reservation (for `x-sluice-budget-remaining-usd`).
+    pub remaining: Option<Nanos>,
+}
+
+/// The ledger of every budget bucket.
+pub struct Ledger {
+    slots: Mutex<HashMap<String, Slot>>,
+    journal: Journal,
+    usage: UsageLog,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").finish_non_exhaustive()
+    }
+}
+
+fn applies(b: &BudgetRule, model: &str) -> bool {
+    b.models
+        .as_ref()
+        .is_none_or(|pats| pats.iter().any(|p| glob_match(p, model)))
+}
+
+/// The scope part of a bucket key (`user=alice|team=x`), for the journal.
+fn scope_of(bucket: &str) -> &str {
+    bucket.split_once('|').map_or("", |(_, s)| s)
+}
+
+impl Ledger {
+    /// A ledger with no persistence (tests).
+    pub fn in_memory(clock: Clock) -> Arc<Ledger> {
+        Arc::new(Ledger {
+            slots: Mutex::new(HashMap::new()),
+            journal: Journal::none(),
+            usage: UsageLog::off(),
+            clock,
+        })
+    }
+
+    /// Opens the journal at `path`: replays the spend of windows that are
+    /// still current, compacts the file, and starts the writer.
+    pub fn open(
+        path: &Path,
+        budgets: &[BudgetRule],
+        usage: UsageLog,
+        clock: Clock,
+    ) -> std::io::Result<Arc<Ledger>> {
+        let now = clock();
+        let totals = journal::replay(path)?;
+        let mut slots = HashMap::new();
+        let mut keep = Vec::new();
+        for ((b, s, w), n) in totals {
+            let Some(rule) = budgets.iter().find(|r| r.name == b) else {
+                continue;
+            };
+            if rule.window.key(now) != w || n == 0 {
+                continue;
+            }
+            let bucket = if s.is_empty() {
+                b.clone()
+            } else {
+                format!("{b}|{s}")
+            };
+            slots.insert(
+                bucket,
+                Slot {
+                    window: w.clone(),
+                    spent: n,
+                    reserved: 0,
+                },
+            );
+            keep.push(Line {
+                b,
+                s,
+                w,
+                n: Some(n),
+                reset: false,
+            });
+        }
+        keep.sort_by(|a, b| (&a.b, &a.s).cmp(&(&b.b, &b.s)));
+        journal::compact(path, &keep)?;
+        let journal = Journal::start(path, usage.clone())?;
+        tracing::info!(path = %path.display(), buckets = slots.len(), "budget state loaded");
+        Ok(Arc::new(Ledger {
+            slots: Mutex::new(slots),
+            journal,
+            usage,
+            clock,
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The slot of a bucket, rolled over to the current window.
+    fn slot<'m>(map: &'m mut HashMap<String, Slot>, bucket: &str, window: String) -> &'m mut Slot {
+        let slot = map.entry(bucket.to_owned()).or_default();
+        if slot.window != window {
+            slot.window = window;
+            slot.spent = 0;
+        }
+        slot
+    }
+
+    /// The model to downgrade to, when a downgrade budget is past its threshold.
+    pub fn downgrade(&self, budgets: &[BudgetRule], subject: &Subject<'_>) -> Option<String> {
+        let now = (self.clock)();
+        let mut map = self.lock();
+        budgets
+            .iter()
+            .filter(|b| b.action == BudgetAction::Downgrade && applies(b, subject.model))
+            .find(|b| {
+                let key = bucket_key(&b.name, &b.scope, subject);
+                let s = Self::slot(&mut map, &key, b.window.key(now));
+                (s.spent + s.reserved) as f64 >= b.downgrade_at * b.limit as f64
+            })
+            .and_then(|b| b.downgrade_to.clone())
+    }
+
+    /// Reserves `amount` at every enforcing budget that applies, or refuses.
+    pub fn reserve(
+        self: &Arc<Self>,
+        budgets: &[BudgetRule],
+        subject: &Subject<'_>,
+        amount: Nanos,
+    ) -> Result<BudgetHold, Exhausted> {
+        let now = (self.clock)();
+        let mut map = self.lock();
+        let applicable: Vec<(&BudgetRule, String)> = budgets
+            .iter()
+            .filter(|b| applies(b, subject.model))
+            .map(|b| (b, bucket_key(&b.name, &b.scope, subject)))
+            .collect();
+        for (b, key) in &applicable {
+            if b.action == BudgetAction::Alert {
+                continue;
+            }
+            let s = Self::slot(&mut map, key, b.window.key(now));
+            if s.spent + s.reserved + amount > b.limit {
+                return Err(Exhausted {
+                    budget: b.name.clone(),
+                    bucket: key.clone(),
+                    limit: b.limit,
+                    spent: s.spent + s.reserved,
+                    requested: amount,
+                });
+            }
+        }
+        let mut parts = Vec::with_capacity(applicable.len());
+        let mut remaining: Option<Nanos> = None;
+        for (b, key) in applicable {
+            let s = Self::slot(&mut map, &key, b.window.key(now));
+            s.reserved += amount;
+            let left = b.limit.saturating_sub(s.spent + s.reserved);
+            remaining = Some(remaining.map_or(left, |r| r.min(left)));
+            parts.push((b.name.clone(), key, amount));
+        }
+        drop(map);
+        Ok(BudgetHold {
+            ledger: self.clone(),
+            parts,
+            remaining,
+        })
+    }
+
+    /// Spend and reservations of every bucket, for the admin API.
+    pub fn report(&self, budgets: &[BudgetRule]) -> Vec<BucketReport> {
+        let now = (self.clock)();
+        let mut map = self.lock();
+        let mut out = Vec::new();
+        for (key, slot) in map.iter_mut() {
+            let name = key.split('|').next().unwrap_or("");
+            let Some(b) = budgets.iter().find(|b| b.name == name) else {
+                continue;
+            };
+            let window = b.window.key(now);
+            if slot.window != window {
+                slot.window = window;
+                slot.spent = 0;
+            }
+            out.push(BucketReport {
+                budget: b.name.clone(),
+                bucket: key.clone(),
+                window: slot.window.clone(),
+                action: match b.action {
+                    BudgetAction::Reject => "reject",
+                    BudgetAction::Downgrade => "downgrade",
+                    BudgetAction::Alert => "alert",
+                },
+                limit_usd: nanos_to_usd(b.limit),
+                spent_usd: nanos_to_usd(slot.spent),
+                reserved_usd: nanos_to_usd(slot.reserved),
+                remaining_usd: nanos_to_usd(b.limit.saturating_sub(slot.spent + slot.reserved)),
+                resets_at: b.window.ends_at(now),
+            });
+        }
+        out.sort_by(|a, b| a.bucket.cmp(&b.bucket));
+        out
+    }
+
+    /// Resets the current window of a bucket (`budget` or `budget|user=x`).
+    pub fn reset(&self, budgets: &[BudgetRule], bucket: &str) -> bool {
+        let now = (self.clock)();
+        let name = bucket.split('|').next().unwrap_or("");
+        let Some(b) = budgets.iter().find(|b| b.name == name) else {
+            return false;
+        };
+        let window = b.window.key(now);
+        let mut map = self.lock();
+        let s = Self::slot(&mut map, bucket, window.clone());
+        s.spent = 0;
+        drop(map);
+        let line = Line {
+            b: b.name.clone(),
+            s: scope_of(bucket).to_owned(),
+            w: window,
+            n: None,
+            reset: true,
+        };
+        self.journal.append(line, None, &self.usage);
+        true
+    }
+
+    /// Flushes and stops the journal writer.
+    pub async fn close(&self) {
+        self.journal.close().await;
+    }
+}
+
+impl BudgetHold {
+    /// Settles every reservation to `actual`; the usage record `then` is
+    /// written once the charge is durable. Returns the budgets whose alert
+    /// thresholds this charge crossed, as (budget, bucket, threshold).
+    pub fn settle(
+        mut self,
+        budgets: &[BudgetRule],
+        actual: Nanos,
+        then: Option<Vec<u8>>,
+    ) -> Vec<(String, String, f64)> {
+        let parts = std::mem::take(&mut self.parts);
+        let ledger = self.ledger.clone();
+        let now = (ledger.clock)();
+        let mut crossed = Vec::new();
+        let mut lines = Vec::new();
+        {
+            let mut map = ledger.lock();
+            for (name, key, reserved) in &parts {
+                let window = budgets
+                    .iter()
+                    .find(|b| &b.name == name)
+                    .map(|b| (b.window.key(now), b));
+                let Some((window, rule)) = window else {
+                    continue;
+                };
+                let s = Ledger::slot(&mut map, key, window.clone());
+                s.reserved = s.reserved.saturating_sub(*reserved);
+                let before = s.spent;
+                s.spent += actual;
+                for &t in &rule.alert_at {
+                    let at = (t * rule.limit as f64) as Nanos;
+                    if before < at && s.spent >= at {
+                        crossed.push((name.clone(), key.clone(), t));
+                    }
+                }
+                if actual > 0 {
+                    lines.push(Line {
+                        b: name.clone(),
+                        s: scope_of(key).to_owned(),
+                        w: window,
+                        n: Some(actual),
+                        reset: false,
+                    });
+                }
+            }
+        }
+        let mut then = then;
+        let last = lines.len();
+        for (i, line) in lines.into_iter().enumerate() {
+            let t = if i + 1 == last { then.take() } else { None };
+            ledger.journal.append(line, t, &ledger.usage);
+        }
+        if let Some(u) = then {
+            ledger.usage.write_raw(u);
+        }
+        crossed
+    }
+}
+
+impl Drop for BudgetHold {
+    /// Never settled (a panic path): release the reservations.
+    fn drop(&mut self) {
+        let mut map = self.ledger.lock();
+        for (_, key, reserved) in &self.parts {
+            if let Some(s) = map.get_mut(key) {
+                s.reserved = s.reserved.saturating_sub(*reserved);
+            }
+        }
+    }
+}
+
+/// One bucket, for the admin API.
+#[derive(Debug, Serialize)]
+pub struct BucketReport {
+    pub budget: String,
+    pub bucket: String,
+    pub window: String,
+    pub action: &'static str,
+    pub limit_usd: f64,
+    pub spent_usd: f64,
+    pub reserved_usd: f64,
+    pub remaining_usd: f64,
+    /// Unix seconds when the window rolls over (none for lifetime).
+    pub resets_at: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests;

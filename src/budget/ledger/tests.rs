@@ -1,0 +1,244 @@
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::*;
+use crate::auth::Identity;
+use crate::budget::window::Window;
+use crate::config::Dim;
+
+fn rule(
+    name: &str,
+    scope: Vec<Dim>,
+    window: Window,
+    limit: Nanos,
+    action: BudgetAction,
+) -> BudgetRule {
+    BudgetRule {
+        name: name.into(),
+        scope,
+        window,
+        limit,
+        action,
+        downgrade_to: Some("cheap".into()),
+        downgrade_at: 0.8,
+        alert_at: vec![0.5, 1.0],
+        models: None,
+    }
+}
+
+fn who(user: &str) -> Identity {
+    Identity {
+        user: Some(user.into()),
+        ..Identity::default()
+    }
+}
+
+fn clock(at: &Arc<AtomicU64>) -> Clock {
+    let at = at.clone();
+    Arc::new(move || at.load(Ordering::SeqCst))
+}
+
+const T: u64 = 1_795_665_132; // 2026-11-26T03:52:12Z
+
+#[test]
+fn concurrent_reservations_cannot_overspend() {
+    let now = Arc::new(AtomicU64::new(T));
+    let ledger = Ledger::in_memory(clock(&now));
+    let budgets = Arc::new(vec![rule(
+        "b",
+        vec![],
+        Window::Day,
+        1000,
+        BudgetAction::Reject,
+    )]);
+    let holds = Arc::new(Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..100)
+        .map(|_| {
+            let (ledger, budgets, holds) = (ledger.clone(), budgets.clone(), holds.clone());
+            std::thread::spawn(move || {
+                let id = who("a");
+                if let Ok(h) = ledger.reserve(
+                    &budgets,
+                    &Subject {
+                        identity: &id,
+                        model: "m",
+                    },
+                    100,
+                ) {
+                    holds.lock().expect("lock").push(h);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("join");
+    }
+    let held: Vec<BudgetHold> = std::mem::take(&mut *holds.lock().expect("lock"));
+    assert_eq!(
+        held.len(),
+        10,
+        "a budget that fits 10 lets exactly 10 through"
+    );
+    for h in held {
+        h.settle(&budgets, 100, None);
+    }
+    let r = ledger.report(&budgets);
+    assert_eq!(r[0].spent_usd, nanos_to_usd(1000));
+    assert_eq!(r[0].reserved_usd, 0.0);
+}
+
+#[test]
+fn settle_releases_the_worst_case_and_charges_the_actual() {
+    let now = Arc::new(AtomicU64::new(T));
+    let ledger = Ledger::in_memory(clock(&now));
+    let budgets = vec![rule(
+        "b",
+        vec![Dim::User],
+        Window::Day,
+        1000,
+        BudgetAction::Reject,
+    )];
+    let id = who("a");
+    let s = Subject {
+        identity: &id,
+        model: "m",
+    };
+    let h = ledger.reserve(&budgets, &s, 900).expect("fits");
+    assert_eq!(h.remaining, Some(100));
+    assert!(
+        ledger.reserve(&budgets, &s, 200).is_err(),
+        "worst case held"
+    );
+    let crossed = h.settle(&budgets, 600, None);
+    assert_eq!(crossed, vec![("b".to_owned(), "b|user=a".to_owned(), 0.5)]);
+    assert!(
+        ledger.reserve(&budgets, &s, 400).is_ok(),
+        "600 spent, 400 left"
+    );
+    let other = who("b");
+    assert!(
+        ledger
+            .reserve(
+                &budgets,
+                &Subject {
+                    identity: &other,
+                    model: "m"
+                },
+                1000
+            )
+            .is_ok(),
+        "per user"
+    );
+}
+
+#[test]
+fn windows_roll_over_on_the_calendar() {
+    let now = Arc::new(AtomicU64::new(T));
+    let ledger = Ledger::in_memory(clock(&now));
+    let budgets = vec![
+        rule("daily", vec![], Window::Day, 1000, BudgetAction::Reject),
+        rule("monthly", vec![], Window::Month, 1500, BudgetAction::Reject),
+    ];
+    let id = who("a");
+    let s = Subject {
+        identity: &id,
+        model: "m",
+    };
+    ledger
+        .reserve(&budgets, &s, 1000)
+        .expect("fits")
+        .settle(&budgets, 1000, None);
+    assert!(ledger.reserve(&budgets, &s, 1).is_err(), "day spent");
+    now.store(Window::Day.ends_at(T).expect("end"), Ordering::SeqCst);
+    ledger
+        .reserve(&budgets, &s, 400)
+        .expect("a new day")
+        .settle(&budgets, 400, None);
+    let e = ledger
+        .reserve(&budgets, &s, 200)
+        .expect_err("the month is not over");
+    assert_eq!(e.budget, "monthly");
+    now.store(Window::Month.ends_at(T).expect("end"), Ordering::SeqCst);
+    assert!(ledger.reserve(&budgets, &s, 900).is_ok(), "a new month");
+}
+
+#[test]
+fn downgrade_past_the_threshold_and_alert_never_refuses() {
+    let now = Arc::new(AtomicU64::new(T));
+    let ledger = Ledger::in_memory(clock(&now));
+    let budgets = vec![
+        rule("soft", vec![], Window::Day, 1000, BudgetAction::Downgrade),
+        rule("watch", vec![], Window::Day, 10, BudgetAction::Alert),
+    ];
+    let id = who("a");
+    let s = Subject {
+        identity: &id,
+        model: "m",
+    };
+    assert_eq!(ledger.downgrade(&budgets, &s), None);
+    ledger
+        .reserve(&budgets, &s, 800)
+        .expect("fits")
+        .settle(&budgets, 800, None);
+    assert_eq!(ledger.downgrade(&budgets, &s).as_deref(), Some("cheap"));
+    assert!(
+        ledger.reserve(&budgets, &s, 300).is_err(),
+        "downgrade budgets still stop at 100%"
+    );
+    assert!(
+        ledger.reserve(&budgets, &s, 100).is_ok(),
+        "the alert budget (10) never refuses"
+    );
+}
+
+#[tokio::test]
+async fn spend_survives_a_restart_and_resets_are_kept() {
+    let dir = std::env::temp_dir().join(format!("sluice-ledger-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("state.jsonl");
+    let _ = std::fs::remove_file(&path);
+    let now = Arc::new(AtomicU64::new(T));
+    let budgets = vec![
+        rule(
+            "u",
+            vec![Dim::User],
+            Window::Day,
+            1000,
+            BudgetAction::Reject,
+        ),
+        rule("g", vec![], Window::Lifetime, 10_000, BudgetAction::Reject),
+    ];
+    let id = who("a");
+    let s = Subject {
+        identity: &id,
+        model: "m",
+    };
+    {
+        let ledger = Ledger::open(&path, &budgets, UsageLog::off(), clock(&now)).expect("open");
+        ledger
+            .reserve(&budgets, &s, 500)
+            .expect("ok")
+            .settle(&budgets, 300, None);
+        ledger
+            .reserve(&budgets, &s, 500)
+            .expect("ok")
+            .settle(&budgets, 200, None);
+        assert!(ledger.reset(&budgets, "g"));
+        ledger.close().await;
+    }
+    let ledger = Ledger::open(&path, &budgets, UsageLog::off(), clock(&now)).expect("reopen");
+    let report = ledger.report(&budgets);
+    let spent = |b: &str| report.iter().find(|r| r.bucket == b).map(|r| r.spent_usd);
+    assert_eq!(spent("u|user=a"), Some(nanos_to_usd(500)));
+    assert_eq!(
+        spent("g"),
+        None,
+        "the reset global budget has nothing left to load"
+    );
+    ledger.close().await;
+    // The next day, yesterday's spend no longer counts.
+    now.store(Window::Day.ends_at(T).expect("end"), Ordering::SeqCst);
+    let ledger = Ledger::open(&path, &budgets, UsageLog::off(), clock(&now)).expect("reopen");
+    assert!(ledger.report(&budgets).is_empty());
+    ledger.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,157 @@
+//! Config for spend: budgets, prices and the embedded state file.
+
+use std::path::PathBuf;
+
+use super::raw::RawConfig;
+use super::{Dim, ModelRule, ProviderConfig, Validator};
+use crate::budget::pricing::{usd_to_nanos, Nanos, PriceTable};
+use crate::budget::window::Window;
+
+/// What happens when a budget is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetAction {
+    /// 429 `insufficient_quota`.
+    Reject,
+    /// Route to a cheaper model past `downgrade_at`; reject at the limit.
+    Downgrade,
+    /// Metric, log line (and nothing else) at each `alert_at` threshold.
+    Alert,
+}
+
+/// One budget: a spend limit per window for each combination of `scope`
+/// values (an empty scope is one global budget).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetRule {
+    pub name: String,
+    pub scope: Vec<Dim>,
+    pub window: Window,
+    pub limit: Nanos,
+    pub action: BudgetAction,
+    pub downgrade_to: Option<String>,
+    /// Fraction of the limit past which requests are downgraded.
+    pub downgrade_at: f64,
+    /// Fractions of the limit at which an alert fires.
+    pub alert_at: Vec<f64>,
+    /// Only requests for these public models (globs); `None` = all.
+    pub models: Option<Vec<String>>,
+}
+
+impl Validator<'_> {
+    pub(super) fn budgets(
+        &mut self,
+        raw: &RawConfig,
+        models: &[ModelRule],
+        providers: &[ProviderConfig],
+        prices: &PriceTable,
+    ) -> Vec<BudgetRule> {
+        let mut out: Vec<BudgetRule> = Vec::new();
+        for (i, b) in raw.budgets.iter().enumerate() {
+            let field = format!("budgets[{i}]");
+            let scope = self.dims(&field, &b.scope);
+            let window = Window::parse(&b.window).unwrap_or_else(|| {
+                self.err(
+                    &format!("{field}.window"),
+                    format!(
+                        "unknown window {:?} (expected hour|day|week|month|lifetime)",
+                        b.window
+                    ),
+                );
+                Window::Day
+            });
+            if !(b.limit_usd > 0.0 && b.limit_usd.is_finite()) {
+                self.err(&format!("{field}.limit_usd"), "must be greater than zero");
+            }
+            let action = match b.action.as_deref() {
+                None | Some("reject") => BudgetAction::Reject,
+                Some("downgrade") => BudgetAction::Downgrade,
+                Some("alert") => BudgetAction::Alert,
+                Some(other) => {
+                    self.err(
+                        &format!("{field}.action"),
+                        format!("unknown action {other:?} (expected reject|downgrade|alert)"),
+                    );
+                    BudgetAction::Reject
+                }
+            };
+            if action == BudgetAction::Downgrade {
+                match &b.downgrade_to {
+                    None => self.err(
+                        &format!("{field}.downgrade_to"),
+                        "required for action = \"downgrade\"",
+                    ),
+                    Some(m)
+                        if !models
+                            .iter()
+                            .any(|r| crate::route::glob_match(&r.pattern, m)) =>
+                    {
+                        self.err(
+                            &format!("{field}.downgrade_to"),
+                            format!("no [[models]] entry serves {m:?}"),
+                        )
+                    }
+                    Some(_) => {}
+                }
+            }
+            let downgrade_at = b.downgrade_at.unwrap_or(0.8);
+            if !(0.0..=1.0).contains(&downgrade_at) {
+                self.err(&format!("{field}.downgrade_at"), "must be between 0 and 1");
+            }
+            let alert_at = b.alert_at.clone().unwrap_or_else(|| vec![0.5, 0.8, 1.0]);
+            let name = b.name.clone().unwrap_or_else(|| format!("budget-{i}"));
+            if out.iter().any(|o| o.name == name) {
+                self.err(
+                    &format!("{field}.name"),
+                    format!("duplicate budget name {name:?}"),
+                );
+            }
+            out.push(BudgetRule {
+                name,
+                scope,
+                window,
+                limit: usd_to_nanos(b.limit_usd),
+                action,
+                downgrade_to: b.downgrade_to.clone(),
+                downgrade_at,
+                alert_at,
+                models: b.models.clone(),
+            });
+        }
+        // A budget in force on a model with no price would let it run free.
+        if !out.is_empty() {
+            for (i, m) in models.iter().enumerate() {
+                for d in &m.deployments {
+                    let Some(upstream) = d
+                        .upstream_model
+                        .as_deref()
+                        .or((!m.pattern.contains('*')).then_some(m.pattern.as_str()))
+                    else {
+                        continue;
+                    };
+                    if prices.get(upstream).is_none() {
+                        let provider = providers.get(d.provider).map_or("?", |p| p.name.as_str());
+                        self.err(
+                            &format!("models[{i}]"),
+                            format!("no price for {upstream:?} on {provider:?}, and budgets are configured (add a [[pricing]] entry)"),
+                        );
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub(super) fn state(&mut self, raw: &RawConfig) -> PathBuf {
+        match raw.state.backend.as_deref() {
+            None | Some("embedded") => {}
+            Some("redis") => self.err(
+                "state.backend",
+                "\"redis\" is not available in this build yet; use \"embedded\"",
+            ),
+            Some(other) => self.err(
+                "state.backend",
+                format!("unknown backend {other:?} (expected embedded)"),
+            ),
+        }
+        PathBuf::from(raw.state.path.as_deref().unwrap_or("sluice-state.jsonl"))
+    }
+}
