@@ -95,6 +95,37 @@ fn admin(app: &App, method: &Method, path: &str, query: &str) -> Response<ProxyB
                 &json!({"deployment": name, "circuit": state}),
             )
         }
+        (&Method::GET, "/admin/budgets") => {
+            let snap = app.snapshot();
+            json_response(
+                StatusCode::OK,
+                &json!({"budgets": app.ledger.report(&snap.config.budgets)}),
+            )
+        }
+        (&Method::POST, "/admin/budgets/reset") => {
+            let snap = app.snapshot();
+            let bucket = query_param(query, "bucket").unwrap_or_default();
+            if app.ledger.reset(&snap.config.budgets, &bucket) {
+                tracing::warn!(%bucket, "budget reset by the admin API");
+                json_response(StatusCode::OK, &json!({"reset": bucket}))
+            } else {
+                json_response(
+                    StatusCode::NOT_FOUND,
+                    &json!({"error": format!("unknown budget bucket {bucket:?} (expected NAME or NAME|dim=value, see GET /admin/budgets)")}),
+                )
+            }
+        }
+        (&Method::GET, "/admin/spend") => {
+            let by = query_param(query, "by").unwrap_or_else(|| "user".into());
+            let n = query_param(query, "top")
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(10);
+            json_response(
+                StatusCode::OK,
+                &json!({"by": by, "window": "today (UTC)", "top": app.ledger.spend.top(&by, n)}),
+            )
+        }
+        (&Method::GET, "/admin/usage") => usage_export(app, query),
         (&Method::GET, "/admin/limits") => {
             // `?filter=user=alice` narrows to buckets whose name contains it.
             let filter = query_param(query, "filter").unwrap_or_default();
@@ -167,6 +198,86 @@ fn reject(app: &App, req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
             &json!({"error": "invalid admin token"}),
         )
     })
+}
+
+/// The usage records between `from` and `to` (RFC 3339, inclusive), as
+/// JSON (`format=json`, the default) or CSV (`format=csv`).
+fn usage_export(app: &App, query: &str) -> Response<ProxyBody> {
+    let snap = app.snapshot();
+    let crate::config::UsageSink::File(path) = &snap.config.log.usage else {
+        return json_response(
+            StatusCode::CONFLICT,
+            &json!({"error": "usage export needs [log] usage = \"<file path>\""}),
+        );
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            return json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({"error": format!("{}: {e}", path.display())}),
+            )
+        }
+    };
+    let from = query_param(query, "from").unwrap_or_default();
+    let to = query_param(query, "to").unwrap_or_else(|| "9999".into());
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| {
+            // RFC 3339 UTC timestamps of one format compare as strings.
+            let ts = r["ts"].as_str().unwrap_or("");
+            ts >= from.as_str() && ts <= to.as_str()
+        })
+        .collect();
+    if query_param(query, "format").as_deref() == Some("csv") {
+        const COLUMNS: [&str; 17] = [
+            "ts",
+            "request_id",
+            "key",
+            "user",
+            "team",
+            "feature",
+            "endpoint",
+            "model",
+            "upstream_model",
+            "provider",
+            "status",
+            "input_tokens",
+            "cached_input_tokens",
+            "output_tokens",
+            "cost_usd",
+            "latency_ms",
+            "end",
+        ];
+        let mut out = COLUMNS.join(",");
+        out.push('\n');
+        for r in &records {
+            let row: Vec<String> = COLUMNS
+                .iter()
+                .map(|c| match &r[*c] {
+                    serde_json::Value::Null => String::new(),
+                    serde_json::Value::String(s) => csv_field(s),
+                    other => other.to_string(),
+                })
+                .collect();
+            out.push_str(&row.join(","));
+            out.push('\n');
+        }
+        let mut resp = Response::new(ProxyBody::full(out));
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv"));
+        return resp;
+    }
+    json_response(StatusCode::OK, &json!({"records": records}))
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
 }
 
 /// A query parameter, percent-decoded.

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::auth::Keys;
+use crate::budget::ledger::Ledger;
 use crate::config::{Config, ConfigError};
 use crate::limits::rate::RateLimiter;
 use crate::resilience::Deployments;
@@ -66,6 +67,8 @@ pub struct App {
     /// Breakers, retry budgets and load stats per deployment; they outlive
     /// config snapshots too.
     pub deployments: Deployments,
+    /// Budget spend (embedded state).
+    pub ledger: Arc<Ledger>,
     shutting_down: AtomicBool,
     id_seed: u64,
     id_counter: AtomicU64,
@@ -77,6 +80,7 @@ impl App {
         config_path: Option<PathBuf>,
         usage: UsageLog,
         metrics: Option<PrometheusHandle>,
+        ledger: Arc<Ledger>,
     ) -> Arc<App> {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -90,6 +94,7 @@ impl App {
             metrics,
             rate: Arc::new(RateLimiter::default()),
             deployments: Deployments::default(),
+            ledger,
             shutting_down: AtomicBool::new(false),
             id_seed: seed,
             id_counter: AtomicU64::new(0),

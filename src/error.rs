@@ -6,6 +6,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::json;
 
 use crate::body::ProxyBody;
+use crate::budget::ledger::Exhausted;
 use crate::limits::rate::{LimitKind, RateLimited};
 
 /// Which provider API a request speaks; errors are rendered in its shape.
@@ -50,6 +51,12 @@ pub enum ProxyError {
     },
     #[error("{}", rate_limited(.0))]
     RateLimited(RateLimited),
+    #[error("{}", budget_exhausted(.0))]
+    BudgetExhausted(Exhausted),
+    #[error("no price is configured for model {model:?}, and a budget applies (add a [[pricing]] entry)")]
+    ModelNotPriced { model: String },
+    #[error("this request could cost up to ${worst:.6}, over the per-request cap of ${cap:.6}")]
+    RequestTooExpensive { worst: f64, cap: f64 },
     #[error(
         "no healthy deployment: every deployment of this model is ejected or its circuit is open"
     )]
@@ -73,7 +80,10 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidRequest(_) | Self::InputTooLong { .. } => StatusCode::BAD_REQUEST,
-            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited(_) | Self::BudgetExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::ModelNotPriced { .. } | Self::RequestTooExpensive { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MissingKey | Self::InvalidKey => StatusCode::UNAUTHORIZED,
             Self::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
@@ -113,6 +123,9 @@ impl ProxyError {
             Self::InvalidRequest(_) => "invalid_request",
             Self::InputTooLong { .. } => "context_length_exceeded",
             Self::RateLimited(_) => "rate_limited",
+            Self::BudgetExhausted(_) => "budget_exhausted",
+            Self::ModelNotPriced { .. } => "model_not_priced",
+            Self::RequestTooExpensive { .. } => "request_too_expensive",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::MissingKey => "missing_key",
             Self::InvalidKey => "invalid_key",
@@ -134,6 +147,9 @@ impl ProxyError {
             Self::BodyTooLarge { .. } => "request_too_large",
             Self::InputTooLong { .. } => "context_length_exceeded",
             Self::RateLimited(_) => "rate_limit_exceeded",
+            Self::BudgetExhausted(_) => "insufficient_quota",
+            Self::ModelNotPriced { .. } => "model_not_priced",
+            Self::RequestTooExpensive { .. } => "request_too_expensive",
             Self::MissingKey => "missing_api_key",
             Self::InvalidKey => "invalid_api_key",
             Self::ModelNotAllowed { .. } => "model_not_allowed",
@@ -150,6 +166,7 @@ impl ProxyError {
         match self.status().as_u16() {
             401 => "authentication_error",
             403 => "permission_error",
+            429 if matches!(self, Self::BudgetExhausted(_)) => "insufficient_quota",
             429 => "requests",
             400..=499 => "invalid_request_error",
             _ => "server_error",
@@ -202,6 +219,11 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Self::BudgetExhausted(_) = &self {
+            // Waiting will not help until the window rolls over.
+            resp.headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("false"));
+        }
         if let Self::RateLimited(r) = &self {
             let h = resp.headers_mut();
             let secs = r.retry_after.as_secs_f64().ceil().max(1.0) as u64;
@@ -235,6 +257,19 @@ fn input_too_long(
              Please reduce the length of the messages."
         ),
     }
+}
+
+fn budget_exhausted(e: &Exhausted) -> String {
+    let usd = crate::budget::pricing::nanos_to_usd;
+    format!(
+        "You exceeded your current quota: budget {:?} ({}) has ${:.6} of ${:.6} used or reserved, \
+         and this request could cost up to ${:.6}.",
+        e.budget,
+        e.bucket,
+        usd(e.spent),
+        usd(e.limit),
+        usd(e.requested)
+    )
 }
 
 fn rate_limited(r: &RateLimited) -> String {

@@ -31,6 +31,22 @@ pub fn install() -> Result<PrometheusHandle, String> {
 
 fn describe() {
     describe_counter!(
+        "sluice_cost_anomalies_total",
+        "Spend-rate anomalies flagged, by dimension (user, feature)."
+    );
+    describe_counter!(
+        "sluice_budget_rejected_total",
+        "Requests refused because a budget was exhausted, by budget."
+    );
+    describe_counter!(
+        "sluice_budget_alerts_total",
+        "Budget alert thresholds crossed, by budget and threshold."
+    );
+    describe_counter!(
+        "sluice_cost_usd_total",
+        "Spend by model, in nano-dollars (divide by 1e9 for USD)."
+    );
+    describe_counter!(
         "sluice_requests_total",
         "Requests answered, by model, provider, endpoint, status class and cache result."
     );
@@ -139,6 +155,25 @@ pub fn retry() {
 pub fn circuit(deployment: &str, state: &'static str) {
     gauge!("sluice_circuit_open", "deployment" => deployment.to_owned())
         .set(if state == "closed" { 0.0 } else { 1.0 });
+}
+
+pub fn cost_anomaly(dimension: &'static str) {
+    counter!("sluice_cost_anomalies_total", "dimension" => dimension).increment(1);
+}
+
+pub fn budget_rejected(budget: &str) {
+    counter!("sluice_budget_rejected_total", "scope" => budget.to_owned()).increment(1);
+}
+
+pub fn budget_alert(budget: &str, threshold: f64) {
+    counter!("sluice_budget_alerts_total", "budget" => budget.to_owned(), "threshold" => format!("{threshold}")).increment(1);
+}
+
+/// Spend in nano-dollars (Prometheus counters are integers here).
+pub fn cost(model: &str, nanos: u64) {
+    if nanos > 0 {
+        counter!("sluice_cost_usd_total", "model" => model.to_owned()).increment(nanos);
+    }
 }
 
 pub fn rate_limited(rule: &str) {

@@ -15,6 +15,7 @@ use crate::app::{App, Snapshot};
 use crate::attempt;
 use crate::auth::Credential;
 use crate::body::{ProxyBody, TapBody, TapConfig};
+use crate::budget;
 use crate::config::TokenLimits;
 use crate::error::{ApiShape, ProxyError};
 use crate::headers::{client_response_headers, value};
@@ -30,8 +31,9 @@ use crate::stream::observe::{Observed, Observer};
 
 /// What the pipeline produced.
 enum Answer {
-    /// Answered by Sluice itself.
-    Local(Response<ProxyBody>),
+    /// A complete response (Sluice's own, or an upstream body read in full),
+    /// with what was learned from it.
+    Local(Response<ProxyBody>, Box<Observed>),
     /// An upstream response to stream back through a tap.
     Upstream(Box<UpstreamAnswer>),
 }
@@ -48,6 +50,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
     let started = Instant::now();
     let snap = app.snapshot();
     let mut rec = RequestRecord::new(app.next_id(), started, app.usage.clone());
+    rec.snap = Some(snap.clone());
+    rec.ledger = Some(app.ledger.clone());
     let result = if app.is_shutting_down() {
         Err(ProxyError::ShuttingDown)
     } else {
@@ -59,12 +63,20 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
     let provider = (!rec.provider.is_empty()).then(|| value(&rec.provider));
     let attempts = rec.attempts;
     let allowance = rec.admission.as_ref().map(|a| a.allowance);
+    let budget_left = rec.budget.as_ref().and_then(|b| b.remaining);
+    if !rec.upstream_model.is_empty() {
+        rec.price = snap.config.prices.get(&rec.upstream_model);
+    }
     let shape = rec.shape;
     let mut resp = match result {
-        Ok(Answer::Local(resp)) => {
+        Ok(Answer::Local(mut resp, observed)) => {
             rec.status = resp.status().as_u16();
+            if let Some(cost) = rec.cost_of(&observed) {
+                let usd = format!("{:.9}", crate::budget::pricing::nanos_to_usd(cost));
+                resp.headers_mut().insert("x-sluice-cost-usd", value(&usd));
+            }
             let len = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
-            rec.finish(StreamEnd::Complete, Observed::default(), len);
+            rec.finish(StreamEnd::Complete, *observed, len);
             resp
         }
         Ok(Answer::Upstream(answer)) => {
@@ -101,6 +113,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
     }
     if let Some(a) = allowance {
         limits::headers::allowed(h, &a, shape);
+    }
+    if let Some(left) = budget_left {
+        let usd = format!("{:.6}", crate::budget::pricing::nanos_to_usd(left));
+        h.insert("x-sluice-budget-remaining-usd", value(&usd));
     }
     resp
 }
@@ -161,7 +177,7 @@ async fn pipeline(
         // No model: `GET /v1/models` from config, or a passthrough path.
         if rec.endpoint == Endpoint::Models && parts.method == Method::GET {
             if let Some(list) = model_list(snap, rec.shape, &cred) {
-                return Ok(Answer::Local(list));
+                return Ok(Answer::Local(list, Box::default()));
             }
         }
         let group = passthrough_group(snap, &app.deployments, rec.shape)
@@ -170,7 +186,7 @@ async fn pipeline(
         call.body = body;
         call.deadline = deadline(rec, snap, &group);
         let answer = attempt::run(&call, VecDeque::from([group]), rec).await?;
-        return Ok(upstream_answer(answer, rec, snap, false));
+        return upstream_answer(answer, rec, snap, false).await;
     };
     rec.stream = s.stream;
     rec.model = s.model.clone();
@@ -205,6 +221,23 @@ async fn pipeline(
         }
     };
 
+    // Budgets past a downgrade threshold send the request to a cheaper model.
+    let budgets = &snap.config.budgets;
+    let target = {
+        let subject = rate::Subject {
+            identity: &rec.identity,
+            model: &s.model,
+        };
+        match app.ledger.downgrade(budgets, &subject) {
+            Some(cheaper) if cheaper != target => {
+                tracing::debug!(from = %target, to = %cheaper, "budget downgrade");
+                rec.routed_to = Some(cheaper.clone());
+                cheaper
+            }
+            _ => target,
+        }
+    };
+
     // Where it goes: the model's route; its deployments and fallbacks.
     let route = snap
         .router
@@ -232,7 +265,9 @@ async fn pipeline(
         s.max_output,
         request::output_field(rec.endpoint, s.max_output_field, upstream.kind),
     );
-    let must_count = rate::needs_tokens(&snap.config.rate_limits, &s.model)
+    let priced = snap.config.max_request_cost.is_some() || budget::applies_any(budgets, &s.model);
+    let must_count = priced
+        || rate::needs_tokens(&snap.config.rate_limits, &s.model)
         || plan
             .max_input
             .is_some_and(|(limit, _)| tokens::upper_bound(&body, family) > limit);
@@ -252,6 +287,58 @@ async fn pipeline(
         rec.input_counted.unwrap_or(0) + plan.max_output.unwrap_or(snap.config.output_reserve);
     admit(app, snap, rec, &s.model, reserve)?;
 
+    // Budgets: the worst-case cost (input at full price, the whole output
+    // cap) is reserved at every budget that applies, all or nothing. A
+    // request under a budget always has an output cap, so the worst case is
+    // finite.
+    let mut output_cap = plan.output_cap;
+    if priced {
+        let price = snap
+            .config
+            .prices
+            .get(&route.upstream_model)
+            .ok_or_else(|| ProxyError::ModelNotPriced {
+                model: route.upstream_model.clone(),
+            })?;
+        let field = request::output_field(rec.endpoint, s.max_output_field, upstream.kind);
+        let mut max_output = plan.max_output;
+        if max_output.is_none() && rec.endpoint.generates() {
+            max_output = Some(snap.config.output_reserve);
+            output_cap = field.map(|f| (f, snap.config.output_reserve));
+        }
+        let input = rec.input_counted.unwrap_or(0);
+        let mut worst = price.worst_case(input, max_output.unwrap_or(0));
+        if let Some(cap) = snap.config.max_request_cost {
+            if worst > cap {
+                // Clamp the output to what the cap affords, or refuse.
+                let input_cost = price.worst_case(input, 0);
+                let affordable = cap.saturating_sub(input_cost) / price.output.max(1);
+                match field {
+                    Some(f) if affordable > 0 && rec.endpoint.generates() => {
+                        output_cap = Some((f, affordable));
+                        worst = price.worst_case(input, affordable);
+                    }
+                    _ => {
+                        let usd = crate::budget::pricing::nanos_to_usd;
+                        return Err(ProxyError::RequestTooExpensive {
+                            worst: usd(worst),
+                            cap: usd(cap),
+                        });
+                    }
+                }
+            }
+        }
+        let subject = rate::Subject {
+            identity: &rec.identity,
+            model: &s.model,
+        };
+        let hold = app.ledger.reserve(budgets, &subject, worst).map_err(|e| {
+            metrics::budget_rejected(&e.budget);
+            ProxyError::BudgetExhausted(e)
+        })?;
+        rec.budget = Some(hold);
+    }
+
     // The body as every deployment must see it; the model name is set per
     // deployment. Rewritten only if something changes.
     let inject_usage = needs_usage_injection(rec.endpoint, &s);
@@ -260,7 +347,7 @@ async fn pipeline(
         &Rewrite {
             model: None,
             include_usage: inject_usage,
-            max_output: plan.output_cap,
+            max_output: output_cap,
         },
     )?;
     if rec.endpoint.generates() {
@@ -283,32 +370,59 @@ async fn pipeline(
     call.client_model = Some(&s.model);
     call.deadline = deadline(rec, snap, &groups[0]);
     let answer = attempt::run(&call, groups, rec).await?;
-    Ok(upstream_answer(answer, rec, snap, inject_usage))
+    upstream_answer(answer, rec, snap, inject_usage).await
 }
 
-/// The answer for the client from what the attempt loop returned.
-fn upstream_answer(
+/// The answer for the client from what the attempt loop returned. A
+/// successful non-streamed body is read in full (bounded by the deadline) so
+/// its cost can go in `x-sluice-cost-usd`; streams go through the tap.
+async fn upstream_answer(
     answer: attempt::Answered,
-    rec: &RequestRecord,
+    rec: &mut RequestRecord,
     snap: &Snapshot,
     inject_usage: bool,
-) -> Answer {
+) -> Result<Answer, ProxyError> {
+    let local = |head: &http::response::Parts, bytes: Bytes| {
+        let mut resp = Response::new(ProxyBody::full(bytes));
+        *resp.status_mut() = head.status;
+        *resp.headers_mut() = client_response_headers(&head.headers, false);
+        resp
+    };
     match answer {
         attempt::Answered::Buffered(head, bytes) => {
-            let mut resp = Response::new(ProxyBody::full(bytes));
-            *resp.status_mut() = head.status;
-            *resp.headers_mut() = client_response_headers(&head.headers, false);
-            Answer::Local(resp)
+            Ok(Answer::Local(local(&head, bytes), Box::default()))
         }
         attempt::Answered::Stream(resp) => {
             let (head, body) = resp.into_parts();
-            let observer = observer_for(rec.endpoint, &head, inject_usage);
+            let mut observer = observer_for(rec.endpoint, &head, inject_usage);
+            if matches!(observer, Observer::Json { .. }) && head.status.is_success() {
+                let read = tokio::time::timeout_at(rec.deadline, body.collect()).await;
+                let bytes = match read {
+                    Ok(Ok(c)) => c.to_bytes(),
+                    Ok(Err(e)) => {
+                        return Err(ProxyError::UpstreamConnect {
+                            provider: rec.provider.to_string(),
+                            detail: format!("response body failed: {e}"),
+                        })
+                    }
+                    Err(_) => {
+                        return Err(ProxyError::UpstreamTimeout {
+                            provider: rec.provider.to_string(),
+                            phase: "total",
+                        })
+                    }
+                };
+                rec.first_byte(Instant::now());
+                observer.observe(&bytes);
+                let observed = observer.finish();
+                return Ok(Answer::Local(local(&head, bytes), Box::new(observed)));
+            }
             let idle = snap
                 .upstreams
                 .iter()
                 .find(|u| u.name == rec.provider)
                 .map_or(snap.config.server.drain_timeout, |u| u.timeouts.idle);
-            Answer::Upstream(Box::new(UpstreamAnswer {
+            Ok(Answer::Upstream(Box::new(UpstreamAnswer {
                 head,
                 body,
                 tap: TapConfig {
@@ -316,7 +430,7 @@ fn upstream_answer(
                     idle,
                     deadline: rec.deadline,
                 },
-            }))
+            })))
         }
     }
 }

@@ -9,8 +9,11 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::app::Snapshot;
 use crate::attempt::AttemptInfo;
 use crate::auth::Identity;
+use crate::budget::ledger::{BudgetHold, Ledger};
+use crate::budget::pricing::{nanos_to_usd, Price};
 use crate::error::ApiShape;
 use crate::limits::rate::Admission;
 use crate::limits::tokens::{self, Family};
@@ -89,6 +92,14 @@ pub struct RequestRecord {
     pub routed_to: Option<String>,
     /// When the whole request must be over.
     pub deadline: tokio::time::Instant,
+    /// The config the request was served under (budgets, prices).
+    pub snap: Option<Arc<Snapshot>>,
+    /// The price of the model that answered.
+    pub price: Option<Price>,
+    /// Budget reservations, settled with the actual cost at the end.
+    pub budget: Option<BudgetHold>,
+    /// Where spend is attributed.
+    pub ledger: Option<Arc<Ledger>>,
     sink: UsageLog,
     _inflight: Inflight,
 }
@@ -120,6 +131,10 @@ impl RequestRecord {
             inflight: None,
             routed_to: None,
             deadline: tokio::time::Instant::from_std(started) + Duration::from_secs(900),
+            snap: None,
+            price: None,
+            budget: None,
+            ledger: None,
             sink,
             _inflight: Inflight::start(),
         }
@@ -163,6 +178,7 @@ impl RequestRecord {
         if let Some(adm) = self.admission.take() {
             adm.settle(usage.map_or(0, |u| u.input + u.output));
         }
+        let cost = usage.and_then(|u| self.price.map(|p| p.cost(&u)));
 
         let model_label = if self.upstream_model.is_empty() {
             "-"
@@ -192,6 +208,12 @@ impl RequestRecord {
                 .unwrap_or(duration)
                 .saturating_sub(self.upstream_wait),
         );
+        if let Some(c) = cost {
+            metrics::cost(model_label, c);
+            if let Some(l) = &self.ledger {
+                l.attribute(&self.identity, c);
+            }
+        }
         if let Some(u) = &usage {
             metrics::tokens(model_label, "input", u.input);
             metrics::tokens(model_label, "cached_input", u.cached_input);
@@ -236,12 +258,31 @@ impl RequestRecord {
             response_bytes,
             attempts: self.attempts,
             attempt_log: &self.attempt_log,
+            cost_usd: cost.map(nanos_to_usd),
         };
-        self.sink.write(&line);
+        match (self.budget.take(), &self.snap) {
+            (Some(hold), Some(snap)) => {
+                // The usage line is written once the charge is durable.
+                let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+                bytes.push(b'\n');
+                for (budget, bucket, t) in
+                    hold.settle(&snap.config.budgets, cost.unwrap_or(0), Some(bytes))
+                {
+                    metrics::budget_alert(&budget, t);
+                    tracing::warn!(%budget, %bucket, threshold = t, "budget alert: {:.0}% of the limit spent", t * 100.0);
+                }
+            }
+            _ => self.sink.write(&line),
+        }
     }
 }
 
 impl RequestRecord {
+    /// The cost of what a complete response reported (for `x-sluice-cost-usd`).
+    pub fn cost_of(&self, observed: &Observed) -> Option<u64> {
+        Some(self.price?.cost(observed.usage.as_ref()?))
+    }
+
     /// Usage for a request the provider answered but never reported usage
     /// for (a cut stream): the input as counted, the output from the
     /// streamed text, both with the model's tokenizer.
@@ -300,4 +341,5 @@ pub struct UsageLine<'a> {
     pub response_bytes: u64,
     pub attempts: u32,
     pub attempt_log: &'a [AttemptInfo],
+    pub cost_usd: Option<f64>,
 }

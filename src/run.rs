@@ -9,6 +9,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, Snapshot};
+use crate::budget::ledger::{system_clock, Ledger};
 use crate::config::Config;
 use crate::usage_log::UsageLog;
 use crate::{admin, metrics, proxy, server};
@@ -27,7 +28,14 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     };
     // Load the tokenizer tables now, not on the first request that needs them.
     tokio::task::spawn_blocking(crate::limits::tokens::warm_up);
-    let app = App::new(snapshot, Some(config_path), usage, Some(metrics));
+    let ledger = Ledger::open(
+        &snapshot.config.state_path,
+        &snapshot.config.budgets,
+        usage.clone(),
+        system_clock(),
+    )
+    .map_err(|e| anyhow::anyhow!("state file {}: {e}", snapshot.config.state_path.display()))?;
+    let app = App::new(snapshot, Some(config_path), usage, Some(metrics), ledger);
     // Handlers go in before the listeners open, so an early SIGHUP reloads
     // instead of killing the process.
     let signals = Signals::install()?;
@@ -71,6 +79,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let _ = data.await;
     stop_admin.cancel();
     let _ = admin_task.await;
+    app.ledger.close().await;
     app.usage.flush().await;
     tracing::info!("stopped");
     Ok(())

@@ -37,6 +37,8 @@ listen = "127.0.0.1:0"
 token_env = "SLUICE_TEST_ADMIN_TOKEN"
 [log]
 usage = "USAGE_PATH"
+[state]
+path = "STATE_PATH"
 [[keys]]
 sha256 = "{}"
 user = "alice"

@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 
+use super::applies;
 use super::journal::{self, Journal, Line};
 use super::pricing::{nanos_to_usd, Nanos};
+use super::spend::SpendIndex;
 use crate::config::{BudgetAction, BudgetRule};
 use crate::limits::rate::{bucket_key, Subject};
-use crate::route::glob_match;
 use crate::usage_log::UsageLog;
 
 /// Seconds since the Unix epoch; injectable so tests can move time.
@@ -58,6 +59,8 @@ pub struct BudgetHold {
 /// The ledger of every budget bucket.
 pub struct Ledger {
     slots: Mutex<HashMap<String, Slot>>,
+    /// Today's spend per identity, and spend-rate anomalies.
+    pub spend: SpendIndex,
     journal: Journal,
     usage: UsageLog,
     clock: Clock,
@@ -67,12 +70,6 @@ impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ledger").finish_non_exhaustive()
     }
-}
-
-fn applies(b: &BudgetRule, model: &str) -> bool {
-    b.models
-        .as_ref()
-        .is_none_or(|pats| pats.iter().any(|p| glob_match(p, model)))
 }
 
 /// The scope part of a bucket key (`user=alice|team=x`), for the journal.
@@ -85,6 +82,7 @@ impl Ledger {
     pub fn in_memory(clock: Clock) -> Arc<Ledger> {
         Arc::new(Ledger {
             slots: Mutex::new(HashMap::new()),
+            spend: SpendIndex::default(),
             journal: Journal::none(),
             usage: UsageLog::off(),
             clock,
@@ -137,6 +135,7 @@ impl Ledger {
         tracing::info!(path = %path.display(), buckets = slots.len(), "budget state loaded");
         Ok(Arc::new(Ledger {
             slots: Mutex::new(slots),
+            spend: SpendIndex::default(),
             journal,
             usage,
             clock,
@@ -274,6 +273,20 @@ impl Ledger {
         };
         self.journal.append(line, None, &self.usage);
         true
+    }
+
+    /// Records a charge for attribution; logs and counts anomalies.
+    pub fn attribute(&self, id: &crate::auth::Identity, nanos: Nanos) {
+        for a in self.spend.record((self.clock)(), id, nanos) {
+            crate::metrics::cost_anomaly(a.dimension);
+            tracing::warn!(
+                dimension = a.dimension,
+                value = %a.value,
+                usd_per_minute = a.usd_per_minute,
+                baseline_usd_per_minute = a.baseline_usd_per_minute,
+                "cost anomaly: spend rate far above its baseline"
+            );
+        }
     }
 
     /// Flushes and stops the journal writer.

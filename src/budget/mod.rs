@@ -10,4 +10,20 @@
 pub mod journal;
 pub mod ledger;
 pub mod pricing;
+pub mod spend;
 pub mod window;
+
+use crate::config::BudgetRule;
+use crate::route::glob_match;
+
+/// Whether a budget covers requests for `model`.
+pub fn applies(b: &BudgetRule, model: &str) -> bool {
+    b.models
+        .as_ref()
+        .is_none_or(|pats| pats.iter().any(|p| glob_match(p, model)))
+}
+
+/// Whether any budget covers requests for `model`.
+pub fn applies_any(budgets: &[BudgetRule], model: &str) -> bool {
+    budgets.iter().any(|b| applies(b, model))
+}

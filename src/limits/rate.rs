@@ -160,7 +160,6 @@ impl RateLimiter {
         subject: &Subject<'_>,
         tokens: u64,
     ) -> Result<Admission, RateLimited> {
-        let now = Instant::now();
         let mut adm = Admission {
             limiter: self.clone(),
             holds: Vec::new(),
@@ -168,8 +167,11 @@ impl RateLimiter {
         };
         for rule in rules.iter().filter(|r| applies(r, subject.model)) {
             let key = bucket_key(&rule.name, &rule.scope, subject);
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let mut shard = self.shard(&key);
+            // Ids and times are taken under the bucket's lock, so each
+            // window's entries stay sorted by both (settle searches by id).
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let now = Instant::now();
             let b = shard.entry(key.clone()).or_default();
             let refuse = |kind, limit, requested, r: Refused| RateLimited {
                 rule: rule.name.clone(),

@@ -183,6 +183,9 @@ level = "info"
 format = "text"
 usage = "{usage_path}"
 
+[state]
+path = "{usage_path}.state"
+
 [[providers]]
 name = "mock-openai"
 kind = "openai-compatible"

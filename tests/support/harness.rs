@@ -59,6 +59,9 @@ token_env = "SLUICE_TEST_ADMIN_TOKEN"
 level = "info,sluice=debug"
 usage = "USAGE_PATH"
 
+[state]
+path = "STATE_PATH"
+
 [[providers]]
 name = "mock-openai"
 kind = "openai-compatible"
@@ -96,6 +99,13 @@ team = "research"
     )
 }
 
+/// Puts a test directory's usage log and state file into a config.
+fn fill(config: &str, dir: &Path) -> String {
+    config
+        .replace("USAGE_PATH", &dir.join("usage.jsonl").display().to_string())
+        .replace("STATE_PATH", &dir.join("state.jsonl").display().to_string())
+}
+
 /// A running `sluice` process.
 pub struct Sluice {
     child: Option<Child>,
@@ -105,6 +115,7 @@ pub struct Sluice {
     pub config_path: PathBuf,
     pub usage_path: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
+    keep_dir: bool,
 }
 
 pub const ADMIN_TOKEN: &str = "admin-secret";
@@ -113,14 +124,14 @@ impl Sluice {
     /// Starts sluice on `config` (the text `USAGE_PATH` is replaced by the
     /// usage log path) and waits until it is ready.
     pub async fn start(config: &str) -> Sluice {
-        let dir = temp_dir();
+        Self::start_in(temp_dir(), config).await
+    }
+
+    /// Starts sluice with its files in `dir` (a restart reuses the dir).
+    pub async fn start_in(dir: PathBuf, config: &str) -> Sluice {
         let usage_path = dir.join("usage.jsonl");
         let config_path = dir.join("proxy.toml");
-        std::fs::write(
-            &config_path,
-            config.replace("USAGE_PATH", &usage_path.display().to_string()),
-        )
-        .expect("write config");
+        std::fs::write(&config_path, fill(config, &dir)).expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .arg("--config")
             .arg(&config_path)
@@ -170,6 +181,7 @@ impl Sluice {
             config_path,
             usage_path,
             log,
+            keep_dir: false,
         };
         for _ in 0..100 {
             if let Ok(r) = get(&s.admin_url("/readyz"), &[]).await {
@@ -257,11 +269,18 @@ impl Sluice {
     }
 
     pub fn write_config(&self, text: &str) {
-        std::fs::write(
-            &self.config_path,
-            text.replace("USAGE_PATH", &self.usage_path.display().to_string()),
-        )
-        .expect("write config");
+        std::fs::write(&self.config_path, fill(text, &self.dir)).expect("write config");
+    }
+
+    /// `kill -9`, then wait; the directory (state, usage log) is kept for a
+    /// restart with `start_in`.
+    pub async fn kill9(mut self) -> PathBuf {
+        self.signal("KILL");
+        if let Some(mut c) = self.child.take() {
+            let _ = tokio::task::spawn_blocking(move || c.wait()).await;
+        }
+        self.keep_dir = true;
+        self.dir.clone()
     }
 
     /// SIGTERM, then wait for exit (up to 30 s); returns the exit status and
@@ -294,7 +313,9 @@ impl Drop for Sluice {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
