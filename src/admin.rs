@@ -24,6 +24,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
             }
         }
         (&Method::GET, "/metrics") => {
+            crate::metrics::cache_stats(&app.cache.stats());
             let mut r = Response::new(ProxyBody::full(app.render_metrics()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -94,6 +95,28 @@ fn admin(app: &App, method: &Method, path: &str, query: &str) -> Response<ProxyB
                 StatusCode::OK,
                 &json!({"deployment": name, "circuit": state}),
             )
+        }
+        (&Method::GET, "/admin/cache") => {
+            let s = app.cache.stats();
+            json_response(
+                StatusCode::OK,
+                &json!({"entries": s.entries, "bytes": s.bytes, "hits": s.hits, "misses": s.misses, "evictions": s.evictions}),
+            )
+        }
+        (&Method::POST, "/admin/cache/purge") => {
+            let model = query_param(query, "model");
+            let tenant = query_param(query, "tenant");
+            let purged = if model.is_none() && tenant.is_none() {
+                let n = app.cache.stats().entries;
+                app.cache.purge_all();
+                n
+            } else {
+                app.cache.purge_where(|e| {
+                    model.as_deref().is_none_or(|m| e.model == m)
+                        && tenant.as_deref().is_none_or(|t| e.tenant == t)
+                })
+            };
+            json_response(StatusCode::OK, &json!({"purged": purged}))
         }
         (&Method::GET, "/admin/budgets") => {
             let snap = app.snapshot();

@@ -13,6 +13,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::auth::Keys;
 use crate::budget::ledger::Ledger;
+use crate::cache::{Flights, ResponseCache};
 use crate::config::{Config, ConfigError};
 use crate::limits::rate::RateLimiter;
 use crate::resilience::Deployments;
@@ -69,6 +70,9 @@ pub struct App {
     pub deployments: Deployments,
     /// Budget spend (embedded state).
     pub ledger: Arc<Ledger>,
+    /// The response cache (sized at start) and its in-flight misses.
+    pub cache: Arc<ResponseCache>,
+    pub flights: Flights,
     shutting_down: AtomicBool,
     id_seed: u64,
     id_counter: AtomicU64,
@@ -87,6 +91,10 @@ impl App {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
             ^ (u64::from(std::process::id()) << 32);
+        let cache = Arc::new(ResponseCache::new(
+            snapshot.config.cache.max_bytes,
+            snapshot.config.cache.ttl,
+        ));
         Arc::new(App {
             live: ArcSwap::from_pointee(snapshot),
             config_path,
@@ -94,6 +102,8 @@ impl App {
             metrics,
             rate: Arc::new(RateLimiter::default()),
             deployments: Deployments::default(),
+            cache,
+            flights: Flights::new(),
             ledger,
             shutting_down: AtomicBool::new(false),
             id_seed: seed,

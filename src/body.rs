@@ -16,6 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
+use crate::cache::Capture;
 use crate::record::{RequestRecord, StreamEnd};
 use crate::stream::observe::Observer;
 
@@ -28,6 +29,8 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     /// An upstream body streamed through a tap.
     Tap(Box<TapBody>),
+    /// Frames sent one by one (a cached answer replayed as SSE).
+    Frames(std::collections::VecDeque<Bytes>),
 }
 
 impl ProxyBody {
@@ -51,6 +54,7 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Tap(t) => Pin::new(t.as_mut()).poll_frame(cx),
+            ProxyBody::Frames(f) => Poll::Ready(f.pop_front().map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -58,6 +62,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Tap(t) => t.done,
+            ProxyBody::Frames(f) => f.is_empty(),
         }
     }
 
@@ -67,6 +72,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(None) => SizeHint::with_exact(0),
             ProxyBody::Tap(t) if t.passthrough_size => t.inner.size_hint(),
             ProxyBody::Tap(_) => SizeHint::default(),
+            ProxyBody::Frames(f) => SizeHint::with_exact(f.iter().map(|b| b.len() as u64).sum()),
         }
     }
 }
@@ -87,6 +93,7 @@ pub struct TapBody {
     done: bool,
     /// A last frame to send before ending (bytes held back by a rewrite).
     tail: Option<Bytes>,
+    capture: Option<Capture>,
 }
 
 /// How the tap should treat an upstream body.
@@ -95,6 +102,8 @@ pub struct TapConfig {
     pub idle: Duration,
     /// When the whole request must be over.
     pub deadline: tokio::time::Instant,
+    /// Tees the stream into the response cache.
+    pub capture: Option<Capture>,
 }
 
 impl TapBody {
@@ -112,10 +121,22 @@ impl TapBody {
             bytes: 0,
             done: false,
             tail: None,
+            capture: cfg.capture,
         }
     }
 
     fn finish(&mut self, end: StreamEnd) {
+        // Only a complete, successful stream is cached; otherwise the capture
+        // is dropped and requests waiting on it go upstream themselves.
+        if let Some(c) = self.capture.take() {
+            let ok = self
+                .record
+                .as_ref()
+                .is_some_and(|r| (200..300).contains(&r.status));
+            if end == StreamEnd::Complete && ok {
+                c.finish_stream();
+            }
+        }
         if let Some(record) = self.record.take() {
             let observed = self.observer.finish();
             record.finish(end, observed, self.bytes);
@@ -193,6 +214,9 @@ impl Body for TapBody {
                         }
                     }
                     this.bytes += data.len() as u64;
+                    if let Some(c) = this.capture.as_mut() {
+                        c.feed(&data);
+                    }
                     let out = if this.passthrough_size {
                         this.observer.observe(&data);
                         Some(data)

@@ -30,6 +30,18 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 fn describe() {
+    describe_gauge!(
+        "sluice_cache_bytes",
+        Unit::Bytes,
+        "Bytes held by the response cache."
+    );
+    describe_gauge!("sluice_cache_entries", "Entries in the response cache.");
+    describe_counter!("sluice_cache_hits_total", "Response cache hits.");
+    describe_counter!("sluice_cache_misses_total", "Response cache misses.");
+    describe_counter!(
+        "sluice_cache_evictions_total",
+        "Response cache entries evicted (size or TTL)."
+    );
     describe_counter!(
         "sluice_cost_anomalies_total",
         "Spend-rate anomalies flagged, by dimension (user, feature)."
@@ -155,6 +167,15 @@ pub fn retry() {
 pub fn circuit(deployment: &str, state: &'static str) {
     gauge!("sluice_circuit_open", "deployment" => deployment.to_owned())
         .set(if state == "closed" { 0.0 } else { 1.0 });
+}
+
+/// Publishes the response cache's counters (read from the cache itself).
+pub fn cache_stats(s: &crate::cache::CacheStats) {
+    gauge!("sluice_cache_bytes").set(s.bytes as f64);
+    gauge!("sluice_cache_entries").set(s.entries as f64);
+    counter!("sluice_cache_hits_total").absolute(s.hits);
+    counter!("sluice_cache_misses_total").absolute(s.misses);
+    counter!("sluice_cache_evictions_total").absolute(s.evictions);
 }
 
 pub fn cost_anomaly(dimension: &'static str) {

@@ -16,6 +16,8 @@ use crate::attempt;
 use crate::auth::Credential;
 use crate::body::{ProxyBody, TapBody, TapConfig};
 use crate::budget;
+use crate::cache;
+use crate::config::CacheScope;
 use crate::config::TokenLimits;
 use crate::error::{ApiShape, ProxyError};
 use crate::headers::{client_response_headers, value};
@@ -64,6 +66,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
     let attempts = rec.attempts;
     let allowance = rec.admission.as_ref().map(|a| a.allowance);
     let budget_left = rec.budget.as_ref().and_then(|b| b.remaining);
+    let cache_state = rec.cache;
+    let has_model = rec.endpoint.has_model();
     if !rec.upstream_model.is_empty() {
         rec.price = snap.config.prices.get(&rec.upstream_model);
     }
@@ -113,6 +117,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
     }
     if let Some(a) = allowance {
         limits::headers::allowed(h, &a, shape);
+    }
+    if has_model {
+        h.insert("x-sluice-cache", HeaderValue::from_static(cache_state));
     }
     if let Some(left) = budget_left {
         let usd = format!("{:.6}", crate::budget::pricing::nanos_to_usd(left));
@@ -281,6 +288,60 @@ async fn pipeline(
     }
     rec.family = Some(family);
 
+    // Cache: identical requests are answered from memory (a hit costs
+    // nothing against rate limits and budgets); identical concurrent misses
+    // go upstream once while the others wait for that answer.
+    let policy = cache::policy::decide(
+        &snap.config.cache,
+        rec.endpoint,
+        s.temperature,
+        &parts.headers,
+    );
+    if policy.lookup || policy.store {
+        let tenant = match snap.config.cache.scope {
+            CacheScope::Key => rec.identity.key.as_deref().unwrap_or(""),
+            CacheScope::Team => rec.identity.team.as_deref().unwrap_or(""),
+            CacheScope::Shared => "",
+        }
+        .to_owned();
+        if let Some(key) = cache::cache_key(rec.endpoint, &route.upstream_model, &tenant, &body) {
+            rec.cache = "miss";
+            if policy.lookup {
+                if let Some(hit) = app.cache.get(&key) {
+                    if let Some(answer) = cache_hit(&hit, &s, rec) {
+                        return Ok(answer);
+                    }
+                }
+            }
+            if policy.store {
+                match app.flights.join(key) {
+                    cache::Flight::Leader(leader) => {
+                        rec.capture = Some(cache::Capture::new(
+                            app.cache.clone(),
+                            key,
+                            leader,
+                            rec.endpoint,
+                            tenant,
+                            route.upstream_model.clone(),
+                            policy.ttl,
+                            snap.config.cache.max_entry_bytes,
+                        ));
+                    }
+                    cache::Flight::Follower(waiter) => {
+                        let wait = rec
+                            .deadline
+                            .saturating_duration_since(tokio::time::Instant::now());
+                        if let Some(hit) = waiter.wait(wait).await {
+                            if let Some(answer) = cache_hit(&hit, &s, rec) {
+                                return Ok(answer);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     // Rate limits: admit under every rule that applies, reserving the input
     // and the output cap; settled with the real usage when the request ends.
     let reserve =
@@ -414,6 +475,9 @@ async fn upstream_answer(
                 };
                 rec.first_byte(Instant::now());
                 observer.observe(&bytes);
+                if let Some(c) = rec.capture.take() {
+                    c.finish_json(bytes.clone());
+                }
                 let observed = observer.finish();
                 return Ok(Answer::Local(local(&head, bytes), Box::new(observed)));
             }
@@ -429,6 +493,7 @@ async fn upstream_answer(
                     observer,
                     idle,
                     deadline: rec.deadline,
+                    capture: rec.capture.take(),
                 },
             })))
         }
@@ -448,6 +513,30 @@ fn deadline(
         .map_or(Duration::from_secs(900), |u| u.timeouts.total);
     rec.deadline = tokio::time::Instant::from_std(rec.started()) + total;
     rec.deadline
+}
+
+/// A cached answer in the form the client asked for: JSON, or replayed as
+/// SSE (with the usage chunk when the client asked for it). `None` when the
+/// entry cannot be replayed that way (treated as a miss).
+fn cache_hit(hit: &cache::CachedResponse, s: &Sniffed, rec: &mut RequestRecord) -> Option<Answer> {
+    let (body, content_type) = if s.stream {
+        let frames = cache::to_sse(hit, s.include_usage)?;
+        (ProxyBody::Frames(frames.into()), "text/event-stream")
+    } else {
+        (ProxyBody::full(hit.body.clone()), hit.content_type.as_str())
+    };
+    rec.cache = "hit";
+    rec.upstream_model = hit.model.clone();
+    rec.first_byte(Instant::now());
+    let mut resp = Response::new(body);
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, value(content_type));
+    let observed = Observed {
+        usage: hit.usage,
+        complete: true,
+        ..Observed::default()
+    };
+    Some(Answer::Local(resp, Box::new(observed)))
 }
 
 /// Admits the request under the rate limits, or refuses it.

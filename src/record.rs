@@ -14,6 +14,7 @@ use crate::attempt::AttemptInfo;
 use crate::auth::Identity;
 use crate::budget::ledger::{BudgetHold, Ledger};
 use crate::budget::pricing::{nanos_to_usd, Price};
+use crate::cache::Capture;
 use crate::error::ApiShape;
 use crate::limits::rate::Admission;
 use crate::limits::tokens::{self, Family};
@@ -100,6 +101,10 @@ pub struct RequestRecord {
     pub budget: Option<BudgetHold>,
     /// Where spend is attributed.
     pub ledger: Option<Arc<Ledger>>,
+    /// `hit`, `miss` or `bypass`.
+    pub cache: &'static str,
+    /// Tees the upstream answer into the cache (a miss that may be stored).
+    pub capture: Option<Capture>,
     sink: UsageLog,
     _inflight: Inflight,
 }
@@ -135,6 +140,8 @@ impl RequestRecord {
             price: None,
             budget: None,
             ledger: None,
+            cache: "bypass",
+            capture: None,
             sink,
             _inflight: Inflight::start(),
         }
@@ -178,7 +185,13 @@ impl RequestRecord {
         if let Some(adm) = self.admission.take() {
             adm.settle(usage.map_or(0, |u| u.input + u.output));
         }
-        let cost = usage.and_then(|u| self.price.map(|p| p.cost(&u)));
+        let list_cost = usage.and_then(|u| self.price.map(|p| p.cost(&u)));
+        // A cache hit costs nothing; what it would have cost is recorded.
+        let (cost, cost_saved) = if self.cache == "hit" {
+            (Some(0), list_cost)
+        } else {
+            (list_cost, None)
+        };
 
         let model_label = if self.upstream_model.is_empty() {
             "-"
@@ -195,7 +208,7 @@ impl RequestRecord {
                 },
                 endpoint: self.endpoint.label(),
                 status: self.status,
-                cache: "bypass",
+                cache: self.cache,
             },
             duration,
         );
@@ -259,6 +272,8 @@ impl RequestRecord {
             attempts: self.attempts,
             attempt_log: &self.attempt_log,
             cost_usd: cost.map(nanos_to_usd),
+            cache: self.cache,
+            cost_saved_usd: cost_saved.map(nanos_to_usd),
         };
         match (self.budget.take(), &self.snap) {
             (Some(hold), Some(snap)) => {
@@ -342,4 +357,6 @@ pub struct UsageLine<'a> {
     pub attempts: u32,
     pub attempt_log: &'a [AttemptInfo],
     pub cost_usd: Option<f64>,
+    pub cache: &'static str,
+    pub cost_saved_usd: Option<f64>,
 }

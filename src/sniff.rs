@@ -81,7 +81,7 @@ impl Endpoint {
 }
 
 /// The request fields the pipeline reads.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sniffed {
     pub model: String,
     pub stream: bool,
@@ -96,6 +96,7 @@ pub struct Sniffed {
     pub has_tools: bool,
     /// The request carries image parts.
     pub has_images: bool,
+    pub temperature: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +104,7 @@ struct Raw<'a> {
     #[serde(borrow)]
     model: Option<Cow<'a, str>>,
     stream: Option<bool>,
+    temperature: Option<f64>,
     stream_options: Option<StreamOptions>,
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
@@ -178,6 +180,7 @@ pub fn sniff(body: &[u8]) -> Result<Sniffed, ProxyError> {
             .user
             .map(Cow::into_owned)
             .or(raw.metadata.and_then(|m| m.user_id)),
+        temperature: raw.temperature,
         has_tools: raw
             .tools
             .is_some_and(|t| !matches!(t.get().trim(), "[]" | "null")),

@@ -57,13 +57,16 @@
 //! fails or cannot be cached ([`Flights`]).
 
 pub mod assemble;
+pub mod capture;
 pub mod entry;
 pub mod flight;
 pub mod key;
+pub mod policy;
 pub mod replay;
 pub mod store;
 
 pub use assemble::StreamAssembler;
+pub use capture::Capture;
 pub use entry::{usage_of, CachedResponse};
 pub use flight::{Flight, Flights, LeaderGuard, Waiter};
 pub use key::{cache_key, canonical_json, CacheKey};

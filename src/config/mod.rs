@@ -18,7 +18,7 @@ pub use routing::{
 pub use values::parse_duration;
 use values::parse_size;
 
-use raw::{RawConfig, RawTimeouts};
+use raw::{RawConfig, RawSize, RawTimeouts};
 
 /// Default request body limit: 32 MiB.
 const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
@@ -49,6 +49,41 @@ pub struct Config {
     pub max_request_cost: Option<crate::budget::pricing::Nanos>,
     /// The embedded state file (budget spend journal).
     pub state_path: PathBuf,
+    pub cache: CacheConfig,
+}
+
+/// Which requests the response cache serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    Off,
+    /// Only requests with `temperature` 0.
+    Deterministic,
+    /// Every request of a cacheable endpoint.
+    Always,
+    /// Only requests that ask (`x-sluice-cache-ttl` or `x-sluice-cache: on`).
+    OptIn,
+}
+
+/// Whose answers a cached entry may serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheScope {
+    Key,
+    Team,
+    Shared,
+}
+
+/// Response cache and provider prompt-caching settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub mode: CacheMode,
+    pub scope: CacheScope,
+    pub max_bytes: u64,
+    pub max_entry_bytes: usize,
+    pub ttl: Duration,
+    /// Add Anthropic `cache_control` breakpoints to long stable prefixes.
+    pub anthropic_breakpoints: bool,
+    /// Smallest prefix (estimated tokens) worth a breakpoint.
+    pub breakpoint_min_tokens: u64,
 }
 
 /// Per-request token limits; `None` = no limit at this level.
@@ -401,6 +436,7 @@ impl Validator<'_> {
         let prices = crate::budget::pricing::PriceTable::with_overrides(&raw.pricing);
         let budgets = self.budgets(&raw, &models, &providers, &prices);
         let state_path = self.state(&raw);
+        let cache = self.cache(&raw.cache);
         let max_request_cost = raw.limits.max_request_cost_usd.map(|usd| {
             if usd <= 0.0 {
                 self.err("limits.max_request_cost_usd", "must be greater than zero");
@@ -425,6 +461,7 @@ impl Validator<'_> {
             prices,
             max_request_cost,
             state_path,
+            cache,
         })
     }
 
@@ -641,6 +678,54 @@ impl Validator<'_> {
             });
         }
         out
+    }
+}
+
+impl Validator<'_> {
+    fn cache(&mut self, c: &raw::RawCache) -> CacheConfig {
+        let mode = match c.mode.as_deref() {
+            None | Some("off") => CacheMode::Off,
+            Some("deterministic") => CacheMode::Deterministic,
+            Some("always") => CacheMode::Always,
+            Some("opt_in") | Some("opt-in") => CacheMode::OptIn,
+            Some(other) => {
+                self.err(
+                    "cache.mode",
+                    format!("unknown mode {other:?} (expected off|deterministic|always|opt_in)"),
+                );
+                CacheMode::Off
+            }
+        };
+        let scope = match c.scope.as_deref() {
+            None | Some("key") => CacheScope::Key,
+            Some("team") => CacheScope::Team,
+            Some("shared") => CacheScope::Shared,
+            Some(other) => {
+                self.err(
+                    "cache.scope",
+                    format!("unknown scope {other:?} (expected key|team|shared)"),
+                );
+                CacheScope::Key
+            }
+        };
+        let mut size = |field: &str, v: &Option<RawSize>, default: usize| match v {
+            None => default,
+            Some(v) => parse_size(v).unwrap_or_else(|e| {
+                self.err(field, e);
+                default
+            }),
+        };
+        let max_bytes = size("cache.max_bytes", &c.max_bytes, 256 << 20) as u64;
+        let max_entry_bytes = size("cache.max_entry_bytes", &c.max_entry_bytes, 4 << 20);
+        CacheConfig {
+            mode,
+            scope,
+            max_bytes,
+            max_entry_bytes,
+            ttl: self.duration("cache.ttl", c.ttl.as_deref(), Duration::from_secs(3600)),
+            anthropic_breakpoints: c.anthropic_breakpoints.unwrap_or(false),
+            breakpoint_min_tokens: c.breakpoint_min_tokens.unwrap_or(1024),
+        }
     }
 }
 

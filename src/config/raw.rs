@@ -37,6 +37,20 @@ pub struct RawConfig {
     pub pricing: Vec<crate::budget::pricing::Entry>,
     #[serde(default)]
     pub state: RawState,
+    #[serde(default)]
+    pub cache: RawCache,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub mode: Option<String>,
+    pub scope: Option<String>,
+    pub max_bytes: Option<RawSize>,
+    pub max_entry_bytes: Option<RawSize>,
+    pub ttl: Option<String>,
+    pub anthropic_breakpoints: Option<bool>,
+    pub breakpoint_min_tokens: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
