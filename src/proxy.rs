@@ -411,6 +411,13 @@ async fn pipeline(
             max_output: output_cap,
         },
     )?;
+    // Provider prompt caching: breakpoints on long stable Anthropic prefixes.
+    let cache_cfg = &snap.config.cache;
+    let body = if cache_cfg.anthropic_breakpoints && rec.endpoint == Endpoint::Messages {
+        add_breakpoints(body, cache_cfg.breakpoint_min_tokens, rec)?
+    } else {
+        body
+    };
     if rec.endpoint.generates() {
         rec.request_body = Some(body.clone());
     }
@@ -537,6 +544,29 @@ fn cache_hit(hit: &cache::CachedResponse, s: &Sniffed, rec: &mut RequestRecord) 
         ..Observed::default()
     };
     Some(Answer::Local(resp, Box::new(observed)))
+}
+
+/// Adds Anthropic prompt-cache breakpoints; the body is re-encoded only when
+/// one was added.
+fn add_breakpoints(
+    body: Bytes,
+    min_tokens: u64,
+    rec: &mut RequestRecord,
+) -> Result<Bytes, ProxyError> {
+    if memchr::memmem::find(&body, b"cache_control").is_some() {
+        return Ok(body);
+    }
+    let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_slice(&body) else {
+        return Ok(body);
+    };
+    let added = cache::prompt::add_breakpoints(&mut obj, min_tokens);
+    if added == 0 {
+        return Ok(body);
+    }
+    rec.breakpoints = added as u32;
+    serde_json::to_vec(&obj)
+        .map(Bytes::from)
+        .map_err(|e| ProxyError::Internal(format!("re-encoding request body: {e}")))
 }
 
 /// Admits the request under the rate limits, or refuses it.

@@ -103,6 +103,8 @@ pub struct RequestRecord {
     pub ledger: Option<Arc<Ledger>>,
     /// `hit`, `miss` or `bypass`.
     pub cache: &'static str,
+    /// Anthropic prompt-cache breakpoints Sluice added.
+    pub breakpoints: u32,
     /// Tees the upstream answer into the cache (a miss that may be stored).
     pub capture: Option<Capture>,
     sink: UsageLog,
@@ -141,6 +143,7 @@ impl RequestRecord {
             budget: None,
             ledger: None,
             cache: "bypass",
+            breakpoints: 0,
             capture: None,
             sink,
             _inflight: Inflight::start(),
@@ -274,6 +277,7 @@ impl RequestRecord {
             cost_usd: cost.map(nanos_to_usd),
             cache: self.cache,
             cost_saved_usd: cost_saved.map(nanos_to_usd),
+            prompt_cache_breakpoints: self.breakpoints,
         };
         match (self.budget.take(), &self.snap) {
             (Some(hold), Some(snap)) => {
@@ -359,4 +363,5 @@ pub struct UsageLine<'a> {
     pub cost_usd: Option<f64>,
     pub cache: &'static str,
     pub cost_saved_usd: Option<f64>,
+    pub prompt_cache_breakpoints: u32,
 }

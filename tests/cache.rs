@@ -287,3 +287,59 @@ async fn a_hit_is_free_under_a_budget() {
     assert!(spent(&before) > 0.0);
     assert_eq!(spent(&before), spent(&after), "hits did not spend");
 }
+
+#[tokio::test]
+async fn anthropic_breakpoints_are_added_counted_and_priced() {
+    let mock = MockProvider::start().await.expect("mock");
+    let extra = "[cache]\nmode = \"deterministic\"\nanthropic_breakpoints = true\nbreakpoint_min_tokens = 50\n\
+                 [[pricing]]\nmodel = \"claude-x\"\ninput = 3.0\ncached_input = 0.3\ncache_write = 3.75\noutput = 15.0\n";
+    let s = Sluice::start(&config(&mock.url(), "", extra)).await;
+    let system = "You are a careful assistant. ".repeat(40);
+    let body = json!({"model": "claude-x", "max_tokens": 20, "system": system, "messages": [
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": "second question"},
+    ]});
+    let h = [("x-api-key", KEY), ("anthropic-version", "2023-06-01")];
+    let (st, h1, _) = call(Method::POST, &s.url("/v1/messages"), &h, body.to_string()).await;
+    assert_eq!(st, StatusCode::OK);
+    let sent = mock.last_request().expect("req").json().expect("json");
+    assert_eq!(sent["system"][0]["cache_control"]["type"], "ephemeral");
+    assert_eq!(sent["system"][0]["text"], system.as_str());
+    let (_, h2, _) = call(Method::POST, &s.url("/v1/messages"), &h, body.to_string()).await;
+    let first = s
+        .usage_for(h1["x-sluice-request-id"].to_str().expect("id"))
+        .await;
+    let second = s
+        .usage_for(h2["x-sluice-request-id"].to_str().expect("id"))
+        .await;
+    assert!(
+        first["prompt_cache_breakpoints"].as_u64().unwrap_or(0) >= 1,
+        "{first}"
+    );
+    assert!(
+        first["cache_write_tokens"].as_u64().unwrap_or(0) > 0,
+        "{first}"
+    );
+    assert!(
+        second["cached_input_tokens"].as_u64().unwrap_or(0) > 0,
+        "{second}"
+    );
+    assert_eq!(
+        first["input_tokens"], second["input_tokens"],
+        "the same prompt, counted whole both times"
+    );
+    assert!(
+        second["cost_usd"].as_f64() < first["cost_usd"].as_f64(),
+        "cache reads are cheaper"
+    );
+
+    // A client that places its own breakpoints is left alone.
+    let own = json!({"model": "claude-x", "max_tokens": 20, "system": [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}],
+                     "messages": [{"role": "user", "content": "q"}]});
+    call(Method::POST, &s.url("/v1/messages"), &h, own.to_string()).await;
+    assert_eq!(
+        mock.last_request().expect("req").body,
+        own.to_string().as_bytes()
+    );
+}

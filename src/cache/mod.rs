@@ -62,6 +62,7 @@ pub mod entry;
 pub mod flight;
 pub mod key;
 pub mod policy;
+pub mod prompt;
 pub mod replay;
 pub mod store;
 
