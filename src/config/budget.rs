@@ -117,23 +117,22 @@ impl Validator<'_> {
             });
         }
         // A budget in force on a model with no price would let it run free.
-        if !out.is_empty() {
-            for (i, m) in models.iter().enumerate() {
-                for d in &m.deployments {
-                    let Some(upstream) = d
-                        .upstream_model
-                        .as_deref()
-                        .or((!m.pattern.contains('*')).then_some(m.pattern.as_str()))
-                    else {
-                        continue;
-                    };
-                    if prices.get(upstream).is_none() {
-                        let provider = providers.get(d.provider).map_or("?", |p| p.name.as_str());
-                        self.err(
-                            &format!("models[{i}]"),
-                            format!("no price for {upstream:?} on {provider:?}, and budgets are configured (add a [[pricing]] entry)"),
-                        );
-                    }
+        for (i, m) in models.iter().enumerate() {
+            if m.pattern.contains('*') || !crate::budget::applies_any(&out, &m.pattern) {
+                continue;
+            }
+            for d in &m.deployments {
+                let upstream = d.upstream_model.as_deref().unwrap_or(&m.pattern);
+                if prices.get(upstream).is_none() {
+                    let provider = providers.get(d.provider).map_or("?", |p| p.name.as_str());
+                    self.err(
+                        &format!("models[{i}]"),
+                        format!(
+                            "no price for {upstream:?} on {provider:?}, and a budget applies \
+                             to {:?} (add a [[pricing]] entry)",
+                            m.pattern
+                        ),
+                    );
                 }
             }
         }

@@ -84,3 +84,40 @@ idle = "2s"
     assert_eq!(t.first_byte, Timeouts::default().first_byte);
     assert_eq!(c.providers[0].base_url.path(), "/v1");
 }
+
+#[test]
+fn budgets_need_prices_for_the_models_they_cover() {
+    let base = r#"
+[[providers]]
+name = "p"
+kind = "openai-compatible"
+base_url = "http://127.0.0.1:9/v1"
+[[models]]
+name = "in-house"
+provider = "p"
+[[models]]
+name = "gpt-4o"
+provider = "p"
+"#;
+    let all = format!("{base}[[budgets]]\nwindow = \"day\"\nlimit_usd = 1.0\n");
+    let err = Config::parse(&all, "t.toml", &env).expect_err("unpriced");
+    assert!(
+        err.to_string().contains("no price for \"in-house\""),
+        "{err}"
+    );
+    assert_eq!(err.errors.len(), 1, "gpt-4o has a shipped price: {err}");
+    let filtered =
+        format!("{base}[[budgets]]\nwindow = \"day\"\nlimit_usd = 1.0\nmodels = [\"gpt-*\"]\n");
+    assert!(Config::parse(&filtered, "t.toml", &env).is_ok());
+    let priced = format!("{all}[[pricing]]\nmodel = \"in-house\"\ninput = 0.1\noutput = 0.1\n");
+    assert!(Config::parse(&priced, "t.toml", &env).is_ok());
+    let bad =
+        format!("{base}[[budgets]]\nwindow = \"dayly\"\nlimit_usd = 1.0\nmodels = [\"gpt-*\"]\n");
+    let err = Config::parse(&bad, "t.toml", &env).expect_err("window");
+    assert!(
+        err.to_string().contains(
+            "budgets[0].window: unknown window \"dayly\" (expected hour|day|week|month|lifetime)"
+        ),
+        "{err}"
+    );
+}

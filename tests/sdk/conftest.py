@@ -211,6 +211,19 @@ upstream_model = "mock-model"
 name = "*"
 provider = "mock-openai"
 
+# A tiny budget on one model only, for the insufficient_quota test.
+[[pricing]]
+model = "budget-test-model"
+input = 1000.0
+output = 1000.0
+
+[[budgets]]
+name = "sdk-budget"
+scope = ["user"]
+window = "day"
+limit_usd = 0.05
+models = ["budget-test-model"]
+
 [[keys]]
 name = "sdk-tests"
 sha256 = "{key_sha}"
