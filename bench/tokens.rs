@@ -48,6 +48,22 @@ fn counting(c: &mut Criterion) {
                 ))
             })
         });
+        // The same conversation again (agents resend it every turn): the long
+        // message's count is remembered, only hashing is paid.
+        let _ = count_request(Endpoint::ChatCompletions, body.as_bytes(), Family::O200k);
+        g.bench_with_input(
+            BenchmarkId::new("request_repeat", tokens),
+            &body,
+            |b, body| {
+                b.iter(|| {
+                    black_box(count_request(
+                        Endpoint::ChatCompletions,
+                        body.as_bytes(),
+                        Family::O200k,
+                    ))
+                })
+            },
+        );
         g.bench_with_input(BenchmarkId::new("upper_bound", tokens), &body, |b, body| {
             b.iter(|| black_box(upper_bound(body.as_bytes(), Family::O200k)))
         });

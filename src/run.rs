@@ -26,8 +26,6 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         Some(files) => Some(server::tls_acceptor(files).map_err(|e| anyhow::anyhow!("tls: {e}"))?),
         None => None,
     };
-    // Load the tokenizer tables now, not on the first request that needs them.
-    tokio::task::spawn_blocking(crate::limits::tokens::warm_up);
     let ledger = Ledger::open(
         &snapshot.config.state_path,
         &snapshot.config.budgets,

@@ -6,9 +6,11 @@
 //! public: Claude counts are a documented conservative estimate (cl100k
 //! count × 1.25, rounded up).
 //!
-//! Counting a 100 KB prompt costs about a millisecond, so the pipeline first
-//! takes a cheap upper bound (`upper_bound`) and counts exactly only when a
-//! limit is close enough to matter.
+//! Counting costs about 70 ns per token (7 ms for a 100k-token prompt), so the
+//! pipeline first takes a cheap upper bound (`upper_bound`) and counts
+//! exactly only when a limit is close enough to matter. The tokenizer tables
+//! (tens of MB) load on first use, so a Sluice that never counts never pays
+//! for them.
 
 use std::borrow::Cow;
 
@@ -102,6 +104,34 @@ impl Family {
     }
 }
 
+/// Message texts at least this long have their counts remembered: agents
+/// resend the whole conversation every turn, so a long prefix is counted
+/// once, not once per turn.
+const CACHED_MIN: usize = 4096;
+
+fn count_cache() -> &'static moka::sync::Cache<(u8, u64, usize), u64> {
+    static CACHE: std::sync::OnceLock<moka::sync::Cache<(u8, u64, usize), u64>> =
+        std::sync::OnceLock::new();
+    CACHE.get_or_init(|| moka::sync::Cache::new(20_000))
+}
+
+/// `family.count(text)`, remembered by a hash of the text (and its length,
+/// so a collision would also need equal lengths).
+fn count_cached(family: Family, text: &str) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    let mut h = SEED.get_or_init(Default::default).build_hasher();
+    h.write(text.as_bytes());
+    let key = (family as u8, h.finish(), text.len());
+    if let Some(n) = count_cache().get(&key) {
+        return n;
+    }
+    let n = family.count(text);
+    count_cache().insert(key, n);
+    n
+}
+
 /// Texts at least this long are counted on several threads.
 const PARALLEL_MIN: usize = 128 * 1024;
 
@@ -133,12 +163,6 @@ fn split_at_lines(text: &str, n: usize) -> Vec<&str> {
     }
     parts.push(rest);
     parts
-}
-
-/// Loads the tokenizer tables (tens of ms) so the first request does not pay.
-pub fn warm_up() {
-    let _ = bpe_openai::o200k_base().count("warm up");
-    let _ = bpe_openai::cl100k_base().count("warm up");
 }
 
 /// Tokens charged for an image part whose size Sluice does not know:
@@ -250,7 +274,11 @@ struct Counter {
 
 impl Counter {
     fn text(&mut self, t: &str) {
-        self.total += self.family.count(t);
+        self.total += if t.len() >= CACHED_MIN {
+            count_cached(self.family, t)
+        } else {
+            self.family.count(t)
+        };
     }
 
     fn message(&mut self, m: &Message<'_>) {

@@ -61,6 +61,9 @@ pub struct SseState {
     acc: UsageAcc,
     strip_injected_usage: bool,
     out: Observed,
+    /// Data of the JSON events seen, back to back, and where each ends.
+    raw: Vec<u8>,
+    raw_ends: Vec<usize>,
 }
 
 impl Observer {
@@ -71,6 +74,8 @@ impl Observer {
                 acc: UsageAcc::new(anthropic),
                 strip_injected_usage,
                 out: Observed::default(),
+                raw: Vec::new(),
+                raw_ends: Vec::new(),
             },
         }
     }
@@ -150,12 +155,24 @@ impl Observer {
         }
     }
 
+    /// The streamed text so far (computed on demand).
+    #[cfg(test)]
+    pub fn streamed_text(&self) -> String {
+        match self {
+            Observer::Sse { state, .. } => state.text(),
+            _ => String::new(),
+        }
+    }
+
     /// Everything learned, at the end of the body (or when it is dropped).
     pub fn finish(&mut self) -> Observed {
         match self {
             Observer::Sse { state, .. } => {
                 let mut out = std::mem::take(&mut state.out);
                 out.usage = state.acc.get();
+                if out.usage.is_none() {
+                    out.text = state.text();
+                }
                 out
             }
             Observer::Json {
@@ -191,6 +208,9 @@ enum Keep {
 const USAGE_NULL: &[u8] = b",\"usage\":null";
 
 impl SseState {
+    /// Looks at one event. Only the few events that carry a usage object or
+    /// an error are parsed; the rest are kept as raw bytes (up to a cap) and
+    /// parsed for their text only if the stream ends without usage.
     fn on_event(&mut self, block: &[u8]) -> Keep {
         let ev = parse_block(block);
         self.out.events += 1;
@@ -207,28 +227,33 @@ impl SseState {
         if data.first() != Some(&b'{') {
             return Keep::Unchanged;
         }
-        let Ok(probe) = serde_json::from_slice::<Probe<'_>>(data) else {
-            return Keep::Unchanged;
-        };
-        if probe.error.is_some() {
-            self.out.stream_error = true;
+        if self.raw.len() + data.len() <= MAX_TEXT {
+            self.raw.extend_from_slice(data);
+            self.raw_ends.push(self.raw.len());
         }
-        let usage_only = probe.choices.is_empty() && probe.usage.is_some();
-        for u in [
-            probe.usage.as_ref(),
-            nested(&probe.message),
-            nested(&probe.response),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            self.acc.add(u);
+        let usage = has_usage_object(data);
+        if usage || contains(data, b"\"error\"") {
+            if let Ok(probe) = serde_json::from_slice::<Probe<'_>>(data) {
+                if probe.error.is_some() {
+                    self.out.stream_error = true;
+                }
+                for u in [
+                    probe.usage.as_ref(),
+                    nested(&probe.message),
+                    nested(&probe.response),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    self.acc.add(u);
+                }
+            }
         }
-        self.collect_text(&probe);
         if !self.strip_injected_usage {
             return Keep::Unchanged;
         }
-        if usage_only {
+        // The chunk Sluice asked for: `"choices":[]` with the usage object.
+        if usage && contains(data, b"\"choices\":[]") {
             return Keep::Drop;
         }
         match memchr::memmem::find(block, USAGE_NULL) {
@@ -242,30 +267,51 @@ impl SseState {
         }
     }
 
-    fn collect_text(&mut self, probe: &Probe<'_>) {
-        let text = &mut self.out.text;
-        let mut push = |s: &str| {
-            if text.len() + s.len() <= MAX_TEXT {
-                text.push_str(s);
+    /// The streamed text, from the raw events (only needed without usage).
+    fn text(&self) -> String {
+        let mut text = String::new();
+        let mut start = 0;
+        for &end in &self.raw_ends {
+            if let Ok(probe) = serde_json::from_slice::<Probe<'_>>(&self.raw[start..end]) {
+                collect_text(&probe, &mut text);
             }
-        };
-        for choice in &probe.choices {
-            if let Some(t) = &choice.text {
-                push(t);
-            }
-            if let Some(d) = &choice.delta {
-                d.push_text(&mut push);
-            }
+            start = end;
         }
-        if let Some(raw) = probe.delta {
-            let s = raw.get();
-            if s.starts_with('"') {
-                if let Ok(t) = serde_json::from_str::<Cow<'_, str>>(s) {
-                    push(&t);
-                }
-            } else if let Ok(d) = serde_json::from_str::<Delta<'_>>(s) {
-                d.push_text(&mut push);
+        text
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    memchr::memmem::find(haystack, needle).is_some()
+}
+
+/// A `usage` object (not `"usage":null`), in compact or spaced JSON.
+fn has_usage_object(data: &[u8]) -> bool {
+    contains(data, b"\"usage\":{") || contains(data, b"\"usage\": {")
+}
+
+fn collect_text(probe: &Probe<'_>, text: &mut String) {
+    let mut push = |s: &str| {
+        if text.len() + s.len() <= MAX_TEXT {
+            text.push_str(s);
+        }
+    };
+    for choice in &probe.choices {
+        if let Some(t) = &choice.text {
+            push(t);
+        }
+        if let Some(d) = &choice.delta {
+            d.push_text(&mut push);
+        }
+    }
+    if let Some(raw) = probe.delta {
+        let s = raw.get();
+        if s.starts_with('"') {
+            if let Ok(t) = serde_json::from_str::<Cow<'_, str>>(s) {
+                push(&t);
             }
+        } else if let Ok(d) = serde_json::from_str::<Delta<'_>>(s) {
+            d.push_text(&mut push);
         }
     }
 }

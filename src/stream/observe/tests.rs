@@ -25,6 +25,7 @@ const DONE: &str = "data: [DONE]\n\n";
 fn injected_usage_is_read_then_removed() {
     let mut obs = Observer::sse(false, true);
     let out = run(&mut obs, &[CHUNK_A, CHUNK_B, USAGE, DONE]);
+    assert_eq!(obs.streamed_text(), "Hello");
     assert_eq!(
         out,
         "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\n\
@@ -34,7 +35,7 @@ fn injected_usage_is_read_then_removed() {
     let o = obs.finish();
     assert_eq!(o.usage.map(|u| (u.input, u.output)), Some((9, 2)));
     assert!(o.complete);
-    assert_eq!(o.text, "Hello");
+    assert_eq!(o.text, "", "not needed: usage arrived");
 }
 
 #[test]
@@ -73,10 +74,10 @@ fn anthropic_stream() {
             "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
         ],
     );
+    assert_eq!(obs.streamed_text(), "Hi é");
     let o = obs.finish();
     assert_eq!(o.usage.map(|u| (u.input, u.output)), Some((12, 5)));
     assert!(o.complete);
-    assert_eq!(o.text, "Hi é");
 }
 
 #[test]
@@ -89,9 +90,9 @@ fn responses_stream() {
             "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":4,\"output_tokens\":1}}}\n\n",
         ],
     );
+    assert_eq!(obs.streamed_text(), "abc");
     let o = obs.finish();
     assert_eq!(o.usage.map(|u| (u.input, u.output)), Some((4, 1)));
-    assert_eq!(o.text, "abc");
     assert!(o.complete);
 }
 
