@@ -43,7 +43,7 @@ pub enum Observer {
     /// Server-sent events.
     Sse {
         splitter: SseSplitter,
-        state: SseState,
+        state: Box<SseState>,
     },
     /// A JSON body, kept (up to a cap) to read its usage at the end.
     Json {
@@ -70,13 +70,13 @@ impl Observer {
     pub fn sse(anthropic: bool, strip_injected_usage: bool) -> Self {
         Observer::Sse {
             splitter: SseSplitter::default(),
-            state: SseState {
+            state: Box::new(SseState {
                 acc: UsageAcc::new(anthropic),
                 strip_injected_usage,
                 out: Observed::default(),
                 raw: Vec::new(),
                 raw_ends: Vec::new(),
-            },
+            }),
         }
     }
 
