@@ -172,7 +172,9 @@ async fn a_hundred_parallel_requests_cannot_overspend() {
             assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
         }
     }
-    assert!((5..=12).contains(&ok), "{ok} admitted");
+    // Settled requests free their unused worst case, so more than 10 may pass;
+    // what must hold is the spend.
+    assert!(ok >= 5, "{ok} admitted");
     assert_eq!(mock.request_count(), ok);
     let records = s.wait_usage(100).await;
     let spent: f64 = records.iter().filter_map(|r| r["cost_usd"].as_f64()).sum();
