@@ -284,11 +284,11 @@ impl RequestRecord {
                 // The usage line is written once the charge is durable.
                 let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
                 bytes.push(b'\n');
-                for (budget, bucket, t) in
-                    hold.settle(&snap.config.budgets, cost.unwrap_or(0), Some(bytes))
-                {
-                    metrics::budget_alert(&budget, t);
-                    tracing::warn!(%budget, %bucket, threshold = t, "budget alert: {:.0}% of the limit spent", t * 100.0);
+                let budgets = &snap.config.budgets;
+                for (budget, bucket, t) in hold.settle(budgets, cost.unwrap_or(0), Some(bytes)) {
+                    if let Some(rule) = budgets.iter().find(|b| b.name == budget) {
+                        crate::budget::alert::fire(rule, &bucket, t);
+                    }
                 }
             }
             _ => self.sink.write(&line),

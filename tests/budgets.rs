@@ -220,8 +220,9 @@ async fn scopes_feature_and_global() {
 async fn downgrade_past_the_threshold_then_alert() {
     let models_extra = "[[models]]\nname = \"cheap\"\nprovider = \"mock-openai\"\nupstream_model = \"cheap-model\"\n";
     let budgets = "[[budgets]]\nname = \"soft\"\nscope = [\"user\"]\nwindow = \"day\"\nlimit_usd = 0.001\naction = \"downgrade\"\ndowngrade_to = \"cheap\"\ndowngrade_at = 0.02\n\
-                   [[budgets]]\nname = \"watch\"\nwindow = \"day\"\nlimit_usd = 0.00002\naction = \"alert\"\nalert_at = [0.5, 1.0]\n";
+                   [[budgets]]\nname = \"watch\"\nwindow = \"day\"\nlimit_usd = 0.00002\naction = \"alert\"\nalert_at = [0.5, 1.0]\nwebhook = \"MOCK/hooks/budget\"\n";
     let mock = MockProvider::start().await.expect("mock");
+    let budgets = budgets.replace("MOCK", &mock.url());
     let cfg = config(&mock.url(), "", &format!("{PRICING}{budgets}")).replace(
         "[[models]]\nname = \"*\"",
         &format!("{models_extra}[[models]]\nname = \"*\""),
@@ -251,6 +252,23 @@ async fn downgrade_past_the_threshold_then_alert() {
         m.contains("sluice_budget_alerts_total{budget=\"watch\",threshold=\"1\"} 1"),
         "{m}"
     );
+    // The webhook got a JSON POST for each threshold crossed.
+    let mut hooks = Vec::new();
+    for _ in 0..100 {
+        hooks = mock
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == "/hooks/budget")
+            .collect();
+        if hooks.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(hooks.len(), 2, "one POST per threshold (0.5 and 1.0)");
+    let alert = hooks[0].json().expect("json");
+    assert_eq!(alert["budget"], "watch");
+    assert_eq!(alert["threshold"], 0.5);
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@
 //! group commit (one fsync per batch) before the request's usage record is
 //! written, so a charge that shows in the usage log survives `kill -9`.
 
+pub mod alert;
 pub mod journal;
 pub mod ledger;
 pub mod pricing;

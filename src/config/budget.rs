@@ -34,6 +34,8 @@ pub struct BudgetRule {
     pub alert_at: Vec<f64>,
     /// Only requests for these public models (globs); `None` = all.
     pub models: Option<Vec<String>>,
+    /// Where alerts are POSTed (JSON), if anywhere.
+    pub webhook: Option<http::Uri>,
 }
 
 impl Validator<'_> {
@@ -104,7 +106,26 @@ impl Validator<'_> {
                     format!("duplicate budget name {name:?}"),
                 );
             }
+            let webhook = b
+                .webhook
+                .as_deref()
+                .and_then(|w| match w.parse::<http::Uri>() {
+                    Ok(u)
+                        if matches!(u.scheme_str(), Some("http") | Some("https"))
+                            && u.authority().is_some() =>
+                    {
+                        Some(u)
+                    }
+                    _ => {
+                        self.err(
+                            &format!("{field}.webhook"),
+                            format!("invalid URL {w:?} (expected http:// or https://)"),
+                        );
+                        None
+                    }
+                });
             out.push(BudgetRule {
+                webhook,
                 name,
                 scope,
                 window,

@@ -66,6 +66,7 @@ pub struct RawBudget {
     pub downgrade_at: Option<f64>,
     pub alert_at: Option<Vec<f64>>,
     pub models: Option<Vec<String>>,
+    pub webhook: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

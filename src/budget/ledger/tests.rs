@@ -22,6 +22,7 @@ fn rule(
         downgrade_at: 0.8,
         alert_at: vec![0.5, 1.0],
         models: None,
+        webhook: None,
     }
 }
 
