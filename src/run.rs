@@ -19,6 +19,18 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&config_path)?;
     let snapshot = Snapshot::build(config)?;
     let metrics = metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
+    {
+        // Histograms buffer samples until drained: drain them periodically,
+        // not only when /metrics is scraped, so memory stays flat.
+        let handle = metrics.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
     let usage = UsageLog::start(&snapshot.config.log.usage).await?;
     let server_cfg = snapshot.config.server.clone();
     let admin_addr = snapshot.config.admin.listen;

@@ -11,7 +11,7 @@ use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{ProviderConfig, ProviderKind, Timeouts};
 use crate::error::ApiShape;
@@ -155,7 +155,9 @@ fn build_client(p: &ProviderConfig) -> Result<HttpClient, String> {
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(http);
+    // The idle timeout is only enforced with a timer.
     Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .build(https))
 }

@@ -3,10 +3,10 @@
 //! (half-open), closes on a successful probe. Operators can eject a
 //! deployment by hand and restore it.
 
-use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use super::counts::WindowCounts;
 use crate::config::BreakerConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +20,7 @@ enum Mode {
 struct State {
     mode: Mode,
     consecutive: u32,
-    outcomes: VecDeque<(Instant, bool)>,
+    outcomes: WindowCounts,
     ejected: bool,
 }
 
@@ -45,7 +45,7 @@ impl Default for Breaker {
             state: Mutex::new(State {
                 mode: Mode::Closed,
                 consecutive: 0,
-                outcomes: VecDeque::new(),
+                outcomes: WindowCounts::default(),
                 ejected: false,
             }),
         }
@@ -98,18 +98,11 @@ impl Breaker {
         if s.mode != Mode::Closed {
             return false;
         }
-        while s
-            .outcomes
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) >= cfg.window)
-        {
-            s.outcomes.pop_front();
-        }
-        s.outcomes.push_back((now, ok));
+        s.outcomes.add(now, cfg.window, !ok);
         s.consecutive = if ok { 0 } else { s.consecutive + 1 };
-        let total = s.outcomes.len() as u32;
-        let failed = s.outcomes.iter().filter(|(_, ok)| !ok).count() as f64;
-        let by_rate = total >= cfg.min_requests && failed / f64::from(total) >= cfg.failure_rate;
+        let (total, failed) = s.outcomes.get(now, cfg.window);
+        let by_rate = total >= u64::from(cfg.min_requests)
+            && failed as f64 / total as f64 >= cfg.failure_rate;
         if !ok && (s.consecutive >= cfg.consecutive_failures || by_rate) {
             s.mode = Mode::Open {
                 until: now + cfg.open_for,

@@ -4,6 +4,7 @@
 
 pub mod balance;
 pub mod breaker;
+pub mod counts;
 pub mod retry;
 
 use std::collections::HashMap;

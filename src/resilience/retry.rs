@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderMap, StatusCode};
 
+use super::counts::WindowCounts;
 use crate::config::RetryConfig;
-use crate::limits::window::SlidingWindow;
 
 /// The window over which a retry budget is computed.
 const BUDGET_WINDOW: Duration = Duration::from_secs(10);
@@ -64,29 +64,29 @@ pub struct RetryBudget {
 
 #[derive(Debug, Default)]
 struct Budget {
-    requests: SlidingWindow,
-    retries: SlidingWindow,
-    next_id: u64,
+    /// First attempts (counted as events) and retries (counted as failures).
+    counts: WindowCounts,
 }
 
 impl RetryBudget {
     /// Counts a first attempt.
     pub fn record_request(&self, now: Instant) {
         let mut b = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        b.next_id += 1;
-        let id = b.next_id;
-        let _ = b.requests.try_take(now, BUDGET_WINDOW, u64::MAX, 1, id);
+        b.counts.add(now, BUDGET_WINDOW, false);
     }
 
     /// Takes a retry from the budget, if there is one left.
     pub fn try_retry(&self, cfg: &RetryConfig, now: Instant) -> bool {
         let mut b = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let requests = b.requests.used(now, BUDGET_WINDOW) as f64;
+        let (events, retries) = b.counts.get(now, BUDGET_WINDOW);
+        let requests = (events - retries) as f64;
         let floor = cfg.budget_min_per_second * BUDGET_WINDOW.as_secs_f64();
         let limit = (requests * cfg.budget_ratio + floor).floor() as u64;
-        b.next_id += 1;
-        let id = b.next_id;
-        b.retries.try_take(now, BUDGET_WINDOW, limit, 1, id).is_ok()
+        if retries >= limit {
+            return false;
+        }
+        b.counts.add(now, BUDGET_WINDOW, true);
+        true
     }
 }
 
