@@ -376,9 +376,16 @@ impl Validator<'_> {
                 s.drain_timeout.as_deref(),
                 Duration::from_secs(30),
             ),
-            tls: s.tls.as_ref().map(|t| TlsFiles {
-                cert: PathBuf::from(&t.cert),
-                key: PathBuf::from(&t.key),
+            tls: s.tls.as_ref().map(|t| {
+                for (field, path) in [("server.tls.cert", &t.cert), ("server.tls.key", &t.key)] {
+                    if !Path::new(path).exists() {
+                        self.err(field, format!("{path} does not exist"));
+                    }
+                }
+                TlsFiles {
+                    cert: PathBuf::from(&t.cert),
+                    key: PathBuf::from(&t.key),
+                }
             }),
         };
 

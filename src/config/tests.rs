@@ -121,3 +121,16 @@ provider = "p"
         "{err}"
     );
 }
+
+#[test]
+fn missing_tls_files_are_named() {
+    let text =
+        "[server]\ntls = { cert = \"/nonexistent/cert.pem\", key = \"/nonexistent/key.pem\" }\n";
+    let err = Config::parse(text, "t.toml", &env).expect_err("missing files");
+    assert!(
+        err.to_string()
+            .contains("server.tls.cert: /nonexistent/cert.pem does not exist"),
+        "{err}"
+    );
+    assert_eq!(err.errors.len(), 2);
+}
