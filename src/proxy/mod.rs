@@ -3,13 +3,11 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
-use serde_json::json;
 
 use crate::app::{App, Snapshot};
 use crate::attempt;
@@ -19,17 +17,23 @@ use crate::budget;
 use crate::cache;
 use crate::config::CacheScope;
 use crate::config::TokenLimits;
-use crate::error::{ApiShape, ProxyError};
+use crate::error::ProxyError;
 use crate::headers::{client_response_headers, value};
 use crate::limits::tokens::{self, Family};
 use crate::limits::{self, context, rate, request};
 use crate::metrics;
 use crate::record::{RequestRecord, StreamEnd};
-use crate::resilience::balance::Candidate;
-use crate::resilience::Deployments;
-use crate::route::tier::{self, TierInput};
-use crate::sniff::{self, Endpoint, Rewrite, Sniffed};
-use crate::stream::observe::{Observed, Observer};
+use crate::sniff::{self, Endpoint, Rewrite};
+use crate::stream::observe::Observed;
+
+mod answer;
+mod stages;
+
+use answer::{cache_hit, model_list, upstream_answer};
+use stages::{
+    add_breakpoints, admit, choose_tier, count_input, deadline, needs_usage_injection,
+    passthrough_group, read_body,
+};
 
 /// What the pipeline produced.
 enum Answer {
@@ -439,317 +443,4 @@ async fn pipeline(
     call.deadline = deadline(rec, snap, &groups[0]);
     let answer = attempt::run(&call, groups, rec).await?;
     upstream_answer(answer, rec, snap, inject_usage).await
-}
-
-/// The answer for the client from what the attempt loop returned. A
-/// successful non-streamed body is read in full (bounded by the deadline) so
-/// its cost can go in `x-sluice-cost-usd`; streams go through the tap.
-async fn upstream_answer(
-    answer: attempt::Answered,
-    rec: &mut RequestRecord,
-    snap: &Snapshot,
-    inject_usage: bool,
-) -> Result<Answer, ProxyError> {
-    let local = |head: &http::response::Parts, bytes: Bytes| {
-        let mut resp = Response::new(ProxyBody::full(bytes));
-        *resp.status_mut() = head.status;
-        *resp.headers_mut() = client_response_headers(&head.headers, false);
-        resp
-    };
-    match answer {
-        attempt::Answered::Buffered(head, bytes) => {
-            Ok(Answer::Local(local(&head, bytes), Box::default()))
-        }
-        attempt::Answered::Stream(resp) => {
-            let (head, body) = resp.into_parts();
-            let mut observer = observer_for(rec.endpoint, &head, inject_usage);
-            if matches!(observer, Observer::Json { .. }) && head.status.is_success() {
-                let read = tokio::time::timeout_at(rec.deadline, body.collect()).await;
-                let bytes = match read {
-                    Ok(Ok(c)) => c.to_bytes(),
-                    Ok(Err(e)) => {
-                        return Err(ProxyError::UpstreamConnect {
-                            provider: rec.provider.to_string(),
-                            detail: format!("response body failed: {e}"),
-                        })
-                    }
-                    Err(_) => {
-                        return Err(ProxyError::UpstreamTimeout {
-                            provider: rec.provider.to_string(),
-                            phase: "total",
-                        })
-                    }
-                };
-                rec.first_byte(Instant::now());
-                observer.observe(&bytes);
-                if let Some(c) = rec.capture.take() {
-                    c.finish_json(bytes.clone());
-                }
-                let observed = observer.finish();
-                return Ok(Answer::Local(local(&head, bytes), Box::new(observed)));
-            }
-            let idle = snap
-                .upstreams
-                .iter()
-                .find(|u| u.name == rec.provider)
-                .map_or(snap.config.server.drain_timeout, |u| u.timeouts.idle);
-            Ok(Answer::Upstream(Box::new(UpstreamAnswer {
-                head,
-                body,
-                tap: TapConfig {
-                    observer,
-                    idle,
-                    deadline: rec.deadline,
-                    capture: rec.capture.take(),
-                },
-            })))
-        }
-    }
-}
-
-/// The whole request's deadline: the first deployment's total timeout.
-fn deadline(
-    rec: &mut RequestRecord,
-    snap: &Snapshot,
-    group: &attempt::Group,
-) -> tokio::time::Instant {
-    let total = group
-        .candidates
-        .first()
-        .and_then(|c| snap.upstreams.get(c.provider))
-        .map_or(Duration::from_secs(900), |u| u.timeouts.total);
-    rec.deadline = tokio::time::Instant::from_std(rec.started()) + total;
-    rec.deadline
-}
-
-/// A cached answer in the form the client asked for: JSON, or replayed as
-/// SSE (with the usage chunk when the client asked for it). `None` when the
-/// entry cannot be replayed that way (treated as a miss).
-fn cache_hit(hit: &cache::CachedResponse, s: &Sniffed, rec: &mut RequestRecord) -> Option<Answer> {
-    let (body, content_type) = if s.stream {
-        let frames = cache::to_sse(hit, s.include_usage)?;
-        (ProxyBody::Frames(frames.into()), "text/event-stream")
-    } else {
-        (ProxyBody::full(hit.body.clone()), hit.content_type.as_str())
-    };
-    rec.cache = "hit";
-    rec.upstream_model = hit.model.clone();
-    rec.first_byte(Instant::now());
-    let mut resp = Response::new(body);
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, value(content_type));
-    let observed = Observed {
-        usage: hit.usage,
-        complete: true,
-        ..Observed::default()
-    };
-    Some(Answer::Local(resp, Box::new(observed)))
-}
-
-/// Adds Anthropic prompt-cache breakpoints; the body is re-encoded only when
-/// one was added.
-fn add_breakpoints(
-    body: Bytes,
-    min_tokens: u64,
-    rec: &mut RequestRecord,
-) -> Result<Bytes, ProxyError> {
-    if memchr::memmem::find(&body, b"cache_control").is_some() {
-        return Ok(body);
-    }
-    let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_slice(&body) else {
-        return Ok(body);
-    };
-    let added = cache::prompt::add_breakpoints(&mut obj, min_tokens);
-    if added == 0 {
-        return Ok(body);
-    }
-    rec.breakpoints = added as u32;
-    serde_json::to_vec(&obj)
-        .map(Bytes::from)
-        .map_err(|e| ProxyError::Internal(format!("re-encoding request body: {e}")))
-}
-
-/// Admits the request under the rate limits, or refuses it.
-fn admit(
-    app: &App,
-    snap: &Snapshot,
-    rec: &mut RequestRecord,
-    model: &str,
-    reserve: u64,
-) -> Result<(), ProxyError> {
-    let rules = &snap.config.rate_limits;
-    if rules.is_empty() {
-        return Ok(());
-    }
-    let subject = rate::Subject {
-        identity: &rec.identity,
-        model,
-    };
-    let admission = app.rate.admit(rules, &subject, reserve).map_err(|r| {
-        metrics::rate_limited(&r.rule);
-        ProxyError::RateLimited(r)
-    })?;
-    rec.admission = Some(admission);
-    Ok(())
-}
-
-/// Runs a routing model's tier rules.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the tier inputs come from several pipeline stages"
-)]
-fn choose_tier(
-    snap: &Snapshot,
-    tier: &crate::config::TierRoute,
-    cred: &Credential,
-    headers: &http::HeaderMap,
-    rec: &RequestRecord,
-    body: &Bytes,
-    s: &Sniffed,
-    counted: &mut Option<(Family, u64)>,
-) -> String {
-    // Input size for tier rules is counted with the default model's tokenizer.
-    let family = snap
-        .router
-        .resolve(&tier.default, rec.shape, &snap.upstreams)
-        .map_or(Family::O200k, |r| Family::for_model(&r.upstream_model));
-    let endpoint = rec.endpoint;
-    let mut count = || {
-        let n = tokens::count_request(endpoint, body, family);
-        *counted = Some((family, n));
-        n
-    };
-    let key_tier = match cred {
-        Credential::Virtual(vk) => vk.tier.as_deref(),
-        Credential::Passthrough { .. } => None,
-    };
-    let mut input = TierInput {
-        headers,
-        feature: rec.identity.feature.as_deref(),
-        key_tier,
-        has_tools: s.has_tools,
-        has_images: s.has_images,
-        input_tokens: &mut count,
-        body,
-    };
-    tier::choose(tier, &mut input).to_owned()
-}
-
-/// Passthrough paths go to the first provider speaking the client's API,
-/// once (no retries: the request may not be idempotent).
-fn passthrough_group(
-    snap: &Snapshot,
-    registry: &Deployments,
-    shape: ApiShape,
-) -> Option<attempt::Group> {
-    let (i, u) = snap
-        .upstreams
-        .iter()
-        .enumerate()
-        .find(|(_, u)| u.speaks(shape))?;
-    Some(attempt::Group {
-        candidates: vec![Candidate {
-            provider: i,
-            upstream_model: String::new(),
-            weight: 1,
-            state: registry.get(&u.name, "*"),
-        }],
-        balance: crate::config::Balance::Weighted,
-        tries: 1,
-        context_fallback: None,
-    })
-}
-
-/// Counts input tokens; large bodies are counted off the async workers.
-async fn count_input(endpoint: Endpoint, body: Bytes, family: Family) -> u64 {
-    if body.len() < 64 * 1024 {
-        return tokens::count_request(endpoint, &body, family);
-    }
-    tokio::task::spawn_blocking(move || tokens::count_request(endpoint, &body, family))
-        .await
-        .unwrap_or(0)
-}
-
-/// Reads the request body up to `limit` bytes.
-async fn read_body(
-    body: Incoming,
-    headers: &http::HeaderMap,
-    limit: usize,
-) -> Result<Bytes, ProxyError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ProxyError::BodyTooLarge { limit });
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ProxyError::BodyTooLarge { limit })
-        }
-        Err(e) => Err(ProxyError::InvalidRequest(format!(
-            "could not read request body: {e}"
-        ))),
-    }
-}
-
-/// OpenAI streams carry usage only when asked; Sluice asks on the client's
-/// behalf and removes what the client did not ask for.
-fn needs_usage_injection(endpoint: Endpoint, s: &Sniffed) -> bool {
-    s.stream
-        && !s.include_usage
-        && matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions)
-}
-
-fn observer_for(endpoint: Endpoint, head: &http::response::Parts, injected: bool) -> Observer {
-    let anthropic = endpoint == Endpoint::Messages;
-    let content_type = head
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if content_type.starts_with("text/event-stream") {
-        Observer::sse(anthropic, injected)
-    } else if endpoint != Endpoint::Other && endpoint != Endpoint::Models {
-        Observer::json(anthropic)
-    } else {
-        Observer::None
-    }
-}
-
-/// `GET /v1/models` answered from the configured public models, when any are
-/// listed by exact name; `None` passes the request to the provider.
-fn model_list(snap: &Snapshot, shape: ApiShape, cred: &Credential) -> Option<Response<ProxyBody>> {
-    let names: Vec<&str> = snap
-        .router
-        .listed_models()
-        .filter(|m| match cred {
-            Credential::Virtual(vk) => vk.allows(m),
-            Credential::Passthrough { .. } => true,
-        })
-        .filter(|m| snap.router.resolve(m, shape, &snap.upstreams).is_some())
-        .collect();
-    if names.is_empty() {
-        return None;
-    }
-    let body = match shape {
-        ApiShape::OpenAi => json!({
-            "object": "list",
-            "data": names.iter().map(|n| json!({"id": n, "object": "model", "created": 0, "owned_by": "sluice"})).collect::<Vec<_>>(),
-        }),
-        ApiShape::Anthropic => json!({
-            "data": names.iter().map(|n| json!({"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"})).collect::<Vec<_>>(),
-            "has_more": false,
-            "first_id": names.first(),
-            "last_id": names.last(),
-        }),
-    };
-    let mut resp = Response::new(ProxyBody::full(body.to_string()));
-    *resp.status_mut() = StatusCode::OK;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Some(resp)
 }

@@ -1,0 +1,176 @@
+//! Building the client's answer: from an upstream response, from the cache,
+//! or from config (`GET /v1/models`).
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::json;
+
+use crate::app::Snapshot;
+use crate::attempt;
+use crate::auth::Credential;
+use crate::body::{ProxyBody, TapConfig};
+use crate::cache;
+use crate::error::{ApiShape, ProxyError};
+use crate::headers::{client_response_headers, value};
+use crate::record::RequestRecord;
+use crate::sniff::{Endpoint, Sniffed};
+use crate::stream::observe::{Observed, Observer};
+
+use super::{Answer, UpstreamAnswer};
+
+/// The answer for the client from what the attempt loop returned. A
+/// successful non-streamed body is read in full (bounded by the deadline) so
+/// its cost can go in `x-sluice-cost-usd`; streams go through the tap.
+pub(super) async fn upstream_answer(
+    answer: attempt::Answered,
+    rec: &mut RequestRecord,
+    snap: &Snapshot,
+    inject_usage: bool,
+) -> Result<Answer, ProxyError> {
+    let local = |head: &http::response::Parts, bytes: Bytes| {
+        let mut resp = Response::new(ProxyBody::full(bytes));
+        *resp.status_mut() = head.status;
+        *resp.headers_mut() = client_response_headers(&head.headers, false);
+        resp
+    };
+    match answer {
+        attempt::Answered::Buffered(head, bytes) => {
+            Ok(Answer::Local(local(&head, bytes), Box::default()))
+        }
+        attempt::Answered::Stream(resp) => {
+            let (head, body) = resp.into_parts();
+            let mut observer = observer_for(rec.endpoint, &head, inject_usage);
+            if matches!(observer, Observer::Json { .. }) && head.status.is_success() {
+                let read = tokio::time::timeout_at(rec.deadline, body.collect()).await;
+                let bytes = match read {
+                    Ok(Ok(c)) => c.to_bytes(),
+                    Ok(Err(e)) => {
+                        return Err(ProxyError::UpstreamConnect {
+                            provider: rec.provider.to_string(),
+                            detail: format!("response body failed: {e}"),
+                        })
+                    }
+                    Err(_) => {
+                        return Err(ProxyError::UpstreamTimeout {
+                            provider: rec.provider.to_string(),
+                            phase: "total",
+                        })
+                    }
+                };
+                rec.first_byte(Instant::now());
+                observer.observe(&bytes);
+                if let Some(c) = rec.capture.take() {
+                    c.finish_json(bytes.clone());
+                }
+                let observed = observer.finish();
+                return Ok(Answer::Local(local(&head, bytes), Box::new(observed)));
+            }
+            let idle = snap
+                .upstreams
+                .iter()
+                .find(|u| u.name == rec.provider)
+                .map_or(snap.config.server.drain_timeout, |u| u.timeouts.idle);
+            Ok(Answer::Upstream(Box::new(UpstreamAnswer {
+                head,
+                body,
+                tap: TapConfig {
+                    observer,
+                    idle,
+                    deadline: rec.deadline,
+                    capture: rec.capture.take(),
+                },
+            })))
+        }
+    }
+}
+
+/// A cached answer in the form the client asked for: JSON, or replayed as
+/// SSE (with the usage chunk when the client asked for it). `None` when the
+/// entry cannot be replayed that way (treated as a miss).
+pub(super) fn cache_hit(
+    hit: &cache::CachedResponse,
+    s: &Sniffed,
+    rec: &mut RequestRecord,
+) -> Option<Answer> {
+    let (body, content_type) = if s.stream {
+        let frames = cache::to_sse(hit, s.include_usage)?;
+        (ProxyBody::Frames(frames.into()), "text/event-stream")
+    } else {
+        (ProxyBody::full(hit.body.clone()), hit.content_type.as_str())
+    };
+    rec.cache = "hit";
+    rec.upstream_model = hit.model.clone();
+    rec.first_byte(Instant::now());
+    let mut resp = Response::new(body);
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, value(content_type));
+    let observed = Observed {
+        usage: hit.usage,
+        complete: true,
+        ..Observed::default()
+    };
+    Some(Answer::Local(resp, Box::new(observed)))
+}
+
+pub(super) fn observer_for(
+    endpoint: Endpoint,
+    head: &http::response::Parts,
+    injected: bool,
+) -> Observer {
+    let anthropic = endpoint == Endpoint::Messages;
+    let content_type = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type.starts_with("text/event-stream") {
+        Observer::sse(anthropic, injected)
+    } else if endpoint != Endpoint::Other && endpoint != Endpoint::Models {
+        Observer::json(anthropic)
+    } else {
+        Observer::None
+    }
+}
+
+/// `GET /v1/models` answered from the configured public models, when any are
+/// listed by exact name; `None` passes the request to the provider.
+pub(super) fn model_list(
+    snap: &Snapshot,
+    shape: ApiShape,
+    cred: &Credential,
+) -> Option<Response<ProxyBody>> {
+    let names: Vec<&str> = snap
+        .router
+        .listed_models()
+        .filter(|m| match cred {
+            Credential::Virtual(vk) => vk.allows(m),
+            Credential::Passthrough { .. } => true,
+        })
+        .filter(|m| snap.router.resolve(m, shape, &snap.upstreams).is_some())
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    let body = match shape {
+        ApiShape::OpenAi => json!({
+            "object": "list",
+            "data": names.iter().map(|n| json!({"id": n, "object": "model", "created": 0, "owned_by": "sluice"})).collect::<Vec<_>>(),
+        }),
+        ApiShape::Anthropic => json!({
+            "data": names.iter().map(|n| json!({"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"})).collect::<Vec<_>>(),
+            "has_more": false,
+            "first_id": names.first(),
+            "last_id": names.last(),
+        }),
+    };
+    let mut resp = Response::new(ProxyBody::full(body.to_string()));
+    *resp.status_mut() = StatusCode::OK;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Some(resp)
+}

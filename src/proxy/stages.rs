@@ -1,0 +1,194 @@
+//! The plain steps the pipeline wires: reading the body, counting tokens,
+//! admission under rate limits, tier routing, prompt-cache breakpoints.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use crate::app::{App, Snapshot};
+use crate::attempt;
+use crate::auth::Credential;
+use crate::cache;
+use crate::error::{ApiShape, ProxyError};
+use crate::limits::rate;
+use crate::limits::tokens::{self, Family};
+use crate::metrics;
+use crate::record::RequestRecord;
+use crate::resilience::balance::Candidate;
+use crate::resilience::Deployments;
+use crate::route::tier::{self, TierInput};
+use crate::sniff::{Endpoint, Sniffed};
+
+/// The whole request's deadline: the first deployment's total timeout.
+pub(super) fn deadline(
+    rec: &mut RequestRecord,
+    snap: &Snapshot,
+    group: &attempt::Group,
+) -> tokio::time::Instant {
+    let total = group
+        .candidates
+        .first()
+        .and_then(|c| snap.upstreams.get(c.provider))
+        .map_or(Duration::from_secs(900), |u| u.timeouts.total);
+    rec.deadline = tokio::time::Instant::from_std(rec.started()) + total;
+    rec.deadline
+}
+
+/// Adds Anthropic prompt-cache breakpoints; the body is re-encoded only when
+/// one was added.
+pub(super) fn add_breakpoints(
+    body: Bytes,
+    min_tokens: u64,
+    rec: &mut RequestRecord,
+) -> Result<Bytes, ProxyError> {
+    if memchr::memmem::find(&body, b"cache_control").is_some() {
+        return Ok(body);
+    }
+    let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_slice(&body) else {
+        return Ok(body);
+    };
+    let added = cache::prompt::add_breakpoints(&mut obj, min_tokens);
+    if added == 0 {
+        return Ok(body);
+    }
+    rec.breakpoints = added as u32;
+    serde_json::to_vec(&obj)
+        .map(Bytes::from)
+        .map_err(|e| ProxyError::Internal(format!("re-encoding request body: {e}")))
+}
+
+/// Admits the request under the rate limits, or refuses it.
+pub(super) fn admit(
+    app: &App,
+    snap: &Snapshot,
+    rec: &mut RequestRecord,
+    model: &str,
+    reserve: u64,
+) -> Result<(), ProxyError> {
+    let rules = &snap.config.rate_limits;
+    if rules.is_empty() {
+        return Ok(());
+    }
+    let subject = rate::Subject {
+        identity: &rec.identity,
+        model,
+    };
+    let admission = app.rate.admit(rules, &subject, reserve).map_err(|r| {
+        metrics::rate_limited(&r.rule);
+        ProxyError::RateLimited(r)
+    })?;
+    rec.admission = Some(admission);
+    Ok(())
+}
+
+/// Runs a routing model's tier rules.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the tier inputs come from several pipeline stages"
+)]
+pub(super) fn choose_tier(
+    snap: &Snapshot,
+    tier: &crate::config::TierRoute,
+    cred: &Credential,
+    headers: &http::HeaderMap,
+    rec: &RequestRecord,
+    body: &Bytes,
+    s: &Sniffed,
+    counted: &mut Option<(Family, u64)>,
+) -> String {
+    // Input size for tier rules is counted with the default model's tokenizer.
+    let family = snap
+        .router
+        .resolve(&tier.default, rec.shape, &snap.upstreams)
+        .map_or(Family::O200k, |r| Family::for_model(&r.upstream_model));
+    let endpoint = rec.endpoint;
+    let mut count = || {
+        let n = tokens::count_request(endpoint, body, family);
+        *counted = Some((family, n));
+        n
+    };
+    let key_tier = match cred {
+        Credential::Virtual(vk) => vk.tier.as_deref(),
+        Credential::Passthrough { .. } => None,
+    };
+    let mut input = TierInput {
+        headers,
+        feature: rec.identity.feature.as_deref(),
+        key_tier,
+        has_tools: s.has_tools,
+        has_images: s.has_images,
+        input_tokens: &mut count,
+        body,
+    };
+    tier::choose(tier, &mut input).to_owned()
+}
+
+/// Passthrough paths go to the first provider speaking the client's API,
+/// once (no retries: the request may not be idempotent).
+pub(super) fn passthrough_group(
+    snap: &Snapshot,
+    registry: &Deployments,
+    shape: ApiShape,
+) -> Option<attempt::Group> {
+    let (i, u) = snap
+        .upstreams
+        .iter()
+        .enumerate()
+        .find(|(_, u)| u.speaks(shape))?;
+    Some(attempt::Group {
+        candidates: vec![Candidate {
+            provider: i,
+            upstream_model: String::new(),
+            weight: 1,
+            state: registry.get(&u.name, "*"),
+        }],
+        balance: crate::config::Balance::Weighted,
+        tries: 1,
+        context_fallback: None,
+    })
+}
+
+/// Counts input tokens; large bodies are counted off the async workers.
+pub(super) async fn count_input(endpoint: Endpoint, body: Bytes, family: Family) -> u64 {
+    if body.len() < 64 * 1024 {
+        return tokens::count_request(endpoint, &body, family);
+    }
+    tokio::task::spawn_blocking(move || tokens::count_request(endpoint, &body, family))
+        .await
+        .unwrap_or(0)
+}
+
+/// Reads the request body up to `limit` bytes.
+pub(super) async fn read_body(
+    body: Incoming,
+    headers: &http::HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ProxyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ProxyError::BodyTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ProxyError::BodyTooLarge { limit })
+        }
+        Err(e) => Err(ProxyError::InvalidRequest(format!(
+            "could not read request body: {e}"
+        ))),
+    }
+}
+
+/// OpenAI streams carry usage only when asked; Sluice asks on the client's
+/// behalf and removes what the client did not ask for.
+pub(super) fn needs_usage_injection(endpoint: Endpoint, s: &Sniffed) -> bool {
+    s.stream
+        && !s.include_usage
+        && matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions)
+}
