@@ -2,6 +2,8 @@
 //! typed config. Request code never re-checks config.
 
 mod budget;
+mod cache;
+mod limits;
 mod raw;
 mod routing;
 mod values;
@@ -12,13 +14,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use budget::{BudgetAction, BudgetRule};
+pub use cache::{CacheConfig, CacheMode, CacheScope};
+pub use limits::{Dim, RateRule, TokenLimits};
 pub use routing::{
     Balance, BreakerConfig, Deployment, HeaderMatch, ModelRule, RetryConfig, TierRoute, TierRule,
 };
 pub use values::parse_duration;
 use values::parse_size;
 
-use raw::{RawConfig, RawSize, RawTimeouts};
+use raw::{RawConfig, RawTimeouts};
 
 /// Default request body limit: 32 MiB.
 const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
@@ -50,96 +54,6 @@ pub struct Config {
     /// The embedded state file (budget spend journal).
     pub state_path: PathBuf,
     pub cache: CacheConfig,
-}
-
-/// Which requests the response cache serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheMode {
-    Off,
-    /// Only requests with `temperature` 0.
-    Deterministic,
-    /// Every request of a cacheable endpoint.
-    Always,
-    /// Only requests that ask (`x-sluice-cache-ttl` or `x-sluice-cache: on`).
-    OptIn,
-}
-
-/// Whose answers a cached entry may serve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheScope {
-    Key,
-    Team,
-    Shared,
-}
-
-/// Response cache and provider prompt-caching settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CacheConfig {
-    pub mode: CacheMode,
-    pub scope: CacheScope,
-    pub max_bytes: u64,
-    pub max_entry_bytes: usize,
-    pub ttl: Duration,
-    /// Add Anthropic `cache_control` breakpoints to long stable prefixes.
-    pub anthropic_breakpoints: bool,
-    /// Smallest prefix (estimated tokens) worth a breakpoint.
-    pub breakpoint_min_tokens: u64,
-}
-
-/// Per-request token limits; `None` = no limit at this level.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TokenLimits {
-    pub max_input: Option<u64>,
-    pub max_output: Option<u64>,
-}
-
-impl TokenLimits {
-    /// The tighter of two sets of limits.
-    pub fn min(self, other: TokenLimits) -> TokenLimits {
-        let m = |a: Option<u64>, b: Option<u64>| match (a, b) {
-            (Some(x), Some(y)) => Some(x.min(y)),
-            (x, y) => x.or(y),
-        };
-        TokenLimits {
-            max_input: m(self.max_input, other.max_input),
-            max_output: m(self.max_output, other.max_output),
-        }
-    }
-}
-
-/// What a rate limit is counted per.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Dim {
-    Key,
-    User,
-    Team,
-    Model,
-    Feature,
-}
-
-impl Dim {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Dim::Key => "key",
-            Dim::User => "user",
-            Dim::Team => "team",
-            Dim::Model => "model",
-            Dim::Feature => "feature",
-        }
-    }
-}
-
-/// One rate limit rule: limits per minute for each combination of `scope`
-/// values (an empty scope is one global bucket).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RateRule {
-    pub name: String,
-    pub scope: Vec<Dim>,
-    /// Only requests for these public models (globs); `None` = all.
-    pub models: Option<Vec<String>>,
-    pub requests_per_minute: Option<u64>,
-    pub tokens_per_minute: Option<u64>,
-    pub max_concurrent: Option<u64>,
 }
 
 /// The data-plane listener and its request limits.
@@ -578,161 +492,6 @@ impl Validator<'_> {
             });
         }
         out
-    }
-}
-
-impl Validator<'_> {
-    fn token_limits(
-        &mut self,
-        field: &str,
-        input: Option<u64>,
-        output: Option<u64>,
-    ) -> TokenLimits {
-        if input == Some(0) {
-            self.err(
-                &format!("{field}.max_input_tokens"),
-                "must be greater than zero",
-            );
-        }
-        if output == Some(0) {
-            self.err(
-                &format!("{field}.max_output_tokens"),
-                "must be greater than zero",
-            );
-        }
-        TokenLimits {
-            max_input: input,
-            max_output: output,
-        }
-    }
-
-    /// A `scope = [...]` list of attribution dimensions.
-    fn dims(&mut self, field: &str, names: &[String]) -> Vec<Dim> {
-        let mut scope = Vec::new();
-        for (j, d) in names.iter().enumerate() {
-            let dim = match d.as_str() {
-                "key" => Dim::Key,
-                "user" => Dim::User,
-                "team" => Dim::Team,
-                "model" => Dim::Model,
-                "feature" => Dim::Feature,
-                other => {
-                    self.err(
-                        &format!("{field}.scope[{j}]"),
-                        format!(
-                            "unknown dimension {other:?} (expected key|user|team|model|feature)"
-                        ),
-                    );
-                    continue;
-                }
-            };
-            if scope.contains(&dim) {
-                self.err(
-                    &format!("{field}.scope[{j}]"),
-                    format!("{d:?} listed twice"),
-                );
-            }
-            scope.push(dim);
-        }
-        scope
-    }
-
-    fn rate_limits(&mut self, raw: &RawConfig) -> Vec<RateRule> {
-        let mut names = HashSet::new();
-        let mut out = Vec::new();
-        for (i, r) in raw.rate_limits.iter().enumerate() {
-            let field = format!("rate_limits[{i}]");
-            let scope = self.dims(&field, &r.scope);
-            if r.requests_per_minute.is_none()
-                && r.tokens_per_minute.is_none()
-                && r.max_concurrent.is_none()
-            {
-                self.err(
-                    &field,
-                    "sets no limit (expected requests_per_minute, tokens_per_minute or max_concurrent)",
-                );
-            }
-            for (name, v) in [
-                ("requests_per_minute", r.requests_per_minute),
-                ("tokens_per_minute", r.tokens_per_minute),
-                ("max_concurrent", r.max_concurrent),
-            ] {
-                if v == Some(0) {
-                    self.err(&format!("{field}.{name}"), "must be greater than zero");
-                }
-            }
-            let name = r.name.clone().unwrap_or_else(|| {
-                let dims: Vec<&str> = scope.iter().map(|d| d.as_str()).collect();
-                if dims.is_empty() {
-                    format!("global-{i}")
-                } else {
-                    format!("{}-{i}", dims.join("+"))
-                }
-            });
-            if !names.insert(name.clone()) {
-                self.err(
-                    &format!("{field}.name"),
-                    format!("duplicate rate limit name {name:?}"),
-                );
-            }
-            out.push(RateRule {
-                name,
-                scope,
-                models: r.models.clone(),
-                requests_per_minute: r.requests_per_minute,
-                tokens_per_minute: r.tokens_per_minute,
-                max_concurrent: r.max_concurrent,
-            });
-        }
-        out
-    }
-}
-
-impl Validator<'_> {
-    fn cache(&mut self, c: &raw::RawCache) -> CacheConfig {
-        let mode = match c.mode.as_deref() {
-            None | Some("off") => CacheMode::Off,
-            Some("deterministic") => CacheMode::Deterministic,
-            Some("always") => CacheMode::Always,
-            Some("opt_in") | Some("opt-in") => CacheMode::OptIn,
-            Some(other) => {
-                self.err(
-                    "cache.mode",
-                    format!("unknown mode {other:?} (expected off|deterministic|always|opt_in)"),
-                );
-                CacheMode::Off
-            }
-        };
-        let scope = match c.scope.as_deref() {
-            None | Some("key") => CacheScope::Key,
-            Some("team") => CacheScope::Team,
-            Some("shared") => CacheScope::Shared,
-            Some(other) => {
-                self.err(
-                    "cache.scope",
-                    format!("unknown scope {other:?} (expected key|team|shared)"),
-                );
-                CacheScope::Key
-            }
-        };
-        let mut size = |field: &str, v: &Option<RawSize>, default: usize| match v {
-            None => default,
-            Some(v) => parse_size(v).unwrap_or_else(|e| {
-                self.err(field, e);
-                default
-            }),
-        };
-        let max_bytes = size("cache.max_bytes", &c.max_bytes, 256 << 20) as u64;
-        let max_entry_bytes = size("cache.max_entry_bytes", &c.max_entry_bytes, 4 << 20);
-        CacheConfig {
-            mode,
-            scope,
-            max_bytes,
-            max_entry_bytes,
-            ttl: self.duration("cache.ttl", c.ttl.as_deref(), Duration::from_secs(3600)),
-            anthropic_breakpoints: c.anthropic_breakpoints.unwrap_or(false),
-            breakpoint_min_tokens: c.breakpoint_min_tokens.unwrap_or(1024),
-        }
     }
 }
 
