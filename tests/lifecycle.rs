@@ -263,8 +263,8 @@ async fn tls_on_both_sides_with_generated_certificates() {
     let dir = temp_dir();
     let (ca, cert, key) = ca_and_leaf(&dir);
     let mock = MockProvider::start().await.expect("mock");
-    // Upstream over TLS, trusted through the provider's extra CA (the mock
-    // speaks HTTP/1.1 behind the TLS front, so ALPN is not offered).
+    // Upstream over TLS, trusted through the provider's extra CA; the front
+    // offers h2 by ALPN and forwards the bytes to the mock.
     let front = tls_front(&cert, &key, mock.addr).await;
     let upstream_url = format!("https://localhost:{}", front.port());
     let cfg = config(
@@ -313,6 +313,9 @@ async fn tls_on_both_sides_with_generated_certificates() {
         "echo: over tls"
     );
     assert_eq!(mock.request_count(), 1);
+    // The TLS front offers h2 by ALPN and the mock behind it speaks h2c, so
+    // Sluice's upstream connection is HTTP/2.
+    assert_eq!(mock.last_request().expect("req").http_version, "HTTP/2.0");
 
     // Without the extra CA the upstream certificate is refused: 502, not a hang.
     let cfg2 = cfg.replace(&format!("\nca_file = \"{}\"", ca.display()), "");

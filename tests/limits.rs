@@ -325,3 +325,26 @@ async fn disconnected_stream_is_counted_and_charged() {
         "settled with what was used"
     );
 }
+
+#[tokio::test]
+async fn anthropic_clients_get_anthropic_rate_limit_headers() {
+    let (_mock, s) = start(
+        "[[rate_limits]]\nscope = [\"key\"]\nrequests_per_minute = 1\ntokens_per_minute = 100000\n",
+    )
+    .await;
+    let body = json!({"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    let h = [("x-api-key", KEY), ("anthropic-version", "2023-06-01")];
+    let (st, headers, _) = call(Method::POST, &s.url("/v1/messages"), &h, body.to_string()).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(headers["anthropic-ratelimit-requests-limit"], "1");
+    assert_eq!(headers["anthropic-ratelimit-requests-remaining"], "0");
+    assert!(headers["anthropic-ratelimit-tokens-reset"]
+        .to_str()
+        .expect("s")
+        .ends_with('Z'));
+    assert!(!headers.contains_key("x-ratelimit-limit-requests"));
+    let (st, headers, b) = call(Method::POST, &s.url("/v1/messages"), &h, body.to_string()).await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(json(&b)["error"]["type"], "rate_limit_error");
+    assert!(headers.contains_key("retry-after"));
+}
