@@ -94,6 +94,8 @@ pub async fn run(
     let breaker_cfg = call.snap.config.breaker;
     let mut last: Option<Failed> = None;
     let mut asked_wait = None;
+    // Deployments that failed this request (a retry on one of them backs off).
+    let mut failed: Vec<String> = Vec::new();
     'chain: while let Some(group) = groups.pop_front() {
         let mut tried: Vec<usize> = Vec::new();
         for _ in 0..group.tries {
@@ -107,20 +109,27 @@ pub async fn run(
             };
             let cand = &group.candidates[i];
             if rec.attempts > 0 {
-                // A retry: only within the deployment's budget, after a backoff
-                // (or the provider's Retry-After) that fits the deadline.
+                // A retry: only within the deployment's budget. Going back to a
+                // deployment that already failed this request waits a backoff
+                // (or its Retry-After) that must fit the deadline; moving on to
+                // another deployment or a fallback goes at once.
                 if !cand.state.budget.try_retry(&cfg, now) {
                     tracing::debug!(deployment = %cand.state.name, "retry budget exhausted");
-                    break 'chain;
-                }
-                let Some(wait) = retry::delay(&cfg, rec.attempts, asked_wait, random_unit()) else {
-                    break 'chain;
-                };
-                if tokio::time::Instant::now() + wait >= call.deadline {
-                    break 'chain;
+                    continue 'chain;
                 }
                 metrics::retry();
-                tokio::time::sleep(wait).await;
+                if failed.iter().any(|f| f == &cand.state.name) {
+                    let Some(wait) = retry::delay(&cfg, rec.attempts, asked_wait, random_unit())
+                    else {
+                        // The provider asked for longer than we wait: try the
+                        // next model in the chain, if any.
+                        continue 'chain;
+                    };
+                    if tokio::time::Instant::now() + wait >= call.deadline {
+                        continue 'chain;
+                    }
+                    tokio::time::sleep(wait).await;
+                }
             } else {
                 cand.state.budget.record_request(now);
             }
@@ -169,6 +178,7 @@ pub async fn run(
                     record_breaker(cand, &breaker_cfg, !breaker_failure(status), permit);
                     rec.attempt_log.push(log(status.as_u16(), "retryable"));
                     asked_wait = retry::retry_after(resp.headers());
+                    failed.push(cand.state.name.clone());
                     answered_by(rec, upstream, cand, guard);
                     last = Some(Failed::Status(resp));
                 }
@@ -181,6 +191,7 @@ pub async fn run(
                     };
                     rec.attempt_log.push(log(0, outcome));
                     asked_wait = None;
+                    failed.push(cand.state.name.clone());
                     last = Some(Failed::Transport(e));
                 }
             }
