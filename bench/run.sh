@@ -2,7 +2,7 @@
 # Runs Sluice's benchmarks: the load harness (direct vs Sluice vs nginx), then the criterion
 # hot-path benches. Arguments go to the load harness (e.g. `--quick` for a smoke run).
 #
-#   bash bench/run.sh            # full run: ~2.5 min on 2 cores once built (cold build: +7-8 min)
+#   bash bench/run.sh            # full run: ~3.5 min on 2 cores once built (cold build: +7-8 min)
 #   bash bench/run.sh --quick    # smoke run of the load harness
 #
 # The load report is printed and written to bench/out/latest.md; criterion keeps its own

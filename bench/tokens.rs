@@ -8,7 +8,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use serde_json::json;
 use sluice::limits::tokens::{count_request, upper_bound, Family};
 use sluice::sniff::Endpoint;
@@ -39,14 +39,29 @@ fn counting(c: &mut Criterion) {
             {"role": "user", "content": t},
         ]})
         .to_string();
-        g.bench_with_input(BenchmarkId::new("request", tokens), &body, |b, body| {
-            b.iter(|| {
-                black_box(count_request(
-                    Endpoint::ChatCompletions,
-                    body.as_bytes(),
-                    Family::O200k,
-                ))
-            })
+        // A conversation never seen before: every iteration counts a body
+        // whose long message differs (a fresh prefix), so no remembered
+        // count applies.
+        let mut n = 0u64;
+        g.bench_function(BenchmarkId::new("request_new", tokens), |b| {
+            b.iter_batched(
+                || {
+                    n += 1;
+                    json!({"model": "gpt-4o", "messages": [
+                        {"role": "system", "content": "You are a coding agent."},
+                        {"role": "user", "content": format!("{n} {t}")},
+                    ]})
+                    .to_string()
+                },
+                |body| {
+                    black_box(count_request(
+                        Endpoint::ChatCompletions,
+                        body.as_bytes(),
+                        Family::O200k,
+                    ))
+                },
+                BatchSize::LargeInput,
+            )
         });
         // The same conversation again (agents resend it every turn): the long
         // message's count is remembered, only hashing is paid.

@@ -109,25 +109,25 @@ pub async fn run(
             };
             let cand = &group.candidates[i];
             if rec.attempts > 0 {
-                // A retry: only within the deployment's budget. Going back to a
-                // deployment that already failed this request waits a backoff
-                // (or its Retry-After) that must fit the deadline; moving on to
-                // another deployment or a fallback goes at once.
+                metrics::retry();
+            }
+            if failed.iter().any(|f| f == &cand.state.name) {
+                // Going back to a deployment that already failed this request:
+                // only within its retry budget (so an outage does not multiply
+                // its load), after a backoff (or its Retry-After) that fits the
+                // deadline; otherwise on to the next model in the chain.
+                // Moving to another deployment or a fallback goes at once.
                 if !cand.state.budget.try_retry(&cfg, now) {
                     tracing::debug!(deployment = %cand.state.name, "retry budget exhausted");
                     continue 'chain;
                 }
-                metrics::retry();
-                if failed.iter().any(|f| f == &cand.state.name) {
-                    let Some(wait) = retry::delay(&cfg, rec.attempts, asked_wait, random_unit())
-                    else {
-                        // The provider asked for longer than we wait: try the
-                        // next model in the chain, if any.
-                        continue 'chain;
-                    };
-                    if tokio::time::Instant::now() + wait >= call.deadline {
-                        continue 'chain;
-                    }
+                let Some(wait) = retry::delay(&cfg, rec.attempts, asked_wait, random_unit()) else {
+                    continue 'chain;
+                };
+                if tokio::time::Instant::now() + wait >= call.deadline {
+                    continue 'chain;
+                }
+                if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
                 }
             } else {

@@ -297,8 +297,12 @@ impl RequestRecord {
 }
 
 impl RequestRecord {
-    /// The cost of what a complete response reported (for `x-sluice-cost-usd`).
+    /// The cost of what a complete response reported (for `x-sluice-cost-usd`);
+    /// a cache hit costs nothing.
     pub fn cost_of(&self, observed: &Observed) -> Option<u64> {
+        if self.cache == "hit" {
+            return Some(0);
+        }
         Some(self.price?.cost(observed.usage.as_ref()?))
     }
 

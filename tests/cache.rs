@@ -36,6 +36,11 @@ async fn identical_requests_hit_and_cost_nothing() {
     assert_eq!(st, StatusCode::OK);
     assert_eq!(h2["x-sluice-cache"], "hit");
     assert_eq!(b1, b2, "the cached answer is the original answer");
+    assert_eq!(
+        h2["x-sluice-cost-usd"], "0.000000000",
+        "a hit costs nothing"
+    );
+    assert_ne!(h1["x-sluice-cost-usd"], "0.000000000");
     assert_eq!(mock.request_count(), 1);
     let rec = s
         .usage_for(h2["x-sluice-request-id"].to_str().expect("id"))
