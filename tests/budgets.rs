@@ -281,29 +281,14 @@ async fn disconnect_is_charged_and_kill_9_loses_no_settled_spend() {
         assert_eq!(st, StatusCode::OK);
     }
     // A stream the client abandons is charged for what was generated.
-    let auth = format!("Bearer {KEY}");
     let body = json!({"model": "mock-model", "stream": true, "max_tokens": 100, "messages": [{"role": "user", "content": "go"}]});
-    let resp = send(
-        Method::POST,
-        &s.url("/v1/chat/completions"),
-        &[
-            ("authorization", &auth),
-            ("x-mock-words", "80"),
-            ("x-mock-delay-ms", "30"),
-        ],
-        body.to_string(),
+    let id = abandon_stream(
+        &s,
+        &body,
+        &[("x-mock-words", "80"), ("x-mock-delay-ms", "30")],
+        5,
     )
     .await;
-    let id = resp.headers()["x-sluice-request-id"]
-        .to_str()
-        .expect("id")
-        .to_owned();
-    let mut b = resp.into_body();
-    use http_body_util::BodyExt;
-    for _ in 0..5 {
-        b.frame().await.expect("frame").expect("ok");
-    }
-    drop(b);
     let rec = s.usage_for(&id).await;
     assert_eq!(rec["end"], "client_gone");
     assert!(cost(&rec) > 0.0);

@@ -283,28 +283,13 @@ async fn disconnected_stream_is_counted_and_charged() {
     let (mock, s) =
         start("[[rate_limits]]\nscope = [\"user\"]\ntokens_per_minute = 100000\n").await;
     let body = json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "count these words please"}]});
-    let auth = format!("Bearer {KEY}");
-    let resp = send(
-        Method::POST,
-        &s.url("/v1/chat/completions"),
-        &[
-            ("authorization", &auth),
-            ("x-mock-words", "40"),
-            ("x-mock-delay-ms", "50"),
-        ],
-        body.to_string(),
+    let id = abandon_stream(
+        &s,
+        &body,
+        &[("x-mock-words", "40"), ("x-mock-delay-ms", "50")],
+        4,
     )
     .await;
-    let id = resp.headers()["x-sluice-request-id"]
-        .to_str()
-        .expect("id")
-        .to_owned();
-    let mut b = resp.into_body();
-    use http_body_util::BodyExt;
-    for _ in 0..4 {
-        b.frame().await.expect("frame").expect("ok");
-    }
-    drop(b);
     let rec = s.usage_for(&id).await;
     assert_eq!(rec["end"], "client_gone");
     assert_eq!(rec["usage_source"], "estimated");

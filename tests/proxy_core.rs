@@ -471,27 +471,13 @@ async fn client_disconnect_cancels_the_upstream_and_is_accounted() {
     let (mock, s) = setup().await;
     let body =
         json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "x"}]});
-    let auth = format!("Bearer {KEY}");
-    let resp = send(
-        Method::POST,
-        &s.url("/v1/chat/completions"),
-        &[
-            ("authorization", &auth),
-            ("x-mock-words", "50"),
-            ("x-mock-delay-ms", "100"),
-        ],
-        body.to_string(),
+    let id = abandon_stream(
+        &s,
+        &body,
+        &[("x-mock-words", "50"), ("x-mock-delay-ms", "100")],
+        2,
     )
     .await;
-    let id = resp.headers()["x-sluice-request-id"]
-        .to_str()
-        .expect("id")
-        .to_owned();
-    let mut body = resp.into_body();
-    use http_body_util::BodyExt;
-    let _ = body.frame().await;
-    let _ = body.frame().await;
-    drop(body);
     for _ in 0..100 {
         if mock.cancelled_streams() > 0 {
             break;

@@ -395,6 +395,37 @@ pub fn json(b: &Bytes) -> Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(b)))
 }
 
+/// A client that goes away mid-stream: POSTs `body` to chat completions with
+/// the test key, reads `frames` body frames, then drops the response.
+/// Returns the request id.
+pub async fn abandon_stream(
+    s: &Sluice,
+    body: &Value,
+    mock_headers: &[(&str, &str)],
+    frames: usize,
+) -> String {
+    use http_body_util::BodyExt;
+    let auth = format!("Bearer {KEY}");
+    let mut headers = vec![("authorization", auth.as_str())];
+    headers.extend_from_slice(mock_headers);
+    let resp = send(
+        Method::POST,
+        &s.url("/v1/chat/completions"),
+        &headers,
+        body.to_string(),
+    )
+    .await;
+    let id = resp.headers()["x-sluice-request-id"]
+        .to_str()
+        .expect("id")
+        .to_owned();
+    let mut b = resp.into_body();
+    for _ in 0..frames {
+        b.frame().await.expect("frame").expect("ok");
+    }
+    id
+}
+
 /// Reads every data frame of a body, in order, as separate byte strings.
 pub async fn frames(mut body: Incoming) -> Result<Vec<Bytes>, String> {
     let mut out = Vec::new();
