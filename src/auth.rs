@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{KeyConfig, TokenLimits};
 use crate::error::ProxyError;
-use crate::route::glob_match;
+use crate::route::in_filter;
 
 /// Attribution of a request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -50,9 +50,7 @@ pub struct VirtualKey {
 impl VirtualKey {
     /// Whether this key may use the public model `model`.
     pub fn allows(&self, model: &str) -> bool {
-        self.models
-            .as_ref()
-            .is_none_or(|pats| pats.iter().any(|p| glob_match(p, model)))
+        in_filter(self.models.as_ref(), model)
     }
 }
 

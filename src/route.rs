@@ -118,6 +118,12 @@ impl Route<'_> {
     }
 }
 
+/// Whether `model` matches a model filter: `None` matches everything,
+/// otherwise any of the globs (key allow-lists, rate limits, budgets).
+pub fn in_filter(patterns: Option<&Vec<String>>, model: &str) -> bool {
+    patterns.is_none_or(|pats| pats.iter().any(|p| glob_match(p, model)))
+}
+
 /// Matches `text` against a pattern where `*` stands for any run of characters.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
     let Some((first, rest)) = pattern.split_once('*') else {

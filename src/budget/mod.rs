@@ -15,13 +15,11 @@ pub mod spend;
 pub mod window;
 
 use crate::config::BudgetRule;
-use crate::route::glob_match;
+use crate::route::in_filter;
 
 /// Whether a budget covers requests for `model`.
 pub fn applies(b: &BudgetRule, model: &str) -> bool {
-    b.models
-        .as_ref()
-        .is_none_or(|pats| pats.iter().any(|p| glob_match(p, model)))
+    in_filter(b.models.as_ref(), model)
 }
 
 /// Whether any budget covers requests for `model`.

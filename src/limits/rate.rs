@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::window::{Refused, SlidingWindow};
 use crate::auth::Identity;
 use crate::config::{Dim, RateRule};
-use crate::route::glob_match;
+use crate::route::in_filter;
 
 const WINDOW: Duration = Duration::from_secs(60);
 const SHARDS: usize = 16;
@@ -118,9 +118,7 @@ pub fn needs_tokens(rules: &[RateRule], model: &str) -> bool {
 }
 
 fn applies(rule: &RateRule, model: &str) -> bool {
-    rule.models
-        .as_ref()
-        .is_none_or(|pats| pats.iter().any(|p| glob_match(p, model)))
+    in_filter(rule.models.as_ref(), model)
 }
 
 /// What an admitted request holds until it finishes.
