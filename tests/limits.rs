@@ -333,3 +333,36 @@ async fn anthropic_clients_get_anthropic_rate_limit_headers() {
     assert_eq!(json(&b)["error"]["type"], "rate_limit_error");
     assert!(headers.contains_key("retry-after"));
 }
+
+#[tokio::test]
+async fn a_long_prompt_over_the_context_window_is_refused_while_the_provider_thinks() {
+    let mock = MockProvider::start().await.expect("mock");
+    let cfg = config(&mock.url(), "", "").replace(
+        "upstream_model = \"mock-model\"",
+        "upstream_model = \"mock-model\"\ncontext_window = 1000",
+    );
+    let s = Sluice::start(&cfg).await;
+    // ~100 KB: counted beside the upstream request, which the provider takes
+    // seconds to answer; the count finishes first and refuses it.
+    let mut body = chat(&"lorem ipsum dolor sit amet ".repeat(4000));
+    body["model"] = json!("gpt-4o-mini");
+    let (st, _, b) = post(
+        &s,
+        "/v1/chat/completions",
+        &[("x-mock-first-byte-delay-ms", "5000")],
+        &body,
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let v = json(&b);
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("maximum context length is 1000"));
+    // Another long prompt, for a model with no known window, goes through.
+    let mut fits = chat(&"lorem ipsum dolor sit amet ".repeat(4000));
+    fits["model"] = json!("mock-model");
+    let (st, _, _) = post(&s, "/v1/chat/completions", &[], &fits).await;
+    assert_eq!(st, StatusCode::OK);
+}

@@ -268,8 +268,9 @@ async fn pipeline(
         Credential::Virtual(vk) => vk.limits,
         Credential::Passthrough { .. } => TokenLimits::default(),
     };
+    let token_limits = snap.config.limits.min(route.limits).min(key_limits);
     let plan = request::plan(
-        snap.config.limits.min(route.limits).min(key_limits),
+        token_limits,
         route
             .context_window
             .or_else(|| context::context_window(&route.upstream_model)),
@@ -277,18 +278,26 @@ async fn pipeline(
         request::output_field(rec.endpoint, s.max_output_field, upstream.kind),
     );
     let priced = snap.config.max_request_cost.is_some() || budget::applies_any(budgets, &s.model);
+    // Only the context window asks, for a long prompt: count beside the
+    // upstream request instead of before it (see `with_context_check`).
+    let bound = tokens::upper_bound(&body, family);
     let must_count = priced
         || rate::needs_tokens(&snap.config.rate_limits, &s.model)
-        || plan
-            .max_input
-            .is_some_and(|(limit, _)| tokens::upper_bound(&body, family) > limit);
-    if must_count {
+        || token_limits.max_input.is_some_and(|limit| bound > limit);
+    let window_check = plan.max_input.is_some_and(|(limit, _)| bound > limit);
+    let mut deferred_count = None;
+    if must_count || (window_check && body.len() < CONCURRENT_COUNT_MIN) {
         let n = match counted {
             Some((f, n)) if f == family => n,
             _ => count_input(rec.endpoint, body.clone(), family).await,
         };
         plan.check_input(n)?;
         rec.input_counted = Some(n);
+    } else if window_check {
+        let (b, endpoint) = (body.clone(), rec.endpoint);
+        deferred_count = Some(tokio::task::spawn_blocking(move || {
+            tokens::count_request(endpoint, &b, family)
+        }));
     }
     rec.family = Some(family);
 
@@ -441,6 +450,39 @@ async fn pipeline(
     call.body = body;
     call.client_model = Some(&s.model);
     call.deadline = deadline(rec, snap, &groups[0]);
-    let answer = attempt::run(&call, groups, rec).await?;
+    let run = attempt::run(&call, groups, rec);
+    let answer = match deferred_count {
+        None => run.await?,
+        Some(count) => with_context_check(run, count, &plan).await?,
+    };
     upstream_answer(answer, rec, snap, inject_usage).await
+}
+
+/// Bodies below this size are counted before sending (well under a
+/// millisecond); larger ones, when only the context window needs the count,
+/// are counted beside the upstream request.
+const CONCURRENT_COUNT_MIN: usize = 64 * 1024;
+
+/// Runs the attempts while the input is counted. If the count finishes first
+/// and is over the context window, the request is refused with the usual 400
+/// and the upstream request is dropped (cancelled); if the provider answers
+/// first, its answer stands — it enforces its own window. Real providers
+/// take far longer than the count to answer a long prompt, so the check still
+/// fails fast, without adding the count's milliseconds to every long request.
+async fn with_context_check(
+    run: impl std::future::Future<Output = Result<attempt::Answered, ProxyError>>,
+    count: tokio::task::JoinHandle<u64>,
+    plan: &request::Plan,
+) -> Result<attempt::Answered, ProxyError> {
+    tokio::pin!(run);
+    tokio::select! {
+        biased;
+        answered = &mut run => answered,
+        counted = count => {
+            if let Ok(n) = counted {
+                plan.check_input(n)?;
+            }
+            run.await
+        }
+    }
 }
