@@ -126,6 +126,18 @@ impl TapBody {
     }
 
     fn finish(&mut self, end: StreamEnd) {
+        if self.record.is_none() && self.capture.is_none() {
+            return;
+        }
+        let observed = self.observer.finish();
+        // A client that stops reading once it has the stream's final event
+        // (`[DONE]`, `message_stop`, `response.completed`) got everything: the
+        // SDKs close the connection there, before the chunked terminator.
+        let end = if end == StreamEnd::ClientGone && observed.complete {
+            StreamEnd::Complete
+        } else {
+            end
+        };
         // Only a complete, successful stream is cached; otherwise the capture
         // is dropped and requests waiting on it go upstream themselves.
         if let Some(c) = self.capture.take() {
@@ -138,7 +150,6 @@ impl TapBody {
             }
         }
         if let Some(record) = self.record.take() {
-            let observed = self.observer.finish();
             record.finish(end, observed, self.bytes);
         }
     }

@@ -515,3 +515,35 @@ async fn h2_clients_are_served() {
     let bytes = frames(resp.into_body()).await.expect("frames").concat();
     assert_eq!(chat_stream_text(&bytes), "echo: h2 test");
 }
+
+#[tokio::test]
+async fn a_client_that_stops_at_the_final_event_got_everything() {
+    use http_body_util::BodyExt;
+    let (_mock, s) = setup().await;
+    let body =
+        json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "a b"}]});
+    let auth = format!("Bearer {KEY}");
+    let resp = send(
+        Method::POST,
+        &s.url("/v1/chat/completions"),
+        &[("authorization", &auth), ("x-mock-delay-ms", "5")],
+        body.to_string(),
+    )
+    .await;
+    let id = resp.headers()["x-sluice-request-id"]
+        .to_str()
+        .expect("id")
+        .to_owned();
+    let mut b = resp.into_body();
+    let mut seen = String::new();
+    // Like the SDKs: stop reading at `[DONE]`, before the body's own end.
+    while !seen.contains("[DONE]") {
+        let frame = b.frame().await.expect("frame").expect("ok");
+        if let Ok(d) = frame.into_data() {
+            seen.push_str(&String::from_utf8_lossy(&d));
+        }
+    }
+    drop(b);
+    let rec = s.usage_for(&id).await;
+    assert_eq!(rec["end"], "complete", "{rec}");
+}
