@@ -5,6 +5,10 @@ use std::process::ExitCode;
 
 use sluice::config::{Config, LogConfig};
 
+/// mimalloc: a proxy allocates and frees many small buffers per request.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "\
 usage:
   sluice [--config FILE]          run the proxy (default FILE: proxy.toml)
