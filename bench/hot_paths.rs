@@ -23,7 +23,7 @@ use sluice::auth::hash_key;
 use sluice::config::Config;
 use sluice::error::ApiShape;
 use sluice::route::glob_match;
-use sluice::sniff::{rewrite, sniff, Rewrite};
+use sluice::sniff::{rewrite, sniff, Endpoint, Rewrite};
 use sluice::stream::observe::Observer;
 use sluice::stream::sse::SseSplitter;
 
@@ -153,9 +153,11 @@ fn bench_sniff(c: &mut Criterion) {
     let mut g = c.benchmark_group("sniff");
     for (name, size) in [("1KB", 1_000), ("100KB", 100_000), ("2MB", 2_000_000)] {
         let body = chat_body(size);
-        sniff(&body).unwrap();
+        sniff(&body, Endpoint::ChatCompletions).unwrap();
         g.throughput(Throughput::Bytes(body.len() as u64));
-        g.bench_function(name, |b| b.iter(|| sniff(black_box(&body)).unwrap()));
+        g.bench_function(name, |b| {
+            b.iter(|| sniff(black_box(&body), Endpoint::ChatCompletions).unwrap())
+        });
     }
     g.finish();
 }

@@ -216,6 +216,7 @@ usage = "off"
 [[providers]]
 name = "mock"
 kind = "openai-compatible"
+client_keys = true
 base_url = "http://{mock}/v1"
 
 [[models]]
@@ -268,11 +269,13 @@ min_requests = 1000000000
 [[providers]]
 name = "mock"
 kind = "openai-compatible"
+client_keys = true
 base_url = "http://{mock}/v1"
 
 [[providers]]
 name = "failing"
 kind = "openai-compatible"
+client_keys = true
 base_url = "http://{failing}/v1"
 
 [[models]]

@@ -65,7 +65,8 @@ fn counting(c: &mut Criterion) {
         });
         // The same conversation again (agents resend it every turn): the long
         // message's count is remembered, only hashing is paid.
-        let _ = count_request(Endpoint::ChatCompletions, body.as_bytes(), Family::O200k);
+        let _ = count_request(Endpoint::ChatCompletions, body.as_bytes(), Family::O200k)
+            .expect("parses");
         g.bench_with_input(
             BenchmarkId::new("request_repeat", tokens),
             &body,

@@ -46,7 +46,12 @@ impl Snapshot {
             return Err(ConfigError { errors });
         }
         let s = &config.server;
-        let keys = Keys::new(&config.keys, s.passthrough_keys, s.trust_identity_headers);
+        let keys = Keys::new(
+            &config.keys,
+            s.passthrough_keys,
+            s.trust_identity_headers,
+            &s.passthrough,
+        );
         let router = Router::new(config.models.clone(), config.routing.clone());
         Ok(Snapshot {
             config,

@@ -41,6 +41,18 @@ pub struct Group {
     pub context_fallback: Option<String>,
 }
 
+/// The group without the deployments a client's own key may not go to: a
+/// passthrough key reaches only providers with `client_keys`, never another
+/// provider by routing or fallback.
+pub fn keep_for_credential(mut group: Group, cred: &Credential, upstreams: &[Upstream]) -> Group {
+    if matches!(cred, Credential::Passthrough { .. }) {
+        group
+            .candidates
+            .retain(|c| upstreams.get(c.provider).is_some_and(|u| u.client_keys));
+    }
+    group
+}
+
 /// Everything an attempt needs from the request.
 pub struct Call<'a> {
     pub snap: &'a Snapshot,
@@ -248,18 +260,21 @@ fn answered_by(
     rec.inflight = Some(guard);
 }
 
-/// The group for a fallback model, if it resolves.
+/// The group for a fallback model, if it resolves (and has a deployment the
+/// request's credential may go to).
 fn fallback_group(call: &Call<'_>, model: &str) -> Option<Group> {
     let route = call
         .snap
         .router
         .resolve(model, call.shape, &call.snap.upstreams)?;
-    Some(Group {
+    let group = Group {
         candidates: route.candidates(&call.snap.upstreams, call.registry),
         balance: route.rule.balance,
         tries: 1 + call.snap.config.retry.max_retries,
         context_fallback: None,
-    })
+    };
+    let group = keep_for_credential(group, call.cred, &call.snap.upstreams);
+    (!group.candidates.is_empty()).then_some(group)
 }
 
 /// One request to one deployment, bounded by the first-byte timeout and the
@@ -279,7 +294,9 @@ async fn attempt(
     } else {
         (call.deadline, "total")
     };
+    rec.awaiting_upstream = true;
     let result = tokio::time::timeout_at(limit, upstream.client.request(req)).await;
+    rec.awaiting_upstream = false;
     rec.upstream_wait += sent.elapsed();
     let provider = upstream.name.to_string();
     match result {
@@ -347,8 +364,17 @@ fn build_request(
                             .unwrap_or_else(|| "api_key_env".into()),
                     })?;
             headers.insert(name.clone(), v.clone());
+            upstream.set_billing_headers(&mut headers);
         }
         Credential::Passthrough { header, value } => {
+            // A client's own key goes only where it was meant to go (the
+            // chain is filtered already; this is the last line).
+            if !upstream.client_keys {
+                return Err(ProxyError::Forbidden(format!(
+                    "provider {:?} does not accept client keys; use a virtual key",
+                    upstream.name
+                )));
+            }
             headers.insert(header.clone(), value.clone());
         }
     }

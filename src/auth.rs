@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{KeyConfig, TokenLimits};
 use crate::error::ProxyError;
+use crate::path::Family;
 use crate::route::in_filter;
 
 /// Attribution of a request.
@@ -45,12 +46,22 @@ pub struct VirtualKey {
     pub limits: TokenLimits,
     /// Tier name for routing rules.
     pub tier: Option<String>,
+    /// Passthrough families this key may reach (its own plus `[server]`'s).
+    pub passthrough: Vec<Family>,
+    /// May pick a tier through header rules even when identity headers are
+    /// not trusted.
+    pub tier_headers: bool,
 }
 
 impl VirtualKey {
     /// Whether this key may use the public model `model`.
     pub fn allows(&self, model: &str) -> bool {
         in_filter(self.models.as_ref(), model)
+    }
+
+    /// Whether this key may use the passthrough family `f`.
+    pub fn allows_family(&self, f: Family) -> bool {
+        self.passthrough.contains(&f)
     }
 }
 
@@ -68,11 +79,24 @@ pub fn hash_key(key: &str) -> String {
 }
 
 impl Keys {
-    pub fn new(keys: &[KeyConfig], passthrough: bool, trust_headers: bool) -> Self {
+    /// The key table; `families` are the passthrough families every virtual
+    /// key may use.
+    pub fn new(
+        keys: &[KeyConfig],
+        passthrough: bool,
+        trust_headers: bool,
+        families: &[Family],
+    ) -> Self {
         let by_hash = keys
             .iter()
             .map(|k| {
+                let mut allowed = k.passthrough.clone();
+                allowed.extend_from_slice(families);
+                allowed.sort();
+                allowed.dedup();
                 let vk = VirtualKey {
+                    passthrough: allowed,
+                    tier_headers: k.tier_headers,
                     name: k.name.as_str().into(),
                     user: k.user.as_deref().map(Into::into),
                     team: k.team.as_deref().map(Into::into),
@@ -88,6 +112,11 @@ impl Keys {
             passthrough,
             trust_headers,
         }
+    }
+
+    /// Whether identity headers (`x-sluice-*`) are trusted.
+    pub fn trusts_headers(&self) -> bool {
+        self.trust_headers
     }
 
     /// Authenticates a request from its headers.
@@ -107,7 +136,9 @@ impl Keys {
             None if self.passthrough => (
                 Credential::Passthrough { header, value },
                 Identity {
-                    key: Some(format!("passthrough:{}", hex::encode(&digest[..4])).into()),
+                    // 128 bits of the key's SHA-256: distinct keys never
+                    // share cache entries, budgets or rate buckets.
+                    key: Some(format!("passthrough:{}", hex::encode(&digest[..16])).into()),
                     ..Identity::default()
                 },
             ),
@@ -132,12 +163,16 @@ impl Keys {
 /// The key the client presented, the header it used, and that header's value.
 fn presented_key(headers: &HeaderMap) -> Option<(HeaderName, HeaderValue, &str)> {
     if let Some(v) = headers.get(http::header::AUTHORIZATION) {
-        let s = v.to_str().ok()?;
-        let key = s
-            .strip_prefix("Bearer ")
-            .or_else(|| s.strip_prefix("bearer "))?
-            .trim();
-        if !key.is_empty() {
+        // The scheme is case-insensitive (RFC 9110 §11.1); another scheme
+        // leaves the key to `x-api-key`.
+        let bearer = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key.trim())
+            .filter(|key| !key.is_empty());
+        if let Some(key) = bearer {
             return Some((http::header::AUTHORIZATION, v.clone(), key));
         }
     }
@@ -161,8 +196,10 @@ mod tests {
             models: Some(vec!["gpt-4o*".into()]),
             limits: Default::default(),
             tier: None,
+            passthrough: vec![Family::Files],
+            tier_headers: false,
         };
-        Keys::new(&[k], passthrough, true)
+        Keys::new(&[k], passthrough, true, &[Family::Batches])
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -217,6 +254,34 @@ mod tests {
         ]);
         let (_, id) = keys(false).authenticate(&h).expect("ok");
         assert_eq!(id.user.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn scheme_is_case_insensitive_and_other_schemes_fall_back() {
+        let t = keys(false);
+        for h in [
+            headers(&[("authorization", "BEARER sk-sluice-alice")]),
+            headers(&[("authorization", "bEaReR  sk-sluice-alice")]),
+            headers(&[
+                ("authorization", "Basic Zm9vOmJhcg=="),
+                ("x-api-key", "sk-sluice-alice"),
+            ]),
+        ] {
+            let (cred, _) = t.authenticate(&h).expect("ok");
+            let Credential::Virtual(vk) = cred else {
+                panic!("virtual")
+            };
+            assert!(vk.allows_family(Family::Files) && vk.allows_family(Family::Batches));
+            assert!(!vk.allows_family(Family::Images));
+        }
+    }
+
+    #[test]
+    fn passthrough_identity_is_128_bits() {
+        let h = headers(&[("authorization", "Bearer sk-real")]);
+        let (_, id) = keys(true).authenticate(&h).expect("passthrough");
+        let k = id.key.as_deref().unwrap_or("");
+        assert_eq!(k.len(), "passthrough:".len() + 32, "{k}");
     }
 
     #[test]

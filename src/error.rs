@@ -33,6 +33,18 @@ pub enum ProxyError {
     UnknownModel { model: String },
     #[error("unknown path {0}")]
     NotFound(String),
+    #[error("method {method} is not allowed here; this endpoint takes {allowed}")]
+    MethodNotAllowed {
+        method: String,
+        allowed: &'static str,
+    },
+    #[error(
+        "this key may not use the {family} endpoints (an operator can allow them with \
+         [[keys]] passthrough = [\"{family}\"])"
+    )]
+    FamilyNotAllowed { family: &'static str },
+    #[error("{0}")]
+    Forbidden(String),
     #[error("provider {provider:?} has no API key configured (set {env})")]
     ProviderKeyMissing { provider: String, env: String },
     #[error("could not reach provider {provider:?}: {detail}")]
@@ -86,7 +98,10 @@ impl ProxyError {
             }
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MissingKey | Self::InvalidKey => StatusCode::UNAUTHORIZED,
-            Self::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
+            Self::ModelNotAllowed { .. } | Self::FamilyNotAllowed { .. } | Self::Forbidden(_) => {
+                StatusCode::FORBIDDEN
+            }
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::UnknownModel { .. } | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::ProviderKeyMissing { .. } | Self::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -132,6 +147,9 @@ impl ProxyError {
             Self::ModelNotAllowed { .. } => "model_not_allowed",
             Self::UnknownModel { .. } => "unknown_model",
             Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::FamilyNotAllowed { .. } => "endpoint_not_allowed",
+            Self::Forbidden(_) => "forbidden",
             Self::ProviderKeyMissing { .. } => "provider_key_missing",
             Self::UpstreamConnect { .. } => "upstream_connect",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
@@ -155,6 +173,8 @@ impl ProxyError {
             Self::ModelNotAllowed { .. } => "model_not_allowed",
             Self::UnknownModel { .. } => "model_not_found",
             Self::NotFound(_) => "unknown_url",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::FamilyNotAllowed { .. } => "endpoint_not_allowed",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::UpstreamConnect { .. } => "upstream_unreachable",
             _ => return None,
@@ -219,6 +239,10 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Self::MethodNotAllowed { allowed, .. } = &self {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allowed));
+        }
         if let Self::BudgetExhausted(_) = &self {
             // Waiting will not help until the window rolls over.
             resp.headers_mut()

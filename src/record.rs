@@ -107,6 +107,11 @@ pub struct RequestRecord {
     pub breakpoints: u32,
     /// Tees the upstream answer into the cache (a miss that may be stored).
     pub capture: Option<Capture>,
+    /// An upstream request is out and its response has not come yet (a
+    /// client gone now leaves a request the provider bills).
+    pub awaiting_upstream: bool,
+    /// The record was finished (metrics, settlement, usage line).
+    done: bool,
     sink: UsageLog,
     _inflight: Inflight,
 }
@@ -145,6 +150,8 @@ impl RequestRecord {
             cache: "bypass",
             breakpoints: 0,
             capture: None,
+            awaiting_upstream: false,
+            done: false,
             sink,
             _inflight: Inflight::start(),
         }
@@ -173,8 +180,15 @@ impl RequestRecord {
         Bytes::from(text)
     }
 
-    /// Finishes the request: metrics and the usage line.
+    /// Finishes the request: metrics, settlement and the usage line.
     pub fn finish(mut self, end: StreamEnd, observed: Observed, response_bytes: u64) {
+        self.complete(end, observed, response_bytes);
+    }
+
+    fn complete(&mut self, end: StreamEnd, observed: Observed, response_bytes: u64) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
         let now = Instant::now();
         let duration = now.duration_since(self.started);
         let ttft = self.first_byte_at.map(|t| t.duration_since(self.started));
@@ -310,7 +324,8 @@ impl RequestRecord {
     /// for (a cut stream): the input as counted, the output from the
     /// streamed text, both with the model's tokenizer.
     fn estimate(&self, observed: &Observed) -> Option<Usage> {
-        let answered = self.attempts > 0 && (200..300).contains(&self.status);
+        let answered =
+            self.attempts > 0 && ((200..300).contains(&self.status) || self.awaiting_upstream);
         if !answered || !self.endpoint.generates() {
             return None;
         }
@@ -318,13 +333,30 @@ impl RequestRecord {
         let input = self.input_counted.or_else(|| {
             self.request_body
                 .as_ref()
-                .map(|b| tokens::count_request(self.endpoint, b, family))
+                .map(|b| tokens::count_or_bound(self.endpoint, b, family))
         })?;
         Some(Usage {
             input,
             output: family.count(&observed.text),
             ..Usage::default()
         })
+    }
+}
+
+/// A request dropped before it finished (the client went away before the
+/// response headers, or the server stopped) still ends in exactly one
+/// usage record and one settlement: charged for its input, and for output
+/// counted so far, when the provider had the request.
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if self.status == 0 {
+            // nginx's "client closed request".
+            self.status = 499;
+        }
+        self.complete(StreamEnd::ClientGone, Observed::default(), 0);
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -33,6 +33,12 @@ pub struct Upstream {
     auth: Option<(HeaderName, HeaderValue)>,
     /// Env var the key comes from (for error messages).
     pub api_key_env: Option<String>,
+    /// Whether a client's own key may be sent here (passthrough mode).
+    pub client_keys: bool,
+    /// Billing headers sent with virtual-key requests (organisation, project).
+    billing: Vec<(HeaderName, HeaderValue)>,
+    /// `anthropic-beta` values a virtual-key client may ask for.
+    anthropic_beta: Vec<String>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -74,7 +80,21 @@ impl Upstream {
                 Some((name, v))
             }
         };
+        let mut billing = Vec::new();
+        for (name, text) in [
+            ("openai-organization", &p.organization),
+            ("openai-project", &p.project),
+        ] {
+            if let Some(t) = text {
+                let v = HeaderValue::from_str(t)
+                    .map_err(|_| format!("{name} {t:?} is not a valid header value"))?;
+                billing.push((HeaderName::from_static(name), v));
+            }
+        }
         Ok(Upstream {
+            client_keys: p.client_keys,
+            billing,
+            anthropic_beta: p.anthropic_beta.clone(),
             name: p.name.as_str().into(),
             kind: p.kind,
             timeouts: p.timeouts,
@@ -113,6 +133,33 @@ impl Upstream {
             .authority(self.authority.clone())
             .path_and_query(pq)
             .build()
+    }
+
+    /// Headers that choose who is billed, or turn on features pricing does
+    /// not model, come from config for virtual-key requests, never from the
+    /// client: organisation and project are replaced, and only allowed
+    /// `anthropic-beta` values are kept.
+    pub fn set_billing_headers(&self, headers: &mut HeaderMap) {
+        headers.remove("openai-organization");
+        headers.remove("openai-project");
+        for (name, v) in &self.billing {
+            headers.insert(name.clone(), v.clone());
+        }
+        let betas: Vec<String> = headers
+            .get_all("anthropic-beta")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|b| self.anthropic_beta.iter().any(|a| a == b))
+            .map(str::to_owned)
+            .collect();
+        headers.remove("anthropic-beta");
+        if let Ok(v) = HeaderValue::from_str(&betas.join(",")) {
+            if !betas.is_empty() {
+                headers.insert("anthropic-beta", v);
+            }
+        }
     }
 
     /// The provider credential header Sluice adds for virtual-key requests.

@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 
 async fn setup() -> (MockProvider, Sluice) {
     let mock = MockProvider::start().await.expect("mock");
-    let s = Sluice::start(&config(&mock.url(), "", "")).await;
+    // The test key may use the files endpoints (a passthrough family).
+    let s = Sluice::start(&config(&mock.url(), "passthrough = [\"files\"]", "")).await;
     (mock, s)
 }
 
@@ -265,7 +266,7 @@ async fn anthropic_messages_stream_and_not() {
     let headers = [
         ("x-api-key", KEY),
         ("anthropic-version", "2023-06-01"),
-        ("anthropic-beta", "tools-2024"),
+        ("anthropic-beta", "tools-2024, premium-x"),
     ];
     let (status, h, resp) = call(
         Method::POST,
@@ -280,6 +281,7 @@ async fn anthropic_messages_stream_and_not() {
     let seen = mock.last_request().expect("req");
     assert_eq!(seen.header("x-api-key"), Some(UPSTREAM_ANTHROPIC_KEY));
     assert_eq!(seen.header("anthropic-version"), Some("2023-06-01"));
+    // Only the betas the provider's config allows reach it with a virtual key.
     assert_eq!(seen.header("anthropic-beta"), Some("tools-2024"));
     assert!(seen.header("authorization").is_none());
 

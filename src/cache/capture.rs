@@ -63,6 +63,9 @@ impl Capture {
 
     /// Feeds streamed bytes (as they came from upstream).
     pub fn feed(&mut self, chunk: &[u8]) {
+        if let Some(l) = &self.leader {
+            l.progress();
+        }
         if self.assembler.is_viable() {
             self.assembler.feed(chunk);
         }
@@ -76,9 +79,10 @@ impl Capture {
         }
     }
 
-    /// A complete JSON answer.
+    /// A complete JSON answer: stored only when it is a well-formed answer
+    /// of the endpoint's API.
     pub fn finish_json(mut self, body: Bytes) {
-        if body.len() <= self.max_entry {
+        if body.len() <= self.max_entry && super::entry::is_answer(self.endpoint, &body) {
             self.store(body);
         }
     }

@@ -64,6 +64,26 @@ impl CachedResponse {
     }
 }
 
+/// Whether `body` is a well-formed successful answer of `endpoint`'s API
+/// (a provider can send `200 {"error": ...}`; that is never cached).
+pub fn is_answer(endpoint: Endpoint, body: &[u8]) -> bool {
+    let Ok(serde_json::Value::Object(o)) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    if o.contains_key("error") {
+        return false;
+    }
+    let is = |k: &str, v: &str| o.get(k).and_then(|x| x.as_str()) == Some(v);
+    let array = |k: &str| o.get(k).is_some_and(|x| x.is_array());
+    match endpoint {
+        Endpoint::ChatCompletions | Endpoint::Completions => array("choices"),
+        Endpoint::Messages => is("type", "message") && array("content"),
+        Endpoint::Responses => is("object", "response") && array("output"),
+        Endpoint::Embeddings => array("data"),
+        _ => false,
+    }
+}
+
 /// The normalised `usage` of a complete JSON response of `endpoint`, if it
 /// has one.
 pub fn usage_of(endpoint: Endpoint, body: &[u8]) -> Option<Usage> {
@@ -91,6 +111,28 @@ mod tests {
         );
         let fixed = mem::size_of::<CachedResponse>() as u32;
         assert_eq!(e.weight(), fixed + 1000 + 16 + 6 + 11);
+    }
+
+    #[test]
+    fn only_real_answers_are_answers() {
+        let e = Endpoint::ChatCompletions;
+        assert!(is_answer(e, br#"{"id":"x","choices":[]}"#));
+        assert!(!is_answer(
+            e,
+            br#"{"error":{"message":"boom"},"choices":[]}"#
+        ));
+        assert!(!is_answer(e, br#"{"id":"x"}"#));
+        assert!(!is_answer(e, b"[]"));
+        assert!(is_answer(
+            Endpoint::Messages,
+            br#"{"type":"message","content":[]}"#
+        ));
+        assert!(!is_answer(Endpoint::Messages, br#"{"type":"error"}"#));
+        assert!(is_answer(
+            Endpoint::Responses,
+            br#"{"object":"response","output":[]}"#
+        ));
+        assert!(is_answer(Endpoint::Embeddings, br#"{"data":[]}"#));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! sending the same request again.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -34,6 +35,7 @@ struct Entry {
     /// Tells this flight from a later one under the same key.
     id: u64,
     rx: watch::Receiver<Slot>,
+    progress: Arc<AtomicU64>,
 }
 
 impl Inner {
@@ -64,6 +66,7 @@ impl Flights {
         if let Some(entry) = flights.get(&key) {
             return Flight::Follower(Waiter {
                 rx: entry.rx.clone(),
+                progress: entry.progress.clone(),
             });
         }
         let id = self
@@ -71,12 +74,21 @@ impl Flights {
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = watch::channel(None);
-        flights.insert(key, Entry { id, rx });
+        let progress = Arc::new(AtomicU64::new(0));
+        flights.insert(
+            key,
+            Entry {
+                id,
+                rx,
+                progress: progress.clone(),
+            },
+        );
         Flight::Leader(LeaderGuard {
             inner: Arc::clone(&self.inner),
             key,
             id,
             tx: Some(tx),
+            progress,
         })
     }
 
@@ -99,9 +111,16 @@ pub struct LeaderGuard {
     key: CacheKey,
     id: u64,
     tx: Option<watch::Sender<Slot>>,
+    progress: Arc<AtomicU64>,
 }
 
 impl LeaderGuard {
+    /// The leader's answer advanced (a chunk came from upstream and went to
+    /// its client): followers keep waiting.
+    pub fn progress(&self) {
+        self.progress.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Ends the flight: followers get `answer` (`None` when the response
     /// could not be cached, so they go upstream themselves).
     pub fn done(mut self, answer: Option<Arc<CachedResponse>>) {
@@ -137,17 +156,43 @@ impl Drop for LeaderGuard {
 #[derive(Debug, Clone)]
 pub struct Waiter {
     rx: watch::Receiver<Slot>,
+    progress: Arc<AtomicU64>,
+}
+
+/// How long a follower waits on its leader.
+#[derive(Debug, Clone, Copy)]
+pub struct Patience {
+    /// For the leader's first chunk (the provider's first-byte timeout).
+    pub first: Duration,
+    /// Between the leader's chunks (the provider's idle timeout).
+    pub idle: Duration,
+    /// The follower's own deadline.
+    pub deadline: tokio::time::Instant,
 }
 
 impl Waiter {
     /// The leader's answer, or `None` if it failed, was not cacheable, or
-    /// took longer than `timeout`; then the follower goes upstream itself.
-    pub async fn wait(mut self, timeout: Duration) -> Option<Arc<CachedResponse>> {
-        let outcome = tokio::time::timeout(timeout, self.rx.wait_for(Option::is_some)).await;
-        match outcome {
-            Ok(Ok(slot)) => slot.clone().flatten(),
-            // Timed out, or the leader vanished without a word.
-            _ => None,
+    /// stopped making progress (no first chunk within `first`, then no chunk
+    /// for `idle`: a leader whose client does not read holds nobody), or the
+    /// deadline passed; then the follower goes upstream itself.
+    pub async fn wait(mut self, patience: Patience) -> Option<Arc<CachedResponse>> {
+        let mut seen = self.progress.load(Ordering::Relaxed);
+        let mut window = patience.first;
+        loop {
+            let until = (tokio::time::Instant::now() + window).min(patience.deadline);
+            match tokio::time::timeout_at(until, self.rx.wait_for(Option::is_some)).await {
+                Ok(Ok(slot)) => return slot.clone().flatten(),
+                // The leader vanished without a word.
+                Ok(Err(_)) => return None,
+                Err(_) => {
+                    let now = self.progress.load(Ordering::Relaxed);
+                    if now == seen || tokio::time::Instant::now() >= patience.deadline {
+                        return None;
+                    }
+                    seen = now;
+                    window = patience.idle;
+                }
+            }
         }
     }
 }
@@ -193,7 +238,7 @@ mod tests {
 
         let waits: Vec<_> = followers
             .into_iter()
-            .map(|w| tokio::spawn(w.wait(Duration::from_secs(5))))
+            .map(|w| tokio::spawn(w.wait(patience(5))))
             .collect();
         let value = answer();
         leaders
@@ -225,7 +270,7 @@ mod tests {
                             true
                         }
                         Flight::Follower(w) => {
-                            assert!(w.wait(Duration::from_secs(5)).await.is_some());
+                            assert!(w.wait(patience(5)).await.is_some());
                             false
                         }
                     }
@@ -249,7 +294,7 @@ mod tests {
                 .into_iter()
                 .next()
                 .expect("follower")
-                .wait(Duration::from_secs(5)),
+                .wait(patience(5)),
         );
         drop(leaders.pop());
         assert!(wait.await.expect("task").is_none());
@@ -262,19 +307,62 @@ mod tests {
         let (mut leaders, followers) = split(vec![flights.join(KEY), flights.join(KEY)]);
         leaders.pop().expect("leader").done(None);
         let waiter = followers.into_iter().next().expect("follower");
-        assert!(waiter.wait(Duration::from_secs(5)).await.is_none());
+        assert!(waiter.wait(patience(5)).await.is_none());
     }
 
-    // tokio's `test-util` (paused time) is not enabled; a short real timeout.
-    #[tokio::test]
-    async fn follower_times_out() {
+    fn patience(secs: u64) -> Patience {
+        Patience {
+            first: Duration::from_secs(secs),
+            idle: Duration::from_secs(secs),
+            deadline: tokio::time::Instant::now() + Duration::from_secs(900),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn follower_gives_up_on_a_leader_without_progress() {
         let flights = Flights::new();
         let (leaders, followers) = split(vec![flights.join(KEY), flights.join(KEY)]);
         let waiter = followers.into_iter().next().expect("follower");
-        assert!(waiter.wait(Duration::from_millis(20)).await.is_none());
+        let started = tokio::time::Instant::now();
+        assert!(waiter.wait(patience(30)).await.is_none());
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
         assert_eq!(flights.len(), 1, "the leader still flies");
         drop(leaders);
         assert!(flights.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_making_progress_keeps_its_followers() {
+        let flights = Flights::new();
+        let (mut leaders, followers) = split(vec![flights.join(KEY), flights.join(KEY)]);
+        let leader = leaders.pop().expect("leader");
+        let waiter = followers.into_iter().next().expect("follower");
+        let p = Patience {
+            first: Duration::from_secs(10),
+            idle: Duration::from_secs(2),
+            deadline: tokio::time::Instant::now() + Duration::from_secs(900),
+        };
+        let wait = tokio::spawn(waiter.wait(p));
+        // First chunk at 9 s, then one every 1.5 s for a while, then done.
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        for _ in 0..10 {
+            leader.progress();
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+        leader.done(Some(answer()));
+        assert!(wait.await.expect("task").is_some());
+
+        // A leader that stalls after its first chunk loses its follower
+        // after the idle window, not the deadline.
+        let (mut leaders, followers) = split(vec![flights.join(KEY), flights.join(KEY)]);
+        let leader = leaders.pop().expect("leader");
+        let started = tokio::time::Instant::now();
+        let wait = tokio::spawn(followers.into_iter().next().expect("f").wait(p));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        leader.progress();
+        assert!(wait.await.expect("task").is_none());
+        assert_eq!(started.elapsed(), Duration::from_secs(12));
+        drop(leader);
     }
 
     #[tokio::test]

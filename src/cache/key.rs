@@ -48,11 +48,14 @@ impl fmt::Display for CacheKey {
 /// The cache key of a request body, or `None` when the body is not a JSON
 /// object. `upstream_model` is the model the request is routed to (not the
 /// public name the client sent); `tenant` is the scope the answer may be
-/// shared within (a key, a team, or one shared scope).
+/// shared within (a key, a team, or one shared scope); `vary` holds the
+/// request headers that change the provider's answer ([`vary`]). `body` is
+/// the body as sent upstream, after every rewrite (output caps included).
 pub fn cache_key(
     endpoint: Endpoint,
     upstream_model: &str,
     tenant: &str,
+    vary: &str,
     body: &[u8],
 ) -> Option<CacheKey> {
     let Ok(Value::Object(mut request)) = serde_json::from_slice::<Value>(body) else {
@@ -70,12 +73,30 @@ pub fn cache_key(
         endpoint.label().as_bytes(),
         upstream_model.as_bytes(),
         tenant.as_bytes(),
+        vary.as_bytes(),
         canonical.as_bytes(),
     ] {
         hasher.update((part.len() as u64).to_le_bytes());
         hasher.update(part);
     }
     Some(CacheKey(hasher.finalize().into()))
+}
+
+/// Request headers that change what the provider answers.
+pub const VARY_HEADERS: [&str; 3] = ["anthropic-version", "anthropic-beta", "openai-beta"];
+
+/// The `vary` part of a key: the answer-changing headers, in a fixed order.
+pub fn vary(headers: &http::HeaderMap) -> String {
+    let mut out = String::new();
+    for name in VARY_HEADERS {
+        for v in headers.get_all(name) {
+            out.push_str(name);
+            out.push(':');
+            out.push_str(&String::from_utf8_lossy(v.as_bytes()));
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// The canonical JSON text of a value: no whitespace, object keys sorted
@@ -166,9 +187,21 @@ mod tests {
             Endpoint::ChatCompletions,
             "gpt-4o-mini",
             "team:a",
+            "",
             body.as_bytes(),
         )
         .expect("object body")
+    }
+
+    #[test]
+    fn answer_changing_headers_vary_the_key() {
+        let mut h = http::HeaderMap::new();
+        let plain = vary(&h);
+        h.insert("anthropic-beta", http::HeaderValue::from_static("x-1"));
+        let beta = vary(&h);
+        assert_ne!(plain, beta);
+        let k = |v: &str| cache_key(Endpoint::Messages, "m", "t", v, BASE.as_bytes());
+        assert_ne!(k(&plain), k(&beta));
     }
 
     fn canon(text: &str) -> String {
@@ -237,7 +270,7 @@ mod tests {
     #[test]
     fn tenant_model_and_endpoint_separate_entries() {
         let body = BASE.as_bytes();
-        let k = |endpoint, model, tenant| cache_key(endpoint, model, tenant, body);
+        let k = |endpoint, model, tenant| cache_key(endpoint, model, tenant, "", body);
         let base = k(Endpoint::ChatCompletions, "gpt-4o-mini", "team:a");
         assert_eq!(base, Some(key(BASE)));
         assert_ne!(base, k(Endpoint::ChatCompletions, "gpt-4o-mini", "team:b"));
@@ -254,7 +287,7 @@ mod tests {
     fn non_object_bodies_have_no_key() {
         for body in ["", "[]", "\"x\"", "{", "null"] {
             assert_eq!(
-                cache_key(Endpoint::ChatCompletions, "m", "t", body.as_bytes()),
+                cache_key(Endpoint::ChatCompletions, "m", "t", "", body.as_bytes()),
                 None,
                 "{body}"
             );

@@ -65,11 +65,12 @@ pub mod policy;
 pub mod prompt;
 pub mod replay;
 pub mod store;
+pub mod tenant;
 
 pub use assemble::StreamAssembler;
 pub use capture::Capture;
 pub use entry::{usage_of, CachedResponse};
-pub use flight::{Flight, Flights, LeaderGuard, Waiter};
+pub use flight::{Flight, Flights, LeaderGuard, Patience, Waiter};
 pub use key::{cache_key, canonical_json, CacheKey};
 pub use replay::to_sse;
 pub use store::{CacheStats, ResponseCache};

@@ -12,7 +12,8 @@ use crate::sniff::Endpoint;
 pub struct Policy {
     pub lookup: bool,
     pub store: bool,
-    /// `x-sluice-cache-ttl`, overriding the configured TTL.
+    /// `x-sluice-cache-ttl`: a client may shorten the configured TTL, never
+    /// lengthen it.
     pub ttl: Option<Duration>,
 }
 
@@ -46,7 +47,7 @@ pub fn decide(
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let ttl = header("x-sluice-cache-ttl")
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .map(|secs| Duration::from_secs(secs).min(cfg.ttl));
     let asked =
         ttl.is_some() || header("x-sluice-cache").is_some_and(|v| v.eq_ignore_ascii_case("on"));
     let allowed = match cfg.mode {
@@ -120,6 +121,10 @@ mod tests {
         let p = decide(&c, Endpoint::Messages, Some(1.0), &ttl);
         assert_eq!(p.ttl, Some(Duration::from_secs(30)));
         assert!(p.lookup && p.store);
+        // A client can shorten the operator's TTL, not lengthen it.
+        let long = headers(&[("x-sluice-cache-ttl", "315360000")]);
+        let p = decide(&c, Endpoint::Messages, Some(1.0), &long);
+        assert_eq!(p.ttl, Some(Duration::from_secs(60)));
     }
 
     #[test]

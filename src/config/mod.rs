@@ -22,6 +22,7 @@ pub use routing::{
 pub use values::parse_duration;
 use values::parse_size;
 
+use crate::path::Family;
 use raw::{RawConfig, RawTimeouts};
 
 /// Default request body limit: 32 MiB.
@@ -66,6 +67,8 @@ pub struct ServerConfig {
     pub end_user_from_body: bool,
     pub drain_timeout: Duration,
     pub tls: Option<TlsFiles>,
+    /// Passthrough families every virtual key may use (`[server] passthrough`).
+    pub passthrough: Vec<Family>,
 }
 
 /// PEM files for a TLS listener.
@@ -154,6 +157,14 @@ pub struct ProviderConfig {
     pub api_key: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub timeouts: Timeouts,
+    /// Whether a client's own key (passthrough mode) may be sent here.
+    pub client_keys: bool,
+    /// `OpenAI-Organization` sent with virtual-key requests.
+    pub organization: Option<String>,
+    /// `OpenAI-Project` sent with virtual-key requests.
+    pub project: Option<String>,
+    /// `anthropic-beta` values a virtual-key client may ask for.
+    pub anthropic_beta: Vec<String>,
 }
 
 /// A virtual key, stored by its SHA-256.
@@ -168,6 +179,11 @@ pub struct KeyConfig {
     pub limits: TokenLimits,
     /// A tier name routing rules can match (`tier = "premium"`).
     pub tier: Option<String>,
+    /// Passthrough families (files, batches, ...) this key may use.
+    pub passthrough: Vec<Family>,
+    /// Whether this key may pick a tier with the `x-sluice-tier`-style
+    /// header rules when identity headers are not trusted.
+    pub tier_headers: bool,
 }
 
 /// Every problem found in a config file.
@@ -285,6 +301,7 @@ impl Validator<'_> {
             passthrough_keys: s.passthrough_keys.unwrap_or(false),
             trust_identity_headers: s.trust_identity_headers.unwrap_or(false),
             end_user_from_body: s.end_user_from_body.unwrap_or(false),
+            passthrough: self.families("server.passthrough", s.passthrough.as_deref()),
             drain_timeout: self.duration(
                 "server.drain_timeout",
                 s.drain_timeout.as_deref(),
@@ -456,6 +473,14 @@ impl Validator<'_> {
                     .filter(|k| !k.is_empty()),
                 ca_file,
                 timeouts: self.timeouts(&format!("{field}.timeouts"), &p.timeouts, base),
+                // A client's own key goes only to the provider it was made for.
+                client_keys: p.client_keys.unwrap_or(matches!(
+                    kind,
+                    ProviderKind::OpenAi | ProviderKind::Anthropic
+                )),
+                organization: self.header_text(&format!("{field}.organization"), &p.organization),
+                project: self.header_text(&format!("{field}.project"), &p.project),
+                anthropic_beta: p.anthropic_beta.clone().unwrap_or_default(),
             });
         }
         out
@@ -478,8 +503,12 @@ impl Validator<'_> {
                 self.err(&format!("{field}.sha256"), "duplicate key");
             }
             let limits = self.token_limits(&field, k.max_input_tokens, k.max_output_tokens);
+            let passthrough =
+                self.families(&format!("{field}.passthrough"), k.passthrough.as_deref());
             out.push(KeyConfig {
                 limits,
+                passthrough,
+                tier_headers: k.tier_headers.unwrap_or(false),
                 tier: k.tier.clone(),
                 name: k
                     .name
@@ -492,6 +521,41 @@ impl Validator<'_> {
             });
         }
         out
+    }
+}
+
+impl Validator<'_> {
+    /// Passthrough family names.
+    fn families(&mut self, field: &str, names: Option<&[String]>) -> Vec<Family> {
+        let mut out = Vec::new();
+        for name in names.unwrap_or_default() {
+            match Family::parse(name) {
+                Some(f) => out.push(f),
+                None => {
+                    let known: Vec<&str> = Family::ALL.iter().map(|(n, _)| *n).collect();
+                    self.err(
+                        field,
+                        format!(
+                            "unknown family {name:?} (expected one of {})",
+                            known.join("|")
+                        ),
+                    );
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Text that becomes a header value.
+    fn header_text(&mut self, field: &str, text: &Option<String>) -> Option<String> {
+        let t = text.as_ref()?;
+        if http::HeaderValue::from_str(t).is_err() {
+            self.err(field, "not a valid header value");
+            return None;
+        }
+        Some(t.clone())
     }
 }
 

@@ -162,6 +162,7 @@ pub struct RawServer {
     pub end_user_from_body: Option<bool>,
     pub drain_timeout: Option<String>,
     pub tls: Option<RawTls>,
+    pub passthrough: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -205,6 +206,10 @@ pub struct RawProvider {
     pub ca_file: Option<String>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
+    pub client_keys: Option<bool>,
+    pub organization: Option<String>,
+    pub project: Option<String>,
+    pub anthropic_beta: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,6 +240,8 @@ pub struct RawKey {
     pub max_input_tokens: Option<u64>,
     pub max_output_tokens: Option<u64>,
     pub tier: Option<String>,
+    pub passthrough: Option<Vec<String>>,
+    pub tier_headers: Option<bool>,
 }
 
 /// A byte size: a bare integer or a string such as `"32MiB"`.

@@ -76,6 +76,18 @@ pub fn plan(
 }
 
 impl Plan {
+    /// An output cap at or over the context window leaves no room for any
+    /// input: said as such, before anything is counted.
+    pub fn check_output(&self, context_window: Option<u64>) -> Result<(), ProxyError> {
+        match (self.max_output, context_window) {
+            (Some(out), Some(w)) if out >= w => Err(ProxyError::InvalidRequest(format!(
+                "max_tokens is too large: {out}. This model's maximum context length is {w} \
+                 tokens, and the output cap must leave room for the input."
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks a counted input against the plan.
     pub fn check_input(&self, tokens: u64) -> Result<(), ProxyError> {
         match self.max_input {
@@ -102,6 +114,28 @@ mod tests {
             max_input: i,
             max_output: o,
         }
+    }
+
+    #[test]
+    fn an_output_cap_over_the_window_is_named() {
+        let p = plan(
+            limits(None, None),
+            Some(1000),
+            Some(1000),
+            Some("max_tokens"),
+        );
+        let e = p.check_output(Some(1000)).expect_err("too large");
+        assert!(
+            e.to_string().contains("maximum context length is 1000"),
+            "{e}"
+        );
+        let p = plan(
+            limits(None, None),
+            Some(1000),
+            Some(999),
+            Some("max_tokens"),
+        );
+        assert!(p.check_output(Some(1000)).is_ok());
     }
 
     #[test]

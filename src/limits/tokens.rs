@@ -188,11 +188,18 @@ pub fn upper_bound(body: &[u8], family: Family) -> u64 {
     family.bound(body.len() as u64) + images * per_image + REPLY_PRIMING
 }
 
-/// Exact (OpenAI) or estimated (Claude) input tokens of a request body.
-pub fn count_request(endpoint: Endpoint, body: &[u8], family: Family) -> u64 {
-    let Ok(req) = serde_json::from_slice::<Request<'_>>(body) else {
-        return 0;
-    };
+/// Exact (OpenAI) or estimated (Claude) input tokens of a request body. A
+/// body whose counted fields cannot be read is an error (a 400), never 0.
+pub fn count_request(
+    endpoint: Endpoint,
+    body: &[u8],
+    family: Family,
+) -> Result<u64, crate::error::ProxyError> {
+    let req = serde_json::from_slice::<Request<'_>>(body).map_err(|e| {
+        crate::error::ProxyError::InvalidRequest(format!(
+            "the request's input could not be read for counting: {e}"
+        ))
+    })?;
     let mut c = Counter { family, total: 0 };
     match endpoint {
         Endpoint::ChatCompletions => {
@@ -240,7 +247,13 @@ pub fn count_request(endpoint: Endpoint, body: &[u8], family: Family) -> u64 {
         }
         Endpoint::Models | Endpoint::Other => {}
     }
-    c.total
+    Ok(c.total)
+}
+
+/// The count, or the upper bound when the body cannot be read (for
+/// estimates after the fact, where more is the safe side).
+pub fn count_or_bound(endpoint: Endpoint, body: &[u8], family: Family) -> u64 {
+    count_request(endpoint, body, family).unwrap_or_else(|_| upper_bound(body, family))
 }
 
 #[derive(Deserialize)]

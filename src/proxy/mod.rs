@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
 use crate::app::{App, Snapshot};
@@ -15,24 +15,26 @@ use crate::auth::Credential;
 use crate::body::{ProxyBody, TapBody, TapConfig};
 use crate::budget;
 use crate::cache;
-use crate::config::CacheScope;
 use crate::config::TokenLimits;
 use crate::error::ProxyError;
 use crate::headers::{client_response_headers, value};
 use crate::limits::tokens::{self, Family};
 use crate::limits::{self, context, rate, request};
 use crate::metrics;
+use crate::path;
 use crate::record::{RequestRecord, StreamEnd};
 use crate::sniff::{self, Endpoint, Rewrite};
 use crate::stream::observe::Observed;
 
 mod answer;
+mod cache_stage;
+mod cost;
 mod stages;
 
 use answer::{cache_hit, model_list, upstream_answer};
 use stages::{
     add_breakpoints, admit, choose_tier, count_input, deadline, needs_usage_injection,
-    passthrough_group, read_body,
+    passthrough_allowed, passthrough_group, read_body,
 };
 
 /// What the pipeline produced.
@@ -141,22 +143,21 @@ async fn pipeline(
 ) -> Result<Answer, ProxyError> {
     let (parts, body) = req.into_parts();
 
-    // Which API: the path decides; `/anthropic/v1/...` forces Anthropic, and
-    // Anthropic clients identify themselves with `anthropic-version`.
-    let full_path = parts.uri.path();
-    let (path, forced_anthropic) = match full_path.strip_prefix("/anthropic") {
-        Some(rest) if rest.starts_with("/v1/") => (rest, true),
-        _ => (full_path, false),
-    };
-    let anthropic_client = forced_anthropic || parts.headers.contains_key("anthropic-version");
-    rec.endpoint = Endpoint::from_path(path);
-    rec.shape = rec.endpoint.shape(anthropic_client);
-    if !path.starts_with("/v1/") {
-        return Err(ProxyError::NotFound(full_path.to_owned()));
-    }
+    // Which API: the normalised path decides (an odd spelling of an API path
+    // is refused, never passed through); `/anthropic/v1/...` forces
+    // Anthropic, and Anthropic clients identify themselves with
+    // `anthropic-version`.
+    let anthropic_client = parts.headers.contains_key("anthropic-version")
+        || parts.uri.path().starts_with("/anthropic/");
+    rec.shape = Endpoint::Other.shape(anthropic_client);
+    let target = path::classify(parts.uri.path(), &parts.method)?;
+    rec.endpoint = target.endpoint;
+    rec.shape = rec
+        .endpoint
+        .shape(anthropic_client || target.anthropic_prefix);
     let path_and_query = match parts.uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_owned(),
+        Some(q) => format!("{}?{q}", target.path),
+        None => target.path.clone(),
     };
 
     // Who is calling, before any body is read.
@@ -166,8 +167,8 @@ async fn pipeline(
     // The body, bounded; sniffed once for what routing and accounting need.
     let body = read_body(body, &parts.headers, snap.config.server.max_body).await?;
     rec.request_bytes = body.len() as u64;
-    let sniffed = if rec.endpoint.has_model() && parts.method == Method::POST {
-        Some(sniff::sniff(&body)?)
+    let sniffed = if rec.endpoint.has_model() {
+        Some(sniff::sniff(&body, rec.endpoint)?)
     } else {
         None
     };
@@ -186,13 +187,16 @@ async fn pipeline(
     };
     let Some(s) = sniffed else {
         // No model: `GET /v1/models` from config, or a passthrough path.
-        if rec.endpoint == Endpoint::Models && parts.method == Method::GET {
+        if rec.endpoint == Endpoint::Models {
             if let Some(list) = model_list(snap, rec.shape, &cred) {
                 return Ok(Answer::Local(list, Box::default()));
             }
         }
-        let group = passthrough_group(snap, &app.deployments, rec.shape)
-            .ok_or_else(|| ProxyError::NotFound(full_path.to_owned()))?;
+        if let Some(family) = target.family {
+            passthrough_allowed(snap, &cred, family, &body)?;
+        }
+        let group = passthrough_group(snap, &app.deployments, rec.shape, &cred)
+            .ok_or_else(|| ProxyError::NotFound(target.path.clone()))?;
         admit(app, snap, rec, "", 0)?;
         call.body = body;
         call.deadline = deadline(rec, snap, &group);
@@ -204,24 +208,37 @@ async fn pipeline(
     if snap.config.server.end_user_from_body {
         rec.identity.end_user = s.end_user.clone();
     }
-    if let Credential::Virtual(vk) = &cred {
-        if !vk.allows(&s.model) {
-            return Err(ProxyError::ModelNotAllowed {
-                model: s.model.clone(),
-            });
-        }
+    let vk = match &cred {
+        Credential::Virtual(vk) => Some(vk.as_ref()),
+        Credential::Passthrough { .. } => None,
+    };
+    // The allow-list holds for the model asked for; for a routing model
+    // (e.g. `auto`), for the model it routes to.
+    let routing_model = snap.router.tier(&s.model);
+    if routing_model.is_none() && vk.is_some_and(|k| !k.allows(&s.model)) {
+        return Err(ProxyError::ModelNotAllowed {
+            model: s.model.clone(),
+        });
     }
 
     // Tier routing: a routing model (e.g. `auto`) picks the model to use.
+    // Header rules count only where identity headers are trusted, or the key
+    // is allowed to choose its tier.
     let mut counted: Option<(Family, u64)> = None;
-    let target = match snap.router.tier(&s.model) {
+    let no_headers = http::HeaderMap::new();
+    let tier_headers = if snap.keys.trusts_headers() || vk.is_some_and(|k| k.tier_headers) {
+        &parts.headers
+    } else {
+        &no_headers
+    };
+    let target_model = match routing_model {
         None => s.model.clone(),
         Some(tier) => {
             let chosen = choose_tier(
                 snap,
                 tier,
                 &cred,
-                &parts.headers,
+                tier_headers,
                 rec,
                 &body,
                 &s,
@@ -232,29 +249,36 @@ async fn pipeline(
         }
     };
 
-    // Budgets past a downgrade threshold send the request to a cheaper model.
+    // Budgets past a downgrade threshold send the request to a cheaper
+    // model, when the key may use it.
     let budgets = &snap.config.budgets;
-    let target = {
+    let target_model = {
         let subject = rate::Subject {
             identity: &rec.identity,
             model: &s.model,
         };
         match app.ledger.downgrade(budgets, &subject) {
-            Some(cheaper) if cheaper != target => {
-                tracing::debug!(from = %target, to = %cheaper, "budget downgrade");
+            Some(cheaper) if cheaper != target_model && vk.is_none_or(|k| k.allows(&cheaper)) => {
+                tracing::debug!(from = %target_model, to = %cheaper, "budget downgrade");
                 rec.routed_to = Some(cheaper.clone());
                 cheaper
             }
-            _ => target,
+            _ => target_model,
         }
     };
+    // The allow-list holds for the model the request is routed to.
+    if vk.is_some_and(|k| !k.allows(&target_model)) {
+        return Err(ProxyError::ModelNotAllowed {
+            model: target_model,
+        });
+    }
 
     // Where it goes: the model's route; its deployments and fallbacks.
     let route = snap
         .router
-        .resolve(&target, rec.shape, &snap.upstreams)
+        .resolve(&target_model, rec.shape, &snap.upstreams)
         .ok_or_else(|| ProxyError::UnknownModel {
-            model: target.clone(),
+            model: target_model.clone(),
         })?;
     let upstream = &snap.upstreams[route.provider];
     rec.provider = upstream.name.clone();
@@ -262,21 +286,16 @@ async fn pipeline(
 
     // Token limits: cap the output, bound the input. The input is counted
     // exactly only when the cheap upper bound cannot settle a limit, or a
-    // tokens-per-minute limit needs the number.
+    // tokens-per-minute limit or a price needs the number.
     let family = Family::for_model(&route.upstream_model);
-    let key_limits = match &cred {
-        Credential::Virtual(vk) => vk.limits,
-        Credential::Passthrough { .. } => TokenLimits::default(),
-    };
+    let key_limits = vk.map_or(TokenLimits::default(), |k| k.limits);
     let token_limits = snap.config.limits.min(route.limits).min(key_limits);
-    let plan = request::plan(
-        token_limits,
-        route
-            .context_window
-            .or_else(|| context::context_window(&route.upstream_model)),
-        s.max_output,
-        request::output_field(rec.endpoint, s.max_output_field, upstream.kind),
-    );
+    let context_window = route
+        .context_window
+        .or_else(|| context::context_window(&route.upstream_model));
+    let field = request::output_field(rec.endpoint, s.max_output_field, upstream.kind);
+    let plan = request::plan(token_limits, context_window, s.max_output, field);
+    plan.check_output(context_window)?;
     let priced = snap.config.max_request_cost.is_some() || budget::applies_any(budgets, &s.model);
     // Only the context window asks, for a long prompt: count beside the
     // upstream request instead of before it (see `with_context_check`).
@@ -289,7 +308,7 @@ async fn pipeline(
     if must_count || (window_check && body.len() < CONCURRENT_COUNT_MIN) {
         let n = match counted {
             Some((f, n)) if f == family => n,
-            _ => count_input(rec.endpoint, body.clone(), family).await,
+            _ => count_input(rec.endpoint, body.clone(), family).await?,
         };
         plan.check_input(n)?;
         rec.input_counted = Some(n);
@@ -301,72 +320,10 @@ async fn pipeline(
     }
     rec.family = Some(family);
 
-    // Cache: identical requests are answered from memory (a hit costs
-    // nothing against rate limits and budgets); identical concurrent misses
-    // go upstream once while the others wait for that answer.
-    let policy = cache::policy::decide(
-        &snap.config.cache,
-        rec.endpoint,
-        s.temperature,
-        &parts.headers,
-    );
-    if policy.lookup || policy.store {
-        let tenant = match snap.config.cache.scope {
-            CacheScope::Key => rec.identity.key.as_deref().unwrap_or(""),
-            CacheScope::Team => rec.identity.team.as_deref().unwrap_or(""),
-            CacheScope::Shared => "",
-        }
-        .to_owned();
-        if let Some(key) = cache::cache_key(rec.endpoint, &route.upstream_model, &tenant, &body) {
-            rec.cache = "miss";
-            if policy.lookup {
-                if let Some(hit) = app.cache.get(&key) {
-                    if let Some(answer) = cache_hit(&hit, &s, rec) {
-                        return Ok(answer);
-                    }
-                }
-            }
-            if policy.store {
-                match app.flights.join(key) {
-                    cache::Flight::Leader(leader) => {
-                        rec.capture = Some(cache::Capture::new(
-                            app.cache.clone(),
-                            key,
-                            leader,
-                            rec.endpoint,
-                            tenant,
-                            route.upstream_model.clone(),
-                            policy.ttl,
-                            snap.config.cache.max_entry_bytes,
-                        ));
-                    }
-                    cache::Flight::Follower(waiter) => {
-                        let wait = rec
-                            .deadline
-                            .saturating_duration_since(tokio::time::Instant::now());
-                        if let Some(hit) = waiter.wait(wait).await {
-                            if let Some(answer) = cache_hit(&hit, &s, rec) {
-                                return Ok(answer);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    // Rate limits: admit under every rule that applies, reserving the input
-    // and the output cap; settled with the real usage when the request ends.
-    let reserve =
-        rec.input_counted.unwrap_or(0) + plan.max_output.unwrap_or(snap.config.output_reserve);
-    admit(app, snap, rec, &s.model, reserve)?;
-
-    // Budgets: the worst-case cost (input at full price, the whole output
-    // cap) is reserved at every budget that applies, all or nothing. A
-    // request under a budget always has an output cap, so the worst case is
-    // finite.
-    let mut output_cap = plan.output_cap;
-    if priced {
+    // The output cap the request is sent with and its worst-case cost
+    // (every choice at its whole cap).
+    let input = rec.input_counted.unwrap_or(0);
+    let priced = if priced {
         let price = snap
             .config
             .prices
@@ -374,47 +331,27 @@ async fn pipeline(
             .ok_or_else(|| ProxyError::ModelNotPriced {
                 model: route.upstream_model.clone(),
             })?;
-        let field = request::output_field(rec.endpoint, s.max_output_field, upstream.kind);
-        let mut max_output = plan.max_output;
-        if max_output.is_none() && rec.endpoint.generates() {
-            max_output = Some(snap.config.output_reserve);
-            output_cap = field.map(|f| (f, snap.config.output_reserve));
-        }
-        let input = rec.input_counted.unwrap_or(0);
-        let mut worst = price.worst_case(input, max_output.unwrap_or(0));
-        if let Some(cap) = snap.config.max_request_cost {
-            if worst > cap {
-                // Clamp the output to what the cap affords, or refuse.
-                let input_cost = price.worst_case(input, 0);
-                let affordable = cap.saturating_sub(input_cost) / price.output.max(1);
-                match field {
-                    Some(f) if affordable > 0 && rec.endpoint.generates() => {
-                        output_cap = Some((f, affordable));
-                        worst = price.worst_case(input, affordable);
-                    }
-                    _ => {
-                        let usd = crate::budget::pricing::nanos_to_usd;
-                        return Err(ProxyError::RequestTooExpensive {
-                            worst: usd(worst),
-                            cap: usd(cap),
-                        });
-                    }
-                }
-            }
-        }
-        let subject = rate::Subject {
-            identity: &rec.identity,
-            model: &s.model,
-        };
-        let hold = app.ledger.reserve(budgets, &subject, worst).map_err(|e| {
-            metrics::budget_rejected(&e.budget);
-            ProxyError::BudgetExhausted(e)
-        })?;
-        rec.budget = Some(hold);
-    }
+        Some(cost::price(
+            &plan,
+            &price,
+            cost::Ask {
+                input,
+                choices: s.choices,
+                field,
+                generates: rec.endpoint.generates(),
+                output_reserve: snap.config.output_reserve,
+                cost_cap: snap.config.max_request_cost,
+            },
+        )?)
+    } else {
+        None
+    };
+    let output_cap = priced.map_or(plan.output_cap, |p| p.output_cap);
+    let max_output = priced.and_then(|p| p.max_output).or(plan.max_output);
 
-    // The body as every deployment must see it; the model name is set per
-    // deployment. Rewritten only if something changes.
+    // The body as every deployment must see it (the model name is set per
+    // deployment); rewritten only if something changes. Built before the
+    // cache step: the cache key is the body as sent.
     let inject_usage = needs_usage_injection(rec.endpoint, &s);
     let body = sniff::rewrite(
         body,
@@ -431,11 +368,10 @@ async fn pipeline(
     } else {
         body
     };
-    if rec.endpoint.generates() {
-        rec.request_body = Some(body.clone());
-    }
 
-    // Attempts: deployments, retries and fallbacks, before any byte goes back.
+    // Attempts: deployments, retries and fallbacks. A client's own key only
+    // goes to providers that take client keys.
+    let upstream_model = route.upstream_model.clone();
     let groups: VecDeque<attempt::Group> = snap
         .router
         .chain(route, rec.shape, &snap.upstreams)
@@ -446,10 +382,99 @@ async fn pipeline(
             tries: 1 + snap.config.retry.max_retries,
             context_fallback: r.rule.context_fallback.clone(),
         })
+        .map(|g| attempt::keep_for_credential(g, &cred, &snap.upstreams))
+        .filter(|g| !g.candidates.is_empty())
         .collect();
+    let Some(first) = groups.front() else {
+        return Err(ProxyError::Forbidden(format!(
+            "model {upstream_model:?} is served only by providers that do not accept client \
+             keys; use a virtual key"
+        )));
+    };
+    call.deadline = deadline(rec, snap, first);
+
+    // Cache: identical requests are answered from memory (a hit costs
+    // nothing against rate limits and budgets); identical concurrent misses
+    // go upstream once while the others wait for that answer.
+    let timeouts = upstream.timeouts;
+    let step = cache_stage::lookup(
+        app,
+        cache_stage::Lookup {
+            cfg: cache_cfg,
+            endpoint: rec.endpoint,
+            sniffed: &s,
+            headers: &parts.headers,
+            tenant: cache::tenant::tenant(
+                cache_cfg.scope,
+                &rec.identity,
+                matches!(cred, Credential::Passthrough { .. }),
+            ),
+            upstream_model: &upstream_model,
+            body: &body,
+            patience: cache::Patience {
+                first: timeouts.first_byte,
+                idle: timeouts.idle,
+                deadline: rec.deadline,
+            },
+        },
+    )
+    .await;
+    match step {
+        cache_stage::Step::Bypass => {}
+        cache_stage::Step::Hit(hit) => {
+            rec.cache = "miss";
+            if let Some(answer) = cache_hit(&hit, &s, rec) {
+                return Ok(answer);
+            }
+        }
+        cache_stage::Step::Miss { lead } => {
+            rec.cache = "miss";
+            if let Some(l) = lead {
+                rec.capture = Some(cache::Capture::new(
+                    app.cache.clone(),
+                    l.key,
+                    l.leader,
+                    rec.endpoint,
+                    l.tenant,
+                    upstream_model.clone(),
+                    l.ttl,
+                    cache_cfg.max_entry_bytes,
+                ));
+            }
+        }
+    }
+
+    // Rate limits: admit under every rule that applies, reserving the input
+    // and every choice's output cap; settled with the real usage at the end.
+    let reserve = input.saturating_add(
+        max_output
+            .unwrap_or(snap.config.output_reserve)
+            .saturating_mul(s.choices),
+    );
+    admit(app, snap, rec, &s.model, reserve)?;
+
+    // Budgets: the worst case is reserved at every budget that applies, all
+    // or nothing.
+    if let Some(p) = priced {
+        let subject = rate::Subject {
+            identity: &rec.identity,
+            model: &s.model,
+        };
+        let hold = app
+            .ledger
+            .reserve(budgets, &subject, p.worst)
+            .map_err(|e| {
+                metrics::budget_rejected(&e.budget);
+                ProxyError::BudgetExhausted(e)
+            })?;
+        rec.budget = Some(hold);
+    }
+
+    if rec.endpoint.generates() {
+        rec.request_body = Some(body.clone());
+    }
     call.body = body;
     call.client_model = Some(&s.model);
-    call.deadline = deadline(rec, snap, &groups[0]);
     let run = attempt::run(&call, groups, rec);
     let answer = match deferred_count {
         None => run.await?,
@@ -471,7 +496,7 @@ const CONCURRENT_COUNT_MIN: usize = 64 * 1024;
 /// fails fast, without adding the count's milliseconds to every long request.
 async fn with_context_check(
     run: impl std::future::Future<Output = Result<attempt::Answered, ProxyError>>,
-    count: tokio::task::JoinHandle<u64>,
+    count: tokio::task::JoinHandle<Result<u64, ProxyError>>,
     plan: &request::Plan,
 ) -> Result<attempt::Answered, ProxyError> {
     tokio::pin!(run);
@@ -479,9 +504,11 @@ async fn with_context_check(
         biased;
         answered = &mut run => answered,
         counted = count => {
-            if let Ok(n) = counted {
-                plan.check_input(n)?;
-            }
+            // A count that fails (unreadable input, a panicked task) fails
+            // the request closed.
+            let n = counted
+                .map_err(|e| ProxyError::Internal(format!("token counting failed: {e}")))??;
+            plan.check_input(n)?;
             run.await
         }
     }

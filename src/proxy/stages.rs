@@ -16,11 +16,12 @@ use crate::error::{ApiShape, ProxyError};
 use crate::limits::rate;
 use crate::limits::tokens::{self, Family};
 use crate::metrics;
+use crate::path::Family as PathFamily;
 use crate::record::RequestRecord;
 use crate::resilience::balance::Candidate;
 use crate::resilience::Deployments;
 use crate::route::tier::{self, TierInput};
-use crate::sniff::{Endpoint, Sniffed};
+use crate::sniff::{self, Endpoint, Sniffed};
 
 /// The whole request's deadline: the first deployment's total timeout.
 pub(super) fn deadline(
@@ -106,7 +107,7 @@ pub(super) fn choose_tier(
         .map_or(Family::O200k, |r| Family::for_model(&r.upstream_model));
     let endpoint = rec.endpoint;
     let mut count = || {
-        let n = tokens::count_request(endpoint, body, family);
+        let n = tokens::count_or_bound(endpoint, body, family);
         *counted = Some((family, n));
         n
     };
@@ -126,18 +127,56 @@ pub(super) fn choose_tier(
     tier::choose(tier, &mut input).to_owned()
 }
 
-/// Passthrough paths go to the first provider speaking the client's API,
-/// once (no retries: the request may not be idempotent).
+/// Whether a virtual key may use a passthrough path: only a family it is
+/// allowed, a model named in the body only if its allow-list has it, and
+/// never under a budget or cost cap (Sluice cannot price these requests).
+/// Passthrough-mode clients (their own provider key) are not limited here.
+pub(super) fn passthrough_allowed(
+    snap: &Snapshot,
+    cred: &Credential,
+    family: PathFamily,
+    body: &[u8],
+) -> Result<(), ProxyError> {
+    let Credential::Virtual(vk) = cred else {
+        return Ok(());
+    };
+    if !vk.allows_family(family) {
+        return Err(ProxyError::FamilyNotAllowed {
+            family: family.name(),
+        });
+    }
+    if let Some(model) = sniff::model_in(body) {
+        if !vk.allows(&model) {
+            return Err(ProxyError::ModelNotAllowed { model });
+        }
+    }
+    let budgets = &snap.config.budgets;
+    // A budget not limited to named models covers everything a key does.
+    let under_budget = crate::budget::applies_any(budgets, "");
+    if under_budget || snap.config.max_request_cost.is_some() {
+        return Err(ProxyError::Forbidden(format!(
+            "the {} endpoints cannot be priced, and a budget applies to this key",
+            family.name()
+        )));
+    }
+    Ok(())
+}
+
+/// Passthrough paths go to the first provider speaking the client's API
+/// (and, for a client's own key, taking client keys), once (no retries: the
+/// request may not be idempotent).
 pub(super) fn passthrough_group(
     snap: &Snapshot,
     registry: &Deployments,
     shape: ApiShape,
+    cred: &Credential,
 ) -> Option<attempt::Group> {
+    let passthrough = matches!(cred, Credential::Passthrough { .. });
     let (i, u) = snap
         .upstreams
         .iter()
         .enumerate()
-        .find(|(_, u)| u.speaks(shape))?;
+        .find(|(_, u)| u.speaks(shape) && (u.client_keys || !passthrough))?;
     Some(attempt::Group {
         candidates: vec![Candidate {
             provider: i,
@@ -151,14 +190,19 @@ pub(super) fn passthrough_group(
     })
 }
 
-/// Counts input tokens; large bodies are counted off the async workers.
-pub(super) async fn count_input(endpoint: Endpoint, body: Bytes, family: Family) -> u64 {
+/// Counts input tokens; large bodies are counted off the async workers. A
+/// count that fails (unreadable input, a panicked task) fails the request.
+pub(super) async fn count_input(
+    endpoint: Endpoint,
+    body: Bytes,
+    family: Family,
+) -> Result<u64, ProxyError> {
     if body.len() < 64 * 1024 {
         return tokens::count_request(endpoint, &body, family);
     }
     tokio::task::spawn_blocking(move || tokens::count_request(endpoint, &body, family))
         .await
-        .unwrap_or(0)
+        .map_err(|e| ProxyError::Internal(format!("token counting failed: {e}")))?
 }
 
 /// Reads the request body up to `limit` bytes.

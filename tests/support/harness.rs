@@ -65,6 +65,7 @@ path = "STATE_PATH"
 [[providers]]
 name = "mock-openai"
 kind = "openai-compatible"
+client_keys = true
 base_url = "{mock_url}/v1"
 api_key_env = "SLUICE_TEST_OPENAI_KEY"
 
@@ -73,6 +74,7 @@ name = "mock-anthropic"
 kind = "anthropic"
 base_url = "{mock_url}"
 api_key_env = "SLUICE_TEST_ANTHROPIC_KEY"
+anthropic_beta = ["tools-2024"]
 
 [[models]]
 name = "claude-*"

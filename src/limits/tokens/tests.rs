@@ -86,7 +86,7 @@ fn chat_format_overhead_matches_openai_cookbook() {
         + f.count("bob")
         + f.count("Hi there")
         + 3;
-    let n = count_request(Endpoint::ChatCompletions, body.to_string().as_bytes(), f);
+    let n = count_or_bound(Endpoint::ChatCompletions, body.to_string().as_bytes(), f);
     assert_eq!(n, expected);
 }
 
@@ -100,7 +100,7 @@ fn parts_images_and_tools_are_counted() {
             {"type": "image_url", "image_url": {"url": "https://x/z.png"}},
         ]},
     ], "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]});
-    let n = count_request(Endpoint::ChatCompletions, body.to_string().as_bytes(), f);
+    let n = count_or_bound(Endpoint::ChatCompletions, body.to_string().as_bytes(), f);
     let tools = serde_json::to_string(&body["tools"]).expect("json");
     assert_eq!(
         n,
@@ -113,7 +113,7 @@ fn anthropic_is_a_conservative_estimate() {
     let body = json!({"model": "claude-x", "system": "Be brief.", "max_tokens": 10, "messages": [
         {"role": "user", "content": [{"type": "text", "text": "hello world"}]},
     ]});
-    let n = count_request(
+    let n = count_or_bound(
         Endpoint::Messages,
         body.to_string().as_bytes(),
         Family::Claude,
@@ -131,7 +131,7 @@ fn upper_bound_is_an_upper_bound() {
         let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": text}]});
         let raw = body.to_string();
         for f in [Family::O200k, Family::Cl100k, Family::Claude] {
-            let exact = count_request(Endpoint::ChatCompletions, raw.as_bytes(), f);
+            let exact = count_or_bound(Endpoint::ChatCompletions, raw.as_bytes(), f);
             assert!(upper_bound(raw.as_bytes(), f) >= exact, "{f:?} {text:?}");
         }
     }
@@ -142,17 +142,17 @@ fn other_endpoints() {
     let f = Family::O200k;
     let emb = json!({"model": "m", "input": ["alpha beta", "gamma"]}).to_string();
     assert_eq!(
-        count_request(Endpoint::Embeddings, emb.as_bytes(), f),
+        count_or_bound(Endpoint::Embeddings, emb.as_bytes(), f),
         f.count("alpha beta") + f.count("gamma")
     );
     let cmp = json!({"model": "m", "prompt": "Once upon a time"}).to_string();
     assert_eq!(
-        count_request(Endpoint::Completions, cmp.as_bytes(), f),
+        count_or_bound(Endpoint::Completions, cmp.as_bytes(), f),
         f.count("Once upon a time")
     );
     let resp = json!({"model": "m", "instructions": "Be kind.", "input": "Hi"}).to_string();
     assert_eq!(
-        count_request(Endpoint::Responses, resp.as_bytes(), f),
+        count_or_bound(Endpoint::Responses, resp.as_bytes(), f),
         f.count("Be kind.") + f.count("Hi") + 3
     );
 }
@@ -183,6 +183,20 @@ fn parallel_split_counts_exactly() {
                 },
                 &text
             )
+        );
+    }
+}
+
+#[test]
+fn unreadable_input_is_an_error_not_zero() {
+    for body in [
+        r#"{"model":"m","messages":"not a list"}"#,
+        r#"{"model":"m","messages":[{"role":1,"content":"x"}]}"#,
+        r#"{"model":"m","messages":[],"messages":[]}"#,
+    ] {
+        assert!(
+            count_request(Endpoint::ChatCompletions, body.as_bytes(), Family::O200k).is_err(),
+            "{body}"
         );
     }
 }

@@ -10,6 +10,13 @@ use serde_json::{Map, Value};
 
 use crate::error::{ApiShape, ProxyError};
 
+mod unique;
+
+/// Longest model name accepted, in bytes.
+pub const MAX_MODEL_LEN: usize = 256;
+/// Most choices (`n`, `best_of`) a request may ask for.
+pub const MAX_CHOICES: u64 = 128;
+
 /// The API endpoint a request targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
@@ -25,20 +32,6 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// Classifies a path below `/v1`.
-    pub fn from_path(path: &str) -> Endpoint {
-        match path.trim_end_matches('/') {
-            "/v1/chat/completions" => Endpoint::ChatCompletions,
-            "/v1/completions" => Endpoint::Completions,
-            "/v1/embeddings" => Endpoint::Embeddings,
-            "/v1/responses" => Endpoint::Responses,
-            "/v1/models" => Endpoint::Models,
-            "/v1/messages" => Endpoint::Messages,
-            "/v1/messages/count_tokens" => Endpoint::CountTokens,
-            _ => Endpoint::Other,
-        }
-    }
-
     /// The API shape of this endpoint; `/v1/models` and other paths follow
     /// the client (Anthropic clients send `anthropic-version`).
     pub fn shape(self, anthropic_client: bool) -> ApiShape {
@@ -87,9 +80,13 @@ pub struct Sniffed {
     pub stream: bool,
     /// Whether the client asked for `stream_options.include_usage`.
     pub include_usage: bool,
-    /// The output cap the client asked for, and the field it used.
+    /// The output cap the client asked for in the field(s) this endpoint's
+    /// API defines (the larger, when chat carries both), and the field used.
     pub max_output: Option<u64>,
     pub max_output_field: Option<&'static str>,
+    /// Answers generated per request (`n`; `best_of` on completions): the
+    /// output cap is per choice, so the worst case multiplies by this.
+    pub choices: u64,
     /// OpenAI `user` or Anthropic `metadata.user_id`.
     pub end_user: Option<String>,
     /// The request defines tools.
@@ -109,6 +106,8 @@ struct Raw<'a> {
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
     max_output_tokens: Option<u64>,
+    n: Option<u64>,
+    best_of: Option<u64>,
     #[serde(borrow)]
     user: Option<Cow<'a, str>>,
     metadata: Option<Metadata>,
@@ -126,9 +125,10 @@ struct Metadata {
     user_id: Option<String>,
 }
 
-/// Reads the fields the pipeline needs; a body that is not a JSON object, or
-/// has no model, is a 400.
-pub fn sniff(body: &[u8]) -> Result<Sniffed, ProxyError> {
+/// Reads the fields the pipeline needs from a request to `endpoint`. A body
+/// that is not a JSON object, has a duplicate key anywhere, or has no model
+/// (or an over-long one) is a 400.
+pub fn sniff(body: &[u8], endpoint: Endpoint) -> Result<Sniffed, ProxyError> {
     let trimmed = body
         .iter()
         .position(|b| !b.is_ascii_whitespace())
@@ -146,36 +146,57 @@ pub fn sniff(body: &[u8]) -> Result<Sniffed, ProxyError> {
             ))
         }
     }
-    let raw: Raw<'_> = serde_json::from_slice(body)
+    let raw: Raw<'_> = serde_json::from_slice(body).map_err(invalid_json)?;
+    unique::check(body)
         .map_err(|e| ProxyError::InvalidRequest(format!("invalid JSON in request body: {e}")))?;
     let model = match raw.model {
-        Some(m) if !m.is_empty() => m.into_owned(),
+        Some(m) if !m.is_empty() => m,
         _ => {
             return Err(ProxyError::InvalidRequest(
                 "you must provide a model parameter".into(),
             ))
         }
     };
+    if model.len() > MAX_MODEL_LEN || model.chars().any(char::is_control) {
+        return Err(ProxyError::InvalidRequest(format!(
+            "invalid model name: at most {MAX_MODEL_LEN} bytes, no control characters"
+        )));
+    }
+    // Each API's own output-cap field; a field another API defines is not
+    // this request's cap (and is not clamped as one).
+    let (max_output, max_output_field) = match endpoint {
+        Endpoint::ChatCompletions => match (raw.max_completion_tokens, raw.max_tokens) {
+            (Some(a), Some(b)) => (Some(a.max(b)), Some("max_completion_tokens")),
+            (Some(a), None) => (Some(a), Some("max_completion_tokens")),
+            (None, Some(b)) => (Some(b), Some("max_tokens")),
+            (None, None) => (None, None),
+        },
+        Endpoint::Completions | Endpoint::Messages => (raw.max_tokens, Some("max_tokens")),
+        Endpoint::Responses => (raw.max_output_tokens, Some("max_output_tokens")),
+        _ => (None, None),
+    };
+    let max_output_field = max_output.and(max_output_field);
+    let choices = match endpoint {
+        Endpoint::ChatCompletions => raw.n.unwrap_or(1),
+        Endpoint::Completions => raw.n.unwrap_or(1).max(raw.best_of.unwrap_or(1)),
+        _ => 1,
+    }
+    .max(1);
+    if choices > MAX_CHOICES {
+        return Err(ProxyError::InvalidRequest(format!(
+            "n and best_of may be at most {MAX_CHOICES}"
+        )));
+    }
     Ok(Sniffed {
-        model,
+        model: model.into_owned(),
         stream: raw.stream.unwrap_or(false),
         include_usage: raw
             .stream_options
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
-        max_output: raw
-            .max_completion_tokens
-            .or(raw.max_tokens)
-            .or(raw.max_output_tokens),
-        max_output_field: if raw.max_completion_tokens.is_some() {
-            Some("max_completion_tokens")
-        } else if raw.max_tokens.is_some() {
-            Some("max_tokens")
-        } else if raw.max_output_tokens.is_some() {
-            Some("max_output_tokens")
-        } else {
-            None
-        },
+        max_output,
+        max_output_field,
+        choices,
         end_user: raw
             .user
             .map(Cow::into_owned)
@@ -188,6 +209,30 @@ pub fn sniff(body: &[u8]) -> Result<Sniffed, ProxyError> {
             .iter()
             .any(|n| memchr::memmem::find(body, n.as_bytes()).is_some()),
     })
+}
+
+/// The `model` of a JSON object body, if it names one (passthrough paths:
+/// images, audio and the like).
+pub fn model_in(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct M {
+        model: Option<String>,
+    }
+    serde_json::from_slice::<M>(body).ok()?.model
+}
+
+fn invalid_json(e: serde_json::Error) -> ProxyError {
+    ProxyError::InvalidRequest(format!("invalid JSON in request body: {e}"))
+}
+
+/// Output-cap fields that mean the same thing: when one is clamped, a
+/// larger value in the other is clamped too.
+fn output_aliases(field: &str) -> &'static [&'static str] {
+    match field {
+        "max_completion_tokens" => &["max_tokens"],
+        "max_tokens" => &["max_completion_tokens"],
+        _ => &[],
+    }
 }
 
 /// Changes to make to a request body before it goes upstream.
@@ -213,13 +258,19 @@ pub fn rewrite(body: Bytes, rw: &Rewrite) -> Result<Bytes, ProxyError> {
     if rw.is_empty() {
         return Ok(body);
     }
-    let mut obj: Map<String, Value> = serde_json::from_slice(&body)
-        .map_err(|e| ProxyError::InvalidRequest(format!("invalid JSON in request body: {e}")))?;
+    let mut obj: Map<String, Value> = serde_json::from_slice(&body).map_err(invalid_json)?;
     if let Some(m) = &rw.model {
         obj.insert("model".into(), Value::String(m.clone()));
     }
     if let Some((field, n)) = rw.max_output {
         obj.insert(field.into(), Value::from(n));
+        for alias in output_aliases(field) {
+            if let Some(v) = obj.get_mut(*alias) {
+                if v.as_u64().is_none_or(|asked| asked > n) {
+                    *v = Value::from(n);
+                }
+            }
+        }
     }
     if rw.include_usage {
         let opts = obj
@@ -243,12 +294,6 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        assert_eq!(
-            Endpoint::from_path("/v1/chat/completions"),
-            Endpoint::ChatCompletions
-        );
-        assert_eq!(Endpoint::from_path("/v1/messages/"), Endpoint::Messages);
-        assert_eq!(Endpoint::from_path("/v1/files"), Endpoint::Other);
         assert_eq!(Endpoint::Models.shape(true), ApiShape::Anthropic);
         assert_eq!(Endpoint::Models.shape(false), ApiShape::OpenAi);
         assert_eq!(Endpoint::CountTokens.shape(false), ApiShape::Anthropic);
@@ -259,6 +304,7 @@ mod tests {
         let s = sniff(
             br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi \u00e9"}],"stream":true,
                 "stream_options":{"include_usage":true},"max_completion_tokens":50,"user":"u1"}"#,
+            Endpoint::ChatCompletions,
         )
         .expect("ok");
         assert_eq!(s.model, "gpt-4o");
@@ -266,8 +312,11 @@ mod tests {
         assert_eq!(s.max_output, Some(50));
         assert_eq!(s.end_user.as_deref(), Some("u1"));
 
-        let a =
-            sniff(br#"{"model":"claude","max_tokens":9,"metadata":{"user_id":"x"}}"#).expect("ok");
+        let a = sniff(
+            br#"{"model":"claude","max_tokens":9,"metadata":{"user_id":"x"}}"#,
+            Endpoint::Messages,
+        )
+        .expect("ok");
         assert_eq!(a.max_output, Some(9));
         assert_eq!(a.end_user.as_deref(), Some("x"));
         assert!(!a.stream);
@@ -283,9 +332,66 @@ mod tests {
             b"{\"model\":\"\"}",
             b"nope",
         ] {
-            let e = sniff(body).expect_err("bad");
+            let e = sniff(body, Endpoint::ChatCompletions).expect_err("bad");
             assert_eq!(e.status(), http::StatusCode::BAD_REQUEST, "{body:?}");
         }
+    }
+
+    #[test]
+    fn each_endpoint_reads_its_own_cap_field() {
+        let decoy = br#"{"model":"m","max_tokens":5,"max_output_tokens":100000}"#;
+        let r = sniff(decoy, Endpoint::Responses).expect("ok");
+        assert_eq!(
+            (r.max_output, r.max_output_field),
+            (Some(100000), Some("max_output_tokens"))
+        );
+        let decoy = br#"{"model":"m","max_completion_tokens":5,"max_tokens":100000}"#;
+        let m = sniff(decoy, Endpoint::Messages).expect("ok");
+        assert_eq!(
+            (m.max_output, m.max_output_field),
+            (Some(100000), Some("max_tokens"))
+        );
+        let c = sniff(decoy, Endpoint::ChatCompletions).expect("ok");
+        assert_eq!(c.max_output, Some(100000));
+        let none = sniff(br#"{"model":"m","max_tokens":5}"#, Endpoint::Responses).expect("ok");
+        assert_eq!((none.max_output, none.max_output_field), (None, None));
+    }
+
+    #[test]
+    fn choices_and_hostile_fields() {
+        let s = sniff(br#"{"model":"m","n":8}"#, Endpoint::ChatCompletions).expect("ok");
+        assert_eq!(s.choices, 8);
+        let s = sniff(br#"{"model":"m","n":2,"best_of":5}"#, Endpoint::Completions).expect("ok");
+        assert_eq!(s.choices, 5);
+        let s = sniff(br#"{"model":"m","n":0}"#, Endpoint::ChatCompletions).expect("ok");
+        assert_eq!(s.choices, 1);
+        for body in [
+            r#"{"model":"m","n":129}"#,
+            r#"{"model":"m","n":"8"}"#,
+            r#"{"model":"m","model":"n"}"#,
+            r#"{"model":"m","messages":[{"content":"a","content":"b"}]}"#,
+        ] {
+            assert!(
+                sniff(body.as_bytes(), Endpoint::ChatCompletions).is_err(),
+                "{body}"
+            );
+        }
+        let long = format!(r#"{{"model":"{}"}}"#, "m".repeat(257));
+        assert!(sniff(long.as_bytes(), Endpoint::ChatCompletions).is_err());
+        assert!(sniff(br#"{"model":"a\r\nb"}"#, Endpoint::ChatCompletions).is_err());
+    }
+
+    #[test]
+    fn clamping_one_chat_field_clamps_the_other() {
+        let body =
+            Bytes::from_static(br#"{"model":"m","max_completion_tokens":50,"max_tokens":900}"#);
+        let rw = Rewrite {
+            max_output: Some(("max_completion_tokens", 100)),
+            ..Rewrite::default()
+        };
+        let out: Value = serde_json::from_slice(&rewrite(body, &rw).expect("ok")).expect("json");
+        assert_eq!(out["max_completion_tokens"], 100);
+        assert_eq!(out["max_tokens"], 100);
     }
 
     #[test]

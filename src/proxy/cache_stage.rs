@@ -1,0 +1,79 @@
+//! The cache step: policy, tenant, key, lookup and single flight.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderMap;
+
+use crate::app::App;
+use crate::cache::{self, Flight, Patience};
+use crate::config::CacheConfig;
+use crate::sniff::{Endpoint, Sniffed};
+
+/// What the cache step decided for one request.
+pub(super) enum Step {
+    /// Not cacheable (policy, or a body that is not a JSON object).
+    Bypass,
+    /// Answered from memory.
+    Hit(std::sync::Arc<cache::CachedResponse>),
+    /// A miss: go upstream; `lead` tees the answer into the cache.
+    Miss { lead: Option<Lead> },
+}
+
+/// What a miss needs to store its answer.
+pub(super) struct Lead {
+    pub key: cache::CacheKey,
+    pub leader: cache::LeaderGuard,
+    pub tenant: String,
+    pub ttl: Option<Duration>,
+}
+
+/// The request as the cache sees it.
+pub(super) struct Lookup<'a> {
+    pub cfg: &'a CacheConfig,
+    pub endpoint: Endpoint,
+    pub sniffed: &'a Sniffed,
+    pub headers: &'a HeaderMap,
+    /// The tenant scope ([`cache::tenant::tenant`]).
+    pub tenant: String,
+    pub upstream_model: &'a str,
+    /// The body as it will be sent upstream.
+    pub body: &'a Bytes,
+    /// How long to wait on an identical request already upstream.
+    pub patience: Patience,
+}
+
+/// Looks the request up; identical concurrent misses share one upstream
+/// call (the followers wait on the leader while it makes progress).
+pub(super) async fn lookup(app: &App, l: Lookup<'_>) -> Step {
+    let policy = cache::policy::decide(l.cfg, l.endpoint, l.sniffed.temperature, l.headers);
+    if !policy.lookup && !policy.store {
+        return Step::Bypass;
+    }
+    let vary = cache::key::vary(l.headers);
+    let Some(key) = cache::cache_key(l.endpoint, l.upstream_model, &l.tenant, &vary, l.body) else {
+        return Step::Bypass;
+    };
+    if policy.lookup {
+        if let Some(hit) = app.cache.get(&key) {
+            return Step::Hit(hit);
+        }
+    }
+    if !policy.store {
+        return Step::Miss { lead: None };
+    }
+    match app.flights.join(key) {
+        Flight::Leader(leader) => Step::Miss {
+            lead: Some(Lead {
+                key,
+                leader,
+                tenant: l.tenant,
+                ttl: policy.ttl,
+            }),
+        },
+        Flight::Follower(waiter) => match waiter.wait(l.patience).await {
+            Some(hit) => Step::Hit(hit),
+            None => Step::Miss { lead: None },
+        },
+    }
+}
