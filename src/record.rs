@@ -199,6 +199,12 @@ impl RequestRecord {
                 None => (None, "none"),
             },
         };
+        if self.price.is_none() && !self.upstream_model.is_empty() {
+            self.price = self
+                .snap
+                .as_ref()
+                .and_then(|s| s.config.prices.get(&self.upstream_model));
+        }
         if let Some(adm) = self.admission.take() {
             adm.settle(usage.map_or(0, |u| u.input + u.output));
         }

@@ -177,7 +177,12 @@ impl Waiter {
     /// deadline passed; then the follower goes upstream itself.
     pub async fn wait(mut self, patience: Patience) -> Option<Arc<CachedResponse>> {
         let mut seen = self.progress.load(Ordering::Relaxed);
-        let mut window = patience.first;
+        // A leader already streaming is held to the idle window at once.
+        let mut window = if seen == 0 {
+            patience.first
+        } else {
+            patience.idle
+        };
         loop {
             let until = (tokio::time::Instant::now() + window).min(patience.deadline);
             match tokio::time::timeout_at(until, self.rx.wait_for(Option::is_some)).await {
