@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::Msg;
 
 /// Charges waiting for the disk, at most.
-pub const MAX_PENDING: usize = 65_536;
+pub const MAX_PENDING: usize = 16_384;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 

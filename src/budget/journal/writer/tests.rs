@@ -147,3 +147,41 @@ fn close_while_failing_gives_up_and_leaves_whole_lines() {
     assert_eq!(released.load(Ordering::SeqCst), 0);
     assert!(store.data.lock().expect("lock").is_empty());
 }
+
+#[test]
+fn past_the_bound_a_charge_and_its_record_are_dropped_not_written_undurable() {
+    let store = Flaky::default();
+    store.failing.store(true, Ordering::SeqCst);
+    let released = Arc::new(AtomicUsize::new(0));
+    let w = {
+        let released = released.clone();
+        Writer::new(store.clone(), 0, Arc::default(), move |_| {
+            released.fetch_add(1, Ordering::SeqCst);
+        })
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    // Everything is queued before the writer runs, so its first batch meets the bound.
+    for i in 0..=MAX_PENDING as u64 {
+        tx.send(Msg::Append {
+            line: line(i + 1),
+            then: Some(b"r\n".to_vec()),
+        })
+        .map_err(|_| "send")
+        .expect("send");
+    }
+    let t = std::thread::spawn(move || w.run(rx));
+    wait_for("a failed attempt", || {
+        store.attempts.load(Ordering::SeqCst) >= 1
+    });
+    store.failing.store(false, Ordering::SeqCst);
+    wait_for("records released", || {
+        released.load(Ordering::SeqCst) == MAX_PENDING
+    });
+    let (done, wait) = oneshot::channel();
+    tx.send(Msg::Close(done)).map_err(|_| "send").expect("send");
+    t.join().expect("join");
+    wait.blocking_recv().expect("closed");
+    assert_eq!(released.load(Ordering::SeqCst), MAX_PENDING);
+    let data = store.data.lock().expect("lock");
+    assert_eq!(data.iter().filter(|&&b| b == b'\n').count(), MAX_PENDING);
+}
