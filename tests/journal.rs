@@ -177,6 +177,10 @@ async fn absurd_provider_token_counts_are_counted_instead() {
         .await;
     assert_eq!(rec["usage_source"], "estimated");
     assert!(rec["input_tokens"].as_u64().expect("input") < 100, "{rec}");
+    assert!(
+        rec["output_tokens"].as_u64().expect("output") >= 1,
+        "counted from the answer: {rec}"
+    );
     assert!(rec["cost_usd"].as_f64().expect("cost") < 0.01, "{rec}");
     assert!(spent(&s).await < 0.01);
     assert!(s.log().contains("implausible token count"), "{}", s.log());
