@@ -122,3 +122,35 @@ async fn sighup_reopens_the_usage_log_after_rotation() {
     let v: Value = serde_json::from_str(&b).expect("json");
     assert_eq!(v["records"].as_array().expect("records").len(), 1);
 }
+
+#[tokio::test]
+async fn a_large_log_streams_in_many_chunks() {
+    let mock = MockProvider::start().await.expect("mock");
+    let dir = temp_dir();
+    let mut log = String::new();
+    for i in 0..20_000 {
+        log.push_str(&format!(
+            "{{\"ts\":\"2026-01-01T00:00:{:02}.{:03}Z\",\"request_id\":\"req_{i}\",\"user\":\"u{}\",\"status\":200,\"cost_usd\":0.001,\"padding\":\"{}\"}}\n",
+            i / 1000,
+            i % 1000,
+            i % 7,
+            "x".repeat(150)
+        ));
+    }
+    log.push_str("not json\n");
+    std::fs::write(dir.join("usage.jsonl"), &log).expect("log");
+    let s = Sluice::start_in(dir, &config(&mock.url(), "", "")).await;
+    let (st, b) = export(&s, "?limit=100000&to=2026-01-02").await;
+    assert_eq!(st, StatusCode::OK);
+    let v: Value = serde_json::from_str(&b).expect("one JSON document");
+    let records = v["records"].as_array().expect("records");
+    assert_eq!(records.len(), 20_000);
+    assert_eq!(records[19_999]["request_id"], "req_19999");
+    assert_eq!(v["truncated"], false);
+    let (_, csv) = export(
+        &s,
+        "?format=csv&from=2026-01-01T00:00:10&to=2026-01-01T00:00:12",
+    )
+    .await;
+    assert_eq!(csv.lines().count(), 1 + 2_000, "header + seconds 10 and 11");
+}

@@ -23,6 +23,9 @@ pub const MAX_LIMIT: usize = 100_000;
 pub const MAX_CONCURRENT: usize = 2;
 /// A usage line longer than this is skipped (records are ~1 KiB).
 pub const MAX_RECORD: usize = 1024 * 1024;
+/// An export whose client takes longer than this to accept the next chunk
+/// is stopped (so a stalled client cannot hold a slot forever).
+pub const CLIENT_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 const CHUNK: usize = 64 * 1024;
 const DEPTH: usize = 4;
 
@@ -96,26 +99,27 @@ pub fn permit() -> Option<SemaphorePermit<'static>> {
 /// thread that holds `permit` until it is done.
 pub fn stream(file: std::fs::File, q: Query, permit: SemaphorePermit<'static>) -> ProxyBody {
     let (tx, rx) = mpsc::channel(DEPTH);
+    let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        if let Err(e) = produce(file, &q, &tx) {
+        let send = |chunk: Result<Bytes, BoxError>| {
+            rt.block_on(tokio::time::timeout(CLIENT_IDLE, tx.send(chunk)))
+                .map_err(|_| std::io::Error::other("client stopped reading"))?
+                .map_err(|_| std::io::Error::other("client gone"))
+        };
+        if let Err(e) = produce(file, &q, &send) {
             tracing::warn!(error = %e, "usage export stopped");
-            let _ = tx.blocking_send(Err(BoxError::from(e)));
+            let _ = send(Err(BoxError::from(e)));
         }
     });
     ProxyBody::Channel(rx)
 }
 
-/// The client went away: stop reading.
-#[derive(Debug)]
-struct Gone;
-
 fn produce(
     file: std::fs::File,
     q: &Query,
-    tx: &mpsc::Sender<Result<Bytes, BoxError>>,
+    send: &impl Fn(Result<Bytes, BoxError>) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let gone = |_| std::io::Error::other("client gone");
     let mut out = Vec::with_capacity(CHUNK + 4096);
     if q.csv {
         out.extend_from_slice(COLUMNS.join(",").as_bytes());
@@ -165,7 +169,7 @@ fn produce(
                 &mut out,
                 Vec::with_capacity(CHUNK + 4096),
             ));
-            tx.blocking_send(Ok(chunk)).map_err(|_| gone(Gone))?;
+            send(Ok(chunk))?;
         }
     }
     if !q.csv {
@@ -173,8 +177,7 @@ fn produce(
             format!("],\"limit\":{},\"truncated\":{truncated}}}", q.limit).as_bytes(),
         );
     }
-    tx.blocking_send(Ok(Bytes::from(out)))
-        .map_err(|_| gone(Gone))?;
+    send(Ok(Bytes::from(out)))?;
     Ok(())
 }
 
