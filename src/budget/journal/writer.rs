@@ -176,6 +176,8 @@ impl<S: Store, R: FnMut(Vec<u8>)> Writer<S, R> {
     pub fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         let mut backoff = FIRST_BACKOFF;
         let mut closing: Option<oneshot::Sender<()>> = None;
+        // Every handle is gone (the process is exiting without `close`).
+        let mut orphaned = false;
         loop {
             if self.pending.is_empty() && closing.is_none() {
                 match rx.blocking_recv() {
@@ -186,7 +188,11 @@ impl<S: Store, R: FnMut(Vec<u8>)> Writer<S, R> {
             while closing.is_none() {
                 match rx.try_recv() {
                     Ok(m) => closing = self.take(m),
-                    Err(_) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        orphaned = true;
+                        break;
+                    }
                 }
             }
             match self.flush() {
@@ -211,7 +217,7 @@ impl<S: Store, R: FnMut(Vec<u8>)> Writer<S, R> {
                     );
                     self.health
                         .set(Some(format!("budget journal write failed: {e}")));
-                    if closing.is_none() {
+                    if closing.is_none() && !orphaned {
                         std::thread::sleep(backoff);
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                         continue;
@@ -228,6 +234,9 @@ impl<S: Store, R: FnMut(Vec<u8>)> Writer<S, R> {
             }
             if let Some(done) = closing.take() {
                 let _ = done.send(());
+                return;
+            }
+            if orphaned {
                 return;
             }
         }
