@@ -11,6 +11,8 @@ use serde_json::json;
 use crate::app::App;
 use crate::body::ProxyBody;
 
+mod export;
+
 /// Serves one admin request.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody> {
     let path = req.uri().path();
@@ -19,6 +21,13 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
         (&Method::GET, "/readyz") => {
             if app.is_shutting_down() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+            } else if let Some(why) = app.ledger.journal_degraded() {
+                // Charges cannot be made durable: send traffic elsewhere.
+                let mut r = Response::new(ProxyBody::full(format!("not ready: {why}\n")));
+                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                r
             } else {
                 text(StatusCode::OK, "ready\n")
             }
@@ -224,7 +233,8 @@ fn reject(app: &App, req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
 }
 
 /// The usage records between `from` and `to` (RFC 3339, inclusive), as
-/// JSON (`format=json`, the default) or CSV (`format=csv`).
+/// JSON (`format=json`, the default) or CSV (`format=csv`), streamed from
+/// the file (see `export`).
 fn usage_export(app: &App, query: &str) -> Response<ProxyBody> {
     let snap = app.snapshot();
     let crate::config::UsageSink::File(path) = &snap.config.log.usage else {
@@ -233,8 +243,21 @@ fn usage_export(app: &App, query: &str) -> Response<ProxyBody> {
             &json!({"error": "usage export needs [log] usage = \"<file path>\""}),
         );
     };
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
+    let q = match export::Query::parse(|name| query_param(query, name)) {
+        Ok(q) => q,
+        Err(e) => return json_response(StatusCode::BAD_REQUEST, &json!({ "error": e })),
+    };
+    let Some(permit) = export::permit() else {
+        let mut r = json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"error": format!("at most {} usage exports run at once; retry later", export::MAX_CONCURRENT)}),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    };
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
         Err(e) => {
             return json_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -242,65 +265,13 @@ fn usage_export(app: &App, query: &str) -> Response<ProxyBody> {
             )
         }
     };
-    let from = query_param(query, "from").unwrap_or_default();
-    let to = query_param(query, "to").unwrap_or_else(|| "9999".into());
-    let records: Vec<serde_json::Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|r| {
-            // RFC 3339 UTC timestamps of one format compare as strings.
-            let ts = r["ts"].as_str().unwrap_or("");
-            ts >= from.as_str() && ts <= to.as_str()
-        })
-        .collect();
-    if query_param(query, "format").as_deref() == Some("csv") {
-        const COLUMNS: [&str; 17] = [
-            "ts",
-            "request_id",
-            "key",
-            "user",
-            "team",
-            "feature",
-            "endpoint",
-            "model",
-            "upstream_model",
-            "provider",
-            "status",
-            "input_tokens",
-            "cached_input_tokens",
-            "output_tokens",
-            "cost_usd",
-            "latency_ms",
-            "end",
-        ];
-        let mut out = COLUMNS.join(",");
-        out.push('\n');
-        for r in &records {
-            let row: Vec<String> = COLUMNS
-                .iter()
-                .map(|c| match &r[*c] {
-                    serde_json::Value::Null => String::new(),
-                    serde_json::Value::String(s) => csv_field(s),
-                    other => other.to_string(),
-                })
-                .collect();
-            out.push_str(&row.join(","));
-            out.push('\n');
-        }
-        let mut resp = Response::new(ProxyBody::full(out));
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv"));
-        return resp;
-    }
-    json_response(StatusCode::OK, &json!({"records": records}))
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
+    let csv = q.csv;
+    let mut resp = Response::new(export::stream(file, q, permit));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(if csv { "text/csv" } else { "application/json" }),
+    );
+    resp
 }
 
 /// A query parameter, percent-decoded.

@@ -31,6 +31,9 @@ pub enum ProxyBody {
     Tap(Box<TapBody>),
     /// Frames sent one by one (a cached answer replayed as SSE).
     Frames(std::collections::VecDeque<Bytes>),
+    /// Chunks produced off the async workers (the admin usage export),
+    /// through a bounded channel: the producer waits while the client is slow.
+    Channel(tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>),
 }
 
 impl ProxyBody {
@@ -55,6 +58,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Tap(t) => Pin::new(t.as_mut()).poll_frame(cx),
             ProxyBody::Frames(f) => Poll::Ready(f.pop_front().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Channel(rx) => rx.poll_recv(cx).map(|b| b.map(|b| b.map(Frame::data))),
         }
     }
 
@@ -63,6 +67,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Tap(t) => t.done,
             ProxyBody::Frames(f) => f.is_empty(),
+            ProxyBody::Channel(_) => false,
         }
     }
 
@@ -73,6 +78,7 @@ impl Body for ProxyBody {
             ProxyBody::Tap(t) if t.passthrough_size => t.inner.size_hint(),
             ProxyBody::Tap(_) => SizeHint::default(),
             ProxyBody::Frames(f) => SizeHint::with_exact(f.iter().map(|b| b.len() as u64).sum()),
+            ProxyBody::Channel(_) => SizeHint::default(),
         }
     }
 }

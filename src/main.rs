@@ -14,12 +14,16 @@ usage:
   sluice [--config FILE]          run the proxy (default FILE: proxy.toml)
   sluice check [--config FILE]    validate FILE, list every error, exit non-zero if any
   sluice hash-key KEY             print the sha256 to put in [[keys]] for KEY (\"-\" reads stdin)
+  sluice state repair [--config FILE]
+                                  drop the bad lines of the budget journal (state.path),
+                                  keeping a backup copy; run it while sluice is stopped
   sluice --version";
 
 enum Command {
     Run(PathBuf),
     Check(PathBuf),
     HashKey(String),
+    StateRepair(PathBuf),
     Help,
     Version,
 }
@@ -50,6 +54,10 @@ fn parse_args() -> Result<Command, String> {
         Some("hash-key") => match positional.as_slice() {
             [k] => Ok(Command::HashKey(k.clone())),
             _ => Err("hash-key takes one KEY".into()),
+        },
+        Some("state") => match positional.as_slice() {
+            [a] if a == "repair" => Ok(Command::StateRepair(config)),
+            _ => Err("state takes one action: repair".into()),
         },
         Some(other) => Err(format!("unknown command {other}")),
     }
@@ -115,6 +123,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::StateRepair(path) => state_repair(&path),
         Command::Run(path) => {
             let log = match Config::load(&path) {
                 Ok(c) => c.log,
@@ -143,6 +152,52 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `sluice state repair`: drops the journal's bad lines, keeping a backup.
+#[expect(clippy::print_stdout, reason = "command output, not logs")]
+fn state_repair(config: &std::path::Path) -> ExitCode {
+    let cfg = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            for line in &e.errors {
+                eprintln!("{line}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let path = &cfg.state_path;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match sluice::budget::journal::repair(path, now) {
+        Ok(r) if r.dropped.is_empty() => {
+            println!(
+                "{}: ok, {} line(s), nothing to repair",
+                path.display(),
+                r.kept
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            let lines: Vec<String> = r.dropped.iter().map(ToString::to_string).collect();
+            println!(
+                "{}: dropped {} bad line(s) (line {}), kept {}; the journal as it was is in {}",
+                path.display(),
+                r.dropped.len(),
+                lines.join(", "),
+                r.kept,
+                r.backup
+                    .map(|b| b.display().to_string())
+                    .unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sluice: {}: {e}", path.display());
+            ExitCode::FAILURE
         }
     }
 }

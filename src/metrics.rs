@@ -97,6 +97,18 @@ fn describe() {
         "sluice_config_reloads_total",
         "Config reloads by result (ok, error)."
     );
+    describe_gauge!(
+        "sluice_journal_degraded",
+        "1 while the budget journal cannot persist charges (disk full, I/O error), else 0."
+    );
+    describe_counter!(
+        "sluice_journal_write_errors_total",
+        "Failed budget journal writes (each retry counts)."
+    );
+    describe_counter!(
+        "sluice_journal_dropped_total",
+        "Charges kept in memory only because too many were waiting for the disk."
+    );
     describe_counter!("sluice_stream_ends_total", "How response bodies ended (complete, client_gone, upstream_error, idle_timeout, total_timeout).");
 }
 
@@ -220,4 +232,19 @@ impl Drop for Inflight {
     fn drop(&mut self) {
         gauge!("sluice_inflight_requests").decrement(1.0);
     }
+}
+
+/// Whether the budget journal is failing to persist charges.
+pub fn journal_degraded(degraded: bool) {
+    gauge!("sluice_journal_degraded").set(if degraded { 1.0 } else { 0.0 });
+}
+
+/// One failed budget journal write.
+pub fn journal_write_error() {
+    counter!("sluice_journal_write_errors_total").increment(1);
+}
+
+/// One charge not journaled (too many waiting for the disk).
+pub fn journal_dropped() {
+    counter!("sluice_journal_dropped_total").increment(1);
 }

@@ -44,7 +44,14 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         usage.clone(),
         system_clock(),
     )
-    .map_err(|e| anyhow::anyhow!("state file {}: {e}", snapshot.config.state_path.display()))?;
+    .map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidData {
+            // Already names the file and the line.
+            anyhow::anyhow!("budget state: {e}")
+        } else {
+            anyhow::anyhow!("state file {}: {e}", snapshot.config.state_path.display())
+        }
+    })?;
     let app = App::new(snapshot, Some(config_path), usage, Some(metrics), ledger);
     // Handlers go in before the listeners open, so an early SIGHUP reloads
     // instead of killing the process.
@@ -118,6 +125,8 @@ impl Signals {
                 _ = self.term.recv() => return,
                 _ = self.int.recv() => return,
                 _ = self.hup.recv() => {
+                    // Log rotation: the usage file was renamed; start a new one.
+                    app.usage.reopen();
                     if let Err(e) = app.reload() {
                         tracing::error!(errors = %e, "config reload refused; old config keeps serving");
                     }

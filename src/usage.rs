@@ -2,6 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The most tokens of any kind one request is believed to use: a provider
+/// reporting more (a hostile or broken upstream) is ignored with a warning,
+/// and the request is charged from Sluice's own count instead (as if no
+/// usage had arrived).
+pub const MAX_TOKENS_PER_REQUEST: u64 = 100_000_000;
+
 /// Token counts for one request, normalised so every shape means the same:
 /// `input` counts all prompt tokens, including those read from or written to
 /// the provider's prompt cache (`cached_input`, `cache_write`).
@@ -99,15 +105,44 @@ impl UsageAcc {
         let cache_write = self.cache_write.unwrap_or(0);
         let mut input = self.input.unwrap_or(0);
         if self.input_excludes_cache {
-            input += cached + cache_write;
+            input = input.saturating_add(cached).saturating_add(cache_write);
         }
-        Some(Usage {
+        let u = Usage {
             input,
             cached_input: cached,
             cache_write,
             output: self.output.unwrap_or(0),
             reasoning: self.reasoning.unwrap_or(0),
-        })
+        };
+        if u.plausible() {
+            Some(u)
+        } else {
+            tracing::warn!(
+                input = u.input,
+                cached_input = u.cached_input,
+                cache_write = u.cache_write,
+                output = u.output,
+                reasoning = u.reasoning,
+                max = MAX_TOKENS_PER_REQUEST,
+                "provider reported an implausible token count; ignoring it and counting instead"
+            );
+            None
+        }
+    }
+}
+
+impl Usage {
+    /// Every count within [`MAX_TOKENS_PER_REQUEST`].
+    pub fn plausible(&self) -> bool {
+        [
+            self.input,
+            self.cached_input,
+            self.cache_write,
+            self.output,
+            self.reasoning,
+        ]
+        .iter()
+        .all(|&n| n <= MAX_TOKENS_PER_REQUEST)
     }
 }
 
@@ -164,6 +199,25 @@ mod tests {
             acc.get().map(|u| (u.input, u.output, u.reasoning)),
             Some((7, 3, 1))
         );
+    }
+
+    #[test]
+    fn implausible_counts_are_ignored() {
+        let mut acc = UsageAcc::new(false);
+        acc.add(&fields(
+            r#"{"prompt_tokens":18446744073709551615,"completion_tokens":5}"#,
+        ));
+        assert_eq!(acc.get(), None);
+        let mut acc = UsageAcc::new(true);
+        acc.add(&fields(
+            r#"{"input_tokens":10,"cache_read_input_tokens":18446744073709551615}"#,
+        ));
+        assert_eq!(acc.get(), None, "saturates, then is refused");
+        let mut acc = UsageAcc::new(false);
+        acc.add(&fields(
+            r#"{"prompt_tokens":100000000,"completion_tokens":5}"#,
+        ));
+        assert!(acc.get().is_some(), "the bound itself is allowed");
     }
 
     #[test]

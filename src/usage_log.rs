@@ -1,8 +1,9 @@
 //! The usage log writer: one JSON line per request, written by a background
 //! task (off the request path) to stdout or a file, flushed whenever the
-//! queue runs empty.
+//! queue runs empty. A file sink is reopened on [`UsageLog::reopen`] (SIGHUP),
+//! so logrotate can rename it and signal.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
@@ -13,6 +14,8 @@ use crate::config::UsageSink;
 enum Msg {
     Line(Vec<u8>),
     Flush(oneshot::Sender<()>),
+    /// Flush, close and reopen the file (after a rotation).
+    Reopen,
 }
 
 /// A handle to the usage log; cheap to clone.
@@ -35,13 +38,13 @@ impl UsageLog {
 
     /// Opens the sink and starts the writer task.
     pub async fn start(sink: &UsageSink) -> std::io::Result<Self> {
-        let out: Box<dyn AsyncWrite + Send + Unpin> = match sink {
+        let (out, path): (Box<dyn AsyncWrite + Send + Unpin>, _) = match sink {
             UsageSink::Off => return Ok(Self::off()),
-            UsageSink::Stdout => Box::new(tokio::io::stdout()),
-            UsageSink::File(p) => Box::new(open_append(p).await?),
+            UsageSink::Stdout => (Box::new(tokio::io::stdout()), None),
+            UsageSink::File(p) => (Box::new(open_append(p).await?), Some(p.clone())),
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(rx, BufWriter::with_capacity(64 * 1024, out)));
+        tokio::spawn(writer(rx, BufWriter::with_capacity(64 * 1024, out), path));
         Ok(Self { tx: Some(tx) })
     }
 
@@ -62,6 +65,15 @@ impl UsageLog {
     pub fn write_raw(&self, line: Vec<u8>) {
         if let Some(tx) = &self.tx {
             let _ = tx.send(Msg::Line(line));
+        }
+    }
+
+    /// Reopens a file sink (at its configured path) once what is queued so
+    /// far is written: records before this call go to the old file, records
+    /// after it to the new one.
+    pub fn reopen(&self) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Msg::Reopen);
         }
     }
 
@@ -86,6 +98,7 @@ async fn open_append(p: &Path) -> std::io::Result<tokio::fs::File> {
 async fn writer(
     mut rx: mpsc::UnboundedReceiver<Msg>,
     mut out: BufWriter<Box<dyn AsyncWrite + Send + Unpin>>,
+    path: Option<PathBuf>,
 ) {
     while let Some(msg) = rx.recv().await {
         let mut acks = Vec::new();
@@ -98,6 +111,24 @@ async fn writer(
                     }
                 }
                 Msg::Flush(ack) => acks.push(ack),
+                Msg::Reopen => {
+                    if let Some(p) = &path {
+                        if let Err(e) = out.flush().await {
+                            tracing::error!(error = %e, "usage log flush failed");
+                        }
+                        match open_append(p).await {
+                            Ok(f) => {
+                                out = BufWriter::with_capacity(64 * 1024, Box::new(f));
+                                tracing::info!(path = %p.display(), "usage log reopened");
+                            }
+                            Err(e) => tracing::error!(
+                                path = %p.display(),
+                                error = %e,
+                                "usage log reopen failed; still writing to the old file"
+                            ),
+                        }
+                    }
+                }
             }
             next = rx.try_recv().ok();
         }

@@ -3,16 +3,29 @@
 //! queued since the last write go out together, then one fsync). Lines
 //! queued with a follow-up (the request's usage record) release it only
 //! after the fsync, so what the usage log shows is durable.
+//!
+//! Reading is strict: a torn last line (no trailing newline: power loss or
+//! a full disk mid-write) is skipped whatever its bytes, but any other line
+//! that does not parse, or whose spend would overflow its bucket, stops the
+//! start with the file and line number. `sluice state repair` drops such
+//! lines explicitly after keeping a backup (see [`repair`]).
+
+mod writer;
 
 use std::collections::HashMap;
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::pricing::Nanos;
 use crate::usage_log::UsageLog;
+pub use writer::Health;
+
+/// A journal line longer than this is bad (the writer's lines are ~100 bytes).
+pub const MAX_LINE: usize = 64 * 1024;
 
 /// One journal line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +44,9 @@ pub struct Line {
     pub reset: bool,
 }
 
+/// Spend per (budget, scope, window).
+pub type Totals = HashMap<(String, String, String), Nanos>;
+
 enum Msg {
     Append {
         line: Line,
@@ -45,6 +61,7 @@ enum Msg {
 #[derive(Clone)]
 pub struct Journal {
     tx: Option<mpsc::UnboundedSender<Msg>>,
+    health: Arc<Health>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -53,27 +70,179 @@ impl std::fmt::Debug for Journal {
     }
 }
 
-/// Reads a journal: the spend per (budget, scope, window), resets applied.
-pub fn replay(path: &Path) -> std::io::Result<HashMap<(String, String, String), Nanos>> {
-    let mut totals = HashMap::new();
+/// One raw line of a journal file, as read.
+enum Raw<'a> {
+    /// A complete line (newline stripped), 1-based line number.
+    Complete(usize, &'a [u8]),
+    /// A complete line longer than [`MAX_LINE`].
+    TooLong(usize),
+    /// The last line, without its newline: a torn write.
+    Torn(usize),
+}
+
+/// Reads `path` line by line as bytes (never as text: a torn line may end
+/// inside a multi-byte character) without holding the file in memory.
+/// `NotFound` reads as an empty journal.
+fn for_each_line(
+    path: &Path,
+    mut f: impl FnMut(Raw<'_>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(totals),
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
-    for line in std::io::BufReader::new(file).lines() {
-        let line = line?;
-        // A torn last line (power loss mid-write) is skipped, not fatal.
-        let Ok(l) = serde_json::from_str::<Line>(&line) else {
-            continue;
-        };
-        let slot = totals.entry((l.b, l.s, l.w)).or_insert(0);
-        if l.reset {
-            *slot = 0;
+    let mut r = std::io::BufReader::new(file);
+    let mut buf = Vec::with_capacity(256);
+    let mut no = 0;
+    loop {
+        buf.clear();
+        no += 1;
+        let n = (&mut r)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut buf)?;
+        if n == 0 {
+            return Ok(());
         }
-        *slot += l.n.unwrap_or(0);
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+            f(Raw::Complete(no, &buf))?;
+            continue;
+        }
+        if buf.len() <= MAX_LINE {
+            // No newline and under the cap: this was the end of the file.
+            return f(Raw::Torn(no));
+        }
+        // Over the cap: skip to the end of this line.
+        let mut complete = false;
+        loop {
+            buf.clear();
+            let n = (&mut r).take(MAX_LINE as u64).read_until(b'\n', &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            if buf.last() == Some(&b'\n') {
+                complete = true;
+                break;
+            }
+        }
+        if complete {
+            f(Raw::TooLong(no))?;
+        } else {
+            return f(Raw::Torn(no));
+        }
     }
+}
+
+/// Parses one complete line and adds it to `totals` (checked).
+fn apply(totals: &mut Totals, bytes: &[u8]) -> Result<(), String> {
+    let l: Line = serde_json::from_slice(bytes).map_err(|e| format!("not a journal line ({e})"))?;
+    if l.reset && l.n.is_some() {
+        return Err("a reset line carries spend".into());
+    }
+    let slot = totals.entry((l.b, l.s, l.w)).or_insert(0);
+    if l.reset {
+        *slot = 0;
+    }
+    *slot = slot
+        .checked_add(l.n.unwrap_or(0))
+        .ok_or_else(|| "spend overflows its bucket (more than u64 nano-dollars)".to_owned())?;
+    Ok(())
+}
+
+fn corrupt(path: &Path, no: usize, why: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!(
+            "{}: line {no}: {why}; Sluice will not guess what was spent: \
+             run `sluice state repair --config <your config>` to drop the bad lines (a backup is kept)",
+            path.display()
+        ),
+    )
+}
+
+/// Reads a journal: the spend per (budget, scope, window), resets applied.
+/// A torn last line is skipped; any other bad line is an `InvalidData`
+/// error naming the file and line.
+pub fn replay(path: &Path) -> std::io::Result<Totals> {
+    let mut totals = Totals::new();
+    for_each_line(path, |raw| match raw {
+        Raw::Complete(no, bytes) => {
+            apply(&mut totals, bytes).map_err(|why| corrupt(path, no, &why))
+        }
+        Raw::TooLong(no) => Err(corrupt(
+            path,
+            no,
+            &format!("line longer than {MAX_LINE} bytes"),
+        )),
+        Raw::Torn(no) => {
+            tracing::warn!(path = %path.display(), line = no, "budget journal: torn last line skipped");
+            Ok(())
+        }
+    })?;
     Ok(totals)
+}
+
+/// What [`repair`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Repaired {
+    /// Line numbers dropped (bad lines, the torn last line included).
+    pub dropped: Vec<usize>,
+    /// Lines kept.
+    pub kept: usize,
+    /// The copy of the journal as it was (none when nothing was dropped).
+    pub backup: Option<PathBuf>,
+}
+
+/// Drops every bad line of the journal at `path` (lines that do not parse,
+/// are too long, would overflow their bucket, or a torn last line), after
+/// copying the file to `<path>.bak.<unix seconds>`. Run it while Sluice is
+/// stopped.
+pub fn repair(path: &Path, now: u64) -> std::io::Result<Repaired> {
+    let mut out = Repaired::default();
+    let mut totals = Totals::new();
+    let mut good: Vec<u8> = Vec::new();
+    // A first pass only finds the bad lines, so a clean journal is left alone.
+    for_each_line(path, |raw| {
+        match raw {
+            Raw::Complete(no, bytes) => {
+                if apply(&mut totals, bytes).is_ok() {
+                    out.kept += 1;
+                } else {
+                    out.dropped.push(no);
+                }
+            }
+            Raw::TooLong(no) | Raw::Torn(no) => out.dropped.push(no),
+        }
+        Ok(())
+    })?;
+    if out.dropped.is_empty() {
+        return Ok(out);
+    }
+    let mut backup = path.as_os_str().to_owned();
+    backup.push(format!(".bak.{now}"));
+    let backup = PathBuf::from(backup);
+    std::fs::copy(path, &backup)?;
+    let tmp = tmp_path(path);
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        let mut totals = Totals::new();
+        for_each_line(path, |raw| {
+            if let Raw::Complete(_, bytes) = raw {
+                if apply(&mut totals, bytes).is_ok() {
+                    good.clear();
+                    good.extend_from_slice(bytes);
+                    good.push(b'\n');
+                    f.write_all(&good)?;
+                }
+            }
+            Ok(())
+        })?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    out.backup = Some(backup);
+    Ok(out)
 }
 
 /// Rewrites the journal to one line per still-relevant total (atomically:
@@ -101,7 +270,10 @@ fn tmp_path(path: &Path) -> PathBuf {
 impl Journal {
     /// A journal that writes nothing (tests, no budgets).
     pub fn none() -> Self {
-        Self { tx: None }
+        Self {
+            tx: None,
+            health: Arc::default(),
+        }
     }
 
     /// Opens `path` for appending and starts the writer task.
@@ -110,9 +282,21 @@ impl Journal {
             .create(true)
             .append(true)
             .open(path)?;
+        let good_len = file.metadata()?.len();
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::task::spawn_blocking(move || writer(rx, file, usage));
-        Ok(Journal { tx: Some(tx) })
+        let health = Arc::new(Health::default());
+        crate::metrics::journal_degraded(false);
+        let w = writer::Writer::new(file, good_len, health.clone(), move |u| usage.write_raw(u));
+        tokio::task::spawn_blocking(move || w.run(rx));
+        Ok(Journal {
+            tx: Some(tx),
+            health,
+        })
+    }
+
+    /// Why the journal cannot persist charges right now (`None`: healthy).
+    pub fn degraded(&self) -> Option<String> {
+        self.health.degraded()
     }
 
     /// Queues a line; `then` (a usage record) is written after it is durable.
@@ -120,10 +304,14 @@ impl Journal {
     pub fn append(&self, line: Line, then: Option<Vec<u8>>, usage: &UsageLog) {
         match &self.tx {
             Some(tx) => {
-                if let Err(mpsc::error::SendError(Msg::Append { then: Some(u), .. })) =
+                if let Err(mpsc::error::SendError(Msg::Append { then: Some(_), .. })) =
                     tx.send(Msg::Append { line, then })
                 {
-                    usage.write_raw(u);
+                    // The writer has stopped (shutdown): the charge cannot be
+                    // made durable, so its record is not written either.
+                    tracing::error!(
+                        "budget journal closed: a charge and its usage record were dropped"
+                    );
                 }
             }
             None => {
@@ -133,9 +321,7 @@ impl Journal {
             }
         }
     }
-}
 
-impl Journal {
     /// Writes out what is queued and stops the writer.
     pub async fn close(&self) {
         if let Some(tx) = &self.tx {
@@ -147,79 +333,5 @@ impl Journal {
     }
 }
 
-/// The writer: blocks on the channel, writes everything queued, fsyncs once,
-/// then releases the usage records.
-fn writer(mut rx: mpsc::UnboundedReceiver<Msg>, mut file: std::fs::File, usage: UsageLog) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while let Ok(m) = rx.try_recv() {
-            batch.push(m);
-        }
-        let mut buf = Vec::with_capacity(batch.len() * 96);
-        for m in &batch {
-            if let Msg::Append { line, .. } = m {
-                if let Ok(s) = serde_json::to_vec(line) {
-                    buf.extend_from_slice(&s);
-                    buf.push(b'\n');
-                }
-            }
-        }
-        if !buf.is_empty() {
-            if let Err(e) = file.write_all(&buf).and_then(|()| file.sync_data()) {
-                tracing::error!(error = %e, "budget journal write failed; spend is kept in memory");
-            }
-        }
-        let mut closing = Vec::new();
-        for m in batch {
-            match m {
-                Msg::Append { then: Some(u), .. } => usage.write_raw(u),
-                Msg::Append { then: None, .. } => {}
-                Msg::Close(done) => closing.push(done),
-            }
-        }
-        if !closing.is_empty() {
-            for done in closing {
-                let _ = done.send(());
-            }
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn replay_sums_and_resets() {
-        let dir = std::env::temp_dir().join(format!("sluice-journal-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let path = dir.join("j.jsonl");
-        let l = |n: Option<u64>, reset: bool| Line {
-            b: "b".into(),
-            s: "user=a".into(),
-            w: "2026-11-26".into(),
-            n,
-            reset,
-        };
-        compact(
-            &path,
-            &[
-                l(Some(5), false),
-                l(Some(7), false),
-                l(None, true),
-                l(Some(3), false),
-            ],
-        )
-        .expect("write");
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .expect("open")
-            .write_all(b"{\"b\":\"torn")
-            .expect("w");
-        let t = replay(&path).expect("replay");
-        assert_eq!(t[&("b".into(), "user=a".into(), "2026-11-26".into())], 3);
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
+mod tests;

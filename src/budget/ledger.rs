@@ -166,7 +166,7 @@ impl Ledger {
             .find(|b| {
                 let key = bucket_key(&b.name, &b.scope, subject);
                 let s = Self::slot(&mut map, &key, b.window.key(now));
-                (s.spent + s.reserved) as f64 >= b.downgrade_at * b.limit as f64
+                s.spent.saturating_add(s.reserved) as f64 >= b.downgrade_at * b.limit as f64
             })
             .and_then(|b| b.downgrade_to.clone())
     }
@@ -190,12 +190,12 @@ impl Ledger {
                 continue;
             }
             let s = Self::slot(&mut map, key, b.window.key(now));
-            if s.spent + s.reserved + amount > b.limit {
+            if s.spent.saturating_add(s.reserved).saturating_add(amount) > b.limit {
                 return Err(Exhausted {
                     budget: b.name.clone(),
                     bucket: key.clone(),
                     limit: b.limit,
-                    spent: s.spent + s.reserved,
+                    spent: s.spent.saturating_add(s.reserved),
                     requested: amount,
                 });
             }
@@ -204,8 +204,8 @@ impl Ledger {
         let mut remaining: Option<Nanos> = None;
         for (b, key) in applicable {
             let s = Self::slot(&mut map, &key, b.window.key(now));
-            s.reserved += amount;
-            let left = b.limit.saturating_sub(s.spent + s.reserved);
+            s.reserved = s.reserved.saturating_add(amount);
+            let left = b.limit.saturating_sub(s.spent.saturating_add(s.reserved));
             remaining = Some(remaining.map_or(left, |r| r.min(left)));
             parts.push((b.name.clone(), key, amount));
         }
@@ -244,7 +244,10 @@ impl Ledger {
                 limit_usd: nanos_to_usd(b.limit),
                 spent_usd: nanos_to_usd(slot.spent),
                 reserved_usd: nanos_to_usd(slot.reserved),
-                remaining_usd: nanos_to_usd(b.limit.saturating_sub(slot.spent + slot.reserved)),
+                remaining_usd: nanos_to_usd(
+                    b.limit
+                        .saturating_sub(slot.spent.saturating_add(slot.reserved)),
+                ),
                 resets_at: b.window.ends_at(now),
             });
         }
@@ -289,6 +292,11 @@ impl Ledger {
         }
     }
 
+    /// Why settled spend cannot be persisted right now (`None`: healthy).
+    pub fn journal_degraded(&self) -> Option<String> {
+        self.journal.degraded()
+    }
+
     /// Flushes and stops the journal writer.
     pub async fn close(&self) {
         self.journal.close().await;
@@ -323,7 +331,7 @@ impl BudgetHold {
                 let s = Ledger::slot(&mut map, key, window.clone());
                 s.reserved = s.reserved.saturating_sub(*reserved);
                 let before = s.spent;
-                s.spent += actual;
+                s.spent = s.spent.saturating_add(actual);
                 for &t in &rule.alert_at {
                     let at = (t * rule.limit as f64) as Nanos;
                     if before < at && s.spent >= at {

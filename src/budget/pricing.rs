@@ -47,18 +47,24 @@ impl Price {
     }
 
     /// The cost of a request's usage.
+    /// Saturating: absurd counts cost `u64::MAX`, never a wrapped small sum.
     pub fn cost(&self, u: &Usage) -> Nanos {
-        let fresh = u.input.saturating_sub(u.cached_input + u.cache_write);
-        fresh * self.input
-            + u.cached_input * self.cached_input
-            + u.cache_write * self.cache_write
-            + u.output * self.output
+        let fresh = u
+            .input
+            .saturating_sub(u.cached_input.saturating_add(u.cache_write));
+        fresh
+            .saturating_mul(self.input)
+            .saturating_add(u.cached_input.saturating_mul(self.cached_input))
+            .saturating_add(u.cache_write.saturating_mul(self.cache_write))
+            .saturating_add(u.output.saturating_mul(self.output))
     }
 
     /// The most a request can cost: every input token at full price and the
     /// whole output cap.
     pub fn worst_case(&self, input_tokens: u64, max_output: u64) -> Nanos {
-        input_tokens * self.input.max(self.cache_write) + max_output * self.output
+        input_tokens
+            .saturating_mul(self.input.max(self.cache_write))
+            .saturating_add(max_output.saturating_mul(self.output))
     }
 }
 
@@ -175,5 +181,24 @@ mod tests {
         assert_eq!(p.cost(&u), 9_000_000 + 1_800_000 + 3_750_000 + 7_500_000);
         assert_eq!(nanos_to_usd(p.cost(&u)), 0.02205);
         assert_eq!(usd_to_nanos(5.0), 5_000_000_000);
+    }
+
+    #[test]
+    fn cost_saturates_instead_of_wrapping() {
+        let p = Price::from_per_million(3.0, None, None, 15.0);
+        let huge = Usage {
+            input: u64::MAX,
+            output: u64::MAX,
+            ..Usage::default()
+        };
+        assert_eq!(p.cost(&huge), u64::MAX);
+        assert_eq!(p.worst_case(u64::MAX, u64::MAX), u64::MAX);
+        let odd = Usage {
+            input: 1,
+            cached_input: u64::MAX,
+            cache_write: u64::MAX,
+            ..Usage::default()
+        };
+        assert_eq!(p.cost(&odd), u64::MAX);
     }
 }

@@ -56,16 +56,16 @@ impl Window {
     pub fn ends_at(self, unix: u64) -> Option<u64> {
         let days = (unix / 86_400) as i64;
         Some(match self {
-            Window::Hour => (unix / 3600 + 1) * 3600,
-            Window::Day => (days as u64 + 1) * 86_400,
+            Window::Hour => (unix / 3600 + 1).saturating_mul(3600),
+            Window::Day => (days as u64 + 1).saturating_mul(86_400),
             Window::Week => {
                 let monday = days - (days + 3).rem_euclid(7);
-                (monday as u64 + 7) * 86_400
+                (monday as u64 + 7).saturating_mul(86_400)
             }
             Window::Month => {
                 let (y, m, _) = civil_from_days(days);
                 let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-                days_from_civil(ny, nm, 1) as u64 * 86_400
+                (days_from_civil(ny, nm, 1) as u64).saturating_mul(86_400)
             }
             Window::Lifetime => return None,
         })

@@ -243,3 +243,61 @@ async fn spend_survives_a_restart_and_resets_are_kept() {
     ledger.close().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn absurd_amounts_saturate_instead_of_wrapping() {
+    let now = Arc::new(AtomicU64::new(T));
+    let ledger = Ledger::in_memory(clock(&now));
+    let budgets = vec![
+        rule("b", vec![], Window::Day, 1000, BudgetAction::Reject),
+        rule("watch", vec![], Window::Day, 1000, BudgetAction::Alert),
+    ];
+    let id = who("a");
+    let s = Subject {
+        identity: &id,
+        model: "m",
+    };
+    assert!(
+        ledger.reserve(&budgets, &s, u64::MAX).is_err(),
+        "too big, not wrapped"
+    );
+    let h = ledger.reserve(&budgets, &s, 10).expect("fits");
+    h.settle(&budgets, u64::MAX, None);
+    let h = ledger
+        .reserve(&budgets[1..], &s, u64::MAX)
+        .expect("alert only");
+    h.settle(&budgets[1..], u64::MAX, None);
+    let r = ledger.report(&budgets);
+    assert!(
+        r.iter().all(|b| b.spent_usd == nanos_to_usd(u64::MAX)),
+        "{r:?}"
+    );
+    assert!(
+        ledger.reserve(&budgets, &s, 1).is_err(),
+        "spend stuck at the top"
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_journal_refuses_to_open() {
+    let dir = std::env::temp_dir().join(format!("sluice-ledger-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("state.jsonl");
+    std::fs::write(
+        &path,
+        "{\"b\":\"g\",\"s\":\"\",\"w\":\"lifetime\",\"n\":5}\n}{\n",
+    )
+    .expect("w");
+    let now = Arc::new(AtomicU64::new(T));
+    let budgets = vec![rule(
+        "g",
+        vec![],
+        Window::Lifetime,
+        10,
+        BudgetAction::Reject,
+    )];
+    let e = Ledger::open(&path, &budgets, UsageLog::off(), clock(&now)).expect_err("corrupt");
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+    assert!(e.to_string().contains("line 2"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}

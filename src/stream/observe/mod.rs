@@ -188,6 +188,10 @@ impl Observer {
                             let mut acc = UsageAcc::new(*anthropic);
                             acc.add(&u);
                             out.usage = acc.get();
+                            if out.usage.is_none() {
+                                // Implausible usage: count the answer instead.
+                                out.text = answer_text(&body);
+                            }
                         }
                         out.complete = true;
                     }
@@ -314,6 +318,45 @@ fn collect_text(probe: &Probe<'_>, text: &mut String) {
             d.push_text(&mut push);
         }
     }
+}
+
+/// The generated text of a complete JSON answer (any API shape), for
+/// counting when its usage cannot be trusted: every string under `choices`,
+/// `content` or `output`, except ids and enum-like fields.
+fn answer_text(body: &[u8]) -> String {
+    fn walk(v: &serde_json::Value, text: &mut String) {
+        match v {
+            serde_json::Value::String(s) if text.len() + s.len() <= MAX_TEXT => {
+                text.push_str(s);
+                text.push(' ');
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, text)),
+            serde_json::Value::Object(o) => o
+                .iter()
+                .filter(|(k, _)| {
+                    !matches!(
+                        k.as_str(),
+                        "id" | "type"
+                            | "role"
+                            | "finish_reason"
+                            | "stop_reason"
+                            | "status"
+                            | "object"
+                    )
+                })
+                .for_each(|(_, v)| walk(v, text)),
+            _ => {}
+        }
+    }
+    let mut text = String::new();
+    if let Ok(serde_json::Value::Object(top)) = serde_json::from_slice(body) {
+        for key in ["choices", "content", "output"] {
+            if let Some(v) = top.get(key) {
+                walk(v, &mut text);
+            }
+        }
+    }
+    text
 }
 
 fn nested(n: &Option<Nested>) -> Option<&UsageFields> {

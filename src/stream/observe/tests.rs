@@ -125,3 +125,17 @@ fn in_stream_error_is_noticed() {
     run(&mut obs, &["event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n"]);
     assert!(obs.finish().stream_error);
 }
+
+#[test]
+fn json_body_with_implausible_usage_keeps_the_answer_text_for_counting() {
+    let mut obs = Observer::json(false);
+    let body = r#"{"id":"x","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hello world"},"finish_reason":"stop"}],"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":1}}"#;
+    obs.observe(&Bytes::copy_from_slice(body.as_bytes()));
+    let o = obs.finish();
+    assert!(o.usage.is_none());
+    assert_eq!(o.text.trim(), "hello world");
+    let anthropic = r#"{"id":"msg","type":"message","role":"assistant","content":[{"type":"text","text":"hi there"}],"stop_reason":"end_turn","usage":{"input_tokens":1,"output_tokens":18446744073709551615}}"#;
+    let mut obs = Observer::json(true);
+    obs.observe(&Bytes::copy_from_slice(anthropic.as_bytes()));
+    assert_eq!(obs.finish().text.trim(), "hi there");
+}
