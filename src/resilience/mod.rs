@@ -16,8 +16,10 @@ use serde::Serialize;
 use breaker::Breaker;
 use retry::RetryBudget;
 
-/// Live state of one deployment (provider + upstream model). It outlives
-/// config snapshots: a reload keeps breakers, budgets and latency stats.
+/// Live state of one configured deployment (provider + upstream model, or
+/// provider + rule pattern for a glob rule that sends the requested name).
+/// It outlives config snapshots: a reload keeps breakers, budgets and
+/// latency stats.
 #[derive(Debug)]
 pub struct DeploymentState {
     pub name: String,
@@ -64,7 +66,8 @@ impl Drop for InflightGuard {
     }
 }
 
-/// Every deployment's state, by `provider/upstream_model`.
+/// Every deployment's state, by `provider/upstream_model` (or
+/// `provider/pattern`).
 #[derive(Debug, Default)]
 pub struct Deployments {
     map: Mutex<HashMap<String, Arc<DeploymentState>>>,
@@ -77,6 +80,12 @@ impl Deployments {
         map.entry(name.clone())
             .or_insert_with(|| Arc::new(DeploymentState::new(name)))
             .clone()
+    }
+
+    /// Number of deployments with state (bounded by the configured
+    /// deployments: see `Route::candidates`).
+    pub fn entries(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     pub fn find(&self, name: &str) -> Option<Arc<DeploymentState>> {
