@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use crate::config::{ModelRule, TierRoute, TokenLimits};
 use crate::error::ApiShape;
 use crate::resilience::balance::Candidate;
-use crate::resilience::Deployments;
+use crate::resilience::{deployment_name, Deployments};
 use crate::upstream::Upstream;
 
 /// Where a request for one public model goes.
@@ -96,6 +96,20 @@ impl Router {
             limits: rule.limits,
             context_window: rule.context_window,
         })
+    }
+
+    /// The name of every deployment state this config can create (see
+    /// `Route::candidates`; plus `provider/*` for passthrough paths).
+    pub fn deployment_names(&self, upstreams: &[Upstream]) -> HashSet<String> {
+        let rules = self.rules.iter().flat_map(|r| {
+            r.deployments.iter().filter_map(|d| {
+                let u = upstreams.get(d.provider)?;
+                let model = d.upstream_model.as_deref().unwrap_or(&r.pattern);
+                Some(deployment_name(&u.name, model))
+            })
+        });
+        let passthrough = upstreams.iter().map(|u| deployment_name(&u.name, "*"));
+        rules.chain(passthrough).collect()
     }
 
     /// The routing model named `model`, if it is one.

@@ -103,8 +103,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// Applies `[state] max_buckets` and sweeps idle per-identity state (rate
-/// buckets, budget buckets, spend attribution) every `SWEEP_EVERY`, until
-/// `stop`. The caps are re-read each time, so a reload changes them.
+/// buckets, budget buckets, spend attribution) and the state of deployments
+/// a reload removed, every `SWEEP_EVERY`, until `stop`. The caps are re-read
+/// each time, so a reload changes them.
 fn spawn_sweeper(app: Arc<App>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
     sweep(&app);
     tokio::spawn(async move {
@@ -131,7 +132,8 @@ fn sweep(app: &App) {
     metrics::state_entries("rate_buckets", app.rate.sweep(std::time::Instant::now()));
     metrics::state_entries("budget_buckets", app.ledger.sweep(&snap.config.budgets));
     metrics::state_entries("spend_identities", app.ledger.spend.sweep(unix_now));
-    metrics::state_entries("deployments", app.deployments.entries());
+    let configured = snap.router.deployment_names(&snap.upstreams);
+    metrics::state_entries("deployments", app.deployments.retain(&configured));
 }
 
 /// The signals Sluice acts on.

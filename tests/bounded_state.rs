@@ -179,6 +179,7 @@ async fn twenty_thousand_invented_identities_and_models_leave_state_flat() {
     ] {
         assert!(n <= MAX_BUCKETS + 1, "{n} {what}");
     }
+    assert!(text.contains("sluice_state_entries{map=\"rate_buckets\"}"));
     let overflow = admin(&s, "/admin/limits?filter=~overflow").await;
     assert_eq!(overflow["buckets"].as_array().expect("buckets").len(), 1);
 }
