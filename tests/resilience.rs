@@ -603,3 +603,36 @@ async fn a_provider_blip_does_not_become_an_outage() {
         assert_eq!(st, StatusCode::OK);
     }
 }
+
+#[tokio::test]
+async fn a_fallback_that_is_open_too_is_probed_under_the_panic_rule() {
+    let (m1, m2) = (
+        MockProvider::start().await.expect("m1"),
+        MockProvider::start().await.expect("m2"),
+    );
+    let models = "[[models]]\nname = \"main\"\nprovider = \"p0\"\nupstream_model = \"x\"\nfallbacks = [\"backup\"]\n\
+                  [[models]]\nname = \"backup\"\nprovider = \"p1\"\nupstream_model = \"y\"\n";
+    let extra = "[retry]\nmax_retries = 0\n\
+                 [circuit_breaker]\nconsecutive_failures = 1\nopen_for = \"1h\"\nprobe_interval = \"1h\"\n";
+    let s = Sluice::start(&cfg(&[&m1, &m2], models, extra)).await;
+    // Both deployments fail once: both circuits open.
+    m1.push_fault(fault(500));
+    m2.push_fault(fault(500));
+    post(&s, "/v1/chat/completions", &[], &chat("main")).await;
+    assert_eq!(circuit_of(&s, "p0/x").await, "open");
+    assert_eq!(circuit_of(&s, "p1/y").await, "open");
+    // The primary is still down; the fallback is back. The next request
+    // probes the primary, then the fallback, which answers and closes.
+    m1.push_fault(fault(500));
+    let (st, h, _) = post(&s, "/v1/chat/completions", &[], &chat("main")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        deployments(&usage_of(&s, &h).await),
+        vec!["p0/x:500", "p1/y:200"]
+    );
+    assert_eq!(circuit_of(&s, "p1/y").await, "closed");
+    // Not every deployment is open any more: the open primary is skipped.
+    let (st, h, _) = post(&s, "/v1/chat/completions", &[], &chat("main")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(deployments(&usage_of(&s, &h).await), vec!["p1/y:200"]);
+}
