@@ -33,6 +33,8 @@ pub struct Router {
     /// Model names written in the config (exact rule names, upstream
     /// models, routing models): the only ones used as metric labels.
     configured: HashSet<String>,
+    /// Indices of the glob rules, in order.
+    globs: Vec<usize>,
 }
 
 /// The metric label of a model name that no rule names.
@@ -50,10 +52,14 @@ impl Router {
             })
             .chain(tiers.iter().map(|t| t.model.clone()))
             .collect();
+        let globs = (0..rules.len())
+            .filter(|&i| rules[i].pattern.contains('*'))
+            .collect();
         Self {
             rules,
             tiers,
             configured,
+            globs,
         }
     }
 
@@ -64,10 +70,11 @@ impl Router {
         if self.configured.contains(model) {
             return model;
         }
-        self.rules
+        self.globs
             .iter()
-            .find(|r| r.pattern.contains('*') && glob_match(&r.pattern, model))
-            .map_or(OTHER_MODEL, |r| r.pattern.as_str())
+            .map(|&i| self.rules[i].pattern.as_str())
+            .find(|p| glob_match(p, model))
+            .unwrap_or(OTHER_MODEL)
     }
 
     /// The first rule matching `model` whose providers speak `shape`.
