@@ -108,6 +108,9 @@ pub async fn run(
     let mut asked_wait = None;
     // Deployments that failed this request (a retry on one of them backs off).
     let mut failed: Vec<String> = Vec::new();
+    // Every deployment this request could use is open: the breakers' panic
+    // rule lets a bounded trickle through instead of failing everything here.
+    let panic = all_open(&groups, &breaker_cfg, Instant::now());
     'chain: while let Some(group) = groups.pop_front() {
         let mut tried: Vec<usize> = Vec::new();
         for _ in 0..group.tries {
@@ -115,7 +118,7 @@ pub async fn run(
                 break 'chain;
             }
             let now = Instant::now();
-            let Some((i, permit)) = pick(&group, &tried, &breaker_cfg, now) else {
+            let Some((i, permit)) = pick(&group, &tried, &breaker_cfg, now, panic) else {
                 last.get_or_insert(Failed::Transport(ProxyError::NoHealthyDeployment));
                 continue 'chain;
             };
@@ -123,7 +126,12 @@ pub async fn run(
             if rec.attempts > 0 {
                 metrics::retry();
             }
-            if failed.iter().any(|f| f == &cand.state.name) {
+            // The breaker counts one failure per client request and
+            // deployment: a request's retries on it do not count again
+            // (a probe's outcome always counts: it decides the circuit).
+            let failed_before = failed.iter().any(|f| f == &cand.state.name);
+            let counts = |ok: bool| ok || !failed_before || permit == Permit::Probe;
+            if failed_before {
                 // Going back to a deployment that already failed this request:
                 // only within its retry budget (so an outage does not multiply
                 // its load), after a backoff (or its Retry-After) that fits the
@@ -152,7 +160,13 @@ pub async fn run(
             let result = attempt(call, upstream, cand, rec).await;
             let ms = started.elapsed().as_secs_f64() * 1e3;
             let log = |status: u16, outcome: &'static str| AttemptInfo {
-                deployment: cand.state.name.clone(),
+                // The model actually sent (the breaker's name for a glob
+                // rule is its pattern).
+                deployment: if cand.upstream_model.is_empty() {
+                    cand.state.name.clone()
+                } else {
+                    format!("{}/{}", upstream.name, cand.upstream_model)
+                },
                 status,
                 outcome,
                 ms: (ms * 1e3).round() / 1e3,
@@ -160,7 +174,10 @@ pub async fn run(
             match result {
                 Ok(resp) if !retryable_status(resp.status()) => {
                     let status = resp.status();
-                    record_breaker(cand, &breaker_cfg, !breaker_failure(status), permit);
+                    let ok = !breaker_failure(status);
+                    if counts(ok) {
+                        record_breaker(cand, &breaker_cfg, ok, permit);
+                    }
                     cand.state
                         .observe_latency(started.elapsed().as_micros() as u64);
                     let outcome = if status.is_success() {
@@ -187,7 +204,10 @@ pub async fn run(
                 }
                 Ok(resp) => {
                     let status = resp.status();
-                    record_breaker(cand, &breaker_cfg, !breaker_failure(status), permit);
+                    let ok = !breaker_failure(status);
+                    if counts(ok) {
+                        record_breaker(cand, &breaker_cfg, ok, permit);
+                    }
                     rec.attempt_log.push(log(status.as_u16(), "retryable"));
                     asked_wait = retry::retry_after(resp.headers());
                     failed.push(cand.state.name.clone());
@@ -196,7 +216,9 @@ pub async fn run(
                 }
                 Err(e) if !e.retryable() => return Err(e),
                 Err(e) => {
-                    record_breaker(cand, &breaker_cfg, false, permit);
+                    if counts(false) {
+                        record_breaker(cand, &breaker_cfg, false, permit);
+                    }
                     let outcome = match e {
                         ProxyError::UpstreamTimeout { .. } => "timeout",
                         _ => "connect_error",
@@ -217,13 +239,24 @@ pub async fn run(
     }
 }
 
+/// Whether every deployment of every group (the model and its fallbacks)
+/// is open or ejected right now.
+fn all_open(groups: &VecDeque<Group>, cfg: &crate::config::BreakerConfig, now: Instant) -> bool {
+    groups
+        .iter()
+        .flat_map(|g| &g.candidates)
+        .all(|c| c.state.breaker.is_open(cfg, now))
+}
+
 /// The first deployment in balancer order that has not been tried in this
-/// group (all of them again once each was) and whose breaker lets it through.
+/// group (all of them again once each was) and whose breaker lets it through
+/// (under the panic rule when `panic`: see `Breaker::panic_allow`).
 fn pick(
     group: &Group,
     tried: &[usize],
     cfg: &crate::config::BreakerConfig,
     now: Instant,
+    panic: bool,
 ) -> Option<(usize, Permit)> {
     let order = balance::order(group.balance, &group.candidates);
     let fresh: Vec<usize> = order
@@ -232,12 +265,15 @@ fn pick(
         .filter(|i| !tried.contains(i))
         .collect();
     let pool = if fresh.is_empty() { order } else { fresh };
-    pool.into_iter().find_map(
-        |i| match group.candidates[i].state.breaker.allow(cfg, now) {
-            Permit::Denied => None,
-            p => Some((i, p)),
-        },
-    )
+    pool.into_iter().find_map(|i| {
+        let breaker = &group.candidates[i].state.breaker;
+        let permit = if panic {
+            breaker.panic_allow(cfg, now)
+        } else {
+            breaker.allow(cfg, now)
+        };
+        (permit != Permit::Denied).then_some((i, permit))
+    })
 }
 
 fn record_breaker(cand: &Candidate, cfg: &crate::config::BreakerConfig, ok: bool, permit: Permit) {

@@ -9,6 +9,39 @@ use crate::body::ProxyBody;
 use crate::budget::ledger::Exhausted;
 use crate::limits::rate::{LimitKind, RateLimited};
 
+/// The most characters of a client-supplied string (model name, path,
+/// identity) an error message repeats; the rest becomes `…`.
+pub const MAX_ECHO_CHARS: usize = 256;
+/// The most characters of a free-form detail (a parse error, a transport
+/// error chain) in an error message.
+pub const MAX_MESSAGE_CHARS: usize = 1024;
+
+/// A string cut to at most `.1` characters (plus `…` when cut), for
+/// repeating client strings in error messages and logs: the one place they
+/// are bounded. `{:?}` quotes and escapes it like a `str`.
+pub struct Clip<'a>(pub &'a str, pub usize);
+
+impl Clip<'_> {
+    fn cut(&self) -> std::borrow::Cow<'_, str> {
+        match self.0.char_indices().nth(self.1) {
+            None => std::borrow::Cow::Borrowed(self.0),
+            Some((end, _)) => std::borrow::Cow::Owned(format!("{}…", &self.0[..end])),
+        }
+    }
+}
+
+impl std::fmt::Display for Clip<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.cut())
+    }
+}
+
+impl std::fmt::Debug for Clip<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.cut(), f)
+    }
+}
+
 /// Which provider API a request speaks; errors are rendered in its shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApiShape {
@@ -19,7 +52,7 @@ pub enum ApiShape {
 /// Everything that can end a request before or instead of an upstream answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("{0}")]
+    #[error("{}", Clip(.0, MAX_MESSAGE_CHARS))]
     InvalidRequest(String),
     #[error("request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
@@ -27,11 +60,11 @@ pub enum ProxyError {
     MissingKey,
     #[error("invalid API key")]
     InvalidKey,
-    #[error("this key is not allowed to use model {model:?}")]
+    #[error("this key is not allowed to use model {:?}", Clip(.model, MAX_ECHO_CHARS))]
     ModelNotAllowed { model: String },
-    #[error("the model {model:?} does not exist or is not served here")]
+    #[error("the model {:?} does not exist or is not served here", Clip(.model, MAX_ECHO_CHARS))]
     UnknownModel { model: String },
-    #[error("unknown path {0}")]
+    #[error("unknown path {}", Clip(.0, MAX_ECHO_CHARS))]
     NotFound(String),
     #[error("method {method} is not allowed here; this endpoint takes {allowed}")]
     MethodNotAllowed {
@@ -47,7 +80,7 @@ pub enum ProxyError {
     Forbidden(String),
     #[error("provider {provider:?} has no API key configured (set {env})")]
     ProviderKeyMissing { provider: String, env: String },
-    #[error("could not reach provider {provider:?}: {detail}")]
+    #[error("could not reach provider {provider:?}: {}", Clip(.detail, MAX_MESSAGE_CHARS))]
     UpstreamConnect { provider: String, detail: String },
     #[error("provider {provider:?} did not answer within the {phase} timeout")]
     UpstreamTimeout {
@@ -65,7 +98,7 @@ pub enum ProxyError {
     RateLimited(RateLimited),
     #[error("{}", budget_exhausted(.0))]
     BudgetExhausted(Exhausted),
-    #[error("no price is configured for model {model:?}, and a budget applies (add a [[pricing]] entry)")]
+    #[error("no price is configured for model {:?}, and a budget applies (add a [[pricing]] entry)", Clip(.model, MAX_ECHO_CHARS))]
     ModelNotPriced { model: String },
     #[error("this request could cost up to ${worst:.6}, over the per-request cap of ${cap:.6}")]
     RequestTooExpensive { worst: f64, cap: f64 },
@@ -75,7 +108,7 @@ pub enum ProxyError {
     NoHealthyDeployment,
     #[error("Sluice is shutting down")]
     ShuttingDown,
-    #[error("internal error: {0}")]
+    #[error("internal error: {}", Clip(.0, MAX_MESSAGE_CHARS))]
     Internal(String),
 }
 
@@ -289,7 +322,7 @@ fn budget_exhausted(e: &Exhausted) -> String {
         "You exceeded your current quota: budget {:?} ({}) has ${:.6} of ${:.6} used or reserved, \
          and this request could cost up to ${:.6}.",
         e.budget,
-        e.bucket,
+        Clip(&e.bucket, MAX_ECHO_CHARS),
         usd(e.spent),
         usd(e.limit),
         usd(e.requested)
@@ -339,6 +372,37 @@ mod tests {
             .as_str()
             .unwrap_or("")
             .contains("gpt-9"));
+    }
+
+    #[test]
+    fn client_strings_are_cut_in_messages() {
+        let huge = "m".repeat(100_000);
+        for e in [
+            ProxyError::UnknownModel {
+                model: huge.clone(),
+            },
+            ProxyError::ModelNotAllowed {
+                model: huge.clone(),
+            },
+            ProxyError::ModelNotPriced {
+                model: huge.clone(),
+            },
+            ProxyError::NotFound(huge.clone()),
+        ] {
+            let v = parse(e.body(ApiShape::OpenAi));
+            let msg = v["error"]["message"].as_str().expect("message");
+            assert!(
+                msg.contains(&format!("{}…", "m".repeat(MAX_ECHO_CHARS))),
+                "{msg}"
+            );
+            assert!(msg.len() < MAX_ECHO_CHARS + 200, "{} bytes", msg.len());
+        }
+        let e = ProxyError::InvalidRequest(huge.clone());
+        assert!(e.to_string().chars().count() <= MAX_MESSAGE_CHARS + 1);
+        // Short strings are untouched; multi-byte characters are cut whole.
+        assert_eq!(format!("{:?}", Clip("gpt-9", 256)), "\"gpt-9\"");
+        assert_eq!(Clip("ééé", 2).to_string(), "éé…");
+        assert_eq!(Clip("abc", 3).to_string(), "abc");
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! Prometheus metrics: every metric described once at start-up, recorded
 //! through small functions so names and labels live in one place.
-//! Labels stay low-cardinality: never a user id or key.
+//! Labels stay low-cardinality: never a user id or key. Every string label
+//! value comes from the config (model rules, provider, rule and budget
+//! names) and still passes `label`: printable ASCII, at most
+//! `MAX_LABEL_CHARS`.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use metrics::{
@@ -109,7 +113,31 @@ fn describe() {
         "sluice_journal_dropped_total",
         "Charges kept in memory only because too many were waiting for the disk."
     );
+    describe_gauge!(
+        "sluice_state_entries",
+        "Entries held in a bounded per-identity or per-deployment map (rate_buckets, budget_buckets, spend_identities, deployments), as of the last sweep."
+    );
     describe_counter!("sluice_stream_ends_total", "How response bodies ended (complete, client_gone, upstream_error, idle_timeout, total_timeout).");
+}
+
+/// The longest label value; longer ones are cut.
+pub const MAX_LABEL_CHARS: usize = 128;
+
+/// A label value: bytes outside printable ASCII become `_`, and it is cut
+/// at `MAX_LABEL_CHARS` (so a stray control byte or a huge name can never
+/// reach the exposition format).
+pub fn label(value: &str) -> Cow<'_, str> {
+    let clean = value.len() <= MAX_LABEL_CHARS && value.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if clean {
+        return Cow::Borrowed(value);
+    }
+    Cow::Owned(
+        value
+            .chars()
+            .take(MAX_LABEL_CHARS)
+            .map(|c| if (' '..='~').contains(&c) { c } else { '_' })
+            .collect(),
+    )
 }
 
 /// `2xx`, `4xx`, …
@@ -134,8 +162,8 @@ pub struct RequestLabels<'a> {
 
 pub fn request_done(l: &RequestLabels<'_>, duration: Duration) {
     let labels = [
-        ("model", l.model.to_owned()),
-        ("provider", l.provider.to_owned()),
+        ("model", label(l.model).into_owned()),
+        ("provider", label(l.provider).into_owned()),
         ("endpoint", l.endpoint.to_owned()),
         ("status_class", status_class(l.status).to_owned()),
         ("cache", l.cache.to_owned()),
@@ -154,12 +182,13 @@ pub fn ttft(endpoint: &'static str, d: Duration) {
 
 pub fn tokens(model: &str, kind: &'static str, n: u64) {
     if n > 0 {
-        counter!("sluice_tokens_total", "model" => model.to_owned(), "kind" => kind).increment(n);
+        counter!("sluice_tokens_total", "model" => label(model).into_owned(), "kind" => kind)
+            .increment(n);
     }
 }
 
 pub fn upstream_attempt(provider: &str, outcome: &'static str) {
-    counter!("sluice_upstream_attempts_total", "provider" => provider.to_owned(), "outcome" => outcome)
+    counter!("sluice_upstream_attempts_total", "provider" => label(provider).into_owned(), "outcome" => outcome)
         .increment(1);
 }
 
@@ -177,8 +206,13 @@ pub fn retry() {
 
 /// 1 while a deployment's circuit is not closed.
 pub fn circuit(deployment: &str, state: &'static str) {
-    gauge!("sluice_circuit_open", "deployment" => deployment.to_owned())
+    gauge!("sluice_circuit_open", "deployment" => label(deployment).into_owned())
         .set(if state == "closed" { 0.0 } else { 1.0 });
+}
+
+/// Size of a bounded map, after a sweep.
+pub fn state_entries(map: &'static str, n: usize) {
+    gauge!("sluice_state_entries", "map" => map).set(n as f64);
 }
 
 /// Publishes the response cache's counters (read from the cache itself).
@@ -195,22 +229,22 @@ pub fn cost_anomaly(dimension: &'static str) {
 }
 
 pub fn budget_rejected(budget: &str) {
-    counter!("sluice_budget_rejected_total", "scope" => budget.to_owned()).increment(1);
+    counter!("sluice_budget_rejected_total", "scope" => label(budget).into_owned()).increment(1);
 }
 
 pub fn budget_alert(budget: &str, threshold: f64) {
-    counter!("sluice_budget_alerts_total", "budget" => budget.to_owned(), "threshold" => format!("{threshold}")).increment(1);
+    counter!("sluice_budget_alerts_total", "budget" => label(budget).into_owned(), "threshold" => format!("{threshold}")).increment(1);
 }
 
 /// Spend in nano-dollars (Prometheus counters are integers here).
 pub fn cost(model: &str, nanos: u64) {
     if nanos > 0 {
-        counter!("sluice_cost_usd_total", "model" => model.to_owned()).increment(nanos);
+        counter!("sluice_cost_usd_total", "model" => label(model).into_owned()).increment(nanos);
     }
 }
 
 pub fn rate_limited(rule: &str) {
-    counter!("sluice_rate_limited_total", "scope" => rule.to_owned()).increment(1);
+    counter!("sluice_rate_limited_total", "scope" => label(rule).into_owned()).increment(1);
 }
 
 pub fn config_reload(ok: bool) {
@@ -247,4 +281,18 @@ pub fn journal_write_error() {
 /// One charge not journaled (too many waiting for the disk).
 pub fn journal_dropped() {
     counter!("sluice_journal_dropped_total").increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_printable_ascii_and_bounded() {
+        assert!(matches!(label("gpt-4o"), Cow::Borrowed("gpt-4o")));
+        assert_eq!(label("a\r\nb\0c\"d"), "a__b_c\"d");
+        assert_eq!(label("modèle"), "mod_le");
+        let long = "x".repeat(100_000);
+        assert_eq!(label(&long).len(), MAX_LABEL_CHARS);
+    }
 }

@@ -216,10 +216,11 @@ impl RequestRecord {
             (list_cost, None)
         };
 
-        let model_label = if self.upstream_model.is_empty() {
-            "-"
-        } else {
-            &self.upstream_model
+        // Labels come from the config, never from what a client sent.
+        let model_label = match &self.snap {
+            _ if self.upstream_model.is_empty() => "-",
+            Some(snap) => snap.router.model_label(&self.upstream_model),
+            None => crate::route::OTHER_MODEL,
         };
         metrics::request_done(
             &RequestLabels {

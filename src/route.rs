@@ -3,10 +3,12 @@
 
 pub mod tier;
 
+use std::collections::HashSet;
+
 use crate::config::{ModelRule, TierRoute, TokenLimits};
 use crate::error::ApiShape;
 use crate::resilience::balance::Candidate;
-use crate::resilience::Deployments;
+use crate::resilience::{deployment_name, Deployments};
 use crate::upstream::Upstream;
 
 /// Where a request for one public model goes.
@@ -28,11 +30,51 @@ pub struct Route<'a> {
 pub struct Router {
     rules: Vec<ModelRule>,
     tiers: Vec<TierRoute>,
+    /// Model names written in the config (exact rule names, upstream
+    /// models, routing models): the only ones used as metric labels.
+    configured: HashSet<String>,
+    /// Indices of the glob rules, in order.
+    globs: Vec<usize>,
 }
+
+/// The metric label of a model name that no rule names.
+pub const OTHER_MODEL: &str = "other";
 
 impl Router {
     pub fn new(rules: Vec<ModelRule>, tiers: Vec<TierRoute>) -> Self {
-        Self { rules, tiers }
+        let configured = rules
+            .iter()
+            .flat_map(|r| {
+                r.deployments
+                    .iter()
+                    .filter_map(|d| d.upstream_model.clone())
+                    .chain((!r.pattern.contains('*')).then(|| r.pattern.clone()))
+            })
+            .chain(tiers.iter().map(|t| t.model.clone()))
+            .collect();
+        let globs = (0..rules.len())
+            .filter(|&i| rules[i].pattern.contains('*'))
+            .collect();
+        Self {
+            rules,
+            tiers,
+            configured,
+            globs,
+        }
+    }
+
+    /// The metric label for a model name: the name itself when the config
+    /// names it, else the pattern of the first glob rule it matches, else
+    /// `other` — so client-invented names never become label values.
+    pub fn model_label<'a>(&'a self, model: &'a str) -> &'a str {
+        if self.configured.contains(model) {
+            return model;
+        }
+        self.globs
+            .iter()
+            .map(|&i| self.rules[i].pattern.as_str())
+            .find(|p| glob_match(p, model))
+            .unwrap_or(OTHER_MODEL)
     }
 
     /// The first rule matching `model` whose providers speak `shape`.
@@ -61,6 +103,20 @@ impl Router {
             limits: rule.limits,
             context_window: rule.context_window,
         })
+    }
+
+    /// The name of every deployment state this config can create (see
+    /// `Route::candidates`; plus `provider/*` for passthrough paths).
+    pub fn deployment_names(&self, upstreams: &[Upstream]) -> HashSet<String> {
+        let rules = self.rules.iter().flat_map(|r| {
+            r.deployments.iter().filter_map(|d| {
+                let u = upstreams.get(d.provider)?;
+                let model = d.upstream_model.as_deref().unwrap_or(&r.pattern);
+                Some(deployment_name(&u.name, model))
+            })
+        });
+        let passthrough = upstreams.iter().map(|u| deployment_name(&u.name, "*"));
+        rules.chain(passthrough).collect()
     }
 
     /// The routing model named `model`, if it is one.
@@ -96,20 +152,24 @@ impl Router {
 }
 
 impl Route<'_> {
-    /// The deployments of this route, with their live state.
+    /// The deployments of this route, with their live state. State is kept
+    /// per configured deployment (provider + upstream model, or provider +
+    /// rule pattern when the rule sends the requested name on), never per
+    /// name a client invents under a glob.
     pub fn candidates(&self, upstreams: &[Upstream], registry: &Deployments) -> Vec<Candidate> {
         self.rule
             .deployments
             .iter()
             .filter_map(|d| {
                 let u = upstreams.get(d.provider)?;
+                let configured = d.upstream_model.as_deref().unwrap_or(&self.rule.pattern);
                 let model = d
                     .upstream_model
                     .clone()
                     .unwrap_or_else(|| self.public.clone());
                 Some(Candidate {
                     provider: d.provider,
-                    state: registry.get(&u.name, &model),
+                    state: registry.get(&u.name, configured),
                     upstream_model: model,
                     weight: d.weight,
                 })
@@ -158,5 +218,41 @@ mod tests {
         assert!(!glob_match("a*bc", "abc-"));
         assert!(glob_match("exact", "exact"));
         assert!(!glob_match("ab*ab", "ab"));
+    }
+
+    fn rule(pattern: &str, upstream: Option<&str>) -> ModelRule {
+        ModelRule {
+            pattern: pattern.into(),
+            deployments: vec![crate::config::Deployment {
+                provider: 0,
+                upstream_model: upstream.map(str::to_owned),
+                weight: 1,
+            }],
+            balance: crate::config::Balance::Weighted,
+            fallbacks: Vec::new(),
+            context_fallback: None,
+            context_window: None,
+            limits: TokenLimits::default(),
+        }
+    }
+
+    #[test]
+    fn model_labels_come_from_the_config() {
+        let r = Router::new(
+            vec![
+                rule("gpt-4o-mini", Some("mock-model")),
+                rule("claude-*", None),
+                rule("fast", None),
+                rule("*", None),
+            ],
+            Vec::new(),
+        );
+        assert_eq!(r.model_label("mock-model"), "mock-model");
+        assert_eq!(r.model_label("gpt-4o-mini"), "gpt-4o-mini");
+        assert_eq!(r.model_label("fast"), "fast");
+        assert_eq!(r.model_label("claude-invented-1"), "claude-*");
+        assert_eq!(r.model_label("made-up\r\n\0"), "*");
+        let narrow = Router::new(vec![rule("claude-*", None)], Vec::new());
+        assert_eq!(narrow.model_label("gpt-x"), OTHER_MODEL);
     }
 }

@@ -53,6 +53,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         }
     })?;
     let app = App::new(snapshot, Some(config_path), usage, Some(metrics), ledger);
+    let stop_sweeper = CancellationToken::new();
+    let sweeper = spawn_sweeper(app.clone(), stop_sweeper.clone());
     // Handlers go in before the listeners open, so an early SIGHUP reloads
     // instead of killing the process.
     let signals = Signals::install()?;
@@ -96,10 +98,49 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let _ = data.await;
     stop_admin.cancel();
     let _ = admin_task.await;
+    stop_sweeper.cancel();
+    let _ = sweeper.await;
     app.ledger.close().await;
     app.usage.flush().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often idle per-identity state is swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Applies `[state] max_buckets` and sweeps idle per-identity state (rate
+/// buckets, budget buckets, spend attribution) and the state of deployments
+/// a reload removed, every `SWEEP_EVERY`, until `stop`. The caps are re-read
+/// each time, so a reload changes them.
+fn spawn_sweeper(app: Arc<App>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    sweep(&app);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => sweep(&app),
+            }
+        }
+    })
+}
+
+fn sweep(app: &App) {
+    let snap = app.snapshot();
+    let cap = snap.config.max_buckets;
+    app.rate.set_max_buckets(cap);
+    app.ledger.set_max_slots(cap);
+    app.ledger.spend.set_max_entries(cap);
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    metrics::state_entries("rate_buckets", app.rate.sweep(std::time::Instant::now()));
+    metrics::state_entries("budget_buckets", app.ledger.sweep(&snap.config.budgets));
+    metrics::state_entries("spend_identities", app.ledger.spend.sweep(unix_now));
+    let configured = snap.router.deployment_names(&snap.upstreams);
+    metrics::state_entries("deployments", app.deployments.retain(&configured));
 }
 
 /// The signals Sluice acts on.

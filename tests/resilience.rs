@@ -476,3 +476,163 @@ async fn moving_to_another_deployment_does_not_back_off() {
         "the retry went to the fallback, not back to p0"
     );
 }
+
+async fn circuit_of(s: &Sluice, deployment: &str) -> String {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let (_, b) = get(
+        &s.admin_url("/admin/deployments"),
+        &[("authorization", &auth)],
+    )
+    .await
+    .expect("admin");
+    json(&b)["deployments"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|d| d["deployment"] == deployment)
+        .map(|d| d["circuit"].as_str().unwrap_or("").to_owned())
+        .unwrap_or_else(|| panic!("no deployment {deployment}: {}", json(&b)))
+}
+
+#[tokio::test]
+async fn the_breaker_counts_one_failure_per_client_request() {
+    let mock = MockProvider::start().await.expect("mock");
+    // Three attempts per request; the circuit opens on 3 failures.
+    let extra = "[retry]\nmax_retries = 2\nbase_backoff = \"1ms\"\nmax_backoff = \"2ms\"\n\
+                 [circuit_breaker]\nconsecutive_failures = 3\nopen_for = \"1h\"\n";
+    let s = Sluice::start(&cfg(
+        &[&mock],
+        "[[models]]\nname = \"*\"\nprovider = \"p0\"\n",
+        extra,
+    ))
+    .await;
+    let fail = [("x-mock-status", "500")];
+    for _ in 0..2 {
+        let (st, h, _) = post(&s, "/v1/chat/completions", &fail, &chat("m")).await;
+        assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(h["x-sluice-attempts"], "3");
+    }
+    // Six failed attempts, two failed requests: still closed, so another
+    // tenant is served.
+    assert_eq!(circuit_of(&s, "p0/*").await, "closed");
+    let (st, _, _) = post(&s, "/v1/chat/completions", &[], &chat("other")).await;
+    assert_eq!(st, StatusCode::OK);
+    for _ in 0..3 {
+        post(&s, "/v1/chat/completions", &fail, &chat("m")).await;
+    }
+    assert_eq!(
+        circuit_of(&s, "p0/*").await,
+        "open",
+        "three failed requests"
+    );
+}
+
+#[tokio::test]
+async fn when_every_deployment_is_open_one_probe_per_interval_still_goes_out() {
+    let mock = MockProvider::start().await.expect("mock");
+    let extra = "[retry]\nmax_retries = 0\n\
+                 [circuit_breaker]\nconsecutive_failures = 2\nopen_for = \"1h\"\nprobe_interval = \"1h\"\n";
+    let s = Sluice::start(&cfg(
+        &[&mock],
+        "[[models]]\nname = \"solo\"\nprovider = \"p0\"\nupstream_model = \"x\"\n",
+        extra,
+    ))
+    .await;
+    let fail = [("x-mock-status", "500")];
+    for _ in 0..2 {
+        post(&s, "/v1/chat/completions", &fail, &chat("solo")).await;
+    }
+    assert_eq!(circuit_of(&s, "p0/x").await, "open");
+    let before = mock.request_count();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let (st, _, b) = post(&s, "/v1/chat/completions", &fail, &chat("solo")).await;
+        if st == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(String::from_utf8_lossy(&b).contains("no healthy deployment"));
+        }
+        statuses.push(st.as_u16());
+    }
+    assert_eq!(
+        statuses,
+        vec![500, 503, 503, 503, 503],
+        "one probe went to the provider (its error passes through), the rest were held back"
+    );
+    assert_eq!(mock.request_count(), before + 1);
+}
+
+#[tokio::test]
+async fn a_provider_blip_does_not_become_an_outage() {
+    let mock = MockProvider::start().await.expect("mock");
+    // The circuit would stay open for an hour; the provider is back at once.
+    let extra = "[retry]\nmax_retries = 2\nbase_backoff = \"1ms\"\nmax_backoff = \"2ms\"\n\
+                 [circuit_breaker]\nconsecutive_failures = 2\nopen_for = \"1h\"\nprobe_interval = \"100ms\"\n";
+    let s = Sluice::start(&cfg(
+        &[&mock],
+        "[[models]]\nname = \"solo\"\nprovider = \"p0\"\nupstream_model = \"x\"\n",
+        extra,
+    ))
+    .await;
+    // Two requests fail (three attempts each), then the provider recovers.
+    for _ in 0..6 {
+        mock.push_fault(fault(503));
+    }
+    for _ in 0..2 {
+        let (st, _, _) = post(&s, "/v1/chat/completions", &[], &chat("solo")).await;
+        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(circuit_of(&s, "p0/x").await, "open");
+    // A probe soon goes out, succeeds and closes the circuit: no hour-long
+    // outage for every tenant.
+    let mut served = None;
+    for i in 0..200 {
+        let (st, _, _) = post(&s, "/v1/chat/completions", &[], &chat("solo")).await;
+        if st == StatusCode::OK {
+            served = Some(i);
+            break;
+        }
+        assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        served.is_some(),
+        "never served again while the circuit was open"
+    );
+    assert_eq!(circuit_of(&s, "p0/x").await, "closed");
+    for _ in 0..3 {
+        let (st, _, _) = post(&s, "/v1/chat/completions", &[], &chat("solo")).await;
+        assert_eq!(st, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn a_fallback_that_is_open_too_is_probed_under_the_panic_rule() {
+    let (m1, m2) = (
+        MockProvider::start().await.expect("m1"),
+        MockProvider::start().await.expect("m2"),
+    );
+    let models = "[[models]]\nname = \"main\"\nprovider = \"p0\"\nupstream_model = \"x\"\nfallbacks = [\"backup\"]\n\
+                  [[models]]\nname = \"backup\"\nprovider = \"p1\"\nupstream_model = \"y\"\n";
+    let extra = "[retry]\nmax_retries = 0\n\
+                 [circuit_breaker]\nconsecutive_failures = 1\nopen_for = \"1h\"\nprobe_interval = \"1h\"\n";
+    let s = Sluice::start(&cfg(&[&m1, &m2], models, extra)).await;
+    // Both deployments fail once: both circuits open.
+    m1.push_fault(fault(500));
+    m2.push_fault(fault(500));
+    post(&s, "/v1/chat/completions", &[], &chat("main")).await;
+    assert_eq!(circuit_of(&s, "p0/x").await, "open");
+    assert_eq!(circuit_of(&s, "p1/y").await, "open");
+    // The primary is still down; the fallback is back. The next request
+    // probes the primary, then the fallback, which answers and closes.
+    m1.push_fault(fault(500));
+    let (st, h, _) = post(&s, "/v1/chat/completions", &[], &chat("main")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        deployments(&usage_of(&s, &h).await),
+        vec!["p0/x:500", "p1/y:200"]
+    );
+    assert_eq!(circuit_of(&s, "p1/y").await, "closed");
+    // Not every deployment is open any more: the open primary is skipped.
+    let (st, h, _) = post(&s, "/v1/chat/completions", &[], &chat("main")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(deployments(&usage_of(&s, &h).await), vec!["p1/y:200"]);
+}

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
@@ -12,7 +13,7 @@ use serde::Serialize;
 use super::applies;
 use super::journal::{self, Journal, Line};
 use super::pricing::{nanos_to_usd, Nanos};
-use super::spend::SpendIndex;
+use super::spend::{SpendIndex, OVERFLOW};
 use crate::config::{BudgetAction, BudgetRule};
 use crate::limits::rate::{bucket_key, Subject};
 use crate::usage_log::UsageLog;
@@ -57,8 +58,16 @@ pub struct BudgetHold {
 }
 
 /// The ledger of every budget bucket.
+///
+/// Bounded: at most `max_slots` buckets. Past that, a new identity is
+/// charged to its budget's shared overflow bucket (`budget|~overflow`) under
+/// the same limit, and so is every new identity while that bucket has spend
+/// in the current window — so the cap can only make a budget tighter, and
+/// nobody's spend is split across two buckets. `sweep` drops buckets with
+/// nothing reserved and no spend in their current window.
 pub struct Ledger {
     slots: Mutex<HashMap<String, Slot>>,
+    max_slots: AtomicUsize,
     /// Today's spend per identity, and spend-rate anomalies.
     pub spend: SpendIndex,
     journal: Journal,
@@ -82,6 +91,7 @@ impl Ledger {
     pub fn in_memory(clock: Clock) -> Arc<Ledger> {
         Arc::new(Ledger {
             slots: Mutex::new(HashMap::new()),
+            max_slots: AtomicUsize::new(crate::config::DEFAULT_MAX_BUCKETS),
             spend: SpendIndex::default(),
             journal: Journal::none(),
             usage: UsageLog::off(),
@@ -135,6 +145,7 @@ impl Ledger {
         tracing::info!(path = %path.display(), buckets = slots.len(), "budget state loaded");
         Ok(Arc::new(Ledger {
             slots: Mutex::new(slots),
+            max_slots: AtomicUsize::new(crate::config::DEFAULT_MAX_BUCKETS),
             spend: SpendIndex::default(),
             journal,
             usage,
@@ -156,17 +167,72 @@ impl Ledger {
         slot
     }
 
+    /// Sets the most buckets kept (`[state] max_buckets`).
+    pub fn set_max_slots(&self, n: usize) {
+        self.max_slots.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// The bucket a subject is charged to at budget `b`: its own, or the
+    /// budget's overflow bucket (see `Ledger`).
+    fn bucket_for(
+        &self,
+        map: &HashMap<String, Slot>,
+        b: &BudgetRule,
+        subject: &Subject<'_>,
+        window: &str,
+    ) -> String {
+        let key = bucket_key(&b.name, &b.scope, subject);
+        if b.scope.is_empty() || map.contains_key(&key) {
+            return key;
+        }
+        let overflow = format!("{}|{OVERFLOW}", b.name);
+        let in_use = map
+            .get(&overflow)
+            .is_some_and(|s| s.reserved > 0 || (s.window == window && s.spent > 0));
+        if in_use || map.len() >= self.max_slots.load(Ordering::Relaxed) {
+            overflow
+        } else {
+            key
+        }
+    }
+
+    /// Number of buckets held.
+    pub fn entries(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Drops buckets with nothing reserved and no spend in their budget's
+    /// current window (or whose budget is gone); returns how many are left.
+    pub fn sweep(&self, budgets: &[BudgetRule]) -> usize {
+        let now = (self.clock)();
+        let mut map = self.lock();
+        map.retain(|key, slot| {
+            let name = key.split('|').next().unwrap_or("");
+            let current = budgets
+                .iter()
+                .find(|b| b.name == name)
+                .is_some_and(|b| slot.window == b.window.key(now) && slot.spent > 0);
+            slot.reserved > 0 || current
+        });
+        map.len()
+    }
+
     /// The model to downgrade to, when a downgrade budget is past its threshold.
     pub fn downgrade(&self, budgets: &[BudgetRule], subject: &Subject<'_>) -> Option<String> {
         let now = (self.clock)();
-        let mut map = self.lock();
+        let map = self.lock();
         budgets
             .iter()
             .filter(|b| b.action == BudgetAction::Downgrade && applies(b, subject.model))
             .find(|b| {
-                let key = bucket_key(&b.name, &b.scope, subject);
-                let s = Self::slot(&mut map, &key, b.window.key(now));
-                s.spent.saturating_add(s.reserved) as f64 >= b.downgrade_at * b.limit as f64
+                // A lookup only: asking must not create a bucket.
+                let window = b.window.key(now);
+                let key = self.bucket_for(&map, b, subject, &window);
+                map.get(&key)
+                    .filter(|s| s.window == window)
+                    .is_some_and(|s| {
+                        s.spent.saturating_add(s.reserved) as f64 >= b.downgrade_at * b.limit as f64
+                    })
             })
             .and_then(|b| b.downgrade_to.clone())
     }
@@ -183,7 +249,7 @@ impl Ledger {
         let applicable: Vec<(&BudgetRule, String)> = budgets
             .iter()
             .filter(|b| applies(b, subject.model))
-            .map(|b| (b, bucket_key(&b.name, &b.scope, subject)))
+            .map(|b| (b, self.bucket_for(&map, b, subject, &b.window.key(now))))
             .collect();
         for (b, key) in &applicable {
             if b.action == BudgetAction::Alert {

@@ -68,11 +68,44 @@ impl Price {
     }
 }
 
-/// Prices by model name prefix (longest match wins).
+/// Prices by model name: an entry prices its exact name, its dated
+/// snapshots (`-YYYY-MM-DD`, `-YYYYMMDD`, `-MMDD`) and its `-latest` alias;
+/// any other variant (`o3-pro`, `gpt-5-codex`, …) needs its own entry.
 #[derive(Debug, Clone, Default)]
 pub struct PriceTable {
-    /// Sorted by prefix length, longest first.
+    /// Sorted by name length, longest first.
     entries: Vec<(String, Price)>,
+}
+
+/// Whether `suffix` (what follows an entry's name) names a snapshot or an
+/// alias of the same model: empty, `-latest`, or a date in one of the forms
+/// the providers use (`-2024-05-13`, `-20250514`, `-0125`).
+fn same_model_suffix(suffix: &str) -> bool {
+    let Some(rest) = suffix.strip_prefix('-') else {
+        return suffix.is_empty();
+    };
+    if rest == "latest" {
+        return true;
+    }
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    // A month and a day that exist (so `-2024` is not read as a `-MMDD`).
+    let month_day = |m: &str, d: &str| {
+        matches!(m.parse::<u8>(), Ok(1..=12)) && matches!(d.parse::<u8>(), Ok(1..=31))
+    };
+    match rest.len() {
+        4 => digits(rest, 4) && month_day(&rest[..2], &rest[2..]),
+        8 => digits(rest, 8) && month_day(&rest[4..6], &rest[6..]),
+        10 => {
+            let b = rest.as_bytes();
+            b[4] == b'-'
+                && b[7] == b'-'
+                && digits(&rest[..4], 4)
+                && digits(&rest[5..7], 2)
+                && digits(&rest[8..], 2)
+                && month_day(&rest[5..7], &rest[8..])
+        }
+        _ => false,
+    }
 }
 
 #[derive(Deserialize)]
@@ -118,13 +151,14 @@ impl PriceTable {
         PriceTable { entries }
     }
 
-    /// The price of `model`: the longest entry that is a prefix of its name
-    /// (after any `provider/` prefix).
+    /// The price of `model` (after any `provider/` prefix): the longest
+    /// entry that is its name, or its name followed by a date or `-latest`.
+    /// A prefix alone is not enough: `o3-pro` is not priced as `o3`.
     pub fn get(&self, model: &str) -> Option<Price> {
         let m = model.rsplit('/').next().unwrap_or(model);
         self.entries
             .iter()
-            .find(|(prefix, _)| m.starts_with(prefix.as_str()))
+            .find(|(name, _)| m.strip_prefix(name.as_str()).is_some_and(same_model_suffix))
             .map(|(_, p)| *p)
     }
 }
@@ -147,6 +181,48 @@ mod tests {
             3750
         );
         assert!(t.get("llama-3").is_none());
+    }
+
+    #[test]
+    fn only_dates_and_latest_extend_an_entry() {
+        let t = PriceTable::with_overrides(&[]);
+        let input = |m: &str| t.get(m).map(|p| p.input);
+        // Dated snapshots and aliases share their model's price.
+        assert_eq!(input("gpt-4o-2024-08-06"), Some(2500), "-YYYY-MM-DD");
+        assert_eq!(input("claude-sonnet-4-20250514"), Some(3000), "-YYYYMMDD");
+        assert_eq!(input("gpt-3.5-turbo-0125"), Some(500), "-MMDD");
+        assert_eq!(input("claude-3-7-sonnet-latest"), Some(3000), "-latest");
+        assert_eq!(input("openai/gpt-4o"), Some(2500), "provider prefix");
+        // Other variants are not their base model.
+        assert_eq!(input("o3-pro"), Some(20_000));
+        assert_eq!(t.get("o3-pro").map(|p| p.output), Some(80_000));
+        assert_eq!(input("o3-pro-2025-06-10"), Some(20_000));
+        assert_eq!(input("o1-pro"), Some(150_000));
+        assert_eq!(t.get("o1-pro").map(|p| p.output), Some(600_000));
+        assert_eq!(input("gpt-5-pro"), Some(15_000));
+        assert_eq!(input("gpt-4o-2024-05-13"), Some(5000));
+        assert_eq!(t.get("gpt-4o-2024-05-13").map(|p| p.output), Some(15_000));
+        for unpriced in [
+            "gpt-4o-realtime-preview",
+            "gpt-4o-audio-preview-2024-12-17",
+            "o3-deep-research-2025",
+            "gpt-4o-2024",
+            "gpt-4o-2024-5-13",
+            "gpt-4o-20240513x",
+            "gpt-4oo",
+            "o3x",
+            "claude-sonnet-4-5-thinking",
+        ] {
+            assert_eq!(input(unpriced), None, "{unpriced}");
+        }
+        assert!(same_model_suffix(""));
+        assert!(!same_model_suffix("-"));
+        assert!(!same_model_suffix("-123"));
+        assert!(!same_model_suffix("-2024-05-13-x"));
+        assert!(!same_model_suffix("-2024"), "not a month and day");
+        assert!(!same_model_suffix("-20241340"));
+        assert!(!same_model_suffix("-2024-13-01"));
+        assert!(!same_model_suffix("-ééééé"), "10 bytes, not ASCII");
     }
 
     #[test]

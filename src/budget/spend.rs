@@ -4,6 +4,7 @@
 //! agent loop is caught in minutes, not at the end of the month.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use serde::Serialize;
@@ -21,6 +22,11 @@ const FACTOR: f64 = 10.0;
 const WARM_UP: u64 = 900;
 /// …and if it is at least this much per minute (nano-dollars: $0.01/min).
 const MIN_PER_MINUTE: f64 = 10_000_000.0;
+/// A spend rate not fed for this long (seconds) is dropped by `sweep`
+/// (its baseline has decayed away; it forms again on the next charge).
+const RATE_IDLE: u64 = 2 * LONG as u64;
+/// The value identities past the cap are counted under.
+pub const OVERFLOW: &str = "~overflow";
 
 #[derive(Debug, Default)]
 struct Rate {
@@ -75,9 +81,40 @@ struct State {
 }
 
 /// Per-identity spend of the current UTC day and spend-rate baselines.
-#[derive(Debug, Default)]
+///
+/// Bounded: each map holds at most `max_entries` identities; past that, new
+/// identities are counted together under the value `~overflow` (so a flood
+/// of invented identities still shows up, as one spender and one spend
+/// rate). Idle rates and yesterday's totals are dropped by `sweep`.
+#[derive(Debug)]
 pub struct SpendIndex {
     state: Mutex<State>,
+    max_entries: AtomicUsize,
+}
+
+impl Default for SpendIndex {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            max_entries: AtomicUsize::new(crate::config::DEFAULT_MAX_BUCKETS),
+        }
+    }
+}
+
+/// The key an identity is counted under in `map`: its own, or the overflow
+/// one when the map is full and does not know it yet.
+fn key_in<V>(
+    map: &HashMap<(&'static str, String), V>,
+    cap: usize,
+    dim: &'static str,
+    v: &str,
+) -> (&'static str, String) {
+    let own = (dim, v.to_owned());
+    if map.len() < cap || map.contains_key(&own) {
+        own
+    } else {
+        (dim, OVERFLOW.to_owned())
+    }
 }
 
 /// One row of "top spenders".
@@ -93,6 +130,7 @@ impl SpendIndex {
         if nanos == 0 {
             return Vec::new();
         }
+        let cap = self.max_entries.load(Ordering::Relaxed);
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let day = Window::Day.key(now);
         if s.day != day {
@@ -108,13 +146,17 @@ impl SpendIndex {
         ];
         for (dim, value) in dims {
             let Some(v) = value else { continue };
-            *s.totals.entry((dim, v.to_owned())).or_insert(0) += nanos;
+            let total = key_in(&s.totals, cap, dim, v);
+            let t = s.totals.entry(total).or_insert(0);
+            *t = t.saturating_add(nanos);
             if dim == "user" || dim == "feature" {
-                let r = s.rates.entry((dim, v.to_owned())).or_default();
+                let key = key_in(&s.rates, cap, dim, v);
+                let value = key.1.clone();
+                let r = s.rates.entry(key).or_default();
                 if r.add(now, nanos) {
                     out.push(Anomaly {
                         dimension: dim,
-                        value: v.to_owned(),
+                        value,
                         usd_per_minute: nanos_to_usd((r.short * 60.0) as Nanos),
                         baseline_usd_per_minute: nanos_to_usd((r.long * 60.0) as Nanos),
                     });
@@ -122,6 +164,25 @@ impl SpendIndex {
             }
         }
         out
+    }
+
+    /// Sets the most identities each map keeps (`[state] max_buckets`).
+    pub fn set_max_entries(&self, n: usize) {
+        self.max_entries.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// Drops yesterday's totals and spend rates idle for `RATE_IDLE`;
+    /// returns the entries left.
+    pub fn sweep(&self, now: u64) -> usize {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let day = Window::Day.key(now);
+        if s.day != day {
+            s.day = day;
+            s.totals.clear();
+        }
+        s.rates
+            .retain(|_, r| now.saturating_sub(r.last) < RATE_IDLE);
+        s.totals.len() + s.rates.len()
     }
 
     /// Today's top spenders along one dimension.
@@ -171,6 +232,27 @@ mod tests {
         assert_eq!(top[1].spent_usd, nanos_to_usd(150));
         idx.record(T + 86_400, &user("c"), 1);
         assert_eq!(idx.top("user", 10).len(), 1, "a new day starts empty");
+    }
+
+    #[test]
+    fn identities_past_the_cap_are_counted_together_and_idle_ones_swept() {
+        let idx = SpendIndex::default();
+        idx.set_max_entries(10);
+        for i in 0..1000 {
+            idx.record(T, &user(&format!("u{i}")), 1);
+        }
+        let top = idx.top("user", 100);
+        assert_eq!(top[0].value, OVERFLOW, "the flood is one spender");
+        assert!(top.len() <= 10, "{} user totals", top.len());
+        {
+            let s = idx.state.lock().expect("lock");
+            assert!(s.totals.len() <= 11 && s.rates.len() <= 11);
+        }
+        // A known identity keeps its own entry.
+        idx.record(T, &user("u0"), 5);
+        assert!(idx.top("user", 100).iter().any(|s| s.value == "u0"));
+        assert!(idx.sweep(T + 60) > 0);
+        assert_eq!(idx.sweep(T + RATE_IDLE + 86_400), 0, "a day later: empty");
     }
 
     #[test]

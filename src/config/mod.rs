@@ -28,6 +28,9 @@ use raw::{RawConfig, RawTimeouts};
 /// Default request body limit: 32 MiB.
 const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
 
+/// Default of `[state] max_buckets`.
+pub const DEFAULT_MAX_BUCKETS: usize = 100_000;
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -54,6 +57,10 @@ pub struct Config {
     pub max_request_cost: Option<crate::budget::pricing::Nanos>,
     /// The embedded state file (budget spend journal).
     pub state_path: PathBuf,
+    /// Entries each per-identity map (rate-limit buckets, budget buckets,
+    /// spend attribution) may hold; identities past it share an overflow
+    /// entry.
+    pub max_buckets: usize,
     pub cache: CacheConfig,
 }
 
@@ -374,6 +381,14 @@ impl Validator<'_> {
         let prices = crate::budget::pricing::PriceTable::with_overrides(&raw.pricing);
         let budgets = self.budgets(&raw, &models, &providers, &prices);
         let state_path = self.state(&raw);
+        let max_buckets = match raw.state.max_buckets {
+            None => DEFAULT_MAX_BUCKETS,
+            Some(0) => {
+                self.err("state.max_buckets", "must be at least 1");
+                DEFAULT_MAX_BUCKETS
+            }
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        };
         let cache = self.cache(&raw.cache);
         let max_request_cost = raw.limits.max_request_cost_usd.map(|usd| {
             if usd <= 0.0 {
@@ -399,6 +414,7 @@ impl Validator<'_> {
             prices,
             max_request_cost,
             state_path,
+            max_buckets,
             cache,
         })
     }

@@ -74,6 +74,7 @@ pub struct RawBudget {
 pub struct RawState {
     pub backend: Option<String>,
     pub path: Option<String>,
+    pub max_buckets: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +106,7 @@ pub struct RawBreaker {
     pub min_requests: Option<u32>,
     pub open_for: Option<String>,
     pub half_open_probes: Option<u32>,
+    pub probe_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -82,6 +82,9 @@ pub struct BreakerConfig {
     pub min_requests: u32,
     pub open_for: Duration,
     pub half_open_probes: u32,
+    /// When every deployment a request could use is open, each still admits
+    /// one request per this interval (so a blip never becomes an outage).
+    pub probe_interval: Duration,
 }
 
 impl Default for BreakerConfig {
@@ -93,6 +96,7 @@ impl Default for BreakerConfig {
             min_requests: 20,
             open_for: Duration::from_secs(30),
             half_open_probes: 1,
+            probe_interval: Duration::from_secs(1),
         }
     }
 }
@@ -320,6 +324,11 @@ impl Validator<'_> {
                 d.open_for,
             ),
             half_open_probes: b.half_open_probes.unwrap_or(d.half_open_probes).max(1),
+            probe_interval: self.duration(
+                "circuit_breaker.probe_interval",
+                b.probe_interval.as_deref(),
+                d.probe_interval,
+            ),
         }
     }
 

@@ -134,3 +134,30 @@ fn missing_tls_files_are_named() {
     );
     assert_eq!(err.errors.len(), 2);
 }
+
+#[test]
+fn state_bounds_and_probe_interval() {
+    let c = Config::parse(
+        "[state]\nmax_buckets = 42\n[circuit_breaker]\nprobe_interval = \"250ms\"\n",
+        "proxy.toml",
+        &env,
+    )
+    .expect("valid");
+    assert_eq!(c.max_buckets, 42);
+    assert_eq!(
+        c.breaker.probe_interval,
+        std::time::Duration::from_millis(250)
+    );
+    let d = Config::parse("", "proxy.toml", &env).expect("valid");
+    assert_eq!(d.max_buckets, DEFAULT_MAX_BUCKETS);
+    assert_eq!(d.breaker.probe_interval, std::time::Duration::from_secs(1));
+    let err = Config::parse(
+        "[state]\nmax_buckets = 0\n[circuit_breaker]\nprobe_interval = \"soon\"\n",
+        "proxy.toml",
+        &env,
+    )
+    .expect_err("invalid");
+    let all = err.to_string();
+    assert!(all.contains("state.max_buckets"), "{all}");
+    assert!(all.contains("circuit_breaker.probe_interval"), "{all}");
+}

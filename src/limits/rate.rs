@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,8 @@ use crate::route::in_filter;
 
 const WINDOW: Duration = Duration::from_secs(60);
 const SHARDS: usize = 16;
+/// The bucket a rule's identities share once the map is full.
+const OVERFLOW: &str = "~overflow";
 
 /// What a rate limit counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -62,10 +64,18 @@ impl Bucket {
 }
 
 /// The counters of every rate limit bucket, shared by all config snapshots.
+///
+/// Bounded: a bucket is swept once idle (`sweep`, run by a background task),
+/// and at most `max_buckets` exist. Past that, a new identity is counted in
+/// its rule's shared overflow bucket (`rule|~overflow`) under the same limit,
+/// so the cap can make limits tighter for newcomers, never looser. A new
+/// identity also goes to the overflow bucket while that bucket still holds
+/// recent use, so nobody's use is ever split across two buckets.
 #[derive(Debug)]
 pub struct RateLimiter {
     shards: Vec<Mutex<HashMap<String, Bucket>>>,
     next_id: AtomicU64,
+    max_buckets: AtomicUsize,
 }
 
 impl Default for RateLimiter {
@@ -73,6 +83,7 @@ impl Default for RateLimiter {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             next_id: AtomicU64::new(1),
+            max_buckets: AtomicUsize::new(crate::config::DEFAULT_MAX_BUCKETS),
         }
     }
 }
@@ -149,6 +160,45 @@ impl RateLimiter {
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Sets the most buckets kept (`[state] max_buckets`).
+    pub fn set_max_buckets(&self, n: usize) {
+        self.max_buckets.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// The most buckets one shard may hold.
+    fn shard_cap(&self) -> usize {
+        (self.max_buckets.load(Ordering::Relaxed) / SHARDS).max(1)
+    }
+
+    /// Whether a rule's overflow bucket holds use in the window.
+    fn overflow_in_use(&self, key: &str) -> bool {
+        self.shard(key).get(key).is_some_and(|b| !b.idle())
+    }
+
+    /// Number of buckets held.
+    pub fn entries(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+
+    /// Drops every bucket with nothing in its window and nothing in flight;
+    /// returns how many are left.
+    pub fn sweep(&self, now: Instant) -> usize {
+        let mut left = 0;
+        for shard in &self.shards {
+            let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+            map.retain(|_, b| {
+                let _ = b.requests.used(now, WINDOW);
+                let _ = b.tokens.used(now, WINDOW);
+                !b.idle()
+            });
+            left += map.len();
+        }
+        left
+    }
+
     /// Admits a request under every rule that applies, or refuses it;
     /// `tokens` is the reservation. All-or-nothing: a refusal releases what
     /// earlier rules took.
@@ -164,8 +214,19 @@ impl RateLimiter {
             allowance: Allowance::default(),
         };
         for rule in rules.iter().filter(|r| applies(r, subject.model)) {
-            let key = bucket_key(&rule.name, &rule.scope, subject);
+            let mut key = bucket_key(&rule.name, &rule.scope, subject);
             let mut shard = self.shard(&key);
+            if !rule.scope.is_empty() && !shard.contains_key(&key) {
+                // A new identity: its own bucket if there is room and the
+                // overflow bucket is not in use, else the overflow bucket.
+                let full = shard.len() >= self.shard_cap();
+                drop(shard);
+                let overflow = format!("{}|{OVERFLOW}", rule.name);
+                if full || self.overflow_in_use(&overflow) {
+                    key = overflow;
+                }
+                shard = self.shard(&key);
+            }
             // Ids and times are taken under the bucket's lock, so each
             // window's entries stay sorted by both (settle searches by id).
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -241,13 +302,9 @@ impl RateLimiter {
     pub fn snapshot(&self, filter: &str) -> Vec<BucketState> {
         let now = Instant::now();
         let mut out = Vec::new();
+        self.sweep(now);
         for shard in &self.shards {
             let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
-            map.retain(|_, b| {
-                let _ = b.requests.used(now, WINDOW);
-                let _ = b.tokens.used(now, WINDOW);
-                !b.idle()
-            });
             for (k, b) in map.iter_mut() {
                 if k.contains(filter) {
                     out.push(BucketState {

@@ -2,6 +2,12 @@
 //! failure rate over a window, lets probes through after a cool-down
 //! (half-open), closes on a successful probe. Operators can eject a
 //! deployment by hand and restore it.
+//!
+//! A breaker must never turn a blip into an outage: when every deployment a
+//! request could use is open (Envoy's "panic" case), `panic_allow` still
+//! admits one request per deployment per `probe_interval`, and a success
+//! closes the circuit at once. A half-open probe that never reports (its
+//! client went away) stops holding the slot after `open_for`.
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -12,8 +18,14 @@ use crate::config::BreakerConfig;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Closed,
-    Open { until: Instant },
-    HalfOpen { probes: u32 },
+    Open {
+        until: Instant,
+    },
+    /// `since`: when the first probe of this half-open spell went out.
+    HalfOpen {
+        probes: u32,
+        since: Instant,
+    },
 }
 
 #[derive(Debug)]
@@ -22,6 +34,8 @@ struct State {
     consecutive: u32,
     outcomes: WindowCounts,
     ejected: bool,
+    /// When the last probe admitted by `panic_allow` went out.
+    last_panic: Option<Instant>,
 }
 
 /// What the breaker lets through.
@@ -47,6 +61,7 @@ impl Default for Breaker {
                 consecutive: 0,
                 outcomes: WindowCounts::default(),
                 ejected: false,
+                last_panic: None,
             }),
         }
     }
@@ -66,33 +81,90 @@ impl Breaker {
         match s.mode {
             Mode::Closed => Permit::Normal,
             Mode::Open { until } if now >= until => {
-                s.mode = Mode::HalfOpen { probes: 1 };
+                s.mode = Mode::HalfOpen {
+                    probes: 1,
+                    since: now,
+                };
                 Permit::Probe
             }
             Mode::Open { .. } => Permit::Denied,
-            Mode::HalfOpen { probes } if probes < cfg.half_open_probes => {
-                s.mode = Mode::HalfOpen { probes: probes + 1 };
+            Mode::HalfOpen { probes, since } if probes < cfg.half_open_probes => {
+                s.mode = Mode::HalfOpen {
+                    probes: probes + 1,
+                    since,
+                };
+                Permit::Probe
+            }
+            Mode::HalfOpen { since, .. } if now >= since + cfg.open_for => {
+                // The probes never reported (cancelled): start a new spell.
+                s.mode = Mode::HalfOpen {
+                    probes: 1,
+                    since: now,
+                };
                 Permit::Probe
             }
             Mode::HalfOpen { .. } => Permit::Denied,
         }
     }
 
+    /// Whether `allow` would refuse now (open, probes all out, or ejected),
+    /// without changing anything.
+    pub fn is_open(&self, cfg: &BreakerConfig, now: Instant) -> bool {
+        let s = self.lock();
+        if s.ejected {
+            return true;
+        }
+        match s.mode {
+            Mode::Closed => false,
+            Mode::Open { until } => now < until,
+            Mode::HalfOpen { probes, since } => {
+                probes >= cfg.half_open_probes && now < since + cfg.open_for
+            }
+        }
+    }
+
+    /// The panic rule, for a request whose every candidate deployment is
+    /// open: one probe per `probe_interval` per deployment, whatever the
+    /// circuit says (an ejected deployment stays out: that was an operator's
+    /// decision).
+    pub fn panic_allow(&self, cfg: &BreakerConfig, now: Instant) -> Permit {
+        let mut s = self.lock();
+        if s.ejected {
+            return Permit::Denied;
+        }
+        if s.mode == Mode::Closed {
+            return Permit::Normal;
+        }
+        let due = s
+            .last_panic
+            .is_none_or(|t| now.saturating_duration_since(t) >= cfg.probe_interval);
+        if !due {
+            return Permit::Denied;
+        }
+        s.last_panic = Some(now);
+        Permit::Probe
+    }
+
     /// Records an attempt's outcome; returns true when this opened the circuit.
     pub fn record(&self, cfg: &BreakerConfig, now: Instant, ok: bool, permit: Permit) -> bool {
         let mut s = self.lock();
         if permit == Permit::Probe {
-            if let Mode::HalfOpen { .. } = s.mode {
-                if ok {
+            match s.mode {
+                Mode::Closed => {}
+                _ if ok => {
                     s.mode = Mode::Closed;
                     s.consecutive = 0;
                     s.outcomes.clear();
                     return false;
                 }
-                s.mode = Mode::Open {
-                    until: now + cfg.open_for,
-                };
-                return true;
+                Mode::HalfOpen { .. } => {
+                    s.mode = Mode::Open {
+                        until: now + cfg.open_for,
+                    };
+                    return true;
+                }
+                // A failed panic probe: the cool-down runs on unchanged.
+                Mode::Open { .. } => return false,
             }
         }
         if s.mode != Mode::Closed {
@@ -156,7 +228,62 @@ mod tests {
             min_requests: 10,
             open_for: Duration::from_secs(5),
             half_open_probes: 1,
+            probe_interval: Duration::from_secs(1),
         }
+    }
+
+    fn open(b: &Breaker, c: &BreakerConfig, t: Instant) {
+        for _ in 0..c.consecutive_failures {
+            b.record(c, t, false, Permit::Normal);
+        }
+        assert!(b.is_open(c, t));
+    }
+
+    #[test]
+    fn all_open_still_admits_one_probe_per_interval() {
+        let (b, c, t0) = (Breaker::default(), cfg(), Instant::now());
+        assert_eq!(b.panic_allow(&c, t0), Permit::Normal, "closed: no panic");
+        open(&b, &c, t0);
+        assert_eq!(b.allow(&c, t0), Permit::Denied);
+        assert_eq!(b.panic_allow(&c, t0), Permit::Probe);
+        assert_eq!(b.panic_allow(&c, t0), Permit::Denied, "one per interval");
+        let t1 = t0 + Duration::from_millis(999);
+        assert_eq!(b.panic_allow(&c, t1), Permit::Denied);
+        // A failed panic probe keeps the circuit open (and its cool-down).
+        assert!(!b.record(&c, t1, false, Permit::Probe));
+        assert!(b.is_open(&c, t1));
+        let t2 = t0 + Duration::from_secs(1);
+        assert_eq!(b.panic_allow(&c, t2), Permit::Probe);
+        // The provider is back: the probe's success closes the circuit
+        // long before `open_for` is over.
+        assert!(!b.record(&c, t2, true, Permit::Probe));
+        assert!(!b.is_open(&c, t2));
+        assert_eq!(b.allow(&c, t2), Permit::Normal);
+    }
+
+    #[test]
+    fn an_ejected_deployment_is_never_probed() {
+        let (b, c, t0) = (Breaker::default(), cfg(), Instant::now());
+        b.eject();
+        assert!(b.is_open(&c, t0));
+        assert_eq!(b.panic_allow(&c, t0), Permit::Denied);
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_does_not_hold_the_circuit_forever() {
+        let (b, c, t0) = (Breaker::default(), cfg(), Instant::now());
+        open(&b, &c, t0);
+        let t1 = t0 + c.open_for;
+        assert_eq!(b.allow(&c, t1), Permit::Probe);
+        // Its client went away: no record. Others are refused for a while…
+        assert_eq!(b.allow(&c, t1), Permit::Denied);
+        assert!(b.is_open(&c, t1));
+        // …then a new probe goes out.
+        let t2 = t1 + c.open_for;
+        assert!(!b.is_open(&c, t2));
+        assert_eq!(b.allow(&c, t2), Permit::Probe);
+        b.record(&c, t2, true, Permit::Probe);
+        assert_eq!(b.allow(&c, t2), Permit::Normal);
     }
 
     #[test]

@@ -16,8 +16,10 @@ use serde::Serialize;
 use breaker::Breaker;
 use retry::RetryBudget;
 
-/// Live state of one deployment (provider + upstream model). It outlives
-/// config snapshots: a reload keeps breakers, budgets and latency stats.
+/// Live state of one configured deployment (provider + upstream model, or
+/// provider + rule pattern for a glob rule that sends the requested name).
+/// It outlives config snapshots: a reload keeps breakers, budgets and
+/// latency stats.
 #[derive(Debug)]
 pub struct DeploymentState {
     pub name: String,
@@ -64,7 +66,13 @@ impl Drop for InflightGuard {
     }
 }
 
-/// Every deployment's state, by `provider/upstream_model`.
+/// The name of a deployment's state: `provider/model`.
+pub fn deployment_name(provider: &str, model: &str) -> String {
+    format!("{provider}/{model}")
+}
+
+/// Every deployment's state, by `provider/upstream_model` (or
+/// `provider/pattern`).
 #[derive(Debug, Default)]
 pub struct Deployments {
     map: Mutex<HashMap<String, Arc<DeploymentState>>>,
@@ -72,11 +80,25 @@ pub struct Deployments {
 
 impl Deployments {
     pub fn get(&self, provider: &str, model: &str) -> Arc<DeploymentState> {
-        let name = format!("{provider}/{model}");
+        let name = deployment_name(provider, model);
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(name.clone())
             .or_insert_with(|| Arc::new(DeploymentState::new(name)))
             .clone()
+    }
+
+    /// Number of deployments with state (bounded by the configured
+    /// deployments: see `Route::candidates`).
+    pub fn entries(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Drops the state of deployments no longer configured (after a reload)
+    /// unless requests are in flight on them; returns how many are left.
+    pub fn retain(&self, configured: &std::collections::HashSet<String>) -> usize {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|name, d| configured.contains(name) || d.inflight.load(Ordering::Relaxed) > 0);
+        map.len()
     }
 
     pub fn find(&self, name: &str) -> Option<Arc<DeploymentState>> {
@@ -135,4 +157,23 @@ pub fn random_u64() -> u64 {
 /// A random number in [0, 1).
 pub fn random_unit() -> f64 {
     (random_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retain_drops_unconfigured_idle_deployments() {
+        let reg = Deployments::default();
+        let _kept = reg.get("p", "*");
+        let busy = InflightGuard::new(reg.get("p", "old-busy"));
+        let _ = reg.get("p", "old-idle");
+        let configured = ["p/*".to_owned()].into_iter().collect();
+        assert_eq!(reg.retain(&configured), 2, "the busy one stays for now");
+        assert!(reg.find("p/old-idle").is_none());
+        drop(busy);
+        assert_eq!(reg.retain(&configured), 1);
+        assert!(reg.find("p/*").is_some());
+    }
 }

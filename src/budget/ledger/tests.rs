@@ -301,3 +301,52 @@ async fn a_corrupt_journal_refuses_to_open() {
     assert!(e.to_string().contains("line 2"), "{e}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn past_the_cap_new_identities_share_the_overflow_bucket_and_idle_ones_are_swept() {
+    let now = Arc::new(AtomicU64::new(T));
+    let ledger = Ledger::in_memory(clock(&now));
+    ledger.set_max_slots(5);
+    let budgets = vec![rule(
+        "b",
+        vec![Dim::User],
+        Window::Day,
+        1000,
+        BudgetAction::Reject,
+    )];
+    let mut charged = 0;
+    for i in 0..100 {
+        let id = who(&format!("u{i}"));
+        let subject = Subject {
+            identity: &id,
+            model: "m",
+        };
+        if let Ok(h) = ledger.reserve(&budgets, &subject, 400) {
+            h.settle(&budgets, 400, None);
+            charged += 1;
+        }
+    }
+    assert!(ledger.entries() <= 6, "{} buckets", ledger.entries());
+    // Five identities own a bucket (400 each); the other 95 share one $1000
+    // bucket, which lets two 400 charges through, not 95.
+    assert_eq!(charged, 5 + 2);
+    let overflow = ledger
+        .report(&budgets)
+        .into_iter()
+        .find(|r| r.bucket == "b|~overflow")
+        .expect("overflow bucket");
+    assert_eq!(overflow.spent_usd, nanos_to_usd(800));
+    // Asking whether to downgrade never creates a bucket.
+    let id = who("someone-new");
+    let subject = Subject {
+        identity: &id,
+        model: "m",
+    };
+    let before = ledger.entries();
+    assert_eq!(ledger.downgrade(&budgets, &subject), None);
+    assert_eq!(ledger.entries(), before);
+    // Spend of the current day is kept; a day later the buckets go.
+    assert_eq!(ledger.sweep(&budgets), before);
+    now.store(T + 86_400, Ordering::SeqCst);
+    assert_eq!(ledger.sweep(&budgets), 0);
+}

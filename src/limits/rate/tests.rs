@@ -177,3 +177,67 @@ fn concurrent_admissions_never_exceed_the_limit() {
     }
     assert_eq!(admitted.load(Ordering::SeqCst), 25);
 }
+
+#[test]
+fn past_the_cap_new_identities_share_an_overflow_bucket_under_the_same_limit() {
+    let l = Arc::new(RateLimiter::default());
+    l.set_max_buckets(SHARDS * 4);
+    let rules = [rule("u", vec![Dim::User], Some(3), None, None)];
+    let mut admitted = 0;
+    for i in 0..1000 {
+        let who = id(&format!("user-{i}"));
+        let s = Subject {
+            identity: &who,
+            model: "m",
+        };
+        if l.admit(&rules, &s, 0).is_ok() {
+            admitted += 1;
+        }
+    }
+    // At most 4 buckets per shard, plus the overflow bucket.
+    assert!(l.entries() <= SHARDS * 4 + 1, "{} buckets", l.entries());
+    // The overflow bucket never lets more through than one identity's limit.
+    let own = l.entries() - 1;
+    assert_eq!(
+        admitted,
+        own + 3,
+        "one each in own buckets, 3 in the overflow"
+    );
+    let snap = l.snapshot("~overflow");
+    assert_eq!(snap.len(), 1);
+    assert_eq!(snap[0].bucket, "u|~overflow");
+    assert_eq!(snap[0].requests_last_minute, 3);
+
+    // A known identity keeps its own bucket.
+    let first = id("user-0");
+    let s = Subject {
+        identity: &first,
+        model: "m",
+    };
+    assert!(l.admit(&rules, &s, 0).is_ok());
+    assert_eq!(l.snapshot("user=user-0")[0].requests_last_minute, 2);
+}
+
+#[test]
+fn idle_buckets_are_swept() {
+    let l = Arc::new(RateLimiter::default());
+    let rules = [rule("u", vec![Dim::User], Some(10), None, Some(5))];
+    let t0 = Instant::now();
+    let mut held = Vec::new();
+    for i in 0..100 {
+        let who = id(&format!("user-{i}"));
+        let s = Subject {
+            identity: &who,
+            model: "m",
+        };
+        held.push(l.admit(&rules, &s, 0).expect("admitted"));
+    }
+    assert_eq!(l.sweep(t0), 100, "in the window");
+    // Past the window, only buckets with requests in flight stay.
+    let later = t0 + WINDOW + Duration::from_secs(1);
+    held.truncate(10);
+    assert_eq!(l.sweep(later), 10);
+    drop(held);
+    assert_eq!(l.sweep(later), 0);
+    assert_eq!(l.entries(), 0);
+}
