@@ -394,6 +394,52 @@ mod tests {
         assert_eq!(out["max_tokens"], 100);
     }
 
+    /// Bounded mutation fuzzing (stable toolchain, a fixed seed): sniffing
+    /// never panics on any mangling of real bodies, and what it accepts is
+    /// valid JSON without duplicate keys.
+    #[test]
+    fn mangled_bodies_never_panic() {
+        let seeds: [&[u8]; 4] = [
+            br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi \u00e9"}],"n":2,"max_tokens":9}"#,
+            br#"{"model":"claude","max_tokens":9,"system":[{"type":"text","text":"s"}],"metadata":{"user_id":"x"}}"#,
+            br#"{"model":"m","input":[{"type":"input_image","image_url":"x"}],"max_output_tokens":3}"#,
+            br#"{"model":"m","prompt":["a","b"],"best_of":3,"stream":true,"stream_options":{"include_usage":true}}"#,
+        ];
+        let alphabet = b"{}[]\",:\\u0123456789eE+-.ntrufals \x00\xff\xc3";
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n.max(1) as u64) as usize
+        };
+        let endpoints = [
+            Endpoint::ChatCompletions,
+            Endpoint::Completions,
+            Endpoint::Responses,
+            Endpoint::Messages,
+        ];
+        for _ in 0..20_000 {
+            let mut body = seeds[next(seeds.len())].to_vec();
+            for _ in 0..1 + next(4) {
+                let at = next(body.len() + 1);
+                match next(3) {
+                    0 if at < body.len() => {
+                        body.remove(at);
+                    }
+                    1 => body.insert(at, alphabet[next(alphabet.len())]),
+                    _ if at < body.len() => body[at] = alphabet[next(alphabet.len())],
+                    _ => {}
+                }
+            }
+            let endpoint = endpoints[next(endpoints.len())];
+            if sniff(&body, endpoint).is_ok() {
+                assert!(serde_json::from_slice::<Value>(&body).is_ok());
+                assert!(unique::check(&body).is_ok());
+            }
+        }
+    }
+
     #[test]
     fn rewrite_only_when_needed() {
         let body = Bytes::from_static(br#"{"z":1,"model":"a","stream":true}"#);
