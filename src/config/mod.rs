@@ -1,6 +1,7 @@
 //! Configuration: parse proxy.toml into raw structs, then validate once into
 //! typed config. Request code never re-checks config.
 
+mod bounds;
 mod budget;
 mod cache;
 mod limits;
@@ -13,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use bounds::Bounds;
 pub use budget::{BudgetAction, BudgetRule};
 pub use cache::{CacheConfig, CacheMode, CacheScope};
 pub use limits::{Dim, RateRule, TokenLimits};
@@ -66,6 +68,8 @@ pub struct ServerConfig {
     pub end_user_from_body: bool,
     pub drain_timeout: Duration,
     pub tls: Option<TlsFiles>,
+    /// Connection, header, body and upstream-body bounds.
+    pub bounds: Bounds,
 }
 
 /// PEM files for a TLS listener.
@@ -301,6 +305,7 @@ impl Validator<'_> {
                     key: PathBuf::from(&t.key),
                 }
             }),
+            bounds: self.bounds(s),
         };
 
         let admin = AdminConfig {

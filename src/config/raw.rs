@@ -162,6 +162,14 @@ pub struct RawServer {
     pub end_user_from_body: Option<bool>,
     pub drain_timeout: Option<String>,
     pub tls: Option<RawTls>,
+    pub header_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub body_timeout: Option<String>,
+    pub max_connections: Option<u64>,
+    pub h2_max_concurrent_streams: Option<u32>,
+    pub h2_max_header_list_size: Option<RawSize>,
+    pub max_sse_event: Option<RawSize>,
+    pub max_response_body: Option<RawSize>,
 }
 
 #[derive(Debug, Deserialize)]
