@@ -387,3 +387,54 @@ async fn a_json_body_that_stalls_is_cut_at_the_idle_timeout() {
     let rec = s.usage_for(id).await;
     assert_eq!(rec["status"], 504, "{rec}");
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_its_connection_and_the_upstream_is_cancelled() {
+    let mock = MockProvider::start().await.expect("mock");
+    let server = format!("{QUICK}\nmax_sse_event = \"256MiB\"");
+    let s = Sluice::start(&config(&mock.url(), &server, "")).await;
+    // A small receive window, and a stream far larger than every buffer on
+    // the way (64 MiB, sent by the mock only as fast as it is taken).
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut stream = socket.connect(s.data).await.expect("connect");
+    let body = json!({"model": "m", "stream": true, "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "hi"}]})
+    .to_string();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: sluice\r\nauthorization: Bearer {KEY}\r\n\
+         x-mock-endless-event-kb: 65536\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).await.expect("request");
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = guard("response head", stream.read(&mut buf))
+            .await
+            .expect("read");
+        assert!(n > 0, "closed before the response head");
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    // Now read nothing more, keeping the socket open.
+    let rec = &s.wait_usage(1).await[0];
+    assert_eq!(rec["end"], "client_gone", "{rec}");
+    for _ in 0..200 {
+        if mock.cancelled_streams() >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        mock.cancelled_streams(),
+        1,
+        "the upstream stream was dropped"
+    );
+    drop(stream);
+}

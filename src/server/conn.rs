@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -40,6 +41,22 @@ struct Activity {
     idle_since: AtomicU64,
     /// Woken when a request finishes.
     finished: Notify,
+    /// Response bodies that handed hyper a frame and have not been asked
+    /// for the next one yet (hyper is writing, or cannot: the client is not
+    /// reading).
+    handed: AtomicUsize,
+    /// When hyper last asked any response body for a frame, in nanoseconds
+    /// after `opened`.
+    last_poll: AtomicU64,
+}
+
+/// Why the watcher wants a connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    /// No request in flight for too long.
+    Idle,
+    /// Responses are waiting and the client has read nothing for too long.
+    Stalled,
 }
 
 impl Activity {
@@ -50,15 +67,36 @@ impl Activity {
             served: AtomicBool::new(false),
             idle_since: AtomicU64::new(0),
             finished: Notify::new(),
+            handed: AtomicUsize::new(0),
+            last_poll: AtomicU64::new(0),
         }
     }
 
-    /// Resolves once the connection has had no request in flight for its
-    /// limit: `first` before any request finished, `keep_alive` after.
-    async fn idle(&self, first: std::time::Duration, keep_alive: std::time::Duration) {
+    fn now_nanos(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn at(&self, nanos: &AtomicU64) -> Instant {
+        self.opened + Duration::from_nanos(nanos.load(Ordering::Acquire))
+    }
+
+    /// Resolves when the connection should close: no request in flight for
+    /// its limit (`first` before any request finished, `keep_alive` after),
+    /// or responses in flight that hyper has not been able to write for
+    /// `keep_alive` (the client stopped reading).
+    async fn watch(&self, first: Duration, keep_alive: Duration) -> Watch {
         loop {
             if self.inflight.load(Ordering::Acquire) > 0 {
-                self.finished.notified().await;
+                if self.handed.load(Ordering::Acquire) > 0
+                    && Instant::now() >= self.at(&self.last_poll) + keep_alive
+                {
+                    return Watch::Stalled;
+                }
+                // Look again when a request finishes, or a limit from now.
+                tokio::select! {
+                    _ = self.finished.notified() => {}
+                    _ = tokio::time::sleep(keep_alive) => {}
+                }
                 continue;
             }
             let limit = if self.served.load(Ordering::Acquire) {
@@ -66,12 +104,11 @@ impl Activity {
             } else {
                 first
             };
-            let since = std::time::Duration::from_nanos(self.idle_since.load(Ordering::Acquire));
-            let due = self.opened + since + limit;
+            let due = self.at(&self.idle_since) + limit;
             if Instant::now() >= due {
                 // Re-checked: a request may have started since the load above.
                 if self.inflight.load(Ordering::Acquire) == 0 {
-                    return;
+                    return Watch::Idle;
                 }
                 continue;
             }
@@ -95,8 +132,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         let a = &self.0;
-        let since = u64::try_from(a.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        a.idle_since.store(since, Ordering::Release);
+        a.idle_since.store(a.now_nanos(), Ordering::Release);
         a.served.store(true, Ordering::Release);
         a.inflight.fetch_sub(1, Ordering::AcqRel);
         a.finished.notify_one();
@@ -104,10 +140,35 @@ impl Drop for InFlight {
 }
 
 /// A response body that keeps its request counted in flight until hyper has
-/// sent it (or dropped it).
+/// sent it (or dropped it), and tells the watcher when hyper stops asking
+/// for frames.
 pub struct ConnBody {
     inner: ProxyBody,
-    _inflight: InFlight,
+    inflight: InFlight,
+    /// The last poll returned a frame; the next poll has not come yet.
+    handed: bool,
+}
+
+impl ConnBody {
+    fn new(inner: ProxyBody, inflight: InFlight) -> Self {
+        Self {
+            inner,
+            inflight,
+            handed: false,
+        }
+    }
+
+    fn set_handed(&mut self, handed: bool) {
+        if self.handed != handed {
+            self.handed = handed;
+            let count = &self.inflight.0.handed;
+            if handed {
+                count.fetch_add(1, Ordering::AcqRel);
+            } else {
+                count.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
 }
 
 impl Body for ConnBody {
@@ -118,7 +179,12 @@ impl Body for ConnBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let a = &this.inflight.0;
+        a.last_poll.store(a.now_nanos(), Ordering::Release);
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        this.set_handed(matches!(polled, Poll::Ready(Some(Ok(_)))));
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -130,16 +196,15 @@ impl Body for ConnBody {
     }
 }
 
-/// Why a connection was asked to close.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Close {
-    Idle,
-    Shutdown,
+impl Drop for ConnBody {
+    fn drop(&mut self) {
+        self.set_handed(false);
+    }
 }
 
 /// Serves one connection until the client closes it, it idles past its
-/// limit, or `stop` fires (then open requests finish; the caller bounds
-/// how long that may take).
+/// limit, its client stops reading, or `stop` fires (then open requests
+/// finish; the caller bounds how long that may take).
 pub(super) async fn serve<I, H, F>(
     io: I,
     builder: &auto::Builder<TokioExecutor>,
@@ -160,46 +225,71 @@ where
             let answer = handler(req);
             async move {
                 let resp = answer.await;
-                Ok::<_, Infallible>(resp.map(|inner| ConnBody {
-                    inner,
-                    _inflight: inflight,
-                }))
+                Ok::<_, Infallible>(resp.map(|inner| ConnBody::new(inner, inflight)))
             }
         })
     };
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
-    let close = tokio::select! {
+    let watch = tokio::select! {
         done = conn.as_mut() => return done,
-        _ = stop.cancelled() => Close::Shutdown,
-        _ = activity.idle(limits.header_timeout, limits.idle_timeout) => Close::Idle,
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            return conn.await;
+        }
+        why = activity.watch(limits.header_timeout, limits.idle_timeout) => why,
     };
-    conn.as_mut().graceful_shutdown();
-    match close {
-        Close::Shutdown => conn.await,
+    match watch {
         // An idle connection closes at once (h2: after GOAWAY); one whose
         // client does not play along is dropped.
-        Close::Idle => match tokio::time::timeout(limits.header_timeout, conn).await {
-            Ok(done) => done,
-            Err(_) => Ok(()),
-        },
+        Watch::Idle => {
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(limits.header_timeout, conn).await {
+                Ok(done) => done,
+                Err(_) => Ok(()),
+            }
+        }
+        // Nothing can be said to a client that reads nothing: dropping the
+        // connection ends its streams (and their upstream requests).
+        Watch::Stalled => {
+            tracing::debug!("client stopped reading: connection closed");
+            Ok(())
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use http_body_util::BodyExt;
 
     use super::*;
 
     const FIRST: Duration = Duration::from_secs(5);
     const KEEP: Duration = Duration::from_secs(60);
 
-    /// Whether `idle` resolves within `wait` (paused time: no real waiting).
+    /// Whether the watcher fires within `wait` (paused time: no real waiting).
     async fn idles_within(a: &Activity, wait: Duration) -> bool {
-        tokio::time::timeout(wait, a.idle(FIRST, KEEP))
+        tokio::time::timeout(wait, a.watch(FIRST, KEEP))
             .await
             .is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_the_client_does_not_read_is_a_stall() {
+        let a = Arc::new(Activity::new());
+        let frames = [&b"a"[..], &b"b"[..]].map(Bytes::from_static).into();
+        let mut body = ConnBody::new(ProxyBody::Frames(frames), InFlight::new(&a));
+        body.frame().await.expect("frame").expect("ok");
+        // hyper took a frame and has not come back for the next one.
+        tokio::time::sleep(KEEP - Duration::from_millis(1)).await;
+        body.frame().await.expect("frame").expect("ok");
+        assert!(!idles_within(&a, KEEP - Duration::from_millis(1)).await);
+        assert_eq!(a.watch(FIRST, KEEP).await, Watch::Stalled);
+        // Asked again and finished: no longer handed out.
+        assert!(body.frame().await.is_none());
+        assert_eq!(a.handed.load(Ordering::Acquire), 0);
+        drop(body);
+        assert_eq!(a.watch(FIRST, KEEP).await, Watch::Idle);
     }
 
     #[tokio::test(start_paused = true)]
@@ -225,7 +315,7 @@ mod tests {
         let a = Arc::new(Activity::new());
         let idle = {
             let a = a.clone();
-            tokio::spawn(async move { a.idle(FIRST, KEEP).await })
+            tokio::spawn(async move { a.watch(FIRST, KEEP).await })
         };
         tokio::time::sleep(FIRST / 2).await;
         let req = InFlight::new(&a);
