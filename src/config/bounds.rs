@@ -27,9 +27,11 @@ pub const DEFAULT_MAX_RESPONSE_BODY: usize = 64 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bounds {
     /// From accept (TLS handshake included) until the first request's
-    /// headers are complete; also each HTTP/1 request's headers.
+    /// headers are complete.
     pub header_timeout: Duration,
-    /// A connection with no request in flight for this long is closed.
+    /// A connection with no request in flight for this long (after its
+    /// first request), or whose client reads nothing for this long, is
+    /// closed.
     pub idle_timeout: Duration,
     /// The whole request body must arrive within this.
     pub body_timeout: Duration,

@@ -3,11 +3,13 @@
 //! request (`header_timeout`) or between requests (`idle_timeout`) — or when
 //! the server shuts down.
 //!
-//! hyper bounds the headers of each HTTP/1 request, but not the wait before
-//! the protocol is even known (the auto builder reads the first bytes to
-//! tell h1 from h2) nor an idle h2 connection; so the idle tracking lives
-//! here, counted per request: a request is in flight from the moment hyper
-//! hands it over until its response body is dropped.
+//! hyper's own HTTP/1 header timer does not cover the wait before the
+//! protocol is even known (the auto builder reads the first bytes to tell h1
+//! from h2), nor an idle h2 connection, and it would cut HTTP/1 keep-alive at
+//! the header timeout; so the tracking lives here, counted per request: a
+//! request is in flight from the moment hyper hands it over until its
+//! response body is dropped. Headers still arriving are time without a
+//! request in flight.
 
 use std::convert::Infallible;
 use std::future::Future;

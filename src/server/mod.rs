@@ -111,10 +111,15 @@ impl ConnLimits {
 
     fn builder(&self) -> auto::Builder<TokioExecutor> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
+        // hyper's own header timer is off: it would also run while an idle
+        // HTTP/1.1 connection waits for its next request, cutting keep-alive
+        // at `header_timeout`. The connection watcher (`conn`) bounds header
+        // reads instead: `header_timeout` for the first request, then
+        // `idle_timeout` from the end of the previous response.
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.header_timeout);
+            .header_read_timeout(None);
         builder
             .http2()
             .timer(TokioTimer::new())
