@@ -104,6 +104,16 @@ async fn silent_connections_cannot_lock_out_a_real_request_under_a_low_fd_limit(
     let first = &mut silent[0];
     assert!(guard("close", read_until_closed(first)).await.is_empty());
     s.wait_log("connection limit reached").await;
+    let (_, metrics) = get(&s.admin_url("/metrics"), &[]).await.expect("metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains(&format!("sluice_connection_limit{{plane=\"data\"}} {cap}")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_connections_closed_total{plane=\"data\",reason=\"no_request\"}"),
+        "{metrics}"
+    );
     assert!(!s.log().contains("Too many open files"), "{}", s.log());
 }
 

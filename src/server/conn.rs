@@ -55,6 +55,8 @@ struct Activity {
 /// Why the watcher wants a connection closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Watch {
+    /// No complete request within the first limit.
+    NoRequest,
     /// No request in flight for too long.
     Idle,
     /// Responses are waiting and the client has read nothing for too long.
@@ -110,7 +112,11 @@ impl Activity {
             if Instant::now() >= due {
                 // Re-checked: a request may have started since the load above.
                 if self.inflight.load(Ordering::Acquire) == 0 {
-                    return Watch::Idle;
+                    return if self.served.load(Ordering::Acquire) {
+                        Watch::Idle
+                    } else {
+                        Watch::NoRequest
+                    };
                 }
                 continue;
             }
@@ -241,10 +247,16 @@ where
         }
         why = activity.watch(limits.header_timeout, limits.idle_timeout) => why,
     };
+    let reason = match watch {
+        Watch::NoRequest => "no_request",
+        Watch::Idle => "idle",
+        Watch::Stalled => "stalled",
+    };
+    crate::metrics::connection_closed(limits.plane, reason);
     match watch {
         // An idle connection closes at once (h2: after GOAWAY); one whose
         // client does not play along is dropped.
-        Watch::Idle => {
+        Watch::NoRequest | Watch::Idle => {
             conn.as_mut().graceful_shutdown();
             match tokio::time::timeout(limits.header_timeout, conn).await {
                 Ok(done) => done,

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::ProxyBody;
 use crate::config::{Bounds, TlsFiles};
+use crate::metrics;
 
 /// Binds a listener, naming the address on failure.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -61,6 +62,8 @@ fn display(p: &Path) -> String {
 /// Bounds on one listener's connections.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
+    /// `data` or `admin`, for metrics.
+    pub plane: &'static str,
     /// Connections served at once; more wait in the accept queue.
     pub max_connections: usize,
     pub header_timeout: Duration,
@@ -89,6 +92,7 @@ impl ConnLimits {
             None => derived,
         };
         Self {
+            plane: "data",
             max_connections,
             header_timeout: bounds.header_timeout,
             idle_timeout: bounds.idle_timeout,
@@ -101,6 +105,7 @@ impl ConnLimits {
     /// inside the fd reserve, so a data-plane flood cannot starve it.
     pub fn admin(bounds: &Bounds) -> Self {
         Self {
+            plane: "admin",
             max_connections: fds::ADMIN_MAX_CONNECTIONS,
             header_timeout: bounds.header_timeout,
             idle_timeout: bounds.idle_timeout,
@@ -149,6 +154,7 @@ pub async fn serve<H, F>(
 {
     let builder = Arc::new(limits.builder());
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    metrics::connection_limit(limits.plane, limits.max_connections);
     let tasks = TaskTracker::new();
     let mut saturated = false;
     loop {
@@ -195,6 +201,7 @@ pub async fn serve<H, F>(
         let stop = stop.clone();
         tasks.spawn(async move {
             let _permit = permit;
+            let _open = metrics::OpenConnection::start(limits.plane);
             let result = match tls {
                 None => conn::serve(TokioIo::new(stream), &builder, handler, &limits, &stop).await,
                 Some(acceptor) => {
