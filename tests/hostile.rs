@@ -66,6 +66,7 @@ async fn silent_connections_cannot_lock_out_a_real_request_under_a_low_fd_limit(
     let mock = MockProvider::start().await.expect("mock");
     let s = Sluice::start_with_nofile(&config(&mock.url(), QUICK, ""), 256).await;
     // The cap comes from the fd limit, with room for upstream sockets.
+    s.wait_log("max_connections=").await;
     let log = s.log();
     let cap: usize = log
         .split("max_connections=")
