@@ -449,3 +449,35 @@ async fn a_client_that_stops_reading_loses_its_connection_and_the_upstream_is_ca
     );
     drop(stream);
 }
+
+#[tokio::test]
+async fn an_h2_stream_the_client_stops_reading_loses_its_connection() {
+    let mock = MockProvider::start().await.expect("mock");
+    let server = format!("{QUICK}\nmax_sse_event = \"256MiB\"");
+    let s = Sluice::start(&config(&mock.url(), &server, "")).await;
+    let tcp = TcpStream::connect(s.data).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2 handshake");
+    // The connection keeps running (the socket is read, pings answered);
+    // only the stream's window stays shut once its buffer is full.
+    let conn = tokio::spawn(conn);
+    let body = json!({"model": "m", "stream": true, "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let req = http::Request::post(s.url("/v1/chat/completions"))
+        .header("authorization", format!("Bearer {KEY}"))
+        .header("x-mock-endless-event-kb", "65536")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .expect("req");
+    let resp = sender.send_request(req).await.expect("h2 request");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let rec = &s.wait_usage(1).await[0];
+    assert_eq!(rec["end"], "client_gone", "{rec}");
+    let _ = guard("connection closed", conn).await;
+    drop(resp);
+}

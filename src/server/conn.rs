@@ -15,7 +15,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -43,13 +43,11 @@ struct Activity {
     idle_since: AtomicU64,
     /// Woken when a request finishes.
     finished: Notify,
-    /// Response bodies that handed hyper a frame and have not been asked
-    /// for the next one yet (hyper is writing, or cannot: the client is not
-    /// reading).
-    handed: AtomicUsize,
-    /// When hyper last asked any response body for a frame, in nanoseconds
-    /// after `opened`.
-    last_poll: AtomicU64,
+    /// For each response body in flight: since when it has handed hyper a
+    /// frame without being asked for the next (hyper is writing it, or
+    /// cannot: the client is not reading), in nanoseconds after `opened`
+    /// plus one; 0 while it is not.
+    bodies: Mutex<Vec<Weak<AtomicU64>>>,
 }
 
 /// Why the watcher wants a connection closed.
@@ -59,7 +57,7 @@ enum Watch {
     NoRequest,
     /// No request in flight for too long.
     Idle,
-    /// Responses are waiting and the client has read nothing for too long.
+    /// A response has waited for the client to take a frame for too long.
     Stalled,
 }
 
@@ -71,9 +69,27 @@ impl Activity {
             served: AtomicBool::new(false),
             idle_since: AtomicU64::new(0),
             finished: Notify::new(),
-            handed: AtomicUsize::new(0),
-            last_poll: AtomicU64::new(0),
+            bodies: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Registers a response body's hand-off clock.
+    fn track(&self, handed: &Arc<AtomicU64>) {
+        let mut bodies = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
+        bodies.retain(|b| b.strong_count() > 0);
+        bodies.push(Arc::downgrade(handed));
+    }
+
+    /// Since when the longest-waiting response body has waited for hyper.
+    fn oldest_handed(&self) -> Option<Instant> {
+        let bodies = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
+        bodies
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|b| b.load(Ordering::Acquire))
+            .filter(|&n| n > 0)
+            .min()
+            .map(|n| self.opened + Duration::from_nanos(n - 1))
     }
 
     fn now_nanos(&self) -> u64 {
@@ -86,20 +102,23 @@ impl Activity {
 
     /// Resolves when the connection should close: no request in flight for
     /// its limit (`first` before any request finished, `keep_alive` after),
-    /// or responses in flight that hyper has not been able to write for
-    /// `keep_alive` (the client stopped reading).
+    /// or a response in flight that hyper has not been able to write for
+    /// `keep_alive` (the client stopped reading it: a full socket, or an
+    /// HTTP/2 stream window it keeps shut).
     async fn watch(&self, first: Duration, keep_alive: Duration) -> Watch {
         loop {
             if self.inflight.load(Ordering::Acquire) > 0 {
-                if self.handed.load(Ordering::Acquire) > 0
-                    && Instant::now() >= self.at(&self.last_poll) + keep_alive
-                {
-                    return Watch::Stalled;
-                }
-                // Look again when a request finishes, or a limit from now.
+                let now = Instant::now();
+                let next = match self.oldest_handed() {
+                    Some(since) if now >= since + keep_alive => return Watch::Stalled,
+                    Some(since) => since + keep_alive,
+                    None => now + keep_alive,
+                };
+                // Look again when a request finishes, or when the oldest
+                // hand-off would become a stall (or a limit from now).
                 tokio::select! {
                     _ = self.finished.notified() => {}
-                    _ = tokio::time::sleep(keep_alive) => {}
+                    _ = tokio::time::sleep_until(next) => {}
                 }
                 continue;
             }
@@ -153,28 +172,19 @@ impl Drop for InFlight {
 pub struct ConnBody {
     inner: ProxyBody,
     inflight: InFlight,
-    /// The last poll returned a frame; the next poll has not come yet.
-    handed: bool,
+    /// Since when the last frame was handed over without the next being
+    /// asked for (see `Activity::bodies`).
+    handed: Arc<AtomicU64>,
 }
 
 impl ConnBody {
     fn new(inner: ProxyBody, inflight: InFlight) -> Self {
+        let handed = Arc::new(AtomicU64::new(0));
+        inflight.0.track(&handed);
         Self {
             inner,
             inflight,
-            handed: false,
-        }
-    }
-
-    fn set_handed(&mut self, handed: bool) {
-        if self.handed != handed {
-            self.handed = handed;
-            let count = &self.inflight.0.handed;
-            if handed {
-                count.fetch_add(1, Ordering::AcqRel);
-            } else {
-                count.fetch_sub(1, Ordering::AcqRel);
-            }
+            handed,
         }
     }
 }
@@ -188,10 +198,12 @@ impl Body for ConnBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let a = &this.inflight.0;
-        a.last_poll.store(a.now_nanos(), Ordering::Release);
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        this.set_handed(matches!(polled, Poll::Ready(Some(Ok(_)))));
+        let handed = match polled {
+            Poll::Ready(Some(Ok(_))) => this.inflight.0.now_nanos().saturating_add(1),
+            _ => 0,
+        };
+        this.handed.store(handed, Ordering::Release);
         polled
     }
 
@@ -201,12 +213,6 @@ impl Body for ConnBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl Drop for ConnBody {
-    fn drop(&mut self) {
-        self.set_handed(false);
     }
 }
 
@@ -301,9 +307,29 @@ mod tests {
         assert_eq!(a.watch(FIRST, KEEP).await, Watch::Stalled);
         // Asked again and finished: no longer handed out.
         assert!(body.frame().await.is_none());
-        assert_eq!(a.handed.load(Ordering::Acquire), 0);
+        assert_eq!(a.oldest_handed(), None);
         drop(body);
         assert_eq!(a.watch(FIRST, KEEP).await, Watch::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_unread_stream_among_busy_ones_is_a_stall() {
+        let a = Arc::new(Activity::new());
+        let frames = |n: usize| ProxyBody::Frames(vec![Bytes::from_static(b"x"); n].into());
+        let mut unread = ConnBody::new(frames(2), InFlight::new(&a));
+        let mut busy = ConnBody::new(frames(1000), InFlight::new(&a));
+        unread.frame().await.expect("frame").expect("ok");
+        let watcher = {
+            let a = a.clone();
+            tokio::spawn(async move { a.watch(FIRST, KEEP).await })
+        };
+        // The other stream keeps flowing; the first is never asked again.
+        for _ in 0..200 {
+            busy.frame().await.expect("frame").expect("ok");
+            tokio::time::sleep(KEEP / 100).await;
+        }
+        assert!(watcher.is_finished());
+        assert_eq!(watcher.await.expect("join"), Watch::Stalled);
     }
 
     #[tokio::test(start_paused = true)]
