@@ -65,7 +65,8 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Full(b) => b.is_none(),
-            ProxyBody::Tap(t) => t.done,
+            // Not just `done`: a last frame may still be held in `tail`.
+            ProxyBody::Tap(t) => t.is_end_stream(),
             ProxyBody::Frames(f) => f.is_empty(),
             ProxyBody::Channel(_) => false,
         }
@@ -183,6 +184,47 @@ impl TapBody {
         }
     }
 
+    /// Ends the stream because an SSE event grew past `limit` (an upstream
+    /// that never ends its event): `out` (what this chunk forwards) goes
+    /// first, then a terminal error event. When the oversized event was
+    /// being forwarded as it came, a blank line first closes it, so the
+    /// client's SSE framing stays whole; when rewriting, none of it was sent.
+    fn fail_oversized(
+        &mut self,
+        out: Option<Bytes>,
+        limit: usize,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let end = StreamEnd::UpstreamError(format!(
+            "an event was larger than {limit} bytes (server.max_sse_event)"
+        ));
+        let sized = self.inner.size_hint().exact().is_some();
+        let event = match self.record.as_ref() {
+            Some(r) if !sized => r.error_event(&end.message()),
+            // A body of declared length cannot take extra bytes: it fails.
+            _ => {
+                let message = end.message();
+                self.finish(end);
+                self.done = true;
+                return Poll::Ready(Some(Err(message.into())));
+            }
+        };
+        let mut tail = Vec::with_capacity(event.len() + 2);
+        if self.passthrough_size {
+            tail.extend_from_slice(b"\n\n");
+        }
+        tail.extend_from_slice(&event);
+        self.finish(end);
+        self.done = true;
+        let tail = Bytes::from(tail);
+        match out {
+            Some(b) => {
+                self.tail = Some(tail);
+                Poll::Ready(Some(Ok(Frame::data(b))))
+            }
+            None => Poll::Ready(Some(Ok(Frame::data(tail)))),
+        }
+    }
+
     fn poll_timers(&mut self, cx: &mut Context<'_>) -> Option<StreamEnd> {
         if self.deadline.as_mut().poll(cx).is_ready() {
             return Some(StreamEnd::TotalTimeout);
@@ -240,6 +282,9 @@ impl Body for TapBody {
                     } else {
                         this.observer.rewrite(data)
                     };
+                    if let Some(limit) = this.observer.oversized() {
+                        return this.fail_oversized(out, limit);
+                    }
                     // hyper stops polling a body that says it has ended (a
                     // known length fully sent), so finish here, not on `None`.
                     if this.inner.is_end_stream() {

@@ -56,6 +56,8 @@ pub enum ProxyError {
     InvalidRequest(String),
     #[error("request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
+    #[error("the request body did not arrive within {}s (server.body_timeout)", .after.as_secs_f64())]
+    BodyTimeout { after: std::time::Duration },
     #[error("missing API key: send it as `Authorization: Bearer KEY` or `x-api-key: KEY`")]
     MissingKey,
     #[error("invalid API key")]
@@ -82,6 +84,8 @@ pub enum ProxyError {
     ProviderKeyMissing { provider: String, env: String },
     #[error("could not reach provider {provider:?}: {}", Clip(.detail, MAX_MESSAGE_CHARS))]
     UpstreamConnect { provider: String, detail: String },
+    #[error("provider {provider:?} sent a response body over the limit of {limit} bytes (server.max_response_body)")]
+    UpstreamBodyTooLarge { provider: String, limit: usize },
     #[error("provider {provider:?} did not answer within the {phase} timeout")]
     UpstreamTimeout {
         provider: String,
@@ -130,6 +134,7 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::MissingKey | Self::InvalidKey => StatusCode::UNAUTHORIZED,
             Self::ModelNotAllowed { .. } | Self::FamilyNotAllowed { .. } | Self::Forbidden(_) => {
                 StatusCode::FORBIDDEN
@@ -139,7 +144,9 @@ impl ProxyError {
             Self::ProviderKeyMissing { .. } | Self::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            Self::UpstreamConnect { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamConnect { .. } | Self::UpstreamBodyTooLarge { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ShuttingDown | Self::NoHealthyDeployment => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -149,6 +156,7 @@ impl ProxyError {
         match self {
             Self::UpstreamConnect { .. }
             | Self::UpstreamTimeout { .. }
+            | Self::UpstreamBodyTooLarge { .. }
             | Self::NoHealthyDeployment => Origin::Upstream,
             Self::ProviderKeyMissing { .. } | Self::Internal(_) | Self::ShuttingDown => {
                 Origin::Internal
@@ -175,6 +183,7 @@ impl ProxyError {
             Self::ModelNotPriced { .. } => "model_not_priced",
             Self::RequestTooExpensive { .. } => "request_too_expensive",
             Self::BodyTooLarge { .. } => "body_too_large",
+            Self::BodyTimeout { .. } => "body_timeout",
             Self::MissingKey => "missing_key",
             Self::InvalidKey => "invalid_key",
             Self::ModelNotAllowed { .. } => "model_not_allowed",
@@ -185,6 +194,7 @@ impl ProxyError {
             Self::Forbidden(_) => "forbidden",
             Self::ProviderKeyMissing { .. } => "provider_key_missing",
             Self::UpstreamConnect { .. } => "upstream_connect",
+            Self::UpstreamBodyTooLarge { .. } => "upstream_body_too_large",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::ShuttingDown => "shutting_down",
             Self::NoHealthyDeployment => "no_healthy_deployment",
@@ -196,6 +206,7 @@ impl ProxyError {
     fn openai_code(&self) -> Option<&'static str> {
         Some(match self {
             Self::BodyTooLarge { .. } => "request_too_large",
+            Self::BodyTimeout { .. } => "request_timeout",
             Self::InputTooLong { .. } => "context_length_exceeded",
             Self::RateLimited(_) => "rate_limit_exceeded",
             Self::BudgetExhausted(_) => "insufficient_quota",
@@ -210,6 +221,7 @@ impl ProxyError {
             Self::FamilyNotAllowed { .. } => "endpoint_not_allowed",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::UpstreamConnect { .. } => "upstream_unreachable",
+            Self::UpstreamBodyTooLarge { .. } => "upstream_response_too_large",
             _ => return None,
         })
     }
@@ -275,6 +287,12 @@ impl ProxyError {
         if let Self::MethodNotAllowed { allowed, .. } = &self {
             resp.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allowed));
+        }
+        if let Self::BodyTimeout { .. } = &self {
+            // The rest of the body may still be on its way: do not reuse the
+            // connection (HTTP/1; hyper drops this header on HTTP/2).
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Self::BudgetExhausted(_) = &self {
             // Waiting will not help until the window rolls over.

@@ -117,6 +117,18 @@ fn describe() {
         "sluice_state_entries",
         "Entries held in a bounded per-identity or per-deployment map (rate_buckets, budget_buckets, spend_identities, deployments), as of the last sweep."
     );
+    describe_gauge!(
+        "sluice_connections",
+        "Open client connections, by plane (data, admin)."
+    );
+    describe_gauge!(
+        "sluice_connection_limit",
+        "Most client connections served at once, by plane; more wait to be accepted."
+    );
+    describe_counter!(
+        "sluice_connections_closed_total",
+        "Connections Sluice closed, by plane and reason (no_request, idle, stalled)."
+    );
     describe_counter!("sluice_stream_ends_total", "How response bodies ended (complete, client_gone, upstream_error, idle_timeout, total_timeout).");
 }
 
@@ -198,6 +210,30 @@ pub fn response_bytes(endpoint: &'static str, n: u64) {
 
 pub fn stream_end(kind: &'static str) {
     counter!("sluice_stream_ends_total", "end" => kind).increment(1);
+}
+
+/// One open client connection in `sluice_connections`, until dropped.
+pub struct OpenConnection(&'static str);
+
+impl OpenConnection {
+    pub fn start(plane: &'static str) -> Self {
+        gauge!("sluice_connections", "plane" => plane).increment(1.0);
+        OpenConnection(plane)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        gauge!("sluice_connections", "plane" => self.0).decrement(1.0);
+    }
+}
+
+pub fn connection_limit(plane: &'static str, limit: usize) {
+    gauge!("sluice_connection_limit", "plane" => plane).set(limit as f64);
+}
+
+pub fn connection_closed(plane: &'static str, reason: &'static str) {
+    counter!("sluice_connections_closed_total", "plane" => plane, "reason" => reason).increment(1);
 }
 
 pub fn retry() {

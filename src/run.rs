@@ -59,12 +59,21 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     // instead of killing the process.
     let signals = Signals::install()?;
 
+    // The connection cap comes from the open-files limit (raised to the hard
+    // limit first), so a flood of connections waits instead of failing
+    // `accept` and upstream connects with EMFILE.
+    let nofile = server::fds::raise_nofile_limit();
+    let data_limits = server::ConnLimits::data(&server_cfg.bounds, nofile);
+    let admin_limits = server::ConnLimits::admin(&server_cfg.bounds);
+
     let data_listener = server::bind(server_cfg.listen).await?;
     let admin_listener = server::bind(admin_addr).await?;
     tracing::info!(
         data = %data_listener.local_addr()?,
         admin = %admin_listener.local_addr()?,
         tls = tls.is_some(),
+        max_connections = data_limits.max_connections,
+        open_files_limit = nofile.map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
         "sluice listening"
     );
 
@@ -78,6 +87,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             move |req| proxy::handle(app.clone(), req),
             stop_data.clone(),
             server_cfg.drain_timeout,
+            data_limits,
         ))
     };
     let admin_task = {
@@ -88,6 +98,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             move |req| admin::handle(app.clone(), req),
             stop_admin.clone(),
             Duration::from_secs(1),
+            admin_limits,
         ))
     };
 

@@ -522,6 +522,50 @@ async fn abort_after_is_a_body_error() {
 }
 
 #[tokio::test]
+async fn endless_event_and_stalled_body_send_then_wait() {
+    let mock = MockProvider::start().await.unwrap();
+    let client = client();
+    // One event, then a line of 40 KiB that never ends, then silence.
+    let req = request(
+        &mock,
+        Method::POST,
+        "/v1/chat/completions",
+        &[("x-mock-endless-event-kb", "40")],
+        &chat_body("a b c", true),
+    );
+    let mut body = client.request(req).await.unwrap().into_body();
+    let mut received = Vec::new();
+    while received.len() < 40 * 1024 {
+        let frame = body.frame().await.unwrap().unwrap();
+        received.extend_from_slice(frame.data_ref().unwrap());
+    }
+    let text = String::from_utf8(received).unwrap();
+    let (first, rest) = text.split_once("\n\n").unwrap();
+    assert!(first.starts_with("data: {"), "{first}");
+    assert_eq!(rest.len(), "data: ".len() + 40 * 1024);
+    assert!(!rest.contains('\n'));
+    let more = tokio::time::timeout(Duration::from_millis(200), body.frame()).await;
+    assert!(more.is_err(), "nothing after the endless line");
+    drop(body);
+
+    // A JSON body cut after 6 bytes, then silence.
+    let req = request(
+        &mock,
+        Method::POST,
+        "/v1/chat/completions",
+        &[("x-mock-stall-after-bytes", "6")],
+        &chat_body("a b c", false),
+    );
+    let mut body = client.request(req).await.unwrap().into_body();
+    let frame = body.frame().await.unwrap().unwrap();
+    assert_eq!(frame.data_ref().unwrap().len(), 6);
+    let more = tokio::time::timeout(Duration::from_millis(200), body.frame()).await;
+    assert!(more.is_err(), "nothing after the first bytes");
+    drop(body);
+    mock.shutdown().await;
+}
+
+#[tokio::test]
 async fn fragment_mode_reassembles_to_the_same_bytes() {
     let mock = MockProvider::start().await.unwrap();
     let client = client();

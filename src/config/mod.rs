@@ -1,6 +1,7 @@
 //! Configuration: parse proxy.toml into raw structs, then validate once into
 //! typed config. Request code never re-checks config.
 
+mod bounds;
 mod budget;
 mod cache;
 mod limits;
@@ -13,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use bounds::Bounds;
 pub use budget::{BudgetAction, BudgetRule};
 pub use cache::{CacheConfig, CacheMode, CacheScope};
 pub use limits::{Dim, RateRule, TokenLimits};
@@ -76,6 +78,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Passthrough families every virtual key may use (`[server] passthrough`).
     pub passthrough: Vec<Family>,
+    /// Connection, header, body and upstream-body bounds.
+    pub bounds: Bounds,
 }
 
 /// PEM files for a TLS listener.
@@ -325,6 +329,7 @@ impl Validator<'_> {
                     key: PathBuf::from(&t.key),
                 }
             }),
+            bounds: self.bounds(s),
         };
 
         let admin = AdminConfig {

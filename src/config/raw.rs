@@ -165,6 +165,14 @@ pub struct RawServer {
     pub drain_timeout: Option<String>,
     pub tls: Option<RawTls>,
     pub passthrough: Option<Vec<String>>,
+    pub header_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub body_timeout: Option<String>,
+    pub max_connections: Option<u64>,
+    pub h2_max_concurrent_streams: Option<u32>,
+    pub h2_max_header_list_size: Option<RawSize>,
+    pub max_sse_event: Option<RawSize>,
+    pub max_response_body: Option<RawSize>,
 }
 
 #[derive(Debug, Deserialize)]

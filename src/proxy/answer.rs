@@ -1,7 +1,7 @@
 //! Building the client's answer: from an upstream response, from the cache,
 //! or from config (`GET /v1/models`).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -42,20 +42,44 @@ pub(super) async fn upstream_answer(
         }
         attempt::Answered::Stream(resp) => {
             let (head, body) = resp.into_parts();
-            let mut observer = observer_for(rec.endpoint, &head, inject_usage);
+            let bounds = &snap.config.server.bounds;
+            let mut observer = observer_for(rec.endpoint, &head, inject_usage)
+                .with_max_event(bounds.max_sse_event);
+            let idle = snap
+                .upstreams
+                .iter()
+                .find(|u| u.name == rec.provider)
+                .map_or(snap.config.server.drain_timeout, |u| u.timeouts.idle);
             if matches!(observer, Observer::Json { .. }) && head.status.is_success() {
-                let read = tokio::time::timeout_at(rec.deadline, body.collect()).await;
-                let bytes = match read {
-                    Ok(Ok(c)) => c.to_bytes(),
-                    Ok(Err(e)) => {
+                let limits = ReadLimits {
+                    max: bounds.max_response_body,
+                    idle,
+                    deadline: rec.deadline,
+                };
+                let provider = || rec.provider.to_string();
+                let bytes = match read_bounded(body, &head.headers, limits).await {
+                    Ok(b) => b,
+                    Err(ReadError::TooLarge) => {
+                        return Err(ProxyError::UpstreamBodyTooLarge {
+                            provider: provider(),
+                            limit: bounds.max_response_body,
+                        })
+                    }
+                    Err(ReadError::Failed(e)) => {
                         return Err(ProxyError::UpstreamConnect {
-                            provider: rec.provider.to_string(),
+                            provider: provider(),
                             detail: format!("response body failed: {e}"),
                         })
                     }
-                    Err(_) => {
+                    Err(ReadError::Idle) => {
                         return Err(ProxyError::UpstreamTimeout {
-                            provider: rec.provider.to_string(),
+                            provider: provider(),
+                            phase: "idle",
+                        })
+                    }
+                    Err(ReadError::Total) => {
+                        return Err(ProxyError::UpstreamTimeout {
+                            provider: provider(),
                             phase: "total",
                         })
                     }
@@ -68,11 +92,6 @@ pub(super) async fn upstream_answer(
                 let observed = observer.finish();
                 return Ok(Answer::Local(local(&head, bytes), Box::new(observed)));
             }
-            let idle = snap
-                .upstreams
-                .iter()
-                .find(|u| u.name == rec.provider)
-                .map_or(snap.config.server.drain_timeout, |u| u.timeouts.idle);
             Ok(Answer::Upstream(Box::new(UpstreamAnswer {
                 head,
                 body,
@@ -85,6 +104,75 @@ pub(super) async fn upstream_answer(
             })))
         }
     }
+}
+
+/// Bounds on reading an upstream body in full.
+#[derive(Debug, Clone, Copy)]
+struct ReadLimits {
+    /// Most bytes.
+    max: usize,
+    /// Longest wait for the next chunk.
+    idle: Duration,
+    /// When the whole request must be over.
+    deadline: tokio::time::Instant,
+}
+
+/// Why a body could not be read in full.
+#[derive(Debug, PartialEq, Eq)]
+enum ReadError {
+    TooLarge,
+    Idle,
+    Total,
+    Failed(String),
+}
+
+/// Reads a whole body: at most `max` bytes (a larger declared length is
+/// refused before reading), no gap between chunks longer than `idle`, done
+/// by `deadline`.
+async fn read_bounded<B>(
+    mut body: B,
+    headers: &http::HeaderMap,
+    limits: ReadLimits,
+) -> Result<Bytes, ReadError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max as u64) {
+        return Err(ReadError::TooLarge);
+    }
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0usize;
+    loop {
+        let next = tokio::time::Instant::now() + limits.idle;
+        let (wait, on_timeout) = if next < limits.deadline {
+            (next, ReadError::Idle)
+        } else {
+            (limits.deadline, ReadError::Total)
+        };
+        let frame = match tokio::time::timeout_at(wait, body.frame()).await {
+            Err(_) => return Err(on_timeout),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(ReadError::Failed(e.to_string())),
+            Ok(Some(Ok(f))) => f,
+        };
+        if let Ok(data) = frame.into_data() {
+            len = len.saturating_add(data.len());
+            if len > limits.max {
+                return Err(ReadError::TooLarge);
+            }
+            chunks.push(data);
+        }
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => Bytes::from(chunks.concat()),
+    })
 }
 
 /// A cached answer in the form the client asked for: JSON, or replayed as
@@ -173,4 +261,68 @@ pub(super) fn model_list(
         HeaderValue::from_static("application/json"),
     );
     Some(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use futures_util::stream::{self, StreamExt};
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+
+    use super::*;
+
+    type Chunks = Vec<Result<Frame<Bytes>, Infallible>>;
+
+    fn chunks(parts: &[&'static str]) -> Chunks {
+        parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect()
+    }
+
+    fn limits(max: usize, idle_s: u64, total_s: u64) -> ReadLimits {
+        ReadLimits {
+            max,
+            idle: Duration::from_secs(idle_s),
+            deadline: tokio::time::Instant::now() + Duration::from_secs(total_s),
+        }
+    }
+
+    fn headers(len: Option<u64>) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        if let Some(n) = len {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        h
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_a_body_within_its_bounds() {
+        let body = StreamBody::new(stream::iter(chunks(&["{\"a\":", "1}"])));
+        let got = read_bounded(body, &headers(None), limits(7, 1, 10)).await;
+        assert_eq!(got, Ok(Bytes::from_static(b"{\"a\":1}")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_past_the_bound_is_refused() {
+        let body = StreamBody::new(stream::iter(chunks(&["{\"a\":", "12}"])));
+        let got = read_bounded(body, &headers(None), limits(7, 1, 10)).await;
+        assert_eq!(got, Err(ReadError::TooLarge));
+        // A declared length over the bound: refused before any byte is read.
+        let body = StreamBody::new(stream::pending::<Result<Frame<Bytes>, Infallible>>());
+        let got = read_bounded(body, &headers(Some(8)), limits(7, 1, 10)).await;
+        assert_eq!(got, Err(ReadError::TooLarge));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_between_chunks_is_an_idle_timeout_and_the_deadline_still_holds() {
+        let stalled =
+            || StreamBody::new(stream::iter(chunks(&["{\"a\""])).chain(stream::pending()));
+        let got = read_bounded(stalled(), &headers(None), limits(100, 1, 600)).await;
+        assert_eq!(got, Err(ReadError::Idle));
+        let got = read_bounded(stalled(), &headers(None), limits(100, 600, 1)).await;
+        assert_eq!(got, Err(ReadError::Total));
+    }
 }

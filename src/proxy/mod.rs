@@ -165,7 +165,7 @@ async fn pipeline(
     rec.identity = identity;
 
     // The body, bounded; sniffed once for what routing and accounting need.
-    let body = read_body(body, &parts.headers, snap.config.server.max_body).await?;
+    let body = read_body(body, &parts.headers, &snap.config.server).await?;
     rec.request_bytes = body.len() as u64;
     let sniffed = if rec.endpoint.has_model() {
         Some(sniff::sniff(&body, rec.endpoint)?)

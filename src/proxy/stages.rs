@@ -12,6 +12,7 @@ use crate::app::{App, Snapshot};
 use crate::attempt;
 use crate::auth::Credential;
 use crate::cache;
+use crate::config::ServerConfig;
 use crate::error::{ApiShape, ProxyError};
 use crate::limits::rate;
 use crate::limits::tokens::{self, Family};
@@ -209,8 +210,9 @@ pub(super) async fn count_input(
 pub(super) async fn read_body(
     body: Incoming,
     headers: &http::HeaderMap,
-    limit: usize,
+    server: &ServerConfig,
 ) -> Result<Bytes, ProxyError> {
+    let limit = server.max_body;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -218,12 +220,16 @@ pub(super) async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ProxyError::BodyTooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    // The whole body within `body_timeout`: a client trickling it holds a
+    // connection and a task, so it is cut off.
+    let after = server.bounds.body_timeout;
+    match tokio::time::timeout(after, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(ProxyError::BodyTimeout { after }),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ProxyError::BodyTooLarge { limit })
         }
-        Err(e) => Err(ProxyError::InvalidRequest(format!(
+        Ok(Err(e)) => Err(ProxyError::InvalidRequest(format!(
             "could not read request body: {e}"
         ))),
     }

@@ -7,31 +7,100 @@
 
 use std::borrow::Cow;
 
+/// The largest event a default splitter holds: 16 MiB.
+pub const DEFAULT_MAX_EVENT: usize = 16 << 20;
+
 /// Splits a byte stream into complete raw event blocks (each ending with its
 /// blank line).
-#[derive(Debug, Default)]
+///
+/// An incomplete event is held until it ends, up to `max_event` bytes: an
+/// event that grows past that (an upstream that never sends the blank line)
+/// marks the splitter `oversized`, its bytes are freed, and nothing more is
+/// split.
+#[derive(Debug)]
 pub struct SseSplitter {
     /// Bytes of an event that has not ended yet.
     partial: Vec<u8>,
     /// Offset into `partial` of the first line not yet scanned.
     resume: usize,
+    max_event: usize,
+    oversized: bool,
+}
+
+impl Default for SseSplitter {
+    fn default() -> Self {
+        Self::with_max_event(DEFAULT_MAX_EVENT)
+    }
 }
 
 impl SseSplitter {
+    /// A splitter that gives up on events larger than `max_event` bytes.
+    pub fn with_max_event(max_event: usize) -> Self {
+        Self {
+            partial: Vec::new(),
+            resume: 0,
+            max_event,
+            oversized: false,
+        }
+    }
+
     /// Feeds one chunk and calls `on_block` for every event it completes.
     pub fn feed(&mut self, chunk: &[u8], mut on_block: impl FnMut(&[u8])) {
+        if self.oversized {
+            return;
+        }
         if self.partial.is_empty() {
             let consumed = split_blocks(chunk, 0, &mut on_block);
             if consumed.end < chunk.len() {
-                self.partial.extend_from_slice(&chunk[consumed.end..]);
+                let rest = &chunk[consumed.end..];
+                if rest.len() > self.max_event {
+                    self.overflow();
+                    return;
+                }
+                self.partial.extend_from_slice(rest);
                 self.resume = consumed.resume - consumed.end;
             }
             return;
         }
+        self.grow(chunk.len());
         self.partial.extend_from_slice(chunk);
         let consumed = split_blocks(&self.partial, self.resume, &mut on_block);
         self.partial.drain(..consumed.end);
         self.resume = consumed.resume - consumed.end;
+        if self.partial.len() > self.max_event {
+            self.overflow();
+        }
+    }
+
+    /// An event grew past `max_event`; the stream cannot be split further.
+    pub fn oversized(&self) -> bool {
+        self.oversized
+    }
+
+    /// The largest event this splitter holds.
+    pub fn max_event(&self) -> usize {
+        self.max_event
+    }
+
+    fn overflow(&mut self) {
+        self.oversized = true;
+        self.partial = Vec::new();
+        self.resume = 0;
+    }
+
+    /// Makes room for `extra` more bytes: doubling as usual, but never past
+    /// what the bound can need, so a huge event costs at most the bound plus
+    /// one chunk.
+    fn grow(&mut self, extra: usize) {
+        let need = self.partial.len().saturating_add(extra);
+        if need > self.partial.capacity() {
+            let target = need
+                .checked_next_power_of_two()
+                .unwrap_or(need)
+                .min(self.max_event.saturating_add(extra))
+                .max(need);
+            self.partial.reserve_exact(target - self.partial.len());
+        }
     }
 
     /// Bytes held back because their event is not complete yet.
@@ -151,6 +220,41 @@ mod tests {
         s.feed(b"data: a\n\ndata: b", |_| n += 1);
         assert_eq!(n, 1);
         assert_eq!(s.pending(), b"data: b");
+    }
+
+    #[test]
+    fn an_event_past_the_bound_stops_the_splitter_and_frees_its_bytes() {
+        let mut s = SseSplitter::with_max_event(16);
+        let mut out = Vec::new();
+        s.feed(b"data: ok\n\ndata: 0123", |b| out.push(b.to_vec()));
+        assert_eq!(out, vec![b"data: ok\n\n".to_vec()]);
+        assert!(!s.oversized());
+        s.feed(b"456789", |b| out.push(b.to_vec()));
+        assert!(
+            !s.oversized(),
+            "16 bytes pending: at the bound, not past it"
+        );
+        s.feed(b"x", |b| out.push(b.to_vec()));
+        assert!(s.oversized());
+        assert!(s.pending().is_empty() && s.partial.capacity() == 0);
+        s.feed(b"\n\ndata: late\n\n", |b| out.push(b.to_vec()));
+        assert_eq!(out.len(), 1, "nothing is split after the overflow");
+        // One chunk holding the whole oversized tail.
+        let mut s = SseSplitter::with_max_event(16);
+        s.feed(b"data: ok\n\ndata: 0123456789abcdef", |_| {});
+        assert!(s.oversized());
+    }
+
+    #[test]
+    fn events_up_to_the_bound_pass_in_any_split() {
+        let stream: &[u8] = b"data: 0123456789\n\ndata: abcdefghij\n\n";
+        for i in 0..stream.len() {
+            let mut s = SseSplitter::with_max_event(18);
+            let mut n = 0;
+            s.feed(&stream[..i], |_| n += 1);
+            s.feed(&stream[i..], |_| n += 1);
+            assert_eq!((n, s.oversized()), (2, false), "split at {i}");
+        }
     }
 
     #[test]

@@ -131,10 +131,31 @@ impl Sluice {
 
     /// Starts sluice with its files in `dir` (a restart reuses the dir).
     pub async fn start_in(dir: PathBuf, config: &str) -> Sluice {
+        Self::launch(dir, config, None).await
+    }
+
+    /// Starts sluice under an open-files limit of `nofile` (soft and hard),
+    /// set by the shell that then execs it.
+    pub async fn start_with_nofile(config: &str, nofile: u64) -> Sluice {
+        Self::launch(temp_dir(), config, Some(nofile)).await
+    }
+
+    async fn launch(dir: PathBuf, config: &str, nofile: Option<u64>) -> Sluice {
         let usage_path = dir.join("usage.jsonl");
         let config_path = dir.join("proxy.toml");
         std::fs::write(&config_path, fill(config, &dir)).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        let bin = env!("CARGO_BIN_EXE_sluice");
+        let mut cmd = match nofile {
+            None => Command::new(bin),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(bin);
+                c
+            }
+        };
+        let mut child = cmd
             .arg("--config")
             .arg(&config_path)
             .env("SLUICE_TEST_OPENAI_KEY", UPSTREAM_OPENAI_KEY)

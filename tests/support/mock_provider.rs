@@ -48,6 +48,8 @@
 //! | `x-mock-gzip: 1` | gzip non-stream bodies when `accept-encoding` allows gzip |
 //! | `x-mock-echo-body: 1` | text is `len:<request body byte length>` |
 //! | `x-mock-large-response-kb: N` | text is N KiB of ASCII words |
+//! | `x-mock-endless-event-kb: N` | stream: after the first event, one `data:` line of N KiB that never ends (no newline), then silence until the client goes away |
+//! | `x-mock-stall-after-bytes: N` | non-stream 2xx: send the first N bytes of the body, then nothing until the client goes away |
 //!
 //! `authorization: Bearer bad-key` or `x-api-key: bad-key` gets a 401.
 //!
@@ -462,6 +464,8 @@ struct Opts {
     gzip: bool,
     echo_body: bool,
     large_kb: Option<usize>,
+    endless_event_kb: Option<usize>,
+    stall_after_bytes: Option<usize>,
 }
 
 impl Opts {
@@ -479,6 +483,8 @@ impl Opts {
             gzip: header_flag(headers, "x-mock-gzip") && accepts_gzip(headers),
             echo_body: header_flag(headers, "x-mock-echo-body"),
             large_kb: header_num(headers, "x-mock-large-response-kb"),
+            endless_event_kb: header_num(headers, "x-mock-endless-event-kb"),
+            stall_after_bytes: header_num(headers, "x-mock-stall-after-bytes"),
         }
     }
 }
@@ -737,6 +743,17 @@ impl Ctx {
             (bytes, false)
         };
         let body = match self.opts.abort_after {
+            None if status.is_success() && self.opts.stall_after_bytes.is_some() => {
+                let (tx, body) = MockBody::channel(Arc::clone(&self.shared));
+                let n = self.opts.stall_after_bytes.unwrap_or(0).min(bytes.len());
+                let head = bytes.slice(..n);
+                tokio::spawn(async move {
+                    if tx.send(Ok(head)).await.is_ok() {
+                        tx.closed().await;
+                    }
+                });
+                body
+            }
             Some(_) if status.is_success() => {
                 let (tx, body) = MockBody::channel(Arc::clone(&self.shared));
                 let head = bytes.slice(..bytes.len() / 2);
@@ -763,6 +780,7 @@ impl Ctx {
             delay: self.opts.delay,
             abort_after: self.opts.abort_after,
             fragment: self.opts.fragment,
+            endless_event_kb: self.opts.endless_event_kb,
         };
         tokio::spawn(produce_stream(tx, events, plan));
         let mut response = Response::new(body);
@@ -801,6 +819,7 @@ struct StreamPlan {
     delay: Duration,
     abort_after: Option<usize>,
     fragment: bool,
+    endless_event_kb: Option<usize>,
 }
 
 type FrameSender = mpsc::Sender<Result<Bytes, io::Error>>;
@@ -812,6 +831,10 @@ async fn produce_stream(tx: FrameSender, events: Vec<Bytes>, plan: StreamPlan) {
     // next frame, so one frame ends between the two newlines of the event terminator.
     let mut carry: Option<Bytes> = None;
     for (index, event) in events.into_iter().enumerate() {
+        if let (1, Some(kb)) = (index, plan.endless_event_kb) {
+            endless_event(&tx, kb).await;
+            return;
+        }
         if plan.abort_after == Some(index) {
             let _ = tx.send(Err(abort_error())).await;
             return;
@@ -858,6 +881,24 @@ async fn produce_stream(tx: FrameSender, events: Vec<Bytes>, plan: StreamPlan) {
         }
         let _ = tx.send(Ok(carried)).await;
     }
+}
+
+/// One `data:` line of `kb` KiB that never ends, in 16 KiB frames; then
+/// silence until the client goes away.
+async fn endless_event(tx: &FrameSender, kb: usize) {
+    if tx.send(Ok(Bytes::from_static(b"data: "))).await.is_err() {
+        return;
+    }
+    let piece = Bytes::from(vec![b'x'; 16 * 1024]);
+    let mut left = kb * 1024;
+    while left > 0 {
+        let n = left.min(piece.len());
+        if tx.send(Ok(piece.slice(..n))).await.is_err() {
+            return;
+        }
+        left -= n;
+    }
+    tx.closed().await;
 }
 
 /// Sleeps, returning false early if the body was dropped meanwhile.

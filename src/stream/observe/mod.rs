@@ -88,6 +88,23 @@ impl Observer {
         }
     }
 
+    /// Bounds the size of one SSE event (see [`SseSplitter::with_max_event`]).
+    pub fn with_max_event(mut self, max_event: usize) -> Self {
+        if let Observer::Sse { splitter, .. } = &mut self {
+            *splitter = SseSplitter::with_max_event(max_event);
+        }
+        self
+    }
+
+    /// The event bound, once an SSE event has grown past it: the stream can
+    /// no longer be followed and must end.
+    pub fn oversized(&self) -> Option<usize> {
+        match self {
+            Observer::Sse { splitter, .. } if splitter.oversized() => Some(splitter.max_event()),
+            _ => None,
+        }
+    }
+
     /// Whether frames must be rewritten (not just observed).
     pub fn rewrites(&self) -> bool {
         matches!(self, Observer::Sse { state, .. } if state.strip_injected_usage)

@@ -139,3 +139,22 @@ fn json_body_with_implausible_usage_keeps_the_answer_text_for_counting() {
     obs.observe(&Bytes::copy_from_slice(anthropic.as_bytes()));
     assert_eq!(obs.finish().text.trim(), "hi there");
 }
+
+#[test]
+fn an_oversized_event_is_reported_and_never_forwarded_when_rewriting() {
+    let mut obs = Observer::sse(false, true).with_max_event(CHUNK_A.len());
+    let huge = format!("data: {}", "x".repeat(CHUNK_A.len()));
+    let out = run(&mut obs, &[CHUNK_A, &huge[..20], &huge[20..]]);
+    assert_eq!(obs.oversized(), Some(CHUNK_A.len()));
+    assert!(
+        !out.contains("xxx"),
+        "no byte of the oversized event went out"
+    );
+    assert!(obs.at_event_boundary());
+    assert_eq!(obs.finish().text, "Hel");
+    // Events up to the bound pass; other observers have no bound.
+    let mut obs = Observer::sse(false, false).with_max_event(CHUNK_A.len());
+    run(&mut obs, &[CHUNK_A, CHUNK_B]);
+    assert_eq!(obs.oversized(), None);
+    assert_eq!(Observer::json(false).with_max_event(1).oversized(), None);
+}

@@ -1,0 +1,235 @@
+//! Listeners: accept loops for the data and admin planes (TLS optional,
+//! HTTP/1.1 and h2), a cap on open connections, per-connection header and
+//! idle bounds, graceful shutdown with a bounded drain.
+
+mod conn;
+pub mod fds;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::body::ProxyBody;
+use crate::config::{Bounds, TlsFiles};
+use crate::metrics;
+
+/// Binds a listener, naming the address on failure.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+/// A TLS acceptor from PEM files (ALPN: h2, http/1.1).
+pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| format!("{}: {e}", files.cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificates", files.cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| format!("{}: {e}", files.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("{}: {e}", display(&files.key)))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+fn display(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Bounds on one listener's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// `data` or `admin`, for metrics.
+    pub plane: &'static str,
+    /// Connections served at once; more wait in the accept queue.
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_header_list_size: u32,
+}
+
+impl ConnLimits {
+    /// The data plane's limits: the configured bounds, with the connection
+    /// cap derived from the fd limit unless configured.
+    pub fn data(bounds: &Bounds, nofile: Option<u64>) -> Self {
+        let derived = fds::connection_cap(nofile);
+        let max_connections = match bounds.max_connections {
+            Some(n) if n > derived => {
+                tracing::warn!(
+                    configured = n,
+                    derived,
+                    ?nofile,
+                    "server.max_connections is above what the open-files limit allows; \
+                     connections past it may fail with \"Too many open files\""
+                );
+                n
+            }
+            Some(n) => n,
+            None => derived,
+        };
+        Self {
+            plane: "data",
+            max_connections,
+            header_timeout: bounds.header_timeout,
+            idle_timeout: bounds.idle_timeout,
+            h2_max_concurrent_streams: bounds.h2_max_concurrent_streams,
+            h2_max_header_list_size: bounds.h2_max_header_list_size,
+        }
+    }
+
+    /// The admin plane's limits: the same timeouts, a small fixed cap kept
+    /// inside the fd reserve, so a data-plane flood cannot starve it.
+    pub fn admin(bounds: &Bounds) -> Self {
+        Self {
+            plane: "admin",
+            max_connections: fds::ADMIN_MAX_CONNECTIONS,
+            header_timeout: bounds.header_timeout,
+            idle_timeout: bounds.idle_timeout,
+            h2_max_concurrent_streams: bounds.h2_max_concurrent_streams,
+            h2_max_header_list_size: bounds.h2_max_header_list_size,
+        }
+    }
+
+    fn builder(&self) -> auto::Builder<TokioExecutor> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // hyper's own header timer is off: it would also run while an idle
+        // HTTP/1.1 connection waits for its next request, cutting keep-alive
+        // at `header_timeout`. The connection watcher (`conn`) bounds header
+        // reads instead: `header_timeout` for the first request, then
+        // `idle_timeout` from the end of the previous response.
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(None);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(self.h2_max_concurrent_streams)
+            .max_header_list_size(self.h2_max_header_list_size);
+        builder
+    }
+}
+
+/// Serves connections from `listener` with `handler` until `stop` fires,
+/// then lets open connections finish for up to `drain`.
+///
+/// At most `limits.max_connections` are served at once: past that, the loop
+/// stops accepting until one closes, so new connections wait in the kernel's
+/// accept queue rather than fail, and connections already open (streams in
+/// flight) are unaffected.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    handler: H,
+    stop: CancellationToken,
+    drain: Duration,
+    limits: ConnLimits,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let builder = Arc::new(limits.builder());
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    metrics::connection_limit(limits.plane, limits.max_connections);
+    let tasks = TaskTracker::new();
+    let mut saturated = false;
+    loop {
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => {
+                saturated = false;
+                p
+            }
+            Err(_) => {
+                if !saturated {
+                    saturated = true;
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "connection limit reached: new connections wait until one closes"
+                    );
+                }
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break,
+                    p = permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
+        let (stream, peer) = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let builder = builder.clone();
+        let tls = tls.clone();
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            let _open = metrics::OpenConnection::start(limits.plane);
+            let result = match tls {
+                None => conn::serve(TokioIo::new(stream), &builder, handler, &limits, &stop).await,
+                Some(acceptor) => {
+                    // The handshake counts against the time to the first request.
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(s)) => {
+                            conn::serve(TokioIo::new(s), &builder, handler, &limits, &stop).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tasks.close();
+    if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
+        tracing::warn!(?drain, "drain timeout: closing remaining connections");
+    }
+}
