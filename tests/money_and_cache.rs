@@ -236,3 +236,52 @@ async fn a_client_gone_before_the_headers_is_still_charged() {
     assert!(rec["input_tokens"].as_u64().is_some_and(|n| n > 0), "{rec}");
     assert!(rec["cost_usd"].as_f64().is_some_and(|c| c > 0.0), "{rec}");
 }
+
+#[tokio::test]
+async fn streams_cut_at_the_drain_timeout_are_recorded_and_charged() {
+    let (_mock, s) = start(
+        "drain_timeout = \"300ms\"",
+        "[[pricing]]\nmodel = \"mock-model\"\ninput = 1.0\noutput = 2.0\n\
+         [[budgets]]\nname = \"daily\"\nscope = [\"user\"]\nwindow = \"day\"\nlimit_usd = 10.0\n",
+    )
+    .await;
+    let mut body = chat("a long answer");
+    body["stream"] = json!(true);
+    let auth = format!("Bearer {KEY}");
+    // 200 words, 100 ms apart: still streaming when the drain time is up.
+    let resp = send(
+        Method::POST,
+        &s.url("/v1/chat/completions"),
+        &[
+            ("authorization", auth.as_str()),
+            ("x-mock-words", "200"),
+            ("x-mock-delay-ms", "100"),
+        ],
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut b = resp.into_body();
+    for _ in 0..3 {
+        http_body_util::BodyExt::frame(&mut b)
+            .await
+            .expect("frame")
+            .expect("ok");
+    }
+    let (status, usage) = s.stop().await;
+    assert!(status.success(), "{status}");
+    let recs: Vec<Value> = usage
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(recs.len(), 1, "{usage}");
+    assert_eq!(recs[0]["end"], "client_gone", "{}", recs[0]);
+    assert!(
+        recs[0]["cost_usd"].as_f64().is_some_and(|c| c > 0.0),
+        "{}",
+        recs[0]
+    );
+    // Under a budget the usage line is written only once its charge is in
+    // the journal: the record is the proof the charge was persisted.
+    drop(b);
+}

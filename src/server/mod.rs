@@ -156,6 +156,10 @@ pub async fn serve<H, F>(
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     metrics::connection_limit(limits.plane, limits.max_connections);
     let tasks = TaskTracker::new();
+    // Fired when the drain time is up: every connection still open is
+    // dropped, which finishes its requests' records (usage line, charge)
+    // while the journal and usage writers are still running.
+    let kill = CancellationToken::new();
     let mut saturated = false;
     loop {
         let permit = match permits.clone().try_acquire_owned() {
@@ -199,28 +203,39 @@ pub async fn serve<H, F>(
         let builder = builder.clone();
         let tls = tls.clone();
         let stop = stop.clone();
+        let kill = kill.clone();
         tasks.spawn(async move {
             let _permit = permit;
             let _open = metrics::OpenConnection::start(limits.plane);
-            let result = match tls {
-                None => conn::serve(TokioIo::new(stream), &builder, handler, &limits, &stop).await,
-                Some(acceptor) => {
-                    // The handshake counts against the time to the first request.
-                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(s)) => {
-                            conn::serve(TokioIo::new(s), &builder, handler, &limits, &stop).await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
+            let serve = async {
+                match tls {
+                    None => {
+                        conn::serve(TokioIo::new(stream), &builder, handler, &limits, &stop).await
+                    }
+                    Some(acceptor) => {
+                        // The handshake counts against the time to the first request.
+                        match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => {
+                                conn::serve(TokioIo::new(s), &builder, handler, &limits, &stop)
+                                    .await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                Ok(())
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                Ok(())
+                            }
                         }
                     }
                 }
+            };
+            let result = tokio::select! {
+                r = serve => r,
+                _ = kill.cancelled() => Ok(()),
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -231,5 +246,14 @@ pub async fn serve<H, F>(
     tasks.close();
     if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
         tracing::warn!(?drain, "drain timeout: closing remaining connections");
+        kill.cancel();
+        // Dropping a connection finishes its records at once; this only
+        // waits for the tasks to observe the cancellation.
+        if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after the drain timeout");
+        }
     }
 }
