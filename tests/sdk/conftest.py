@@ -174,6 +174,8 @@ def _config(mock_addr: str, usage_path: Path) -> str:
 listen = "127.0.0.1:0"
 passthrough_keys = false
 drain_timeout = "5s"
+# The mock's /v1/echo-headers is an "other" provider path: virtual keys may use it here.
+passthrough = ["other"]
 
 [admin]
 listen = "127.0.0.1:0"
