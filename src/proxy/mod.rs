@@ -21,6 +21,7 @@ use crate::headers::{client_response_headers, value};
 use crate::limits::tokens::{self, Family};
 use crate::limits::{self, context, rate, request};
 use crate::metrics;
+use crate::ownership;
 use crate::path;
 use crate::record::{RequestRecord, StreamEnd};
 use crate::sniff::{self, Endpoint, Rewrite};
@@ -31,7 +32,7 @@ mod cache_stage;
 mod cost;
 mod stages;
 
-use answer::{cache_hit, model_list, upstream_answer};
+use answer::{cache_hit, model_list, owned_answer, upstream_answer};
 use stages::{
     add_breakpoints, admit, choose_tier, count_input, deadline, needs_usage_injection,
     passthrough_allowed, passthrough_group, read_body,
@@ -195,13 +196,24 @@ async fn pipeline(
         if let Some(family) = target.family {
             passthrough_allowed(snap, &cred, family, &body)?;
         }
+        // Ownership: a virtual key reaches only the objects it created, and
+        // never lists a family (the provider's list holds every key's).
+        let owner = virtual_key_name(&cred);
+        if let Some(key) = &owner {
+            app.owners.admit(key, &target.path, &parts.method, &body)?;
+        }
         let group = passthrough_group(snap, &app.deployments, rec.shape, &cred)
             .ok_or_else(|| ProxyError::NotFound(target.path.clone()))?;
         admit(app, snap, rec, "", 0)?;
         call.body = body;
         call.deadline = deadline(rec, snap, &group);
-        let answer = attempt::run(&call, VecDeque::from([group]), rec).await?;
-        return upstream_answer(answer, rec, snap, false).await;
+        let mut answer = attempt::run(&call, VecDeque::from([group]), rec).await?;
+        if let Some(key) = owner {
+            if ownership::records_answer(&target.path, &parts.method) {
+                answer = owned_answer(answer, rec, &app.owners, &key).await?;
+            }
+        }
+        return upstream_answer(answer, rec, snap, false, None).await;
     };
     rec.stream = s.stream;
     rec.model = s.model.clone();
@@ -219,6 +231,23 @@ async fn pipeline(
         return Err(ProxyError::ModelNotAllowed {
             model: s.model.clone(),
         });
+    }
+    // Objects the body references (`previous_response_id`, a `file_id`
+    // part) must be the key's own; the stored answer becomes the key's.
+    let mut ids = None;
+    if let Some(k) = vk {
+        app.owners.admit_body(&k.name, &body)?;
+        let stored = match rec.endpoint {
+            Endpoint::Responses => ownership::stores(&body, true),
+            Endpoint::ChatCompletions => ownership::stores(&body, false),
+            _ => false,
+        };
+        if stored {
+            ids = Some(ownership::IdSink {
+                owners: app.owners.clone(),
+                key: k.name.clone(),
+            });
+        }
     }
 
     // Tier routing: a routing model (e.g. `auto`) picks the model to use.
@@ -480,7 +509,15 @@ async fn pipeline(
         None => run.await?,
         Some(count) => with_context_check(run, count, &plan).await?,
     };
-    upstream_answer(answer, rec, snap, inject_usage).await
+    upstream_answer(answer, rec, snap, inject_usage, ids).await
+}
+
+/// The name of a virtual key; `None` for a client's own provider key.
+fn virtual_key_name(cred: &Credential) -> Option<Arc<str>> {
+    match cred {
+        Credential::Virtual(vk) => Some(vk.name.clone()),
+        Credential::Passthrough { .. } => None,
+    }
 }
 
 /// Bodies below this size are counted before sending (well under a

@@ -1,0 +1,165 @@
+//! Which paths, body fields and answer fields name an owned object: plain
+//! functions over the normalised path and the JSON bytes.
+
+use serde_json::Value;
+
+/// What a normalised path (`/v1/...`) names, for ownership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// Not an owned family (or not below one).
+    Untracked,
+    /// A family root: `POST` creates, anything else lists.
+    Root(&'static str),
+    /// An object (or something below it), by id.
+    Object(&'a str),
+}
+
+/// Family roots whose objects are owned, and the family name for messages.
+const ROOTS: [(&[&str], &str); 5] = [
+    (&["files"], "files"),
+    (&["uploads"], "uploads"),
+    (&["batches"], "batches"),
+    (&["messages", "batches"], "batches"),
+    (&["vector_stores"], "vector_stores"),
+];
+
+/// Objects whose root is an LLM endpoint (its `POST` creates them; listing
+/// them is not a passthrough path).
+const STORED: [&[&str]; 2] = [&["chat", "completions"], &["responses"]];
+
+/// What `path` names.
+pub fn target(path: &str) -> Target<'_> {
+    let Some(below) = path.strip_prefix("/v1/") else {
+        return Target::Untracked;
+    };
+    let segments: Vec<&str> = below.split('/').collect();
+    for (root, family) in ROOTS {
+        if segments.starts_with(root) {
+            return match segments.get(root.len()) {
+                None => Target::Root(family),
+                Some(id) => Target::Object(id),
+            };
+        }
+    }
+    for root in STORED {
+        if segments.starts_with(root) {
+            if let Some(id) = segments.get(root.len()) {
+                return Target::Object(id);
+            }
+        }
+    }
+    Target::Untracked
+}
+
+/// Whether a successful answer to this request carries ids its caller now
+/// owns: a creation (`POST` to a root), a completed upload (its `file`),
+/// and a batch read by its owner (its output and error files).
+pub fn records_answer(path: &str, method: &http::Method) -> bool {
+    let below = path.strip_prefix("/v1/").unwrap_or("");
+    let segments: Vec<&str> = below.split('/').collect();
+    let post = method == http::Method::POST;
+    let get = method == http::Method::GET;
+    match segments.as_slice() {
+        ["uploads", _, "complete"] => post,
+        ["batches", _] | ["messages", "batches", _] => get || post,
+        _ => post && matches!(target(path), Target::Root(_)),
+    }
+}
+
+/// Body fields holding one object id.
+const ID_FIELDS: [&str; 3] = ["input_file_id", "file_id", "previous_response_id"];
+/// Body fields holding a list of object ids.
+const ID_LIST_FIELDS: [&str; 2] = ["file_ids", "vector_store_ids"];
+/// Most ids looked at in one body; more is refused as a whole.
+pub const MAX_REFERENCES: usize = 1024;
+
+/// The object ids a JSON body references, at any depth. Bodies that cannot
+/// mention one (no `file_id`, `previous_response_id`, `vector_store_ids`,
+/// nor any `\u` escape that could spell one) are not parsed at all. A body
+/// with more than [`MAX_REFERENCES`] ids yields a sentinel that no key owns.
+pub fn referenced_ids(body: &[u8]) -> Vec<String> {
+    let mentions = |n: &[u8]| memchr::memmem::find(body, n).is_some();
+    if !(mentions(b"file_id")
+        || mentions(b"previous_response_id")
+        || mentions(b"vector_store_ids")
+        || mentions(b"\\u"))
+    {
+        return Vec::new();
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    walk(&v, &mut out);
+    if out.len() > MAX_REFERENCES {
+        return vec![String::from("(too many object references)")];
+    }
+    out
+}
+
+fn walk(v: &Value, out: &mut Vec<String>) {
+    if out.len() > MAX_REFERENCES {
+        return;
+    }
+    match v {
+        Value::Object(o) => {
+            for (k, v) in o {
+                match v {
+                    Value::String(s) if ID_FIELDS.contains(&k.as_str()) => out.push(s.clone()),
+                    Value::Array(a) if ID_LIST_FIELDS.contains(&k.as_str()) => {
+                        for s in a.iter().filter_map(Value::as_str) {
+                            out.push(s.to_owned());
+                        }
+                        // Non-string entries are the provider's to refuse.
+                    }
+                    _ => walk(v, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+        _ => {}
+    }
+}
+
+/// The ids a successful JSON answer gives its caller: the object's own `id`
+/// (or, in a stream event, `response.id`), a batch's `output_file_id` and
+/// `error_file_id`, a completed upload's `file.id`.
+pub fn answer_ids(body: &[u8]) -> Vec<String> {
+    let Ok(Value::Object(top)) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut push = |v: Option<&Value>| {
+        if let Some(s) = v.and_then(Value::as_str) {
+            out.push(s.to_owned());
+        }
+    };
+    push(top.get("id"));
+    push(top.get("output_file_id"));
+    push(top.get("error_file_id"));
+    push(top.get("file").and_then(|f| f.get("id")));
+    push(top.get("response").and_then(|r| r.get("id")));
+    out
+}
+
+/// Whether a request body asks the provider to store its answer: `store`
+/// as a JSON boolean at the top level, else `default` (the Responses API
+/// stores by default, chat completions do not).
+pub fn stores(body: &[u8], default: bool) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Store {
+        store: Option<Value>,
+    }
+    // `store` cannot be spelled without those bytes or a `\u` escape.
+    if memchr::memmem::find(body, b"store").is_none()
+        && memchr::memmem::find(body, b"\\u").is_none()
+    {
+        return default;
+    }
+    match serde_json::from_slice::<Store>(body) {
+        Ok(Store {
+            store: Some(Value::Bool(b)),
+        }) => b,
+        _ => default,
+    }
+}
