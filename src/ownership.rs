@@ -224,14 +224,16 @@ impl Owners {
         }
     }
 
-    /// Refuses a virtual key's request that names an object it did not
-    /// create: in its path (`404`), in its body (`404`), or a family root
-    /// it would list (`403`).
+    /// Refuses a virtual key's passthrough request that names an object it
+    /// did not create: in its path (`404`) or in its body (`404`; a body
+    /// that is neither JSON nor `multipart` is `400`), or a family root it
+    /// would list (`403`).
     pub fn admit(
         &self,
         key: &str,
         path: &str,
         method: &http::Method,
+        multipart: bool,
         body: &[u8],
     ) -> Result<(), ProxyError> {
         match target(path) {
@@ -243,18 +245,24 @@ impl Owners {
             }
             _ => {}
         }
-        self.admit_body(key, body)
+        if multipart {
+            // Form fields carry uploads, not references to objects.
+            return Ok(());
+        }
+        self.check_refs(key, referenced_ids(body, false)?)
     }
 
-    /// Refuses a body that references an object the key did not create
-    /// (`input_file_id`, `file_id`, `previous_response_id`, `file_ids`, ...).
+    /// Refuses a sniffed LLM request body that references an object the key
+    /// did not create (`previous_response_id`, a `file_id` part, ...).
     pub fn admit_body(&self, key: &str, body: &[u8]) -> Result<(), ProxyError> {
-        for id in referenced_ids(body) {
-            if !self.owned_by(&id, key) {
-                return Err(ProxyError::ObjectNotFound { id });
-            }
+        self.check_refs(key, referenced_ids(body, true)?)
+    }
+
+    fn check_refs(&self, key: &str, ids: Vec<String>) -> Result<(), ProxyError> {
+        match ids.into_iter().find(|id| !self.owned_by(id, key)) {
+            Some(id) => Err(ProxyError::ObjectNotFound { id }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Writes out what is queued and stops the writer.

@@ -110,6 +110,30 @@ async fn files_and_batches_belong_to_the_key_that_created_them() {
     let batch = |input: &str| json!({"input_file_id": input, "endpoint": "/v1/chat/completions", "completion_window": "24h"});
     let (st, v, _) = req(&s, Method::POST, "/v1/batches", B, batch(&file)).await;
     assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
+    // A body Sluice cannot read the way every provider would (`NaN` is
+    // Python's JSON; a duplicate key) is refused rather than passed on.
+    let auth = format!("Bearer {B}");
+    for body in [
+        format!(r#"{{"input_file_id":"{file}","completion_window":NaN}}"#),
+        format!(r#"{{"input_file_id":"file-b","input_file_id":"{file}"}}"#),
+    ] {
+        let (st, _, b) = call(
+            Method::POST,
+            &s.url("/v1/batches"),
+            &[
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ],
+            body,
+        )
+        .await;
+        assert_eq!(
+            st,
+            StatusCode::BAD_REQUEST,
+            "{}",
+            String::from_utf8_lossy(&b)
+        );
+    }
     assert_eq!(
         mock.request_count(),
         before,

@@ -3,6 +3,8 @@
 
 use serde_json::Value;
 
+use crate::error::ProxyError;
+
 /// What a normalised path (`/v1/...`) names, for ownership.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target<'a> {
@@ -70,31 +72,47 @@ pub fn records_answer(path: &str, method: &http::Method) -> bool {
 const ID_FIELDS: [&str; 3] = ["input_file_id", "file_id", "previous_response_id"];
 /// Body fields holding a list of object ids.
 const ID_LIST_FIELDS: [&str; 2] = ["file_ids", "vector_store_ids"];
-/// Most ids looked at in one body; more is refused as a whole.
+/// Most object ids one body may reference.
 pub const MAX_REFERENCES: usize = 1024;
 
-/// The object ids a JSON body references, at any depth. Bodies that cannot
-/// mention one (no `file_id`, `previous_response_id`, `vector_store_ids`,
-/// nor any `\u` escape that could spell one) are not parsed at all. A body
-/// with more than [`MAX_REFERENCES`] ids yields a sentinel that no key owns.
-pub fn referenced_ids(body: &[u8]) -> Vec<String> {
+/// The object ids a request body references, at any depth. `checked`: the
+/// body is known to be one UTF-8 JSON object without duplicate keys (an LLM
+/// request Sluice has sniffed); then a body that cannot mention an id field
+/// (no `file_id`, `previous_response_id`, `vector_store_ids`, nor a `\u`
+/// escape that could spell one) is not parsed at all. Any other non-empty
+/// body must be such JSON, else it is refused: a body Sluice cannot read
+/// might be one the provider reads differently (another encoding, `NaN`, a
+/// duplicate key) and name another key's object.
+pub fn referenced_ids(body: &[u8], checked: bool) -> Result<Vec<String>, ProxyError> {
     let mentions = |n: &[u8]| memchr::memmem::find(body, n).is_some();
-    if !(mentions(b"file_id")
-        || mentions(b"previous_response_id")
-        || mentions(b"vector_store_ids")
-        || mentions(b"\\u"))
+    if checked
+        && !(mentions(b"file_id")
+            || mentions(b"previous_response_id")
+            || mentions(b"vector_store_ids")
+            || mentions(b"\\u"))
     {
-        return Vec::new();
+        return Ok(Vec::new());
     }
-    let Ok(v) = serde_json::from_slice::<Value>(body) else {
-        return Vec::new();
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    let unreadable = |why: String| {
+        ProxyError::InvalidRequest(format!(
+            "a request body here must be JSON (or multipart/form-data): {why}"
+        ))
     };
+    let v = serde_json::from_slice::<Value>(body).map_err(|e| unreadable(e.to_string()))?;
+    if !checked {
+        crate::sniff::unique::check(body).map_err(unreadable)?;
+    }
     let mut out = Vec::new();
     walk(&v, &mut out);
     if out.len() > MAX_REFERENCES {
-        return vec![String::from("(too many object references)")];
+        return Err(ProxyError::InvalidRequest(format!(
+            "a request body may reference at most {MAX_REFERENCES} objects"
+        )));
     }
-    out
+    Ok(out)
 }
 
 fn walk(v: &Value, out: &mut Vec<String>) {

@@ -128,23 +128,36 @@ fn body_references_at_any_depth() {
         "input":[{"content":[{"type":"input_file","file_id":"file-2"}]}],
         "tools":[{"type":"file_search","vector_store_ids":["vs_1","vs_2"]}],
         "file_ids":["file-3"]}"#;
-    let mut ids = referenced_ids(body);
+    let mut ids = referenced_ids(body, false).expect("json");
     ids.sort();
     assert_eq!(
         ids,
         ["file-1", "file-2", "file-3", "resp_1", "vs_1", "vs_2"]
     );
-    assert!(referenced_ids(br#"{"model":"x","messages":[]}"#).is_empty());
+    assert!(referenced_ids(br#"{"model":"x","messages":[]}"#, true)
+        .expect("json")
+        .is_empty());
     // An escaped key still counts.
     assert_eq!(
-        referenced_ids(br#"{"input_file\u005fid":"file-9"}"#),
+        referenced_ids(br#"{"input_file\u005fid":"file-9"}"#, true).expect("json"),
         ["file-9"]
     );
+    // What Sluice cannot read the way every provider would is refused.
+    for bad in [
+        &br#"{"input_file_id":"file-1","x":NaN}"#[..],
+        br#"{"input_file_id":"file-1","input_file_id":"file-2"}"#,
+        b"\xff\xfe{\x00}\x00",
+        b"purpose=batch&input_file_id=file-1",
+    ] {
+        let e = referenced_ids(bad, false).expect_err("unreadable");
+        assert_eq!(e.status().as_u16(), 400);
+    }
+    assert!(referenced_ids(b"  ", false).expect("empty").is_empty());
     let many = format!(
         "{{\"file_ids\":[{}]}}",
         vec!["\"f\""; MAX_REFERENCES + 1].join(",")
     );
-    assert_eq!(referenced_ids(many.as_bytes()).len(), 1);
+    assert!(referenced_ids(many.as_bytes(), true).is_err());
 }
 
 #[test]
@@ -152,20 +165,26 @@ fn admit_refuses_others_objects_and_listing() {
     use http::Method;
     let o = Owners::in_memory(10);
     o.record("file-a", "a");
-    assert!(o.admit("a", "/v1/files/file-a", &Method::GET, b"").is_ok());
+    assert!(o
+        .admit("a", "/v1/files/file-a", &Method::GET, false, b"")
+        .is_ok());
     let e = o
-        .admit("b", "/v1/files/file-a", &Method::DELETE, b"")
+        .admit("b", "/v1/files/file-a", &Method::DELETE, false, b"")
         .expect_err("not b's");
     assert_eq!(e.status().as_u16(), 404);
     let e = o
-        .admit("a", "/v1/files", &Method::GET, b"")
+        .admit("a", "/v1/files", &Method::GET, false, b"")
         .expect_err("listing");
     assert_eq!(e.status().as_u16(), 403);
-    assert!(o.admit("b", "/v1/files", &Method::POST, b"").is_ok());
+    assert!(o
+        .admit("b", "/v1/files", &Method::POST, true, b"--x\r\n")
+        .is_ok());
     let batch = br#"{"input_file_id":"file-a","endpoint":"/v1/chat/completions"}"#;
-    assert!(o.admit("a", "/v1/batches", &Method::POST, batch).is_ok());
+    assert!(o
+        .admit("a", "/v1/batches", &Method::POST, false, batch)
+        .is_ok());
     let e = o
-        .admit("b", "/v1/batches", &Method::POST, batch)
+        .admit("b", "/v1/batches", &Method::POST, false, batch)
         .expect_err("not b's file");
     assert_eq!(e.status().as_u16(), 404);
 }

@@ -200,7 +200,17 @@ async fn pipeline(
         // never lists a family (the provider's list holds every key's).
         let owner = virtual_key_name(&cred);
         if let Some(key) = &owner {
-            app.owners.admit(key, &target.path, &parts.method, &body)?;
+            let multipart = parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| {
+                    v.trim_start()
+                        .to_ascii_lowercase()
+                        .starts_with("multipart/form-data")
+                });
+            app.owners
+                .admit(key, &target.path, &parts.method, multipart, &body)?;
         }
         let group = passthrough_group(snap, &app.deployments, rec.shape, &cred)
             .ok_or_else(|| ProxyError::NotFound(target.path.clone()))?;
