@@ -45,8 +45,12 @@ pub fn target(path: &str) -> Target<'_> {
     }
     for root in STORED {
         if segments.starts_with(root) {
-            if let Some(id) = segments.get(root.len()) {
-                return Target::Object(id);
+            match segments.get(root.len()) {
+                // Endpoints below `/v1/responses` that are not objects (their
+                // bodies are still checked for references).
+                Some(&("input_tokens" | "compact")) if root == ["responses"] => {}
+                Some(id) => return Target::Object(id),
+                None => {}
             }
         }
     }
@@ -78,8 +82,8 @@ pub const MAX_REFERENCES: usize = 1024;
 /// The object ids a request body references, at any depth. `checked`: the
 /// body is known to be one UTF-8 JSON object without duplicate keys (an LLM
 /// request Sluice has sniffed); then a body that cannot mention an id field
-/// (no `file_id`, `previous_response_id`, `vector_store_ids`, nor a `\u`
-/// escape that could spell one) is not parsed at all. Any other non-empty
+/// (no `file_id`, `previous_response_id`, `vector_store_ids`, nor a key
+/// spelled with a `\u` escape) is not parsed at all. Any other non-empty
 /// body must be such JSON, else it is refused: a body Sluice cannot read
 /// might be one the provider reads differently (another encoding, `NaN`, a
 /// duplicate key) and name another key's object.
@@ -89,7 +93,7 @@ pub fn referenced_ids(body: &[u8], checked: bool) -> Result<Vec<String>, ProxyEr
         && !(mentions(b"file_id")
             || mentions(b"previous_response_id")
             || mentions(b"vector_store_ids")
-            || mentions(b"\\u"))
+            || escaped_key(body))
     {
         return Ok(Vec::new());
     }
@@ -169,9 +173,7 @@ pub fn stores(body: &[u8], default: bool) -> bool {
         store: Option<Value>,
     }
     // `store` cannot be spelled without those bytes or a `\u` escape.
-    if memchr::memmem::find(body, b"store").is_none()
-        && memchr::memmem::find(body, b"\\u").is_none()
-    {
+    if memchr::memmem::find(body, b"store").is_none() && !escaped_key(body) {
         return default;
     }
     match serde_json::from_slice::<Store>(body) {
@@ -180,4 +182,32 @@ pub fn stores(body: &[u8], default: bool) -> bool {
         }) => b,
         _ => default,
     }
+}
+
+/// Whether a JSON text (known to be valid) has an object key written with a
+/// `\u` escape, which could spell any field name. Linear: each string is
+/// scanned once, from its first `\u` to its end.
+pub(super) fn escaped_key(body: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(i) = memchr::memmem::find(&body[at..], b"\\u") {
+        // `\u` only occurs inside a string: find that string's end.
+        let mut j = at + i;
+        loop {
+            match body.get(j) {
+                None => return true,
+                Some(b'\\') => j += 2,
+                Some(b'"') => break,
+                Some(_) => j += 1,
+            }
+        }
+        let mut k = j + 1;
+        while body.get(k).is_some_and(u8::is_ascii_whitespace) {
+            k += 1;
+        }
+        if body.get(k) == Some(&b':') {
+            return true;
+        }
+        at = j + 1;
+    }
+    false
 }

@@ -105,6 +105,7 @@ fn paths_name_roots_and_objects() {
         ("/v1/chat/completions/cc_1/messages", Target::Object("cc_1")),
         ("/v1/chat/completions", Target::Untracked),
         ("/v1/responses", Target::Untracked),
+        ("/v1/responses/input_tokens", Target::Untracked),
         ("/v1/images/generations", Target::Untracked),
         ("/v1/fine_tuning/jobs", Target::Untracked),
     ] {
@@ -214,4 +215,22 @@ fn store_flags() {
     assert!(!stores(br#"{"model":"m","store":false}"#, true));
     assert!(!stores(br#"{"model":"m","st\u006fre":false}"#, true));
     assert!(stores(br#"{"model":"m","store":"no"}"#, true));
+}
+
+#[test]
+fn only_escaped_keys_force_a_parse() {
+    assert!(!rules::escaped_key(
+        br#"{"model":"m","input":"caf\u00e9 \u00e9","x":"\\u"}"#
+    ));
+    assert!(rules::escaped_key(
+        br#"{"model":"m","a":"\u00e9","fil\u0065_id" : "f"}"#
+    ));
+    assert!(rules::escaped_key(br#"{"in\\\u0070ut":1}"#));
+    assert!(!rules::escaped_key(br#"{"a":"\u0022:"}"#));
+    // An LLM body with escaped text but no id field is not parsed.
+    assert!(
+        referenced_ids(br#"{"model":"m","input":"caf\u00e9"}"#, true)
+            .expect("ok")
+            .is_empty()
+    );
 }
