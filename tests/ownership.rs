@@ -70,14 +70,22 @@ async fn req(
 }
 
 async fn create_file(s: &Sluice, key: &str) -> String {
-    let (st, v, _) = req(
-        s,
+    // Asked for gzip (as SDKs do): Sluice still reads the answer's id.
+    let auth = format!("Bearer {key}");
+    let (st, h, b) = call(
         Method::POST,
-        "/v1/files",
-        key,
-        json!({"purpose": "batch"}),
+        &s.url("/v1/files"),
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+            ("accept-encoding", "gzip"),
+            ("x-mock-gzip", "1"),
+        ],
+        json!({"purpose": "batch"}).to_string(),
     )
     .await;
+    assert!(h.get("content-encoding").is_none(), "{h:?}");
+    let v: Value = serde_json::from_slice(&b).unwrap_or(Value::Null);
     assert_eq!(st, StatusCode::OK, "{v}");
     v["id"].as_str().expect("id").to_owned()
 }

@@ -120,7 +120,13 @@ pub(super) async fn owned_answer(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    if !resp.status().is_success() || !json {
+    // Asked for uncompressed; a provider that compresses anyway leaves its
+    // ids unrecorded (unreachable: fail closed).
+    let encoded = resp
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes() != b"identity");
+    if !resp.status().is_success() || !json || encoded {
         return Ok(attempt::Answered::Stream(resp));
     }
     let (head, body) = resp.into_parts();

@@ -185,6 +185,7 @@ async fn pipeline(
         endpoint: rec.endpoint,
         shape: rec.shape,
         deadline: tokio::time::Instant::now(),
+        reads_answer: false,
     };
     let Some(s) = sniffed else {
         // No model: `GET /v1/models` from config, or a passthrough path.
@@ -217,11 +218,11 @@ async fn pipeline(
         admit(app, snap, rec, "", 0)?;
         call.body = body;
         call.deadline = deadline(rec, snap, &group);
+        let owner = owner.filter(|_| ownership::records_answer(&target.path, &parts.method));
+        call.reads_answer = owner.is_some();
         let mut answer = attempt::run(&call, VecDeque::from([group]), rec).await?;
         if let Some(key) = owner {
-            if ownership::records_answer(&target.path, &parts.method) {
-                answer = owned_answer(answer, rec, &app.owners, &key).await?;
-            }
+            answer = owned_answer(answer, rec, &app.owners, &key).await?;
         }
         return upstream_answer(answer, rec, snap, false, None).await;
     };
