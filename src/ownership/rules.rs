@@ -17,8 +17,9 @@ pub enum Target<'a> {
 }
 
 /// Family roots whose objects are owned, and the family name for messages.
-const ROOTS: [(&[&str], &str); 5] = [
+const ROOTS: [(&[&str], &str); 6] = [
     (&["files"], "files"),
+    (&["conversations"], "conversations"),
     (&["uploads"], "uploads"),
     (&["batches"], "batches"),
     (&["messages", "batches"], "batches"),
@@ -82,7 +83,7 @@ pub const MAX_REFERENCES: usize = 1024;
 /// The object ids a request body references, at any depth. `checked`: the
 /// body is known to be one UTF-8 JSON object without duplicate keys (an LLM
 /// request Sluice has sniffed); then a body that cannot mention an id field
-/// (no `file_id`, `previous_response_id`, `vector_store_ids`, nor a key
+/// (no `file_id`, `previous_response_id`, `vector_store_ids`, `"conversation"`, nor a key
 /// spelled with a `\u` escape) is not parsed at all. Any other non-empty
 /// body must be such JSON, else it is refused: a body Sluice cannot read
 /// might be one the provider reads differently (another encoding, `NaN`, a
@@ -93,6 +94,7 @@ pub fn referenced_ids(body: &[u8], checked: bool) -> Result<Vec<String>, ProxyEr
         && !(mentions(b"file_id")
             || mentions(b"previous_response_id")
             || mentions(b"vector_store_ids")
+            || mentions(b"\"conversation\"")
             || escaped_key(body))
     {
         return Ok(Vec::new());
@@ -128,6 +130,14 @@ fn walk(v: &Value, out: &mut Vec<String>) {
             for (k, v) in o {
                 match v {
                     Value::String(s) if ID_FIELDS.contains(&k.as_str()) => out.push(s.clone()),
+                    // The Responses API's `conversation`: an id, or `{"id": ...}`.
+                    Value::String(s) if k == "conversation" => out.push(s.clone()),
+                    Value::Object(c) if k == "conversation" => {
+                        if let Some(id) = c.get("id").and_then(Value::as_str) {
+                            out.push(id.to_owned());
+                        }
+                        walk(v, out);
+                    }
                     Value::Array(a) if ID_LIST_FIELDS.contains(&k.as_str()) => {
                         for s in a.iter().filter_map(Value::as_str) {
                             out.push(s.to_owned());

@@ -108,6 +108,8 @@ fn paths_name_roots_and_objects() {
         ("/v1/responses/input_tokens", Target::Untracked),
         ("/v1/images/generations", Target::Untracked),
         ("/v1/fine_tuning/jobs", Target::Untracked),
+        ("/v1/conversations", Target::Root("conversations")),
+        ("/v1/conversations/conv_1/items", Target::Object("conv_1")),
     ] {
         assert_eq!(target(p), t, "{p}");
     }
@@ -128,12 +130,16 @@ fn body_references_at_any_depth() {
     let body = br#"{"input_file_id":"file-1","previous_response_id":"resp_1",
         "input":[{"content":[{"type":"input_file","file_id":"file-2"}]}],
         "tools":[{"type":"file_search","vector_store_ids":["vs_1","vs_2"]}],
-        "file_ids":["file-3"]}"#;
+        "file_ids":["file-3"],"conversation":{"id":"conv_1"}}"#;
     let mut ids = referenced_ids(body, false).expect("json");
     ids.sort();
     assert_eq!(
         ids,
-        ["file-1", "file-2", "file-3", "resp_1", "vs_1", "vs_2"]
+        ["conv_1", "file-1", "file-2", "file-3", "resp_1", "vs_1", "vs_2"]
+    );
+    assert_eq!(
+        referenced_ids(br#"{"model":"x","conversation":"conv_2"}"#, true).expect("json"),
+        ["conv_2"]
     );
     assert!(referenced_ids(br#"{"model":"x","messages":[]}"#, true)
         .expect("json")
