@@ -35,7 +35,7 @@ mod stages;
 use answer::{cache_hit, model_list, owned_answer, upstream_answer};
 use stages::{
     add_breakpoints, admit, choose_tier, count_input, deadline, needs_usage_injection,
-    passthrough_allowed, passthrough_group, read_body,
+    owned_passthrough, passthrough_allowed, passthrough_group, read_body, stored_ids,
 };
 
 /// What the pipeline produced.
@@ -199,20 +199,7 @@ async fn pipeline(
         }
         // Ownership: a virtual key reaches only the objects it created, and
         // never lists a family (the provider's list holds every key's).
-        let owner = virtual_key_name(&cred);
-        if let Some(key) = &owner {
-            let multipart = parts
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| {
-                    v.trim_start()
-                        .to_ascii_lowercase()
-                        .starts_with("multipart/form-data")
-                });
-            app.owners
-                .admit(key, &target.path, &parts.method, multipart, &body)?;
-        }
+        let owner = owned_passthrough(app, &cred, &target.path, &parts, &body)?;
         let group = passthrough_group(snap, &app.deployments, rec.shape, &cred)
             .ok_or_else(|| ProxyError::NotFound(target.path.clone()))?;
         admit(app, snap, rec, "", 0)?;
@@ -244,22 +231,11 @@ async fn pipeline(
         });
     }
     // Objects the body references (`previous_response_id`, a `file_id`
-    // part) must be the key's own; the stored answer becomes the key's.
-    let mut ids = None;
-    if let Some(k) = vk {
-        app.owners.admit_body(&k.name, &body)?;
-        let stored = match rec.endpoint {
-            Endpoint::Responses => ownership::stores(&body, true),
-            Endpoint::ChatCompletions => ownership::stores(&body, false),
-            _ => false,
-        };
-        if stored {
-            ids = Some(ownership::IdSink {
-                owners: app.owners.clone(),
-                key: k.name.clone(),
-            });
-        }
-    }
+    // part) must be the key's own; a stored answer becomes the key's.
+    let ids = match vk {
+        Some(k) => stored_ids(app, k, rec.endpoint, &body)?,
+        None => None,
+    };
 
     // Tier routing: a routing model (e.g. `auto`) picks the model to use.
     // Header rules count only where identity headers are trusted, or the key
@@ -521,14 +497,6 @@ async fn pipeline(
         Some(count) => with_context_check(run, count, &plan).await?,
     };
     upstream_answer(answer, rec, snap, inject_usage, ids).await
-}
-
-/// The name of a virtual key; `None` for a client's own provider key.
-fn virtual_key_name(cred: &Credential) -> Option<Arc<str>> {
-    match cred {
-        Credential::Virtual(vk) => Some(vk.name.clone()),
-        Credential::Passthrough { .. } => None,
-    }
 }
 
 /// Bodies below this size are counted before sending (well under a
