@@ -16,6 +16,7 @@ use crate::budget::ledger::Ledger;
 use crate::cache::{Flights, ResponseCache};
 use crate::config::{Config, ConfigError};
 use crate::limits::rate::RateLimiter;
+use crate::ownership::Owners;
 use crate::resilience::Deployments;
 use crate::route::Router;
 use crate::upstream::Upstream;
@@ -78,6 +79,8 @@ pub struct App {
     /// The response cache (sized at start) and its in-flight misses.
     pub cache: Arc<ResponseCache>,
     pub flights: Flights,
+    /// Which virtual key created which provider object (persisted).
+    pub owners: Arc<Owners>,
     shutting_down: AtomicBool,
     id_seed: u64,
     id_counter: AtomicU64,
@@ -90,6 +93,7 @@ impl App {
         usage: UsageLog,
         metrics: Option<PrometheusHandle>,
         ledger: Arc<Ledger>,
+        owners: Arc<Owners>,
     ) -> Arc<App> {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -110,6 +114,7 @@ impl App {
             cache,
             flights: Flights::new(),
             ledger,
+            owners,
             shutting_down: AtomicBool::new(false),
             id_seed: seed,
             id_counter: AtomicU64::new(0),

@@ -68,6 +68,9 @@ pub struct Call<'a> {
     pub endpoint: Endpoint,
     pub shape: ApiShape,
     pub deadline: tokio::time::Instant,
+    /// Sluice reads a passthrough answer (to record who owns the objects it
+    /// names): ask for it uncompressed.
+    pub reads_answer: bool,
 }
 
 /// The upstream answer that goes to the client.
@@ -414,7 +417,7 @@ fn build_request(
             headers.insert(header.clone(), value.clone());
         }
     }
-    if call.endpoint != Endpoint::Other {
+    if call.endpoint != Endpoint::Other || call.reads_answer {
         // Sluice reads these bodies (usage, errors): ask for them uncompressed.
         headers.insert(
             header::ACCEPT_ENCODING,

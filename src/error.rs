@@ -80,6 +80,13 @@ pub enum ProxyError {
     FamilyNotAllowed { family: &'static str },
     #[error("{0}")]
     Forbidden(String),
+    #[error("No such object: {:?}", Clip(.id, MAX_ECHO_CHARS))]
+    ObjectNotFound { id: String },
+    #[error(
+        "listing {family} is not allowed through a virtual key (the provider's list holds every \
+         key's objects); keep the ids your key creates and use them directly"
+    )]
+    ListingNotAllowed { family: &'static str },
     #[error("provider {provider:?} has no API key configured (set {env})")]
     ProviderKeyMissing { provider: String, env: String },
     #[error("could not reach provider {provider:?}: {}", Clip(.detail, MAX_MESSAGE_CHARS))]
@@ -136,11 +143,14 @@ impl ProxyError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::MissingKey | Self::InvalidKey => StatusCode::UNAUTHORIZED,
-            Self::ModelNotAllowed { .. } | Self::FamilyNotAllowed { .. } | Self::Forbidden(_) => {
-                StatusCode::FORBIDDEN
-            }
+            Self::ModelNotAllowed { .. }
+            | Self::FamilyNotAllowed { .. }
+            | Self::Forbidden(_)
+            | Self::ListingNotAllowed { .. } => StatusCode::FORBIDDEN,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::UnknownModel { .. } | Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::UnknownModel { .. } | Self::NotFound(_) | Self::ObjectNotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
             Self::ProviderKeyMissing { .. } | Self::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -192,6 +202,8 @@ impl ProxyError {
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::FamilyNotAllowed { .. } => "endpoint_not_allowed",
             Self::Forbidden(_) => "forbidden",
+            Self::ObjectNotFound { .. } => "object_not_found",
+            Self::ListingNotAllowed { .. } => "listing_not_allowed",
             Self::ProviderKeyMissing { .. } => "provider_key_missing",
             Self::UpstreamConnect { .. } => "upstream_connect",
             Self::UpstreamBodyTooLarge { .. } => "upstream_body_too_large",
@@ -219,6 +231,7 @@ impl ProxyError {
             Self::NotFound(_) => "unknown_url",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::FamilyNotAllowed { .. } => "endpoint_not_allowed",
+            Self::ListingNotAllowed { .. } => "listing_not_allowed",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::UpstreamConnect { .. } => "upstream_unreachable",
             Self::UpstreamBodyTooLarge { .. } => "upstream_response_too_large",
@@ -263,6 +276,7 @@ impl ProxyError {
                     "param": match self {
                         Self::UnknownModel { .. } | Self::ModelNotAllowed { .. } => Some("model"),
                         Self::InputTooLong { .. } => Some("messages"),
+                        Self::ObjectNotFound { .. } => Some("id"),
                         _ => None,
                     },
                     "code": self.openai_code(),

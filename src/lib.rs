@@ -15,6 +15,7 @@ pub mod error;
 pub mod headers;
 pub mod limits;
 pub mod metrics;
+pub mod ownership;
 pub mod path;
 pub mod proxy;
 pub mod record;

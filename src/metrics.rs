@@ -115,7 +115,7 @@ fn describe() {
     );
     describe_gauge!(
         "sluice_state_entries",
-        "Entries held in a bounded per-identity or per-deployment map (rate_buckets, budget_buckets, spend_identities, deployments), as of the last sweep."
+        "Entries held in a bounded per-identity or per-deployment map (rate_buckets, budget_buckets, spend_identities, deployments, owned_ids), as of the last sweep."
     );
     describe_gauge!(
         "sluice_connections",

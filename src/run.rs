@@ -12,7 +12,7 @@ use crate::app::{App, Snapshot};
 use crate::budget::ledger::{system_clock, Ledger};
 use crate::config::Config;
 use crate::usage_log::UsageLog;
-use crate::{admin, metrics, proxy, server};
+use crate::{admin, metrics, ownership, proxy, server};
 
 /// Runs Sluice on a config file until SIGTERM/SIGINT.
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
@@ -52,7 +52,17 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             anyhow::anyhow!("state file {}: {e}", snapshot.config.state_path.display())
         }
     })?;
-    let app = App::new(snapshot, Some(config_path), usage, Some(metrics), ledger);
+    let owners_path = ownership::file_beside(&snapshot.config.state_path);
+    let owners = ownership::Owners::open(&owners_path, ownership::MAX_IDS)
+        .map_err(|e| anyhow::anyhow!("owners file {}: {e}", owners_path.display()))?;
+    let app = App::new(
+        snapshot,
+        Some(config_path),
+        usage,
+        Some(metrics),
+        ledger,
+        Arc::new(owners),
+    );
     let stop_sweeper = CancellationToken::new();
     let sweeper = spawn_sweeper(app.clone(), stop_sweeper.clone());
     // Handlers go in before the listeners open, so an early SIGHUP reloads
@@ -112,6 +122,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     stop_sweeper.cancel();
     let _ = sweeper.await;
     app.ledger.close().await;
+    app.owners.close().await;
     app.usage.flush().await;
     tracing::info!("stopped");
     Ok(())
@@ -152,6 +163,7 @@ fn sweep(app: &App) {
     metrics::state_entries("spend_identities", app.ledger.spend.sweep(unix_now));
     let configured = snap.router.deployment_names(&snap.upstreams);
     metrics::state_entries("deployments", app.deployments.retain(&configured));
+    metrics::state_entries("owned_ids", app.owners.len());
 }
 
 /// The signals Sluice acts on.

@@ -16,7 +16,12 @@ use serde_json::{json, Value};
 async fn setup() -> (MockProvider, Sluice) {
     let mock = MockProvider::start().await.expect("mock");
     // The test key may use the files endpoints (a passthrough family).
-    let s = Sluice::start(&config(&mock.url(), "passthrough = [\"files\"]", "")).await;
+    let s = Sluice::start(&config(
+        &mock.url(),
+        "passthrough = [\"files\", \"other\"]",
+        "",
+    ))
+    .await;
     (mock, s)
 }
 
@@ -386,19 +391,20 @@ async fn embeddings_responses_count_tokens_and_passthrough_paths() {
     assert!(json(&b)["input_tokens"].as_u64().is_some());
 
     // An unknown path passes through unchanged, query string included.
+    // (Not `/v1/files`: a virtual key may not list a family.)
     let auth = format!("Bearer {KEY}");
     let (st, _, b) = call(
         Method::GET,
-        &s.url("/v1/files?purpose=batch"),
+        &s.url("/v1/echo?purpose=batch"),
         &[("authorization", &auth)],
         "",
     )
     .await;
     assert_eq!(st, StatusCode::OK);
-    assert_eq!(json(&b)["path"], "/v1/files?purpose=batch");
+    assert_eq!(json(&b)["path"], "/v1/echo?purpose=batch");
     assert_eq!(
         mock.last_request().expect("req").path,
-        "/v1/files?purpose=batch"
+        "/v1/echo?purpose=batch"
     );
 }
 
@@ -408,7 +414,7 @@ async fn gzip_passes_through_on_passthrough_paths() {
     let auth = format!("Bearer {KEY}");
     let (st, h, b) = call(
         Method::GET,
-        &s.url("/v1/files"),
+        &s.url("/v1/echo"),
         &[
             ("authorization", &auth),
             ("accept-encoding", "gzip"),

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Limited};
 use serde_json::json;
 
 use crate::app::Snapshot;
@@ -15,6 +15,7 @@ use crate::body::{ProxyBody, TapConfig};
 use crate::cache;
 use crate::error::{ApiShape, ProxyError};
 use crate::headers::{client_response_headers, value};
+use crate::ownership::{answer_ids, IdSink, Owners};
 use crate::record::RequestRecord;
 use crate::sniff::{Endpoint, Sniffed};
 use crate::stream::observe::{Observed, Observer};
@@ -23,12 +24,15 @@ use super::{Answer, UpstreamAnswer};
 
 /// The answer for the client from what the attempt loop returned. A
 /// successful non-streamed body is read in full (bounded by the deadline) so
-/// its cost can go in `x-sluice-cost-usd`; streams go through the tap.
+/// its cost can go in `x-sluice-cost-usd`; streams go through the tap. With
+/// `ids`, the stored object the answer names is recorded as the key's before
+/// the client can see its id.
 pub(super) async fn upstream_answer(
     answer: attempt::Answered,
     rec: &mut RequestRecord,
     snap: &Snapshot,
     inject_usage: bool,
+    ids: Option<IdSink>,
 ) -> Result<Answer, ProxyError> {
     let local = |head: &http::response::Parts, bytes: Bytes| {
         let mut resp = Response::new(ProxyBody::full(bytes));
@@ -50,6 +54,9 @@ pub(super) async fn upstream_answer(
                 .iter()
                 .find(|u| u.name == rec.provider)
                 .map_or(snap.config.server.drain_timeout, |u| u.timeouts.idle);
+            if let Some(sink) = ids.clone().filter(|_| head.status.is_success()) {
+                observer = observer.with_ids(sink);
+            }
             if matches!(observer, Observer::Json { .. }) && head.status.is_success() {
                 let limits = ReadLimits {
                     max: bounds.max_response_body,
@@ -85,6 +92,11 @@ pub(super) async fn upstream_answer(
                     }
                 };
                 rec.first_byte(Instant::now());
+                if let Some(sink) = &ids {
+                    if let Some(id) = answer_ids(&bytes).first() {
+                        sink.owners.record(id, &sink.key);
+                    }
+                }
                 observer.observe(&bytes);
                 if let Some(c) = rec.capture.take() {
                     c.finish_json(bytes.clone());
@@ -173,6 +185,65 @@ where
         1 => chunks.swap_remove(0),
         _ => Bytes::from(chunks.concat()),
     })
+}
+
+/// Largest passthrough answer read to record the ids it gives its caller.
+const MAX_OWNED_ANSWER: usize = 1 << 20;
+
+/// A successful JSON answer to a request that gives its caller objects (a
+/// creation, a completed upload, a batch with its output files): read in
+/// full (at most 1 MiB, within the deadline) and its ids recorded as the
+/// key's before the client sees them.
+pub(super) async fn owned_answer(
+    answer: attempt::Answered,
+    rec: &RequestRecord,
+    owners: &Owners,
+    key: &str,
+) -> Result<attempt::Answered, ProxyError> {
+    let attempt::Answered::Stream(resp) = answer else {
+        return Ok(answer);
+    };
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    // Asked for uncompressed; a provider that compresses anyway leaves its
+    // ids unrecorded (unreachable: fail closed).
+    let encoded = resp
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes() != b"identity");
+    if !resp.status().is_success() || !json || encoded {
+        return Ok(attempt::Answered::Stream(resp));
+    }
+    let (head, body) = resp.into_parts();
+    let read =
+        tokio::time::timeout_at(rec.deadline, Limited::new(body, MAX_OWNED_ANSWER).collect()).await;
+    let bytes = match read {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(e)) => {
+            let detail = if e.is::<http_body_util::LengthLimitError>() {
+                format!("answer over {MAX_OWNED_ANSWER} bytes; Sluice reads it to record who owns its objects")
+            } else {
+                format!("response body failed: {e}")
+            };
+            return Err(ProxyError::UpstreamConnect {
+                provider: rec.provider.to_string(),
+                detail,
+            });
+        }
+        Err(_) => {
+            return Err(ProxyError::UpstreamTimeout {
+                provider: rec.provider.to_string(),
+                phase: "total",
+            })
+        }
+    };
+    for id in answer_ids(&bytes) {
+        owners.record(&id, key);
+    }
+    Ok(attempt::Answered::Buffered(head, bytes))
 }
 
 /// A cached answer in the form the client asked for: JSON, or replayed as

@@ -21,6 +21,7 @@ use crate::headers::{client_response_headers, value};
 use crate::limits::tokens::{self, Family};
 use crate::limits::{self, context, rate, request};
 use crate::metrics;
+use crate::ownership;
 use crate::path;
 use crate::record::{RequestRecord, StreamEnd};
 use crate::sniff::{self, Endpoint, Rewrite};
@@ -31,10 +32,10 @@ mod cache_stage;
 mod cost;
 mod stages;
 
-use answer::{cache_hit, model_list, upstream_answer};
+use answer::{cache_hit, model_list, owned_answer, upstream_answer};
 use stages::{
     add_breakpoints, admit, choose_tier, count_input, deadline, needs_usage_injection,
-    passthrough_allowed, passthrough_group, read_body,
+    owned_passthrough, passthrough_allowed, passthrough_group, read_body, stored_ids,
 };
 
 /// What the pipeline produced.
@@ -184,6 +185,7 @@ async fn pipeline(
         endpoint: rec.endpoint,
         shape: rec.shape,
         deadline: tokio::time::Instant::now(),
+        reads_answer: false,
     };
     let Some(s) = sniffed else {
         // No model: `GET /v1/models` from config, or a passthrough path.
@@ -195,13 +197,21 @@ async fn pipeline(
         if let Some(family) = target.family {
             passthrough_allowed(snap, &cred, family, &body)?;
         }
+        // Ownership: a virtual key reaches only the objects it created, and
+        // never lists a family (the provider's list holds every key's).
+        let owner = owned_passthrough(app, &cred, &target.path, &parts, &body)?;
         let group = passthrough_group(snap, &app.deployments, rec.shape, &cred)
             .ok_or_else(|| ProxyError::NotFound(target.path.clone()))?;
         admit(app, snap, rec, "", 0)?;
         call.body = body;
         call.deadline = deadline(rec, snap, &group);
-        let answer = attempt::run(&call, VecDeque::from([group]), rec).await?;
-        return upstream_answer(answer, rec, snap, false).await;
+        let owner = owner.filter(|_| ownership::records_answer(&target.path, &parts.method));
+        call.reads_answer = owner.is_some();
+        let mut answer = attempt::run(&call, VecDeque::from([group]), rec).await?;
+        if let Some(key) = owner {
+            answer = owned_answer(answer, rec, &app.owners, &key).await?;
+        }
+        return upstream_answer(answer, rec, snap, false, None).await;
     };
     rec.stream = s.stream;
     rec.model = s.model.clone();
@@ -220,6 +230,12 @@ async fn pipeline(
             model: s.model.clone(),
         });
     }
+    // Objects the body references (`previous_response_id`, a `file_id`
+    // part) must be the key's own; a stored answer becomes the key's.
+    let ids = match vk {
+        Some(k) => stored_ids(app, k, rec.endpoint, &body)?,
+        None => None,
+    };
 
     // Tier routing: a routing model (e.g. `auto`) picks the model to use.
     // Header rules count only where identity headers are trusted, or the key
@@ -480,7 +496,7 @@ async fn pipeline(
         None => run.await?,
         Some(count) => with_context_check(run, count, &plan).await?,
     };
-    upstream_answer(answer, rec, snap, inject_usage).await
+    upstream_answer(answer, rec, snap, inject_usage, ids).await
 }
 
 /// Bodies below this size are counted before sending (well under a

@@ -1,6 +1,8 @@
 //! The plain steps the pipeline wires: reading the body, counting tokens,
-//! admission under rate limits, tier routing, prompt-cache breakpoints.
+//! admission under rate limits, tier routing, prompt-cache breakpoints,
+//! object ownership.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,13 +12,14 @@ use hyper::body::Incoming;
 
 use crate::app::{App, Snapshot};
 use crate::attempt;
-use crate::auth::Credential;
+use crate::auth::{Credential, VirtualKey};
 use crate::cache;
 use crate::config::ServerConfig;
 use crate::error::{ApiShape, ProxyError};
 use crate::limits::rate;
 use crate::limits::tokens::{self, Family};
 use crate::metrics;
+use crate::ownership::{self, IdSink};
 use crate::path::Family as PathFamily;
 use crate::record::RequestRecord;
 use crate::resilience::balance::Candidate;
@@ -161,6 +164,56 @@ pub(super) fn passthrough_allowed(
         )));
     }
     Ok(())
+}
+
+/// Ownership on a passthrough path: a virtual key's request may name only
+/// objects the key created (path and body) and never lists a family root.
+/// Returns the key name when it is a virtual key (its answer may give it
+/// objects), `None` for a client's own key.
+pub(super) fn owned_passthrough(
+    app: &App,
+    cred: &Credential,
+    path: &str,
+    parts: &http::request::Parts,
+    body: &[u8],
+) -> Result<Option<Arc<str>>, ProxyError> {
+    let Credential::Virtual(vk) = cred else {
+        return Ok(None);
+    };
+    let multipart = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        });
+    app.owners
+        .admit(&vk.name, path, &parts.method, multipart, body)?;
+    Ok(Some(vk.name.clone()))
+}
+
+/// Ownership on an LLM endpoint: the objects a virtual key's body references
+/// must be its own; a stored answer (a response unless `store: false`, a
+/// chat completion with `store: true`) is recorded as the key's through the
+/// returned sink.
+pub(super) fn stored_ids(
+    app: &App,
+    vk: &VirtualKey,
+    endpoint: Endpoint,
+    body: &[u8],
+) -> Result<Option<IdSink>, ProxyError> {
+    app.owners.admit_body(&vk.name, body)?;
+    let stored = match endpoint {
+        Endpoint::Responses => ownership::stores(body, true),
+        Endpoint::ChatCompletions => ownership::stores(body, false),
+        _ => false,
+    };
+    Ok(stored.then(|| IdSink {
+        owners: app.owners.clone(),
+        key: vk.name.clone(),
+    }))
 }
 
 /// Passthrough paths go to the first provider speaking the client's API

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{ApiShape, ProxyError};
 
-mod unique;
+pub(crate) mod unique;
 
 /// Longest model name accepted, in bytes.
 pub const MAX_MODEL_LEN: usize = 256;

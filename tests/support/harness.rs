@@ -306,6 +306,16 @@ impl Sluice {
         self.dir.clone()
     }
 
+    /// SIGTERM, then wait for exit; the directory (state, usage log) is kept
+    /// for a restart with `start_in`.
+    pub async fn stop_keeping_dir(mut self) -> PathBuf {
+        self.keep_dir = true;
+        let dir = self.dir.clone();
+        let (status, _) = self.stop().await;
+        assert!(status.success(), "sluice exited with {status}");
+        dir
+    }
+
     /// SIGTERM, then wait for exit (up to 30 s); returns the exit status and
     /// the usage log as it was left.
     pub async fn stop(mut self) -> (ExitStatus, String) {

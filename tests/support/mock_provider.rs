@@ -9,7 +9,11 @@
 //!   `POST /v1/responses` (OpenAI), `POST /v1/messages`, `POST /v1/messages/count_tokens`
 //!   (Anthropic; `anthropic-version` header required), `GET /v1/models` (Anthropic flavour when
 //!   `anthropic-version` is present).
-//! * Anything else (e.g. `GET /v1/echo-headers`, `POST /v1/files`) answers 200 with
+//! * `POST /v1/files`, `/v1/uploads`, `/v1/batches`, `/v1/vector_stores`,
+//!   `/v1/messages/batches` answer a new object `{"id","object","path"}` with a fresh id
+//!   (`file-mock-N`, `batch_mock_N`, ...); `GET /v1/batches/{id}` answers a completed batch
+//!   with `output_file_id: "file-out-{id}"`.
+//! * Anything else (e.g. `GET /v1/echo-headers`, `GET /v1/files/x`) answers 200 with
 //!   `{"path","method","headers":{..},"body_len"}`.
 //!
 //! # Generated content
@@ -681,6 +685,9 @@ fn route(ctx: &Ctx) -> Reply {
         ("POST", "/v1/messages") => with_anthropic_json(ctx, messages),
         ("POST", "/v1/messages/count_tokens") => with_anthropic_json(ctx, count_tokens),
         ("GET", "/v1/models") => models(ctx),
+        ("POST", "/v1/files" | "/v1/uploads" | "/v1/batches" | "/v1/vector_stores")
+        | ("POST", "/v1/messages/batches") => created(ctx),
+        ("GET", p) if batch_id(p).is_some() => batch(ctx),
         _ => echo(ctx),
     }
 }
@@ -1736,6 +1743,51 @@ fn models(ctx: &Ctx) -> Reply {
     Reply::json(json!({
         "object": "list",
         "data": [{"id": DEFAULT_MODEL, "object": "model", "created": CREATED, "owned_by": "mock"}]
+    }))
+}
+
+/// `POST /v1/files` (uploads, batches, vector stores, message batches): a
+/// new object with a fresh id (`file-mock-N`, `batch_mock_N`, ...), its
+/// `path`, and a batch's `input_file_id` copied from a JSON body.
+fn created(ctx: &Ctx) -> Reply {
+    let (object, prefix) = match ctx.path.as_str() {
+        "/v1/files" => ("file", "file-mock-"),
+        "/v1/uploads" => ("upload", "upload_mock_"),
+        "/v1/batches" => ("batch", "batch_mock_"),
+        "/v1/vector_stores" => ("vector_store", "vs_mock_"),
+        _ => ("message_batch", "msgbatch_mock_"),
+    };
+    let mut body = json!({
+        "id": format!("{prefix}{}", ctx.seq),
+        "object": object,
+        "path": ctx.path_and_query,
+    });
+    if let Ok(Value::Object(req)) = serde_json::from_slice::<Value>(&ctx.body) {
+        if let Some(input) = req.get("input_file_id") {
+            body["input_file_id"] = input.clone();
+        }
+    }
+    Reply::json(body)
+}
+
+/// The id in `/v1/batches/{id}` or `/v1/messages/batches/{id}`.
+fn batch_id(path: &str) -> Option<&str> {
+    let id = path
+        .strip_prefix("/v1/batches/")
+        .or_else(|| path.strip_prefix("/v1/messages/batches/"))?;
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+/// `GET /v1/batches/{id}`: a completed batch with an output file
+/// `file-out-{id}`.
+fn batch(ctx: &Ctx) -> Reply {
+    let id = batch_id(&ctx.path).unwrap_or_default();
+    Reply::json(json!({
+        "id": id,
+        "object": "batch",
+        "status": "completed",
+        "output_file_id": format!("file-out-{id}"),
+        "path": ctx.path_and_query,
     }))
 }
 

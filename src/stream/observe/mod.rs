@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::sse::{parse_block, SseSplitter};
+use crate::ownership::IdSink;
 use crate::usage::{Usage, UsageAcc, UsageFields};
 
 /// Streamed output text kept for counting, at most this many bytes.
@@ -64,6 +65,9 @@ pub struct SseState {
     /// Data of the JSON events seen, back to back, and where each ends.
     raw: Vec<u8>,
     raw_ends: Vec<usize>,
+    /// Where the first JSON event's object id goes (a stored response or
+    /// chat completion), before that event reaches the client.
+    ids: Option<IdSink>,
 }
 
 impl Observer {
@@ -76,6 +80,7 @@ impl Observer {
                 out: Observed::default(),
                 raw: Vec::new(),
                 raw_ends: Vec::new(),
+                ids: None,
             }),
         }
     }
@@ -92,6 +97,16 @@ impl Observer {
     pub fn with_max_event(mut self, max_event: usize) -> Self {
         if let Observer::Sse { splitter, .. } = &mut self {
             *splitter = SseSplitter::with_max_event(max_event);
+        }
+        self
+    }
+
+    /// Records the object id of an SSE stream's first JSON event (a chat
+    /// chunk's `id`, `response.created`'s `response.id`) for the key that
+    /// asked; other observers ignore it.
+    pub fn with_ids(mut self, sink: IdSink) -> Self {
+        if let Observer::Sse { state, .. } = &mut self {
+            state.ids = Some(sink);
         }
         self
     }
@@ -247,6 +262,11 @@ impl SseState {
         }
         if data.first() != Some(&b'{') {
             return Keep::Unchanged;
+        }
+        if let Some(sink) = self.ids.take() {
+            if let Some(id) = crate::ownership::answer_ids(data).first() {
+                sink.owners.record(id, &sink.key);
+            }
         }
         if self.raw.len() + data.len() <= MAX_TEXT {
             self.raw.extend_from_slice(data);
