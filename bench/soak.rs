@@ -22,7 +22,7 @@
 //! * in the background for the whole run: `--idle` sockets that connect and never send
 //!   (re-opened whenever Sluice closes them at `header_timeout`), 4 slowloris clients that
 //!   trickle a body one byte every 2 s (Sluice answers 408 at `body_timeout`) and 2 that trickle
-//!   their headers (closed at `header_timeout`).
+//!   their headers (closed by Sluice; in the run of bench/RESULTS.md at 2 × `header_timeout`).
 //!
 //! Every 10 s it samples Sluice's RSS, open fds, threads, CPU, and the size and series count of
 //! `/metrics`. At the end it stops the traffic, closes the idle sockets, stops Sluice with
