@@ -260,9 +260,13 @@ where
     };
     crate::metrics::connection_closed(limits.plane, reason);
     match watch {
+        // No request ever arrived whole: nothing to finish, so the
+        // connection is dropped at once (a graceful close would let hyper
+        // wait for a half-sent head for another `header_timeout`).
+        Watch::NoRequest => Ok(()),
         // An idle connection closes at once (h2: after GOAWAY); one whose
         // client does not play along is dropped.
-        Watch::NoRequest | Watch::Idle => {
+        Watch::Idle => {
             conn.as_mut().graceful_shutdown();
             match tokio::time::timeout(limits.header_timeout, conn).await {
                 Ok(done) => done,
