@@ -192,7 +192,7 @@ pub async fn run(
                     answered_by(rec, upstream, cand, guard);
                     if status == StatusCode::BAD_REQUEST {
                         if let Some(fallback) = &group.context_fallback {
-                            let (parts, body) = read_error(resp).await;
+                            let (parts, body) = read_error(resp, upstream.timeouts.idle).await;
                             if is_context_length_error(&body) {
                                 if let Some(g) = fallback_group(call, fallback) {
                                     tracing::debug!(to = %fallback, "context length exceeded: falling back");
@@ -437,13 +437,19 @@ fn build_request(
     Ok(req)
 }
 
-async fn read_error(resp: Response<Incoming>) -> (http::response::Parts, Bytes) {
+/// Reads an error body, bounded in size and by the idle timeout (a provider
+/// that stalls here gives an empty body, which is not a context-length
+/// error, instead of holding the request).
+async fn read_error(
+    resp: Response<Incoming>,
+    idle: std::time::Duration,
+) -> (http::response::Parts, Bytes) {
     let (parts, body) = resp.into_parts();
-    let bytes = Limited::new(body, MAX_ERROR_BODY)
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+    let read = tokio::time::timeout(idle, Limited::new(body, MAX_ERROR_BODY).collect()).await;
+    let bytes = match read {
+        Ok(Ok(c)) => c.to_bytes(),
+        _ => Bytes::new(),
+    };
     (parts, bytes)
 }
 
