@@ -27,6 +27,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "procfs.rs"]
+mod procfs;
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
@@ -34,6 +37,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinSet;
+
+use procfs::{clk_tck, cpu_ticks, fd_count, stat_fields, status_kb};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -450,25 +455,6 @@ http {{
 // /proc
 // ------------------------------------------------------------------------------------------
 
-/// Fields of /proc/PID/stat after the command name (index 0 = state, field 3 in proc(5)).
-fn stat_fields(stat: &str) -> Vec<&str> {
-    stat.rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default()
-}
-
-/// utime + stime in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .map(|s| {
-            let f = stat_fields(&s);
-            let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            get(11) + get(12)
-        })
-        .unwrap_or(0)
-}
-
 fn self_cpu_ticks() -> u64 {
     cpu_ticks(std::process::id())
 }
@@ -487,35 +473,8 @@ fn children_of(parent: u32) -> Vec<u32> {
         .collect()
 }
 
-fn status_kb(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn rss_kb(pids: &[u32]) -> u64 {
     pids.iter().map(|p| status_kb(*p, "VmRSS:")).sum()
-}
-
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-fn clk_tck() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100)
 }
 
 /// Samples RSS of Sluice and nginx every 100 ms, keeping the peaks since the last reset.

@@ -59,12 +59,17 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "procfs.rs"]
+mod procfs;
+
 use bytes::Bytes;
 use http::{Request, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+
+use procfs::{clk_tck, cpu_ticks, fd_count, status_kb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
@@ -364,54 +369,6 @@ fn start_sluice(procs: &mut Procs, config: &str) -> (u32, SocketAddr, SocketAddr
         std::thread::sleep(Duration::from_millis(25));
     }
     panic!("sluice never accepted connections on {data}");
-}
-
-// ------------------------------------------------------------------------------------------
-// /proc (as in load.rs)
-// ------------------------------------------------------------------------------------------
-
-fn stat_fields(stat: &str) -> Vec<&str> {
-    stat.rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default()
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .map(|s| {
-            let f = stat_fields(&s);
-            let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            get(11) + get(12)
-        })
-        .unwrap_or(0)
-}
-
-fn status_num(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-fn clk_tck() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100)
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1115,9 +1072,9 @@ async fn sample(
     Sample {
         t,
         sent,
-        rss_kb: status_num(pid, "VmRSS:"),
+        rss_kb: status_kb(pid, "VmRSS:"),
         fds: fd_count(pid),
-        threads: status_num(pid, "Threads:"),
+        threads: status_kb(pid, "Threads:"),
         metrics_bytes,
         series,
         cpu_ticks: cpu_ticks(pid),

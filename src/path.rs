@@ -120,7 +120,7 @@ pub fn classify(raw: &str, method: &Method) -> Result<Route, ProxyError> {
         _ => (path.as_str(), false),
     };
     let Some(below) = rest.strip_prefix("/v1/") else {
-        return Err(ProxyError::NotFound(truncated(raw)));
+        return Err(ProxyError::NotFound(raw.to_owned()));
     };
     let segments: Vec<&str> = below.split('/').collect();
     // The API paths are lower case; a differently cased spelling of one is
@@ -132,7 +132,7 @@ pub fn classify(raw: &str, method: &Method) -> Result<Route, ProxyError> {
             .first()
             .is_some_and(|s| s.bytes().any(|b| b.is_ascii_uppercase()));
         if first_upper || endpoint_of(&lowered) != Endpoint::Other {
-            return Err(ProxyError::NotFound(truncated(raw)));
+            return Err(ProxyError::NotFound(raw.to_owned()));
         }
     }
     let endpoint = endpoint_of(&segments);
@@ -172,19 +172,6 @@ fn endpoint_of(segments: &[&str]) -> Endpoint {
         ["messages", "count_tokens"] => Endpoint::CountTokens,
         _ => Endpoint::Other,
     }
-}
-
-/// A client path for an error message, bounded.
-fn truncated(raw: &str) -> String {
-    const MAX: usize = 256;
-    if raw.len() <= MAX {
-        return raw.to_owned();
-    }
-    let mut end = MAX;
-    while !raw.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &raw[..end])
 }
 
 fn bad(why: &str) -> ProxyError {
