@@ -33,7 +33,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
             }
         }
         (&Method::GET, "/metrics") => {
-            crate::metrics::cache_stats(&app.cache.stats());
+            let s = app.cache.stats();
+            crate::metrics::cache_stats(s.bytes, s.entries, s.hits, s.misses, s.evictions);
             let mut r = Response::new(ProxyBody::full(app.render_metrics()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

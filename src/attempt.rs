@@ -10,7 +10,6 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use serde::Serialize;
 
 use crate::app::Snapshot;
 use crate::auth::Credential;
@@ -18,6 +17,7 @@ use crate::config::Balance;
 use crate::error::{ApiShape, ProxyError};
 use crate::headers::upstream_request_headers;
 use crate::metrics;
+pub use crate::record::AttemptInfo;
 use crate::record::RequestRecord;
 use crate::resilience::balance::{self, Candidate};
 use crate::resilience::breaker::Permit;
@@ -79,17 +79,6 @@ pub enum Answered {
     Stream(Response<Incoming>),
     /// An error body Sluice had to read (to look for a context-length error).
     Buffered(http::response::Parts, Bytes),
-}
-
-/// One attempt, for the usage record.
-#[derive(Debug, Clone, Serialize)]
-pub struct AttemptInfo {
-    pub deployment: String,
-    /// HTTP status, or 0 when no response came.
-    pub status: u16,
-    /// `ok`, `retryable`, `client_error`, `timeout`, `connect_error`.
-    pub outcome: &'static str,
-    pub ms: f64,
 }
 
 /// Why an attempt produced no usable response.

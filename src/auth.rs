@@ -9,20 +9,9 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{KeyConfig, TokenLimits};
 use crate::error::ProxyError;
+use crate::glob::in_filter;
 use crate::path::Family;
-use crate::route::in_filter;
-
-/// Attribution of a request.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Identity {
-    /// Virtual key name, or `passthrough:<fingerprint>` for a client key.
-    pub key: Option<Arc<str>>,
-    pub user: Option<Arc<str>>,
-    pub team: Option<Arc<str>>,
-    pub feature: Option<Arc<str>>,
-    /// The end user named in the body (`user`, `metadata.user_id`), when trusted.
-    pub end_user: Option<String>,
-}
+pub use crate::vocab::Identity;
 
 /// How the upstream request is authenticated.
 #[derive(Debug, Clone)]

@@ -5,9 +5,8 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::json;
 
-use crate::body::ProxyBody;
-use crate::budget::ledger::Exhausted;
-use crate::limits::rate::{LimitKind, RateLimited};
+pub use crate::vocab::ApiShape;
+use crate::vocab::{Exhausted, LimitKind, RateLimited};
 
 /// The most characters of a client-supplied string (model name, path,
 /// identity) an error message repeats; the rest becomes `…`.
@@ -40,13 +39,6 @@ impl std::fmt::Debug for Clip<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Debug::fmt(&*self.cut(), f)
     }
-}
-
-/// Which provider API a request speaks; errors are rendered in its shape.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApiShape {
-    OpenAi,
-    Anthropic,
 }
 
 /// Everything that can end a request before or instead of an upstream answer.
@@ -291,8 +283,8 @@ impl ProxyError {
     }
 
     /// A complete error response.
-    pub fn into_response(self, shape: ApiShape) -> Response<ProxyBody> {
-        let mut resp = Response::new(ProxyBody::full(self.body(shape)));
+    pub fn into_response(self, shape: ApiShape) -> Response<Bytes> {
+        let mut resp = Response::new(self.body(shape));
         *resp.status_mut() = self.status();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -321,7 +313,7 @@ impl ProxyError {
                 // Waiting will not help: tell SDKs not to retry.
                 h.insert("x-should-retry", HeaderValue::from_static("false"));
             }
-            crate::limits::headers::refused(h, r, shape);
+            crate::headers::ratelimit::refused(h, r, shape);
         }
         resp
     }
@@ -349,7 +341,7 @@ fn input_too_long(
 }
 
 fn budget_exhausted(e: &Exhausted) -> String {
-    let usd = crate::budget::pricing::nanos_to_usd;
+    let usd = crate::pricing::nanos_to_usd;
     format!(
         "You exceeded your current quota: budget {:?} ({}) has ${:.6} of ${:.6} used or reserved, \
          and this request could cost up to ${:.6}.",

@@ -2,6 +2,21 @@
 //!
 //! The data-plane pipeline is wired in [`proxy`]; each stage lives in its own
 //! module. [`run`] starts both planes and handles signals.
+//!
+//! Dependencies between top-level modules point one way, from the edges of
+//! the process down to a few leaves; there are no cycles
+//! (`python3 scripts/module-deps.py` checks it, and the test suite runs it):
+//!
+//! - leaves: [`vocab`] (API shape, endpoint, identity, scope dimensions,
+//!   refusals), [`glob`], [`pricing`], [`window`], [`usage`];
+//! - [`error`] depends only on leaves and [`headers`]: no domain module;
+//! - [`config`] on the leaves, [`path`] and [`sniff`];
+//! - domain modules ([`auth`], [`route`], [`limits`], [`budget`], [`cache`],
+//!   [`resilience`], [`upstream`], [`ownership`], [`stream`]) on config,
+//!   error and the leaves, and on each other only downwards;
+//! - [`app`] (one config snapshot plus the long-lived state) on the domain;
+//! - [`record`], [`attempt`] and [`body`] on app;
+//! - [`proxy`], [`admin`], [`server`] and [`run`] at the top.
 
 pub mod admin;
 pub mod app;
@@ -12,11 +27,13 @@ pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod glob;
 pub mod headers;
 pub mod limits;
 pub mod metrics;
 pub mod ownership;
 pub mod path;
+pub mod pricing;
 pub mod proxy;
 pub mod record;
 pub mod resilience;
@@ -28,3 +45,5 @@ pub mod stream;
 pub mod upstream;
 pub mod usage;
 pub mod usage_log;
+pub mod vocab;
+pub mod window;

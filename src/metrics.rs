@@ -252,12 +252,12 @@ pub fn state_entries(map: &'static str, n: usize) {
 }
 
 /// Publishes the response cache's counters (read from the cache itself).
-pub fn cache_stats(s: &crate::cache::CacheStats) {
-    gauge!("sluice_cache_bytes").set(s.bytes as f64);
-    gauge!("sluice_cache_entries").set(s.entries as f64);
-    counter!("sluice_cache_hits_total").absolute(s.hits);
-    counter!("sluice_cache_misses_total").absolute(s.misses);
-    counter!("sluice_cache_evictions_total").absolute(s.evictions);
+pub fn cache_stats(bytes: u64, entries: u64, hits: u64, misses: u64, evictions: u64) {
+    gauge!("sluice_cache_bytes").set(bytes as f64);
+    gauge!("sluice_cache_entries").set(entries as f64);
+    counter!("sluice_cache_hits_total").absolute(hits);
+    counter!("sluice_cache_misses_total").absolute(misses);
+    counter!("sluice_cache_evictions_total").absolute(evictions);
 }
 
 pub fn cost_anomaly(dimension: &'static str) {

@@ -10,20 +10,30 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::app::Snapshot;
-use crate::attempt::AttemptInfo;
 use crate::auth::Identity;
 use crate::budget::ledger::{BudgetHold, Ledger};
-use crate::budget::pricing::{nanos_to_usd, Price};
 use crate::cache::Capture;
 use crate::error::ApiShape;
 use crate::limits::rate::Admission;
 use crate::limits::tokens::{self, Family};
 use crate::metrics::{self, Inflight, RequestLabels};
+use crate::pricing::{nanos_to_usd, Price};
 use crate::resilience::InflightGuard;
 use crate::sniff::Endpoint;
 use crate::stream::observe::Observed;
 use crate::usage::Usage;
 use crate::usage_log::UsageLog;
+
+/// One attempt, for the usage record.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptInfo {
+    pub deployment: String,
+    /// HTTP status, or 0 when no response came.
+    pub status: u16,
+    /// `ok`, `retryable`, `client_error`, `timeout`, `connect_error`.
+    pub outcome: &'static str,
+    pub ms: f64,
+}
 
 /// How a response body ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

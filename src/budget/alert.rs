@@ -57,7 +57,7 @@ pub fn fire(rule: &BudgetRule, bucket: &str, threshold: f64) {
         budget: rule.name.clone(),
         bucket: bucket.to_owned(),
         threshold,
-        limit_usd: super::pricing::nanos_to_usd(rule.limit),
+        limit_usd: crate::pricing::nanos_to_usd(rule.limit),
     };
     crate::metrics::budget_alert(&alert.budget, threshold);
     tracing::warn!(budget = %alert.budget, bucket = %alert.bucket, threshold, "budget alert: {:.0}% of the limit spent", threshold * 100.0);

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::pricing::Nanos;
+use crate::pricing::Nanos;
 use crate::usage_log::UsageLog;
 pub use writer::Health;
 

@@ -12,11 +12,12 @@ use serde::Serialize;
 
 use super::applies;
 use super::journal::{self, Journal, Line};
-use super::pricing::{nanos_to_usd, Nanos};
 use super::spend::{SpendIndex, OVERFLOW};
 use crate::config::{BudgetAction, BudgetRule};
 use crate::limits::rate::{bucket_key, Subject};
+use crate::pricing::{nanos_to_usd, Nanos};
 use crate::usage_log::UsageLog;
+pub use crate::vocab::Exhausted;
 
 /// Seconds since the Unix epoch; injectable so tests can move time.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -35,16 +36,6 @@ struct Slot {
     window: String,
     spent: Nanos,
     reserved: Nanos,
-}
-
-/// Why a request was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Exhausted {
-    pub budget: String,
-    pub bucket: String,
-    pub limit: Nanos,
-    pub spent: Nanos,
-    pub requested: Nanos,
 }
 
 /// What a request holds at each budget until it settles.

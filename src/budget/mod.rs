@@ -10,19 +10,6 @@
 pub mod alert;
 pub mod journal;
 pub mod ledger;
-pub mod pricing;
 pub mod spend;
-pub mod window;
 
-use crate::config::BudgetRule;
-use crate::route::in_filter;
-
-/// Whether a budget covers requests for `model`.
-pub fn applies(b: &BudgetRule, model: &str) -> bool {
-    in_filter(b.models.as_ref(), model)
-}
-
-/// Whether any budget covers requests for `model`.
-pub fn applies_any(budgets: &[BudgetRule], model: &str) -> bool {
-    budgets.iter().any(|b| applies(b, model))
-}
+pub use crate::config::{applies, applies_any};

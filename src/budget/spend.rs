@@ -9,9 +9,9 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use super::pricing::{nanos_to_usd, Nanos};
-use super::window::Window;
 use crate::auth::Identity;
+use crate::pricing::{nanos_to_usd, Nanos};
+use crate::window::Window;
 
 /// Short and long decay constants of the spend-rate averages (seconds).
 const SHORT: f64 = 300.0;

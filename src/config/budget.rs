@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use super::raw::RawConfig;
 use super::{Dim, ModelRule, ProviderConfig, Validator};
-use crate::budget::pricing::{usd_to_nanos, Nanos, PriceTable};
-use crate::budget::window::Window;
+use crate::glob::in_filter;
+use crate::pricing::{usd_to_nanos, Nanos, PriceTable};
+use crate::window::Window;
 
 /// What happens when a budget is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +85,7 @@ impl Validator<'_> {
                     Some(m)
                         if !models
                             .iter()
-                            .any(|r| crate::route::glob_match(&r.pattern, m)) =>
+                            .any(|r| crate::glob::glob_match(&r.pattern, m)) =>
                     {
                         self.err(
                             &format!("{field}.downgrade_to"),
@@ -139,7 +140,7 @@ impl Validator<'_> {
         }
         // A budget in force on a model with no price would let it run free.
         for (i, m) in models.iter().enumerate() {
-            if m.pattern.contains('*') || !crate::budget::applies_any(&out, &m.pattern) {
+            if m.pattern.contains('*') || !applies_any(&out, &m.pattern) {
                 continue;
             }
             for d in &m.deployments {
@@ -174,4 +175,14 @@ impl Validator<'_> {
         }
         PathBuf::from(raw.state.path.as_deref().unwrap_or("sluice-state.jsonl"))
     }
+}
+
+/// Whether a budget covers requests for `model`.
+pub fn applies(b: &BudgetRule, model: &str) -> bool {
+    in_filter(b.models.as_ref(), model)
+}
+
+/// Whether any budget covers requests for `model`.
+pub fn applies_any(budgets: &[BudgetRule], model: &str) -> bool {
+    budgets.iter().any(|b| applies(b, model))
 }

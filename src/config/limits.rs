@@ -4,6 +4,7 @@ use std::collections::HashSet;
 
 use super::raw::RawConfig;
 use super::Validator;
+pub use crate::vocab::Dim;
 
 /// Per-request token limits; `None` = no limit at this level.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -22,28 +23,6 @@ impl TokenLimits {
         TokenLimits {
             max_input: m(self.max_input, other.max_input),
             max_output: m(self.max_output, other.max_output),
-        }
-    }
-}
-
-/// What a rate limit is counted per.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Dim {
-    Key,
-    User,
-    Team,
-    Model,
-    Feature,
-}
-
-impl Dim {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Dim::Key => "key",
-            Dim::User => "user",
-            Dim::Team => "team",
-            Dim::Model => "model",
-            Dim::Feature => "feature",
         }
     }
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use bounds::Bounds;
-pub use budget::{BudgetAction, BudgetRule};
+pub use budget::{applies, applies_any, BudgetAction, BudgetRule};
 pub use cache::{CacheConfig, CacheMode, CacheScope};
 pub use limits::{Dim, RateRule, TokenLimits};
 pub use routing::{
@@ -54,9 +54,9 @@ pub struct Config {
     pub routing: Vec<TierRoute>,
     pub budgets: Vec<BudgetRule>,
     /// The shipped price table with `[[pricing]]` applied.
-    pub prices: crate::budget::pricing::PriceTable,
+    pub prices: crate::pricing::PriceTable,
     /// The most one request may cost (worst case), in nano-dollars.
-    pub max_request_cost: Option<crate::budget::pricing::Nanos>,
+    pub max_request_cost: Option<crate::pricing::Nanos>,
     /// The embedded state file (budget spend journal).
     pub state_path: PathBuf,
     /// Entries each per-identity map (rate-limit buckets, budget buckets,
@@ -383,7 +383,7 @@ impl Validator<'_> {
         let retry = self.retry(&raw.retry);
         let breaker = self.breaker(&raw.circuit_breaker);
         let routing = self.routing(&raw, &models);
-        let prices = crate::budget::pricing::PriceTable::with_overrides(&raw.pricing);
+        let prices = crate::pricing::PriceTable::with_overrides(&raw.pricing);
         let budgets = self.budgets(&raw, &models, &providers, &prices);
         let state_path = self.state(&raw);
         let max_buckets = match raw.state.max_buckets {
@@ -399,7 +399,7 @@ impl Validator<'_> {
             if usd <= 0.0 {
                 self.err("limits.max_request_cost_usd", "must be greater than zero");
             }
-            crate::budget::pricing::usd_to_nanos(usd)
+            crate::pricing::usd_to_nanos(usd)
         });
 
         Some(Config {

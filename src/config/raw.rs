@@ -34,7 +34,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub budgets: Vec<RawBudget>,
     #[serde(default)]
-    pub pricing: Vec<crate::budget::pricing::Entry>,
+    pub pricing: Vec<crate::pricing::Entry>,
     #[serde(default)]
     pub state: RawState,
     #[serde(default)]

@@ -336,7 +336,7 @@ impl Validator<'_> {
         let known = |name: &str| {
             models
                 .iter()
-                .any(|m| crate::route::glob_match(&m.pattern, name))
+                .any(|m| crate::glob::glob_match(&m.pattern, name))
         };
         let mut out = Vec::new();
         for (i, r) in raw.routing.iter().enumerate() {

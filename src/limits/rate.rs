@@ -14,41 +14,14 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::window::{Refused, SlidingWindow};
-use crate::auth::Identity;
-use crate::config::{Dim, RateRule};
-use crate::route::in_filter;
+use crate::config::RateRule;
+use crate::glob::in_filter;
+pub use crate::vocab::{bucket_key, Allowance, LimitKind, RateLimited, Subject};
 
 const WINDOW: Duration = Duration::from_secs(60);
 const SHARDS: usize = 16;
 /// The bucket a rule's identities share once the map is full.
 const OVERFLOW: &str = "~overflow";
-
-/// What a rate limit counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LimitKind {
-    Requests,
-    Tokens,
-    Concurrent,
-}
-
-/// A refused request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RateLimited {
-    pub rule: String,
-    pub kind: LimitKind,
-    pub limit: u64,
-    pub requested: u64,
-    pub retry_after: Duration,
-    pub never_fits: bool,
-}
-
-/// Remaining allowance of the tightest limit, for `x-ratelimit-*` headers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Allowance {
-    pub requests: Option<(u64, u64, Duration)>,
-    pub tokens: Option<(u64, u64, Duration)>,
-}
 
 #[derive(Debug, Default)]
 struct Bucket {
@@ -86,39 +59,6 @@ impl Default for RateLimiter {
             max_buckets: AtomicUsize::new(crate::config::DEFAULT_MAX_BUCKETS),
         }
     }
-}
-
-/// The request attributes rate limits are keyed on.
-pub struct Subject<'a> {
-    pub identity: &'a Identity,
-    pub model: &'a str,
-}
-
-impl Subject<'_> {
-    fn value(&self, d: Dim) -> &str {
-        let id = self.identity;
-        match d {
-            Dim::Key => id.key.as_deref(),
-            Dim::User => id.user.as_deref(),
-            Dim::Team => id.team.as_deref(),
-            Dim::Model => Some(self.model),
-            Dim::Feature => id.feature.as_deref(),
-        }
-        .unwrap_or("")
-    }
-}
-
-/// The bucket name of a rule for a subject: `rule|dim=value|…` (rate
-/// limits and budgets name their buckets alike).
-pub fn bucket_key(name: &str, scope: &[Dim], s: &Subject<'_>) -> String {
-    let mut k = name.to_owned();
-    for d in scope {
-        k.push('|');
-        k.push_str(d.as_str());
-        k.push('=');
-        k.push_str(s.value(*d));
-    }
-    k
 }
 
 /// Whether a tokens-per-minute rule applies to requests for `model`.

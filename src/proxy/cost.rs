@@ -3,9 +3,9 @@
 //! clamp to what the per-request cost cap affords. Decided before the cache
 //! step, so the cache key is computed from the body as it is sent.
 
-use crate::budget::pricing::{nanos_to_usd, Nanos, Price};
 use crate::error::ProxyError;
 use crate::limits::request::Plan;
+use crate::pricing::{nanos_to_usd, Nanos, Price};
 
 /// What the pricing of one request decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

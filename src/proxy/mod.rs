@@ -83,7 +83,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
         Ok(Answer::Local(mut resp, observed)) => {
             rec.status = resp.status().as_u16();
             if let Some(cost) = rec.cost_of(&observed) {
-                let usd = format!("{:.9}", crate::budget::pricing::nanos_to_usd(cost));
+                let usd = format!("{:.9}", crate::pricing::nanos_to_usd(cost));
                 resp.headers_mut().insert("x-sluice-cost-usd", value(&usd));
             }
             let len = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
@@ -105,7 +105,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
             if e.origin() != crate::error::Origin::Client {
                 tracing::warn!(request_id = %rec.id, error = %e, "request failed");
             }
-            let resp = e.into_response(rec.shape);
+            let resp = e.into_response(rec.shape).map(ProxyBody::full);
             let len = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
             rec.finish(StreamEnd::Complete, Observed::default(), len);
             resp
@@ -129,7 +129,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
         h.insert("x-sluice-cache", HeaderValue::from_static(cache_state));
     }
     if let Some(left) = budget_left {
-        let usd = format!("{:.6}", crate::budget::pricing::nanos_to_usd(left));
+        let usd = format!("{:.6}", crate::pricing::nanos_to_usd(left));
         h.insert("x-sluice-budget-remaining-usd", value(&usd));
     }
     resp

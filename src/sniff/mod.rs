@@ -8,7 +8,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::error::{ApiShape, ProxyError};
+use crate::error::ProxyError;
+pub use crate::vocab::Endpoint;
 
 pub(crate) mod unique;
 
@@ -16,62 +17,6 @@ pub(crate) mod unique;
 pub const MAX_MODEL_LEN: usize = 256;
 /// Most choices (`n`, `best_of`) a request may ask for.
 pub const MAX_CHOICES: u64 = 128;
-
-/// The API endpoint a request targets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Endpoint {
-    ChatCompletions,
-    Completions,
-    Embeddings,
-    Responses,
-    Models,
-    Messages,
-    CountTokens,
-    /// Any other `/v1/*` path, passed through to the default provider.
-    Other,
-}
-
-impl Endpoint {
-    /// The API shape of this endpoint; `/v1/models` and other paths follow
-    /// the client (Anthropic clients send `anthropic-version`).
-    pub fn shape(self, anthropic_client: bool) -> ApiShape {
-        match self {
-            Endpoint::Messages | Endpoint::CountTokens => ApiShape::Anthropic,
-            Endpoint::Models | Endpoint::Other if anthropic_client => ApiShape::Anthropic,
-            _ => ApiShape::OpenAi,
-        }
-    }
-
-    /// Endpoints whose POST body is JSON naming a model.
-    pub fn has_model(self) -> bool {
-        !matches!(self, Endpoint::Models | Endpoint::Other)
-    }
-
-    /// Endpoints that generate tokens (and so are accounted and may stream).
-    pub fn generates(self) -> bool {
-        matches!(
-            self,
-            Endpoint::ChatCompletions
-                | Endpoint::Completions
-                | Endpoint::Responses
-                | Endpoint::Messages
-        )
-    }
-
-    /// Metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Endpoint::ChatCompletions => "chat_completions",
-            Endpoint::Completions => "completions",
-            Endpoint::Embeddings => "embeddings",
-            Endpoint::Responses => "responses",
-            Endpoint::Models => "models",
-            Endpoint::Messages => "messages",
-            Endpoint::CountTokens => "count_tokens",
-            Endpoint::Other => "other",
-        }
-    }
-}
 
 /// The request fields the pipeline reads.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -291,6 +236,7 @@ pub fn rewrite(body: Bytes, rw: &Rewrite) -> Result<Bytes, ProxyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vocab::ApiShape;
 
     #[test]
     fn endpoints() {

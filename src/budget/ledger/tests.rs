@@ -2,8 +2,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::*;
 use crate::auth::Identity;
-use crate::budget::window::Window;
 use crate::config::Dim;
+use crate::window::Window;
 
 fn rule(
     name: &str,

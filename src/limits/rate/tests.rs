@@ -1,4 +1,5 @@
 use super::*;
+use crate::vocab::{Dim, Identity};
 
 fn rule(
     name: &str,

@@ -8,8 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderValue};
 
-use super::rate::{Allowance, LimitKind, RateLimited};
-use crate::error::ApiShape;
+use crate::vocab::{Allowance, ApiShape, LimitKind, RateLimited};
 
 /// Headers describing the tightest Sluice limits of an admitted request.
 pub fn allowed(h: &mut HeaderMap, a: &Allowance, shape: ApiShape) {
