@@ -106,7 +106,7 @@ pub async fn run(
     'chain: while let Some(group) = groups.pop_front() {
         let mut tried: Vec<usize> = Vec::new();
         for _ in 0..group.tries {
-            if rec.attempts >= cfg.max_attempts {
+            if rec.outcome.attempts >= cfg.max_attempts {
                 break 'chain;
             }
             let now = Instant::now();
@@ -115,7 +115,7 @@ pub async fn run(
                 continue 'chain;
             };
             let cand = &group.candidates[i];
-            if rec.attempts > 0 {
+            if rec.outcome.attempts > 0 {
                 metrics::retry();
             }
             // The breaker counts one failure per client request and
@@ -133,7 +133,9 @@ pub async fn run(
                     tracing::debug!(deployment = %cand.state.name, "retry budget exhausted");
                     continue 'chain;
                 }
-                let Some(wait) = retry::delay(&cfg, rec.attempts, asked_wait, random_unit()) else {
+                let Some(wait) =
+                    retry::delay(&cfg, rec.outcome.attempts, asked_wait, random_unit())
+                else {
                     continue 'chain;
                 };
                 if tokio::time::Instant::now() + wait >= call.deadline {
@@ -177,7 +179,7 @@ pub async fn run(
                     } else {
                         "client_error"
                     };
-                    rec.attempt_log.push(log(status.as_u16(), outcome));
+                    rec.outcome.attempt_log.push(log(status.as_u16(), outcome));
                     answered_by(rec, upstream, cand, guard);
                     if status == StatusCode::BAD_REQUEST {
                         if let Some(fallback) = &group.context_fallback {
@@ -200,7 +202,9 @@ pub async fn run(
                     if counts(ok) {
                         record_breaker(cand, &breaker_cfg, ok, permit);
                     }
-                    rec.attempt_log.push(log(status.as_u16(), "retryable"));
+                    rec.outcome
+                        .attempt_log
+                        .push(log(status.as_u16(), "retryable"));
                     asked_wait = retry::retry_after(resp.headers());
                     failed.push(cand.state.name.clone());
                     answered_by(rec, upstream, cand, guard);
@@ -215,7 +219,7 @@ pub async fn run(
                         ProxyError::UpstreamTimeout { .. } => "timeout",
                         _ => "connect_error",
                     };
-                    rec.attempt_log.push(log(0, outcome));
+                    rec.outcome.attempt_log.push(log(0, outcome));
                     asked_wait = None;
                     failed.push(cand.state.name.clone());
                     last = Some(Failed::Transport(e));
@@ -283,9 +287,9 @@ fn answered_by(
     cand: &Candidate,
     guard: InflightGuard,
 ) {
-    rec.provider = upstream.name.clone();
-    rec.upstream_model = cand.upstream_model.clone();
-    rec.inflight = Some(guard);
+    rec.outcome.provider = upstream.name.clone();
+    rec.outcome.upstream_model = cand.upstream_model.clone();
+    rec.holds.inflight = Some(guard);
 }
 
 /// The group for a fallback model, if it resolves (and has a deployment the
@@ -314,7 +318,7 @@ async fn attempt(
     rec: &mut RequestRecord,
 ) -> Result<Response<Incoming>, ProxyError> {
     let req = build_request(call, upstream, cand)?;
-    rec.attempts += 1;
+    rec.outcome.attempts += 1;
     let sent = Instant::now();
     let first_byte = tokio::time::Instant::now() + upstream.timeouts.first_byte;
     let (limit, phase) = if first_byte < call.deadline {
@@ -322,10 +326,10 @@ async fn attempt(
     } else {
         (call.deadline, "total")
     };
-    rec.awaiting_upstream = true;
+    rec.outcome.awaiting_upstream = true;
     let result = tokio::time::timeout_at(limit, upstream.client.request(req)).await;
-    rec.awaiting_upstream = false;
-    rec.upstream_wait += sent.elapsed();
+    rec.outcome.awaiting_upstream = false;
+    rec.outcome.upstream_wait += sent.elapsed();
     let provider = upstream.name.to_string();
     match result {
         Err(_) => {

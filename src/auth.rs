@@ -25,6 +25,16 @@ pub enum Credential {
     },
 }
 
+impl Credential {
+    /// The virtual key, unless the client sent its own provider key.
+    pub fn virtual_key(&self) -> Option<&VirtualKey> {
+        match self {
+            Credential::Virtual(vk) => Some(vk),
+            Credential::Passthrough { .. } => None,
+        }
+    }
+}
+
 /// A configured virtual key.
 #[derive(Debug)]
 pub struct VirtualKey {

@@ -151,7 +151,7 @@ impl TapBody {
             let ok = self
                 .record
                 .as_ref()
-                .is_some_and(|r| (200..300).contains(&r.status));
+                .is_some_and(|r| (200..300).contains(&r.outcome.status));
             if end == StreamEnd::Complete && ok {
                 c.finish_stream();
             }

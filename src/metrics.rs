@@ -264,6 +264,12 @@ pub fn cost_anomaly(dimension: &'static str) {
     counter!("sluice_cost_anomalies_total", "dimension" => dimension).increment(1);
 }
 
+/// An exact input count was made (the upper bound could not settle a
+/// decision); `counted` says why.
+pub fn input_counted(reason: &'static str) {
+    counter!("sluice_input_counts_total", "reason" => reason).increment(1);
+}
+
 pub fn budget_rejected(budget: &str) {
     counter!("sluice_budget_rejected_total", "scope" => label(budget).into_owned()).increment(1);
 }

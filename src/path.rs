@@ -110,6 +110,16 @@ impl Family {
     }
 }
 
+impl Route {
+    /// What goes upstream: the normalised path and the client's query.
+    pub fn path_and_query(&self, query: Option<&str>) -> String {
+        match query {
+            Some(q) => format!("{}?{q}", self.path),
+            None => self.path.clone(),
+        }
+    }
+}
+
 /// Normalises `raw` (the request target's path, without the query) and
 /// classifies it. `method` decides 405s: the LLM endpoints take POST only,
 /// `/v1/models` GET only.

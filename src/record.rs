@@ -67,59 +67,101 @@ impl StreamEnd {
     }
 }
 
-/// Everything known about a request while it is served.
-pub struct RequestRecord {
+/// What is known about a request. Each field is written once, by the stage
+/// that learns it (in pipeline order: path, identity, body, sniff, routing,
+/// token plan, deadline), and only read after that.
+pub struct Facts {
     pub id: Arc<str>,
-    started: Instant,
-    started_at: SystemTime,
     pub identity: Identity,
     pub endpoint: Endpoint,
     pub shape: ApiShape,
     pub stream: bool,
+    /// The model the client asked for.
     pub model: String,
-    pub upstream_model: String,
-    pub provider: Arc<str>,
-    pub status: u16,
+    /// The model a routing model (e.g. `auto`) or a budget downgrade chose.
+    pub routed_to: Option<String>,
     pub request_bytes: u64,
+    /// The upstream model's tokenizer.
+    pub family: Option<Family>,
+    /// Input tokens counted before sending (when a decision needed them).
+    pub input_counted: Option<u64>,
+    /// The body sent upstream, kept (a reference, not a copy) to count its
+    /// input when the provider never reports usage.
+    pub request_body: Option<Bytes>,
+    /// When the whole request must be over.
+    pub deadline: tokio::time::Instant,
+    /// Anthropic prompt-cache breakpoints Sluice added.
+    pub breakpoints: u32,
+}
+
+/// What a request holds and must release when it ends: each is settled or
+/// dropped exactly once, by `finish` (or `Drop`).
+#[derive(Default)]
+pub struct Holds {
+    /// Rate-limit reservations, settled with the real usage at the end.
+    pub admission: Option<Admission>,
+    /// Budget reservations, settled with the actual cost at the end.
+    pub budget: Option<BudgetHold>,
+    /// Tees the upstream answer into the cache (a miss that may be stored).
+    pub capture: Option<Capture>,
+    /// Counts the request in flight on the deployment that answered.
+    pub inflight: Option<InflightGuard>,
+}
+
+/// Whether the response cache took part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheState {
+    /// Not cacheable, or the cache is off.
+    Bypass,
+    /// Looked up and not found (the answer may be stored).
+    Miss,
+    /// Answered from the cache.
+    Hit,
+}
+
+impl CacheState {
+    pub fn label(self) -> &'static str {
+        match self {
+            CacheState::Bypass => "bypass",
+            CacheState::Miss => "miss",
+            CacheState::Hit => "hit",
+        }
+    }
+}
+
+/// What happened: written as the request is served.
+pub struct Outcome {
+    pub status: u16,
+    /// The provider and model of the deployment that answered (the last
+    /// one tried).
+    pub provider: Arc<str>,
+    pub upstream_model: String,
     pub attempts: u32,
+    /// Every upstream attempt.
+    pub attempt_log: Vec<AttemptInfo>,
     /// Time spent waiting on the upstream for response headers.
     pub upstream_wait: Duration,
     first_byte_at: Option<Instant>,
     pub error: Option<&'static str>,
-    /// Input tokens counted before sending (when a limit needed them).
-    pub input_counted: Option<u64>,
-    /// The upstream model's tokenizer.
-    pub family: Option<Family>,
-    /// The body sent upstream, kept (a reference, not a copy) to count its
-    /// input when the provider never reports usage.
-    pub request_body: Option<Bytes>,
-    /// Rate-limit reservations, settled with the real usage at the end.
-    pub admission: Option<Admission>,
-    /// Every upstream attempt.
-    pub attempt_log: Vec<AttemptInfo>,
-    /// Counts the request in flight on the deployment that answered.
-    pub inflight: Option<InflightGuard>,
-    /// The model a routing model (e.g. `auto`) chose.
-    pub routed_to: Option<String>,
-    /// When the whole request must be over.
-    pub deadline: tokio::time::Instant,
-    /// The config the request was served under (budgets, prices).
-    pub snap: Option<Arc<Snapshot>>,
-    /// The price of the model that answered.
-    pub price: Option<Price>,
-    /// Budget reservations, settled with the actual cost at the end.
-    pub budget: Option<BudgetHold>,
-    /// Where spend is attributed.
-    pub ledger: Option<Arc<Ledger>>,
-    /// `hit`, `miss` or `bypass`.
-    pub cache: &'static str,
-    /// Anthropic prompt-cache breakpoints Sluice added.
-    pub breakpoints: u32,
-    /// Tees the upstream answer into the cache (a miss that may be stored).
-    pub capture: Option<Capture>,
     /// An upstream request is out and its response has not come yet (a
     /// client gone now leaves a request the provider bills).
     pub awaiting_upstream: bool,
+    pub cache: CacheState,
+}
+
+/// One request while it is served: created when it arrives, finished exactly
+/// once (when the response is built, or when a streamed body ends or is
+/// dropped).
+pub struct RequestRecord {
+    pub facts: Facts,
+    pub holds: Holds,
+    pub outcome: Outcome,
+    started: Instant,
+    started_at: SystemTime,
+    /// The config the request was served under (budgets, prices, labels).
+    pub snap: Option<Arc<Snapshot>>,
+    /// Where spend is attributed.
+    pub ledger: Option<Arc<Ledger>>,
     /// The record was finished (metrics, settlement, usage line).
     done: bool,
     sink: UsageLog,
@@ -129,38 +171,38 @@ pub struct RequestRecord {
 impl RequestRecord {
     pub fn new(id: Arc<str>, started: Instant, sink: UsageLog) -> Self {
         Self {
-            id,
+            facts: Facts {
+                id,
+                identity: Identity::default(),
+                endpoint: Endpoint::Other,
+                shape: ApiShape::OpenAi,
+                stream: false,
+                model: String::new(),
+                routed_to: None,
+                request_bytes: 0,
+                family: None,
+                input_counted: None,
+                request_body: None,
+                deadline: tokio::time::Instant::from_std(started) + Duration::from_secs(900),
+                breakpoints: 0,
+            },
+            holds: Holds::default(),
+            outcome: Outcome {
+                status: 0,
+                provider: Arc::from(""),
+                upstream_model: String::new(),
+                attempts: 0,
+                attempt_log: Vec::new(),
+                upstream_wait: Duration::ZERO,
+                first_byte_at: None,
+                error: None,
+                awaiting_upstream: false,
+                cache: CacheState::Bypass,
+            },
             started,
             started_at: SystemTime::now(),
-            identity: Identity::default(),
-            endpoint: Endpoint::Other,
-            shape: ApiShape::OpenAi,
-            stream: false,
-            model: String::new(),
-            upstream_model: String::new(),
-            provider: Arc::from(""),
-            status: 0,
-            request_bytes: 0,
-            attempts: 0,
-            upstream_wait: Duration::ZERO,
-            first_byte_at: None,
-            error: None,
-            input_counted: None,
-            family: None,
-            request_body: None,
-            admission: None,
-            attempt_log: Vec::new(),
-            inflight: None,
-            routed_to: None,
-            deadline: tokio::time::Instant::from_std(started) + Duration::from_secs(900),
             snap: None,
-            price: None,
-            budget: None,
             ledger: None,
-            cache: "bypass",
-            breakpoints: 0,
-            capture: None,
-            awaiting_upstream: false,
             done: false,
             sink,
             _inflight: Inflight::start(),
@@ -172,12 +214,12 @@ impl RequestRecord {
     }
 
     pub fn first_byte(&mut self, at: Instant) {
-        self.first_byte_at.get_or_insert(at);
+        self.outcome.first_byte_at.get_or_insert(at);
     }
 
     /// A terminal SSE error event in the client's API shape.
     pub fn error_event(&self, message: &str) -> Bytes {
-        let text = match self.shape {
+        let text = match self.facts.shape {
             ApiShape::OpenAi => format!(
                 "data: {}\n\n",
                 json!({"error": {"message": message, "type": "server_error", "param": null, "code": "upstream_stream_error"}})
@@ -201,7 +243,10 @@ impl RequestRecord {
         }
         let now = Instant::now();
         let duration = now.duration_since(self.started);
-        let ttft = self.first_byte_at.map(|t| t.duration_since(self.started));
+        let ttft = self
+            .outcome
+            .first_byte_at
+            .map(|t| t.duration_since(self.started));
         let (usage, usage_source) = match observed.usage {
             Some(u) => (Some(u), "provider"),
             None => match self.estimate(&observed) {
@@ -209,18 +254,12 @@ impl RequestRecord {
                 None => (None, "none"),
             },
         };
-        if self.price.is_none() && !self.upstream_model.is_empty() {
-            self.price = self
-                .snap
-                .as_ref()
-                .and_then(|s| s.config.prices.get(&self.upstream_model));
-        }
-        if let Some(adm) = self.admission.take() {
+        if let Some(adm) = self.holds.admission.take() {
             adm.settle(usage.map_or(0, |u| u.input + u.output));
         }
-        let list_cost = usage.and_then(|u| self.price.map(|p| p.cost(&u)));
+        let list_cost = usage.and_then(|u| self.price().map(|p| p.cost(&u)));
         // A cache hit costs nothing; what it would have cost is recorded.
-        let (cost, cost_saved) = if self.cache == "hit" {
+        let (cost, cost_saved) = if self.outcome.cache == CacheState::Hit {
             (Some(0), list_cost)
         } else {
             (list_cost, None)
@@ -228,37 +267,38 @@ impl RequestRecord {
 
         // Labels come from the config, never from what a client sent.
         let model_label = match &self.snap {
-            _ if self.upstream_model.is_empty() => "-",
-            Some(snap) => snap.router.model_label(&self.upstream_model),
+            _ if self.outcome.upstream_model.is_empty() => "-",
+            Some(snap) => snap.router.model_label(&self.outcome.upstream_model),
             None => crate::route::OTHER_MODEL,
         };
         metrics::request_done(
             &RequestLabels {
                 model: model_label,
-                provider: if self.provider.is_empty() {
+                provider: if self.outcome.provider.is_empty() {
                     "-"
                 } else {
-                    &self.provider
+                    &self.outcome.provider
                 },
-                endpoint: self.endpoint.label(),
-                status: self.status,
-                cache: self.cache,
+                endpoint: self.facts.endpoint.label(),
+                status: self.outcome.status,
+                cache: self.outcome.cache.label(),
             },
             duration,
         );
         if let Some(t) = ttft {
-            metrics::ttft(self.endpoint.label(), t);
+            metrics::ttft(self.facts.endpoint.label(), t);
         }
         metrics::overhead(
-            self.first_byte_at
+            self.outcome
+                .first_byte_at
                 .map(|fb| fb.duration_since(self.started))
                 .unwrap_or(duration)
-                .saturating_sub(self.upstream_wait),
+                .saturating_sub(self.outcome.upstream_wait),
         );
         if let Some(c) = cost {
             metrics::cost(model_label, c);
             if let Some(l) = &self.ledger {
-                l.attribute(&self.identity, c);
+                l.attribute(&self.facts.identity, c);
             }
         }
         if let Some(u) = &usage {
@@ -267,29 +307,30 @@ impl RequestRecord {
             metrics::tokens(model_label, "output", u.output);
             metrics::tokens(model_label, "reasoning", u.reasoning);
         }
-        metrics::response_bytes(self.endpoint.label(), response_bytes);
-        if self.attempts > 0 {
+        metrics::response_bytes(self.facts.endpoint.label(), response_bytes);
+        if self.outcome.attempts > 0 {
             metrics::stream_end(end.label());
         }
 
         let line = UsageLine {
             ts: humantime::format_rfc3339_millis(self.started_at).to_string(),
-            request_id: &self.id,
-            key: self.identity.key.as_deref(),
-            user: self.identity.user.as_deref(),
-            team: self.identity.team.as_deref(),
-            feature: self.identity.feature.as_deref(),
-            end_user: self.identity.end_user.as_deref(),
-            endpoint: self.endpoint.label(),
-            model: (!self.model.is_empty()).then_some(self.model.as_str()),
-            routed_to: self.routed_to.as_deref(),
-            upstream_model: (!self.upstream_model.is_empty())
-                .then_some(self.upstream_model.as_str()),
-            provider: (!self.provider.is_empty()).then_some(&*self.provider),
-            status: self.status,
-            stream: self.stream,
+            request_id: &self.facts.id,
+            key: self.facts.identity.key.as_deref(),
+            user: self.facts.identity.user.as_deref(),
+            team: self.facts.identity.team.as_deref(),
+            feature: self.facts.identity.feature.as_deref(),
+            end_user: self.facts.identity.end_user.as_deref(),
+            endpoint: self.facts.endpoint.label(),
+            model: (!self.facts.model.is_empty()).then_some(self.facts.model.as_str()),
+            routed_to: self.facts.routed_to.as_deref(),
+            upstream_model: (!self.outcome.upstream_model.is_empty())
+                .then_some(self.outcome.upstream_model.as_str()),
+            provider: (!self.outcome.provider.is_empty()).then_some(&*self.outcome.provider),
+            status: self.outcome.status,
+            stream: self.facts.stream,
             end: end.label(),
             error: self
+                .outcome
                 .error
                 .or(observed.stream_error.then_some("upstream_stream_error")),
             input_tokens: usage.map(|u| u.input),
@@ -300,17 +341,17 @@ impl RequestRecord {
             usage_source,
             latency_ms: ms(duration),
             ttft_ms: ttft.map(ms),
-            upstream_ms: (self.attempts > 0).then(|| ms(self.upstream_wait)),
-            request_bytes: self.request_bytes,
+            upstream_ms: (self.outcome.attempts > 0).then(|| ms(self.outcome.upstream_wait)),
+            request_bytes: self.facts.request_bytes,
             response_bytes,
-            attempts: self.attempts,
-            attempt_log: &self.attempt_log,
+            attempts: self.outcome.attempts,
+            attempt_log: &self.outcome.attempt_log,
             cost_usd: cost.map(nanos_to_usd),
-            cache: self.cache,
+            cache: self.outcome.cache.label(),
             cost_saved_usd: cost_saved.map(nanos_to_usd),
-            prompt_cache_breakpoints: self.breakpoints,
+            prompt_cache_breakpoints: self.facts.breakpoints,
         };
-        match (self.budget.take(), &self.snap) {
+        match (self.holds.budget.take(), &self.snap) {
             (Some(hold), Some(snap)) => {
                 // The usage line is written once the charge is durable.
                 let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
@@ -331,26 +372,39 @@ impl RequestRecord {
     /// The cost of what a complete response reported (for `x-sluice-cost-usd`);
     /// a cache hit costs nothing.
     pub fn cost_of(&self, observed: &Observed) -> Option<u64> {
-        if self.cache == "hit" {
+        if self.outcome.cache == CacheState::Hit {
             return Some(0);
         }
-        Some(self.price?.cost(observed.usage.as_ref()?))
+        Some(self.price()?.cost(observed.usage.as_ref()?))
+    }
+
+    /// The price of the model that answered.
+    fn price(&self) -> Option<Price> {
+        if self.outcome.upstream_model.is_empty() {
+            return None;
+        }
+        self.snap
+            .as_ref()?
+            .config
+            .prices
+            .get(&self.outcome.upstream_model)
     }
 
     /// Usage for a request the provider answered but never reported usage
     /// for (a cut stream): the input as counted, the output from the
     /// streamed text, both with the model's tokenizer.
     fn estimate(&self, observed: &Observed) -> Option<Usage> {
-        let answered =
-            self.attempts > 0 && ((200..300).contains(&self.status) || self.awaiting_upstream);
-        if !answered || !self.endpoint.generates() {
+        let answered = self.outcome.attempts > 0
+            && ((200..300).contains(&self.outcome.status) || self.outcome.awaiting_upstream);
+        if !answered || !self.facts.endpoint.generates() {
             return None;
         }
-        let family = self.family?;
-        let input = self.input_counted.or_else(|| {
-            self.request_body
+        let family = self.facts.family?;
+        let input = self.facts.input_counted.or_else(|| {
+            self.facts
+                .request_body
                 .as_ref()
-                .map(|b| tokens::count_or_bound(self.endpoint, b, family))
+                .map(|b| tokens::count_or_bound(self.facts.endpoint, b, family))
         })?;
         Some(Usage {
             input,
@@ -369,9 +423,9 @@ impl Drop for RequestRecord {
         if self.done {
             return;
         }
-        if self.status == 0 {
+        if self.outcome.status == 0 {
             // nginx's "client closed request".
-            self.status = 499;
+            self.outcome.status = 499;
         }
         self.complete(StreamEnd::ClientGone, Observed::default(), 0);
     }

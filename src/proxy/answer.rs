@@ -16,7 +16,7 @@ use crate::cache;
 use crate::error::{ApiShape, ProxyError};
 use crate::headers::{client_response_headers, value};
 use crate::ownership::{answer_ids, IdSink, Owners};
-use crate::record::RequestRecord;
+use crate::record::{CacheState, RequestRecord};
 use crate::sniff::{Endpoint, Sniffed};
 use crate::stream::observe::{Observed, Observer};
 
@@ -47,12 +47,12 @@ pub(super) async fn upstream_answer(
         attempt::Answered::Stream(resp) => {
             let (head, body) = resp.into_parts();
             let bounds = &snap.config.server.bounds;
-            let mut observer = observer_for(rec.endpoint, &head, inject_usage)
+            let mut observer = observer_for(rec.facts.endpoint, &head, inject_usage)
                 .with_max_event(bounds.max_sse_event);
             let idle = snap
                 .upstreams
                 .iter()
-                .find(|u| u.name == rec.provider)
+                .find(|u| u.name == rec.outcome.provider)
                 .map_or(snap.config.server.drain_timeout, |u| u.timeouts.idle);
             if let Some(sink) = ids.clone().filter(|_| head.status.is_success()) {
                 observer = observer.with_ids(sink);
@@ -61,9 +61,9 @@ pub(super) async fn upstream_answer(
                 let limits = ReadLimits {
                     max: bounds.max_response_body,
                     idle,
-                    deadline: rec.deadline,
+                    deadline: rec.facts.deadline,
                 };
-                let provider = || rec.provider.to_string();
+                let provider = || rec.outcome.provider.to_string();
                 let bytes = match read_bounded(body, &head.headers, limits).await {
                     Ok(b) => b,
                     Err(ReadError::TooLarge) => {
@@ -98,7 +98,7 @@ pub(super) async fn upstream_answer(
                     }
                 }
                 observer.observe(&bytes);
-                if let Some(c) = rec.capture.take() {
+                if let Some(c) = rec.holds.capture.take() {
                     c.finish_json(bytes.clone());
                 }
                 let observed = observer.finish();
@@ -110,8 +110,8 @@ pub(super) async fn upstream_answer(
                 tap: TapConfig {
                     observer,
                     idle,
-                    deadline: rec.deadline,
-                    capture: rec.capture.take(),
+                    deadline: rec.facts.deadline,
+                    capture: rec.holds.capture.take(),
                 },
             })))
         }
@@ -218,8 +218,11 @@ pub(super) async fn owned_answer(
         return Ok(attempt::Answered::Stream(resp));
     }
     let (head, body) = resp.into_parts();
-    let read =
-        tokio::time::timeout_at(rec.deadline, Limited::new(body, MAX_OWNED_ANSWER).collect()).await;
+    let read = tokio::time::timeout_at(
+        rec.facts.deadline,
+        Limited::new(body, MAX_OWNED_ANSWER).collect(),
+    )
+    .await;
     let bytes = match read {
         Ok(Ok(c)) => c.to_bytes(),
         Ok(Err(e)) => {
@@ -229,13 +232,13 @@ pub(super) async fn owned_answer(
                 format!("response body failed: {e}")
             };
             return Err(ProxyError::UpstreamConnect {
-                provider: rec.provider.to_string(),
+                provider: rec.outcome.provider.to_string(),
                 detail,
             });
         }
         Err(_) => {
             return Err(ProxyError::UpstreamTimeout {
-                provider: rec.provider.to_string(),
+                provider: rec.outcome.provider.to_string(),
                 phase: "total",
             })
         }
@@ -260,8 +263,8 @@ pub(super) fn cache_hit(
     } else {
         (ProxyBody::full(hit.body.clone()), hit.content_type.as_str())
     };
-    rec.cache = "hit";
-    rec.upstream_model = hit.model.clone();
+    rec.outcome.cache = CacheState::Hit;
+    rec.outcome.upstream_model = hit.model.clone();
     rec.first_byte(Instant::now());
     let mut resp = Response::new(body);
     resp.headers_mut()

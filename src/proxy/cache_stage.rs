@@ -5,10 +5,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::HeaderMap;
 
-use crate::app::App;
+use crate::app::{App, Snapshot};
+use crate::auth::Credential;
 use crate::cache::{self, Flight, Patience};
-use crate::config::CacheConfig;
+use crate::config::{CacheConfig, Timeouts};
+use crate::record::{CacheState, RequestRecord};
 use crate::sniff::{Endpoint, Sniffed};
+
+use super::answer::cache_hit;
+use super::Answer;
 
 /// What the cache step decided for one request.
 pub(super) enum Step {
@@ -75,5 +80,66 @@ pub(super) async fn lookup(app: &App, l: Lookup<'_>) -> Step {
             Some(hit) => Step::Hit(hit),
             None => Step::Miss { lead: None },
         },
+    }
+}
+
+/// The cache step of the pipeline: a hit is the answer; a miss that leads
+/// its flight tees the upstream answer into the cache (`rec.holds.capture`).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the cache key and tenant come from several pipeline stages"
+)]
+pub(super) async fn serve(
+    app: &App,
+    snap: &Snapshot,
+    headers: &HeaderMap,
+    cred: &Credential,
+    s: &Sniffed,
+    body: &Bytes,
+    timeouts: Timeouts,
+    rec: &mut RequestRecord,
+) -> Option<Answer> {
+    let cfg = &snap.config.cache;
+    let upstream_model = rec.outcome.upstream_model.clone();
+    let lookup = Lookup {
+        cfg,
+        endpoint: rec.facts.endpoint,
+        sniffed: s,
+        headers,
+        tenant: cache::tenant::tenant(
+            cfg.scope,
+            &rec.facts.identity,
+            matches!(cred, Credential::Passthrough { .. }),
+        ),
+        upstream_model: &upstream_model,
+        body,
+        patience: Patience {
+            first: timeouts.first_byte,
+            idle: timeouts.idle,
+            deadline: rec.facts.deadline,
+        },
+    };
+    match self::lookup(app, lookup).await {
+        Step::Bypass => None,
+        Step::Hit(hit) => {
+            rec.outcome.cache = CacheState::Miss;
+            cache_hit(&hit, s, rec)
+        }
+        Step::Miss { lead } => {
+            rec.outcome.cache = CacheState::Miss;
+            if let Some(l) = lead {
+                rec.holds.capture = Some(cache::Capture::new(
+                    app.cache.clone(),
+                    l.key,
+                    l.leader,
+                    rec.facts.endpoint,
+                    l.tenant,
+                    upstream_model,
+                    l.ttl,
+                    cfg.max_entry_bytes,
+                ));
+            }
+            None
+        }
     }
 }

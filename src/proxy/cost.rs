@@ -74,6 +74,35 @@ pub fn price(plan: &Plan, price: &Price, ask: Ask) -> Result<Priced, ProxyError>
     })
 }
 
+/// Prices a request from its input as far as it is known: the bound
+/// settles it unless the per-request cost cap would clamp or refuse, which
+/// asks for the exact count (the body as sent must not depend on a bound).
+pub(super) async fn price_input(
+    plan: &Plan,
+    p: &Price,
+    ask: Ask,
+    input: &mut super::count::Input,
+) -> Result<Priced, ProxyError> {
+    let with = |n: u64| price(plan, p, Ask { input: n, ..ask });
+    let first = with(input.tokens());
+    if ask.cost_cap.is_none() || input.exact().is_some() {
+        return first;
+    }
+    let unclamped = price(
+        plan,
+        p,
+        Ask {
+            input: input.tokens(),
+            cost_cap: None,
+            ..ask
+        },
+    );
+    match (&first, &unclamped) {
+        (Ok(a), Ok(b)) if a == b => first,
+        _ => with(input.count("cost_cap").await?),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 //! admission under rate limits, tier routing, prompt-cache breakpoints,
 //! object ownership.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,18 +15,23 @@ use crate::app::{App, Snapshot};
 use crate::attempt;
 use crate::auth::{Credential, VirtualKey};
 use crate::cache;
-use crate::config::ServerConfig;
+use crate::config::{ProviderKind, ServerConfig, TokenLimits};
 use crate::error::{ApiShape, ProxyError};
-use crate::limits::rate;
+use crate::limits::context;
+use crate::limits::request::{self, Plan};
 use crate::limits::tokens::{self, Family};
-use crate::metrics;
 use crate::ownership::{self, IdSink};
 use crate::path::Family as PathFamily;
+use crate::pricing::Price;
 use crate::record::RequestRecord;
 use crate::resilience::balance::Candidate;
 use crate::resilience::Deployments;
 use crate::route::tier::{self, TierInput};
-use crate::sniff::{self, Endpoint, Sniffed};
+use crate::route::Route;
+use crate::sniff::{self, Endpoint, Rewrite, Sniffed};
+
+use super::cost::{self, Ask};
+use super::count::Input;
 
 /// The whole request's deadline: the first deployment's total timeout.
 pub(super) fn deadline(
@@ -38,8 +44,8 @@ pub(super) fn deadline(
         .first()
         .and_then(|c| snap.upstreams.get(c.provider))
         .map_or(Duration::from_secs(900), |u| u.timeouts.total);
-    rec.deadline = tokio::time::Instant::from_std(rec.started()) + total;
-    rec.deadline
+    rec.facts.deadline = tokio::time::Instant::from_std(rec.started()) + total;
+    rec.facts.deadline
 }
 
 /// Adds Anthropic prompt-cache breakpoints; the body is re-encoded only when
@@ -59,34 +65,10 @@ pub(super) fn add_breakpoints(
     if added == 0 {
         return Ok(body);
     }
-    rec.breakpoints = added as u32;
+    rec.facts.breakpoints = added as u32;
     serde_json::to_vec(&obj)
         .map(Bytes::from)
         .map_err(|e| ProxyError::Internal(format!("re-encoding request body: {e}")))
-}
-
-/// Admits the request under the rate limits, or refuses it.
-pub(super) fn admit(
-    app: &App,
-    snap: &Snapshot,
-    rec: &mut RequestRecord,
-    model: &str,
-    reserve: u64,
-) -> Result<(), ProxyError> {
-    let rules = &snap.config.rate_limits;
-    if rules.is_empty() {
-        return Ok(());
-    }
-    let subject = rate::Subject {
-        identity: &rec.identity,
-        model,
-    };
-    let admission = app.rate.admit(rules, &subject, reserve).map_err(|r| {
-        metrics::rate_limited(&r.rule);
-        ProxyError::RateLimited(r)
-    })?;
-    rec.admission = Some(admission);
-    Ok(())
 }
 
 /// Runs a routing model's tier rules.
@@ -107,9 +89,9 @@ pub(super) fn choose_tier(
     // Input size for tier rules is counted with the default model's tokenizer.
     let family = snap
         .router
-        .resolve(&tier.default, rec.shape, &snap.upstreams)
+        .resolve(&tier.default, rec.facts.shape, &snap.upstreams)
         .map_or(Family::O200k, |r| Family::for_model(&r.upstream_model));
-    let endpoint = rec.endpoint;
+    let endpoint = rec.facts.endpoint;
     let mut count = || {
         let n = tokens::count_or_bound(endpoint, body, family);
         *counted = Some((family, n));
@@ -121,7 +103,7 @@ pub(super) fn choose_tier(
     };
     let mut input = TierInput {
         headers,
-        feature: rec.identity.feature.as_deref(),
+        feature: rec.facts.identity.feature.as_deref(),
         key_tier,
         has_tools: s.has_tools,
         has_images: s.has_images,
@@ -244,21 +226,6 @@ pub(super) fn passthrough_group(
     })
 }
 
-/// Counts input tokens; large bodies are counted off the async workers. A
-/// count that fails (unreadable input, a panicked task) fails the request.
-pub(super) async fn count_input(
-    endpoint: Endpoint,
-    body: Bytes,
-    family: Family,
-) -> Result<u64, ProxyError> {
-    if body.len() < 64 * 1024 {
-        return tokens::count_request(endpoint, &body, family);
-    }
-    tokio::task::spawn_blocking(move || tokens::count_request(endpoint, &body, family))
-        .await
-        .map_err(|e| ProxyError::Internal(format!("token counting failed: {e}")))?
-}
-
 /// Reads the request body up to `limit` bytes.
 pub(super) async fn read_body(
     body: Incoming,
@@ -294,4 +261,175 @@ pub(super) fn needs_usage_injection(endpoint: Endpoint, s: &Sniffed) -> bool {
     s.stream
         && !s.include_usage
         && matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions)
+}
+
+/// Classifies the path and sets the request's endpoint and API shape;
+/// `/anthropic/v1/...` forces Anthropic, and Anthropic clients identify
+/// themselves with `anthropic-version`.
+pub(super) fn classify(
+    parts: &http::request::Parts,
+    rec: &mut RequestRecord,
+) -> Result<crate::path::Route, ProxyError> {
+    let anthropic_client = parts.headers.contains_key("anthropic-version")
+        || parts.uri.path().starts_with("/anthropic/");
+    rec.facts.shape = Endpoint::Other.shape(anthropic_client);
+    let target = crate::path::classify(parts.uri.path(), &parts.method)?;
+    rec.facts.endpoint = target.endpoint;
+    rec.facts.shape = target
+        .endpoint
+        .shape(anthropic_client || target.anthropic_prefix);
+    Ok(target)
+}
+
+/// What the sniffed body tells the record.
+pub(super) fn note_sniffed(rec: &mut RequestRecord, snap: &Snapshot, s: &Sniffed) {
+    rec.facts.stream = s.stream;
+    rec.facts.model = s.model.clone();
+    if snap.config.server.end_user_from_body {
+        rec.facts.identity.end_user = s.end_user.clone();
+    }
+}
+
+/// The token limits of one request: the output cap to send and the input
+/// bound, from the global, route and key limits and the context window.
+pub(super) struct TokenPlan {
+    pub plan: Plan,
+    /// The configured input limit (as opposed to the context window).
+    pub configured_max_input: Option<u64>,
+    /// The endpoint's output-cap field.
+    pub field: Option<&'static str>,
+}
+
+pub(super) fn token_plan(
+    snap: &Snapshot,
+    vk: Option<&VirtualKey>,
+    route: &Route<'_>,
+    kind: ProviderKind,
+    endpoint: Endpoint,
+    s: &Sniffed,
+) -> Result<TokenPlan, ProxyError> {
+    let key_limits = vk.map_or(TokenLimits::default(), |k| k.limits);
+    let limits = snap.config.limits.min(route.limits).min(key_limits);
+    let context_window = route
+        .context_window
+        .or_else(|| context::context_window(&route.upstream_model));
+    let field = request::output_field(endpoint, s.max_output_field, kind);
+    let plan = request::plan(limits, context_window, s.max_output, field);
+    plan.check_output(context_window)?;
+    Ok(TokenPlan {
+        plan,
+        configured_max_input: limits.max_input,
+        field,
+    })
+}
+
+/// A priced request: what [`cost::price`] decided and what it was asked.
+pub(super) struct PricedRequest {
+    pub priced: cost::Priced,
+    pub price: Price,
+    pub ask: Ask,
+}
+
+/// Prices the request when a budget or the per-request cost cap applies
+/// (an unpriced model is then refused).
+pub(super) async fn price(
+    snap: &Snapshot,
+    upstream_model: &str,
+    s: &Sniffed,
+    tokens: &TokenPlan,
+    rec: &RequestRecord,
+    input: &mut Input,
+) -> Result<Option<PricedRequest>, ProxyError> {
+    let cfg = &snap.config;
+    if cfg.max_request_cost.is_none() && !crate::budget::applies_any(&cfg.budgets, &s.model) {
+        return Ok(None);
+    }
+    let price = cfg
+        .prices
+        .get(upstream_model)
+        .ok_or_else(|| ProxyError::ModelNotPriced {
+            model: upstream_model.to_owned(),
+        })?;
+    let ask = Ask {
+        input: 0,
+        choices: s.choices,
+        field: tokens.field,
+        generates: rec.facts.endpoint.generates(),
+        output_reserve: cfg.output_reserve,
+        cost_cap: cfg.max_request_cost,
+    };
+    let priced = cost::price_input(&tokens.plan, &price, ask, input).await?;
+    Ok(Some(PricedRequest { priced, price, ask }))
+}
+
+/// Output tokens a rate limit reserves: every choice's cap.
+pub(super) fn tokens_out(
+    snap: &Snapshot,
+    tokens: &TokenPlan,
+    priced: Option<&PricedRequest>,
+    s: &Sniffed,
+) -> u64 {
+    priced
+        .and_then(|p| p.priced.max_output)
+        .or(tokens.plan.max_output)
+        .unwrap_or(snap.config.output_reserve)
+        .saturating_mul(s.choices)
+}
+
+/// The body as sent: the output cap, stream usage asked for, Anthropic
+/// prompt-cache breakpoints; re-encoded only if something changes.
+pub(super) fn rewrite(
+    snap: &Snapshot,
+    body: Bytes,
+    tokens: &TokenPlan,
+    priced: Option<&PricedRequest>,
+    include_usage: bool,
+    rec: &mut RequestRecord,
+) -> Result<Bytes, ProxyError> {
+    let output_cap = priced.map_or(tokens.plan.output_cap, |p| p.priced.output_cap);
+    let body = sniff::rewrite(
+        body,
+        &Rewrite {
+            model: None,
+            include_usage,
+            max_output: output_cap,
+        },
+    )?;
+    let cache = &snap.config.cache;
+    if cache.anthropic_breakpoints && rec.facts.endpoint == Endpoint::Messages {
+        return add_breakpoints(body, cache.breakpoint_min_tokens, rec);
+    }
+    Ok(body)
+}
+
+/// The attempt groups: the route's deployments, then its fallbacks; a
+/// client's own key only goes to providers that take client keys.
+pub(super) fn attempt_groups(
+    app: &App,
+    snap: &Snapshot,
+    route: Route<'_>,
+    cred: &Credential,
+    rec: &RequestRecord,
+) -> Result<VecDeque<attempt::Group>, ProxyError> {
+    let model = route.upstream_model.clone();
+    let groups: VecDeque<attempt::Group> = snap
+        .router
+        .chain(route, rec.facts.shape, &snap.upstreams)
+        .into_iter()
+        .map(|r| attempt::Group {
+            candidates: r.candidates(&snap.upstreams, &app.deployments),
+            balance: r.rule.balance,
+            tries: 1 + snap.config.retry.max_retries,
+            context_fallback: r.rule.context_fallback.clone(),
+        })
+        .map(|g| attempt::keep_for_credential(g, cred, &snap.upstreams))
+        .filter(|g| !g.candidates.is_empty())
+        .collect();
+    if groups.is_empty() {
+        return Err(ProxyError::Forbidden(format!(
+            "model {model:?} is served only by providers that do not accept client keys; use a \
+             virtual key"
+        )));
+    }
+    Ok(groups)
 }

@@ -58,6 +58,8 @@ struct Raw<'a> {
     metadata: Option<Metadata>,
     #[serde(borrow)]
     tools: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    messages: Option<&'a serde_json::value::RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -121,6 +123,15 @@ pub fn sniff(body: &[u8], endpoint: Endpoint) -> Result<Sniffed, ProxyError> {
         _ => (None, None),
     };
     let max_output_field = max_output.and(max_output_field);
+    // The input must have the shape the API defines: a body the gateway
+    // cannot read for counting is refused, never sent on as zero tokens.
+    if matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Messages)
+        && raw.messages.is_some_and(|m| !m.get().starts_with('['))
+    {
+        return Err(ProxyError::InvalidRequest(
+            "invalid type for 'messages': expected an array of objects".into(),
+        ));
+    }
     let choices = match endpoint {
         Endpoint::ChatCompletions => raw.n.unwrap_or(1),
         Endpoint::Completions => raw.n.unwrap_or(1).max(raw.best_of.unwrap_or(1)),

@@ -1,0 +1,88 @@
+//! Which model a request is served by: the allow-list on the model asked
+//! for, a routing model's tier rules (e.g. `auto`), a budget's downgrade to
+//! a cheaper model, and the allow-list again on the model chosen.
+
+use bytes::Bytes;
+use http::HeaderMap;
+
+use crate::app::{App, Snapshot};
+use crate::auth::{Credential, VirtualKey};
+use crate::error::ProxyError;
+use crate::limits::rate;
+use crate::limits::tokens::Family;
+use crate::record::RequestRecord;
+use crate::sniff::Sniffed;
+
+use super::stages::choose_tier;
+
+/// The model chosen, and an input count tier routing made on the way.
+pub(super) struct Chosen {
+    pub model: String,
+    pub counted: Option<(Family, u64)>,
+}
+
+/// The allow-list holds for the model asked for (for a routing model, for
+/// the model it routes to).
+pub(super) fn check_asked(
+    snap: &Snapshot,
+    vk: Option<&VirtualKey>,
+    s: &Sniffed,
+) -> Result<(), ProxyError> {
+    if snap.router.tier(&s.model).is_none() && vk.is_some_and(|k| !k.allows(&s.model)) {
+        return Err(ProxyError::ModelNotAllowed {
+            model: s.model.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Tier routing, then a budget downgrade, then the allow-list on the result.
+pub(super) fn choose(
+    app: &App,
+    snap: &Snapshot,
+    cred: &Credential,
+    headers: &HeaderMap,
+    body: &Bytes,
+    s: &Sniffed,
+    rec: &mut RequestRecord,
+) -> Result<Chosen, ProxyError> {
+    let vk = match cred {
+        Credential::Virtual(vk) => Some(vk.as_ref()),
+        Credential::Passthrough { .. } => None,
+    };
+    // Header rules count only where identity headers are trusted, or the key
+    // is allowed to choose its tier.
+    let mut counted = None;
+    let no_headers = HeaderMap::new();
+    let tier_headers = if snap.keys.trusts_headers() || vk.is_some_and(|k| k.tier_headers) {
+        headers
+    } else {
+        &no_headers
+    };
+    let model = match snap.router.tier(&s.model) {
+        None => s.model.clone(),
+        Some(tier) => {
+            let chosen = choose_tier(snap, tier, cred, tier_headers, rec, body, s, &mut counted);
+            rec.facts.routed_to = Some(chosen.clone());
+            chosen
+        }
+    };
+    // Budgets past a downgrade threshold send the request to a cheaper
+    // model, when the key may use it.
+    let subject = rate::Subject {
+        identity: &rec.facts.identity,
+        model: &s.model,
+    };
+    let model = match app.ledger.downgrade(&snap.config.budgets, &subject) {
+        Some(cheaper) if cheaper != model && vk.is_none_or(|k| k.allows(&cheaper)) => {
+            tracing::debug!(from = %model, to = %cheaper, "budget downgrade");
+            rec.facts.routed_to = Some(cheaper.clone());
+            cheaper
+        }
+        _ => model,
+    };
+    if vk.is_some_and(|k| !k.allows(&model)) {
+        return Err(ProxyError::ModelNotAllowed { model });
+    }
+    Ok(Chosen { model, counted })
+}
