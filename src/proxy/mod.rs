@@ -30,9 +30,10 @@ use crate::stream::observe::Observed;
 mod answer;
 mod cache_stage;
 mod cost;
+mod models;
 mod stages;
 
-use answer::{cache_hit, model_list, owned_answer, upstream_answer};
+use answer::{cache_hit, owned_answer, upstream_answer};
 use stages::{
     add_breakpoints, admit, choose_tier, count_input, deadline, needs_usage_injection,
     owned_passthrough, passthrough_allowed, passthrough_group, read_body, stored_ids,
@@ -188,11 +189,12 @@ async fn pipeline(
         reads_answer: false,
     };
     let Some(s) = sniffed else {
-        // No model: `GET /v1/models` from config, or a passthrough path.
-        if rec.endpoint == Endpoint::Models {
-            if let Some(list) = model_list(snap, rec.shape, &cred) {
-                return Ok(Answer::Local(list, Box::default()));
-            }
+        // No model: `GET /v1/models` (and `/v1/models/{id}`) answered by
+        // Sluice from config and the providers' lists, or a passthrough path.
+        if let Some(list) =
+            models::answer(app, snap, &target, &parts.method, rec.shape, &cred).await
+        {
+            return Ok(Answer::Local(list?, Box::default()));
         }
         if let Some(family) = target.family {
             passthrough_allowed(snap, &cred, family, &body)?;
