@@ -13,6 +13,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::auth::Keys;
 use crate::budget::ledger::Ledger;
+use crate::cache::model_lists::ModelLists;
 use crate::cache::{Flights, ResponseCache};
 use crate::config::{Config, ConfigError};
 use crate::limits::rate::RateLimiter;
@@ -79,6 +80,10 @@ pub struct App {
     /// The response cache (sized at start) and its in-flight misses.
     pub cache: Arc<ResponseCache>,
     pub flights: Flights,
+    /// Providers' own model lists for `GET /v1/models` with a glob rule
+    /// (cached briefly, one fetch in flight per list; they outlive config
+    /// snapshots: a list's key names the provider's URL and credential).
+    pub model_lists: ModelLists,
     /// Which virtual key created which provider object (persisted).
     pub owners: Arc<Owners>,
     shutting_down: AtomicBool,
@@ -113,6 +118,7 @@ impl App {
             deployments: Deployments::default(),
             cache,
             flights: Flights::new(),
+            model_lists: ModelLists::new(),
             ledger,
             owners,
             shutting_down: AtomicBool::new(false),

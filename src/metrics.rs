@@ -129,6 +129,10 @@ fn describe() {
         "sluice_connections_closed_total",
         "Connections Sluice closed, by plane and reason (no_request, idle, stalled)."
     );
+    describe_counter!(
+        "sluice_model_list_failures_total",
+        "Provider model list fetches (for GET /v1/models) that failed, by provider; the list is answered without them."
+    );
     describe_counter!("sluice_stream_ends_total", "How response bodies ended (complete, client_gone, upstream_error, idle_timeout, total_timeout).");
 }
 
@@ -201,6 +205,12 @@ pub fn tokens(model: &str, kind: &'static str, n: u64) {
 
 pub fn upstream_attempt(provider: &str, outcome: &'static str) {
     counter!("sluice_upstream_attempts_total", "provider" => label(provider).into_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// A provider's model list could not be fetched.
+pub fn model_list_failed(provider: &str) {
+    counter!("sluice_model_list_failures_total", "provider" => label(provider).into_owned())
         .increment(1);
 }
 

@@ -85,13 +85,7 @@ impl Router {
         shape: ApiShape,
         upstreams: &[Upstream],
     ) -> Option<Route<'_>> {
-        let rule = self.rules.iter().find(|r| {
-            glob_match(&r.pattern, model)
-                && r.deployments
-                    .first()
-                    .and_then(|d| upstreams.get(d.provider))
-                    .is_some_and(|u| u.speaks(shape))
-        })?;
+        let rule = self.rule_for(model, shape, upstreams)?;
         let first = rule.deployments.first()?;
         Some(Route {
             rule,
@@ -103,6 +97,54 @@ impl Router {
                 .unwrap_or_else(|| model.to_owned()),
             limits: rule.limits,
             context_window: rule.context_window,
+        })
+    }
+
+    /// The first rule matching `model` whose providers speak `shape`.
+    fn rule_for(&self, model: &str, shape: ApiShape, upstreams: &[Upstream]) -> Option<&ModelRule> {
+        self.rules.iter().find(|r| {
+            glob_match(&r.pattern, model)
+                && r.deployments
+                    .first()
+                    .and_then(|d| upstreams.get(d.provider))
+                    .is_some_and(|u| u.speaks(shape))
+        })
+    }
+
+    /// The providers whose own model lists name models served here under a
+    /// glob rule, for `shape` (`GET /v1/models`): the first deployment of
+    /// every glob rule that sends the requested name on unchanged (a rule
+    /// with an `upstream_model` maps any matching name to one model, so a
+    /// provider's list says nothing about it), in rule order, each once.
+    pub fn glob_providers(&self, shape: ApiShape, upstreams: &[Upstream]) -> Vec<usize> {
+        let mut out: Vec<usize> = Vec::new();
+        for &i in &self.globs {
+            let Some(d) = self.rules[i].deployments.first() else {
+                continue;
+            };
+            let speaks = upstreams.get(d.provider).is_some_and(|u| u.speaks(shape));
+            if speaks && d.upstream_model.is_none() && !out.contains(&d.provider) {
+                out.push(d.provider);
+            }
+        }
+        out
+    }
+
+    /// Whether a request for `model` (through `shape`) is routed by a glob
+    /// rule that sends the name on unchanged to `provider` first: then the
+    /// provider's own model `model` is what the client gets.
+    pub fn passes_on(
+        &self,
+        model: &str,
+        shape: ApiShape,
+        upstreams: &[Upstream],
+        provider: usize,
+    ) -> bool {
+        self.rule_for(model, shape, upstreams).is_some_and(|r| {
+            r.pattern.contains('*')
+                && r.deployments
+                    .first()
+                    .is_some_and(|d| d.provider == provider && d.upstream_model.is_none())
         })
     }
 

@@ -436,7 +436,8 @@ async fn gzip_passes_through_on_passthrough_paths() {
 #[tokio::test]
 async fn models_are_listed_from_config_when_named() {
     let mock = MockProvider::start().await.expect("mock");
-    // Only globs: the provider answers.
+    // Exact names first, then the provider's own ids under the `*` glob
+    // (see tests/models_list.rs).
     let s = Sluice::start(&config(&mock.url(), "", "")).await;
     let auth = format!("Bearer {KEY}");
     let (st, _, b) = call(
@@ -469,7 +470,7 @@ async fn models_are_listed_from_config_when_named() {
     assert_eq!(
         json(&b)["data"][0]["id"],
         "mock-model",
-        "passed to the provider"
+        "only globs: the provider's own list"
     );
     assert_eq!(mock.request_count(), before + 1);
 }

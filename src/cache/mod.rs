@@ -61,6 +61,7 @@ pub mod capture;
 pub mod entry;
 pub mod flight;
 pub mod key;
+pub mod model_lists;
 pub mod policy;
 pub mod prompt;
 pub mod replay;

@@ -1,19 +1,17 @@
-//! Building the client's answer: from an upstream response, from the cache,
-//! or from config (`GET /v1/models`).
+//! Building the client's answer: from an upstream response or from the
+//! cache (`GET /v1/models` is answered in `models`).
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{header, Response};
 use http_body_util::{BodyExt, Limited};
-use serde_json::json;
 
 use crate::app::Snapshot;
 use crate::attempt;
-use crate::auth::Credential;
 use crate::body::{ProxyBody, TapConfig};
 use crate::cache;
-use crate::error::{ApiShape, ProxyError};
+use crate::error::ProxyError;
 use crate::headers::{client_response_headers, value};
 use crate::ownership::{answer_ids, IdSink, Owners};
 use crate::record::{CacheState, RequestRecord};
@@ -297,51 +295,12 @@ pub(super) fn observer_for(
     }
 }
 
-/// `GET /v1/models` answered from the configured public models, when any are
-/// listed by exact name; `None` passes the request to the provider.
-pub(super) fn model_list(
-    snap: &Snapshot,
-    shape: ApiShape,
-    cred: &Credential,
-) -> Option<Response<ProxyBody>> {
-    let names: Vec<&str> = snap
-        .router
-        .listed_models()
-        .filter(|m| match cred {
-            Credential::Virtual(vk) => vk.allows(m),
-            Credential::Passthrough { .. } => true,
-        })
-        .filter(|m| snap.router.resolve(m, shape, &snap.upstreams).is_some())
-        .collect();
-    if names.is_empty() {
-        return None;
-    }
-    let body = match shape {
-        ApiShape::OpenAi => json!({
-            "object": "list",
-            "data": names.iter().map(|n| json!({"id": n, "object": "model", "created": 0, "owned_by": "sluice"})).collect::<Vec<_>>(),
-        }),
-        ApiShape::Anthropic => json!({
-            "data": names.iter().map(|n| json!({"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"})).collect::<Vec<_>>(),
-            "has_more": false,
-            "first_id": names.first(),
-            "last_id": names.last(),
-        }),
-    };
-    let mut resp = Response::new(ProxyBody::full(body.to_string()));
-    *resp.status_mut() = StatusCode::OK;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Some(resp)
-}
-
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
 
     use futures_util::stream::{self, StreamExt};
+    use http::HeaderValue;
     use http_body::Frame;
     use http_body_util::StreamBody;
 

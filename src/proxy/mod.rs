@@ -24,6 +24,7 @@ mod cost;
 mod count;
 mod holds;
 mod model;
+mod models;
 mod passthrough;
 mod stages;
 

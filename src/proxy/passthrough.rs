@@ -15,9 +15,8 @@ use crate::error::ProxyError;
 use crate::ownership;
 use crate::path::Route as Target;
 use crate::record::RequestRecord;
-use crate::sniff::Endpoint;
 
-use super::answer::{model_list, owned_answer, upstream_answer};
+use super::answer::{owned_answer, upstream_answer};
 use super::stages::{deadline, owned_passthrough, passthrough_allowed, passthrough_group};
 use super::{holds, Answer};
 
@@ -30,11 +29,12 @@ pub(super) async fn serve(
     body: Bytes,
     rec: &mut RequestRecord,
 ) -> Result<Answer, ProxyError> {
-    // `GET /v1/models` is answered from config when it can be.
-    if rec.facts.endpoint == Endpoint::Models {
-        if let Some(list) = model_list(snap, rec.facts.shape, cred) {
-            return Ok(Answer::Local(list, Box::default()));
-        }
+    // `GET /v1/models` (and `/v1/models/{id}`): answered by Sluice from
+    // config and the providers' own lists.
+    if let Some(list) =
+        super::models::answer(app, snap, target, &parts.method, rec.facts.shape, cred).await
+    {
+        return Ok(Answer::Local(list?, Box::default()));
     }
     if let Some(family) = target.family {
         passthrough_allowed(snap, cred, family, &body)?;

@@ -278,6 +278,26 @@ def test_models_list(openai_client: openai.OpenAI) -> None:
     assert "gpt-4o-mini" in ids
 
 
+def test_models_list_includes_glob_routed_provider_ids(
+    openai_client: openai.OpenAI, make_openai, keys: dict
+) -> None:
+    # `*` sends any name on to mock-openai, so its own list is merged in after the
+    # configured names (the mock lists mock-model, mock-model-large, ...).
+    models = list(openai_client.models.list())
+    ids = [m.id for m in models]
+    assert ids[0] == "gpt-4o-mini"
+    assert "mock-model-large" in ids
+    assert len(ids) == len(set(ids))
+    large = next(m for m in models if m.id == "mock-model-large")
+    assert large.object == "model" and large.owned_by == "mock-openai"
+    assert openai_client.models.retrieve("mock-model-large").id == "mock-model-large"
+    # The limited key (gpt-4o-mini, claude-*) sees only what it may use.
+    limited = make_openai(keys["limited"])
+    assert [m.id for m in limited.models.list()] == ["gpt-4o-mini"]
+    with pytest.raises(openai.NotFoundError):
+        limited.models.retrieve("mock-model-large")
+
+
 # --------------------------------------------------------------------------------------------
 # Content fidelity
 # --------------------------------------------------------------------------------------------

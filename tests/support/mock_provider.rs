@@ -8,7 +8,8 @@
 //! * `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/embeddings`,
 //!   `POST /v1/responses` (OpenAI), `POST /v1/messages`, `POST /v1/messages/count_tokens`
 //!   (Anthropic; `anthropic-version` header required), `GET /v1/models` (Anthropic flavour when
-//!   `anthropic-version` is present).
+//!   `anthropic-version` is present; ids `mock-model`, `mock-model-large`, `mock-embedding`,
+//!   `other-model`, Anthropic: `mock-model`, `claude-mock-sonnet`, `claude-mock-haiku`).
 //! * `POST /v1/files`, `/v1/uploads`, `/v1/batches`, `/v1/vector_stores`,
 //!   `/v1/messages/batches` answer a new object `{"id","object","path"}` with a fresh id
 //!   (`file-mock-N`, `batch_mock_N`, ...); `GET /v1/batches/{id}` answers a completed batch
@@ -1726,24 +1727,34 @@ fn responses(ctx: &Ctx, request: &Value) -> Reply {
     Reply::sse(events)
 }
 
+/// The ids `GET /v1/models` lists (OpenAI flavour), `mock-model` first.
+const OPENAI_MODELS: [&str; 4] = [
+    DEFAULT_MODEL,
+    "mock-model-large",
+    "mock-embedding",
+    "other-model",
+];
+/// The ids `GET /v1/models` lists (Anthropic flavour), `mock-model` first.
+const ANTHROPIC_MODELS: [&str; 3] = [DEFAULT_MODEL, "claude-mock-sonnet", "claude-mock-haiku"];
+
 fn models(ctx: &Ctx) -> Reply {
     if ctx.headers.contains_key("anthropic-version") {
+        let data: Vec<Value> = ANTHROPIC_MODELS
+            .iter()
+            .map(|id| json!({"type": "model", "id": id, "display_name": id, "created_at": CREATED_RFC3339}))
+            .collect();
         return Reply::json(json!({
-            "data": [{
-                "type": "model",
-                "id": DEFAULT_MODEL,
-                "display_name": "Mock Model",
-                "created_at": CREATED_RFC3339
-            }],
+            "data": data,
             "has_more": false,
-            "first_id": DEFAULT_MODEL,
-            "last_id": DEFAULT_MODEL
+            "first_id": ANTHROPIC_MODELS[0],
+            "last_id": ANTHROPIC_MODELS[ANTHROPIC_MODELS.len() - 1]
         }));
     }
-    Reply::json(json!({
-        "object": "list",
-        "data": [{"id": DEFAULT_MODEL, "object": "model", "created": CREATED, "owned_by": "mock"}]
-    }))
+    let data: Vec<Value> = OPENAI_MODELS
+        .iter()
+        .map(|id| json!({"id": id, "object": "model", "created": CREATED, "owned_by": "mock"}))
+        .collect();
+    Reply::json(json!({"object": "list", "data": data}))
 }
 
 /// `POST /v1/files` (uploads, batches, vector stores, message batches): a
