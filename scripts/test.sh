@@ -5,7 +5,8 @@
 #   bash scripts/test.sh
 #
 # Stages: rustfmt check, clippy (warnings are errors), build the binaries, Rust tests
-# (nextest when installed, else cargo test), then the end-to-end tests that drive the
+# (nextest when installed, else cargo test), each over the whole workspace (the proxy and
+# the mock provider crate in mock/), then the end-to-end tests that drive the
 # official OpenAI and Anthropic Python SDKs through target/debug/sluice in front of
 # target/debug/sluice-mock (tests/sdk, in .venv).
 #
@@ -99,15 +100,16 @@ main() {
     local fmt_color=()
     [[ -t 1 ]] || fmt_color=(--color=never) # rustfmt colours its diff even into a log file
     run_stage "cargo fmt --check" cargo fmt --all -- --check "${fmt_color[@]}" || true
-    run_stage "cargo clippy" cargo clippy --all-targets -- -D warnings || true
+    run_stage "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings || true
+    run_stage "module dependencies (no cycles)" python3 scripts/module-deps.py || true
 
     local build_ok=1
-    run_stage "cargo build --bins" cargo build --bins || build_ok=0
+    run_stage "cargo build --bins" cargo build --workspace --bins || build_ok=0
 
     if command -v cargo-nextest >/dev/null 2>&1; then
-        run_stage "rust tests (nextest)" cargo nextest run --no-fail-fast || true
+        run_stage "rust tests (nextest)" cargo nextest run --workspace --no-fail-fast || true
     else
-        run_stage "rust tests (cargo test)" cargo test --no-fail-fast || true
+        run_stage "rust tests (cargo test)" cargo test --workspace --no-fail-fast || true
     fi
 
     if ((build_ok)); then

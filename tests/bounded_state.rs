@@ -5,15 +5,13 @@
 
 #[path = "support/harness.rs"]
 mod harness;
-#[path = "support/mock_provider.rs"]
-mod mock_provider;
 
 use std::sync::Arc;
 
 use harness::*;
 use http::{Method, StatusCode};
-use mock_provider::MockProvider;
 use serde_json::json;
+use sluice_mock::MockProvider;
 
 const MAX_BUCKETS: usize = 500;
 

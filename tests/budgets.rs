@@ -2,15 +2,13 @@
 
 #[path = "support/harness.rs"]
 mod harness;
-#[path = "support/mock_provider.rs"]
-mod mock_provider;
 
 use std::sync::Arc;
 
 use harness::*;
 use http::{Method, StatusCode};
-use mock_provider::MockProvider;
 use serde_json::{json, Value};
+use sluice_mock::MockProvider;
 
 /// mock-model costs $1 per 1M input tokens and $2 per 1M output tokens:
 /// 1,000 and 2,000 nano-dollars per token.

@@ -4,13 +4,11 @@
 
 #[path = "support/harness.rs"]
 mod harness;
-#[path = "support/mock_provider.rs"]
-mod mock_provider;
 
 use harness::*;
 use http::StatusCode;
-use mock_provider::MockProvider;
 use serde_json::{json, Value};
+use sluice_mock::MockProvider;
 
 /// $1 per 1M input tokens, $2 per 1M output tokens.
 const PRICING: &str = "[[pricing]]\nmodel = \"mock-model\"\ninput = 1.0\noutput = 2.0\n";

@@ -3,13 +3,11 @@
 
 #[path = "support/harness.rs"]
 mod harness;
-#[path = "support/mock_provider.rs"]
-mod mock_provider;
 
 use harness::*;
 use http::{Method, StatusCode};
-use mock_provider::{Fault, MockProvider};
 use serde_json::{json, Value};
+use sluice_mock::{Fault, MockProvider};
 
 async fn setup_with(server_extra: &str, extra: &str) -> (MockProvider, Sluice) {
     let mock = MockProvider::start().await.expect("mock");

@@ -7,16 +7,14 @@
 
 #[path = "support/harness.rs"]
 mod harness;
-#[path = "support/mock_provider.rs"]
-mod mock_provider;
 
 use std::future::Future;
 use std::time::Duration;
 
 use harness::*;
 use http::{Method, StatusCode};
-use mock_provider::MockProvider;
 use serde_json::{json, Value};
+use sluice_mock::MockProvider;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -4,13 +4,11 @@
 
 #[path = "support/harness.rs"]
 mod harness;
-#[path = "support/mock_provider.rs"]
-mod mock_provider;
 
 use harness::*;
 use http::{Method, StatusCode};
-use mock_provider::MockProvider;
 use serde_json::{json, Value};
+use sluice_mock::MockProvider;
 
 /// A key that may use `gpt-4o-mini` only.
 const NARROW: &str = "sk-sluice-narrow";

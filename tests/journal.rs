@@ -3,8 +3,6 @@
 
 #[path = "support/harness.rs"]
 mod harness;
-#[path = "support/mock_provider.rs"]
-mod mock_provider;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -12,8 +10,8 @@ use std::time::Duration;
 
 use harness::*;
 use http::StatusCode;
-use mock_provider::{Fault, MockProvider};
 use serde_json::{json, Value};
+use sluice_mock::{Fault, MockProvider};
 
 const PRICING: &str = "[[pricing]]\nmodel = \"mock-model\"\ninput = 1.0\noutput = 2.0\n";
 const BUDGET: &str =

@@ -2,8 +2,6 @@
 
 #[path = "support/harness.rs"]
 mod harness;
-#[path = "support/mock_provider.rs"]
-mod mock_provider;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -11,8 +9,8 @@ use std::sync::Arc;
 use harness::*;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
-use mock_provider::MockProvider;
 use serde_json::json;
+use sluice_mock::MockProvider;
 
 fn chat(model: &str, content: &str) -> serde_json::Value {
     json!({"model": model, "messages": [{"role": "user", "content": content}]})

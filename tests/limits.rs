@@ -2,15 +2,13 @@
 
 #[path = "support/harness.rs"]
 mod harness;
-#[path = "support/mock_provider.rs"]
-mod mock_provider;
 
 use std::sync::Arc;
 
 use harness::*;
 use http::{Method, StatusCode};
-use mock_provider::MockProvider;
 use serde_json::{json, Value};
+use sluice_mock::MockProvider;
 
 fn chat(content: &str) -> Value {
     json!({"model": "mock-model", "messages": [{"role": "user", "content": content}]})

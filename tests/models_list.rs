@@ -6,15 +6,13 @@
 
 #[path = "support/harness.rs"]
 mod harness;
-#[path = "support/mock_provider.rs"]
-mod mock_provider;
 
 use std::time::Duration;
 
 use harness::*;
 use http::{Method, StatusCode};
-use mock_provider::{Fault, MockProvider};
 use serde_json::Value;
+use sluice_mock::{Fault, MockProvider};
 
 /// A key that may use only `gpt-4o-mini` and the `mock-model-*` family.
 const LIMITED: &str = "sk-sluice-limited";
@@ -102,7 +100,7 @@ fn ids(v: &Value) -> Vec<String> {
 }
 
 /// The list requests the mock received.
-fn list_fetches(mock: &MockProvider) -> Vec<mock_provider::RecordedRequest> {
+fn list_fetches(mock: &MockProvider) -> Vec<sluice_mock::RecordedRequest> {
     mock.requests()
         .into_iter()
         .filter(|r| r.path.starts_with("/v1/models"))

@@ -4,15 +4,13 @@
 
 #[path = "support/harness.rs"]
 mod harness;
-#[path = "support/mock_provider.rs"]
-mod mock_provider;
 
 use std::time::Duration;
 
 use harness::*;
 use http::{Method, StatusCode};
-use mock_provider::{Fault, MockProvider};
 use serde_json::{json, Value};
+use sluice_mock::{Fault, MockProvider};
 
 const OTHER: &str = "sk-sluice-other";
 const CAPPED: &str = "sk-sluice-capped";

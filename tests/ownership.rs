@@ -5,13 +5,11 @@
 
 #[path = "support/harness.rs"]
 mod harness;
-#[path = "support/mock_provider.rs"]
-mod mock_provider;
 
 use harness::*;
 use http::{Method, StatusCode};
-use mock_provider::MockProvider;
 use serde_json::{json, Value};
+use sluice_mock::MockProvider;
 
 const A: &str = "sk-sluice-tenant-a";
 const B: &str = "sk-sluice-tenant-b";

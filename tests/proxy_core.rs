@@ -3,15 +3,13 @@
 
 #[path = "support/harness.rs"]
 mod harness;
-#[path = "support/mock_provider.rs"]
-mod mock_provider;
 
 use std::time::Duration;
 
 use harness::*;
 use http::{Method, StatusCode};
-use mock_provider::MockProvider;
 use serde_json::{json, Value};
+use sluice_mock::MockProvider;
 
 async fn setup() -> (MockProvider, Sluice) {
     let mock = MockProvider::start().await.expect("mock");

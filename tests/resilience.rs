@@ -3,15 +3,13 @@
 
 #[path = "support/harness.rs"]
 mod harness;
-#[path = "support/mock_provider.rs"]
-mod mock_provider;
 
 use std::time::{Duration, Instant};
 
 use harness::*;
 use http::{Method, StatusCode};
-use mock_provider::{Fault, MockProvider};
 use serde_json::{json, Value};
+use sluice_mock::{Fault, MockProvider};
 
 fn fault(status: u16) -> Fault {
     Fault::Status {

@@ -3,13 +3,11 @@
 
 #[path = "support/harness.rs"]
 mod harness;
-#[path = "support/mock_provider.rs"]
-mod mock_provider;
 
 use harness::*;
 use http::StatusCode;
-use mock_provider::MockProvider;
 use serde_json::{json, Value};
+use sluice_mock::MockProvider;
 
 fn chat(content: &str) -> Value {
     json!({"model": "gpt-4o-mini", "max_tokens": 10, "messages": [{"role": "user", "content": content}]})

@@ -3,9 +3,6 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/mock_provider.rs"]
-mod mock_provider;
-
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -16,8 +13,8 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use mock_provider::{Fault, MockProvider};
 use serde_json::{json, Value};
+use sluice_mock::{Fault, MockProvider};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 

@@ -2,21 +2,18 @@
 //! tried (and load-tested) without a provider key.
 //!
 //! Usage: `sluice-mock [--listen 127.0.0.1:8081]`. Prints `listening on http://ADDR` once the
-//! socket is bound and serves until SIGINT or SIGTERM. See `mock_provider.rs` for the endpoints
-//! and the `x-mock-*` request headers that drive faults and pacing.
+//! socket is bound and serves until SIGINT or SIGTERM. See the crate docs (`src/lib.rs`) for the
+//! endpoints and the `x-mock-*` request headers that drive faults and pacing.
 
 // The readiness line `listening on http://ADDR` is the only thing written to stdout: scripts
 // wait for it before sending traffic.
 #![allow(clippy::print_stdout)]
 
-#[path = "mock_provider.rs"]
-mod mock_provider;
-
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use mock_provider::MockProvider;
+use sluice_mock::MockProvider;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8081";
 const USAGE: &str = "usage: sluice-mock [--listen ADDR]   (default ADDR: 127.0.0.1:8081)";

@@ -1,0 +1,305 @@
+//! Report sections for the extra Sluice instances: the features instance (cache hits, memory
+//! per cached MB, failover) and the scenario matrix (issue #17).
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use crate::configs::{MatrixConfig, MATRIX_GLOB_RULES, MATRIX_KEYS};
+use crate::drive::Run;
+use crate::processes::{FAILING_CONNS, FAILING_REQS};
+use crate::procfs::clk_tck;
+use crate::report::{find, mb, pct, signed};
+use crate::scenarios::{CacheFill, Scenario};
+
+/// The report section for the features instance: cache hit vs direct, memory per cached MB,
+/// failover overhead.
+pub(crate) fn features_report(
+    results: &[(Scenario, Vec<Run>)],
+    fill: Option<&CacheFill>,
+    idle_kb: u64,
+) -> String {
+    let mut o = String::new();
+    let w = &mut o;
+    let get = |name: &str| results.iter().find(|(sc, _)| sc.name == name);
+    let _ = writeln!(w, "\n## Features instance (cache, failover)\n");
+    let _ = writeln!(
+        w,
+        "A second Sluice process with `[cache] mode = \"deterministic\"`, an admin token, \
+         `[retry] max_retries = 0`, a breaker that never opens, and a model `failover` whose only \
+         deployment is a provider answering 500 (inside the harness), `fallbacks = [\"clean\"]` \
+         (the mock). Idle RSS of this instance: {} MB.\n",
+        mb(idle_kb)
+    );
+    let _ = writeln!(
+        w,
+        "### Cache hit vs direct to the mock (x-mock-words: 50)\n"
+    );
+    let _ = writeln!(
+        w,
+        "Every measured Sluice response had to carry `x-sluice-cache: hit` (else counted as an error). \
+         The warm-up request fills the entry.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| scenario | direct p50 / p99 | sluice hit p50 / p99 | hit − direct p50 / p99 | sluice CPU µs/req (ticks) | mock CPU µs/req, direct arm | hits ok / errors (non-hit) | headers |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|");
+    for name in [
+        "cache hit c=1",
+        "cache hit c=16",
+        "cache hit stream c=1",
+        "cache hit stream c=16",
+    ] {
+        let Some((_, runs)) = get(name) else { continue };
+        let (Some(d), Some(s)) = (find(runs, "direct"), find(runs, "sluice")) else {
+            continue;
+        };
+        let _ = writeln!(
+            w,
+            "| {name} | {} / {} | {} / {} | {} / {} | {:.1} ({}) | {:.1} | {} / {} | {} |",
+            pct(&d.s.lat, 0.5),
+            pct(&d.s.lat, 0.99),
+            pct(&s.s.lat, 0.5),
+            pct(&s.s.lat, 0.99),
+            signed(pct(&s.s.lat, 0.5) as i64 - pct(&d.s.lat, 0.5) as i64),
+            signed(pct(&s.s.lat, 0.99) as i64 - pct(&d.s.lat, 0.99) as i64),
+            s.proxy_cpu.unwrap_or(0.0),
+            s.proxy_ticks,
+            d.mock_cpu,
+            s.s.ok,
+            s.s.errors + s.s.non200 + s.s.incomplete,
+            s.s.first_headers.as_deref().unwrap_or("–"),
+        );
+    }
+    if let Some(f) = fill {
+        let rss_delta = f.rss_after_kb.saturating_sub(f.rss_before_kb) * 1024;
+        let resp_bytes = f.fill.bytes;
+        let _ = writeln!(w, "\n### Memory per cached MB\n");
+        let _ = writeln!(
+            w,
+            "{} distinct `temperature: 0` requests at c=16, answers of `x-mock-large-response-kb: {}` \
+             (all misses, so all stored), then the same {} again (all must be hits).\n",
+            f.entries, f.kb, f.entries
+        );
+        let _ = writeln!(w, "| measure | value |");
+        let _ = writeln!(w, "|---|---|");
+        let _ = writeln!(w, "| fill: ok / errors (non-miss) / non-200 | {} / {} / {} in {:.2} s, p50 {} µs, p99 {} µs, Sluice CPU {:.0} µs/req |",
+            f.fill.ok, f.fill.errors, f.fill.non200, f.fill_elapsed.as_secs_f64(), pct(&f.fill.lat, 0.5), pct(&f.fill.lat, 0.99), f.cpu_fill_us);
+        let _ = writeln!(w, "| re-read: hits ok / errors (non-hit) | {} / {} in {:.2} s, p50 {} µs, p99 {} µs, Sluice CPU {:.0} µs/req |",
+            f.reread.ok, f.reread.errors, f.reread_elapsed.as_secs_f64(), pct(&f.reread.lat, 0.5), pct(&f.reread.lat, 0.99), f.cpu_reread_us);
+        let _ = writeln!(
+            w,
+            "| response bytes received during the fill | {:.1} MB ({} B/resp) |",
+            resp_bytes as f64 / 1048576.0,
+            resp_bytes / f.fill.ok.max(1) as u64
+        );
+        let _ = writeln!(
+            w,
+            "| `GET /admin/cache` before → after the fill | `{}` → `{}` |",
+            f.stats_before.trim(),
+            f.stats_after.trim()
+        );
+        let _ = writeln!(
+            w,
+            "| RSS before → after fill → after re-read | {} → {} → {} MB |",
+            mb(f.rss_before_kb),
+            mb(f.rss_after_kb),
+            mb(f.rss_after_reread_kb)
+        );
+        if let Some(cb) = f.cache_bytes_delta {
+            let _ = writeln!(
+                w,
+                "| RSS growth / cached bytes (admin `bytes`) | {:.1} MB / {:.1} MB = **{:.2}×** |",
+                rss_delta as f64 / 1048576.0,
+                cb as f64 / 1048576.0,
+                rss_delta as f64 / (cb as f64).max(1.0)
+            );
+        }
+        let _ = writeln!(
+            w,
+            "| RSS growth / response bytes | {:.1} MB / {:.1} MB = {:.2}× |",
+            rss_delta as f64 / 1048576.0,
+            resp_bytes as f64 / 1048576.0,
+            rss_delta as f64 / (resp_bytes as f64).max(1.0)
+        );
+    }
+    let _ = writeln!(
+        w,
+        "\n### Failover path vs clean model (same instance, same run)\n"
+    );
+    let _ = writeln!(
+        w,
+        "The failing provider accepted {} TCP connections for {} requests (warm-ups included).\n",
+        FAILING_CONNS.load(Ordering::Relaxed),
+        FAILING_REQS.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        w,
+        "`failover`: attempt 1 → 500 from the failing provider, then the fallback `clean` → mock. \
+         The failing provider runs in the harness, so its CPU is in the client column, not Sluice's.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| c | clean p50 / p99 | failover p50 / p99 | failover − clean p50 / p99 | Sluice CPU µs/req clean / failover (ticks) | extra CPU µs/req | ok / errors+non-200 (failover) | failover headers |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|");
+    for c in [1, 16] {
+        let (Some((_, cr)), Some((_, fr))) = (
+            get(&format!("clean model c={c}")),
+            get(&format!("failover model c={c}")),
+        ) else {
+            continue;
+        };
+        let (Some(cl), Some(fo)) = (find(cr, "sluice"), find(fr, "sluice")) else {
+            continue;
+        };
+        let (cc, fc) = (cl.proxy_cpu.unwrap_or(0.0), fo.proxy_cpu.unwrap_or(0.0));
+        let _ = writeln!(
+            w,
+            "| {c} | {} / {} | {} / {} | {} / {} | {:.1} / {:.1} ({} / {}) | {:+.1} | {} / {} | {} |",
+            pct(&cl.s.lat, 0.5),
+            pct(&cl.s.lat, 0.99),
+            pct(&fo.s.lat, 0.5),
+            pct(&fo.s.lat, 0.99),
+            signed(pct(&fo.s.lat, 0.5) as i64 - pct(&cl.s.lat, 0.5) as i64),
+            signed(pct(&fo.s.lat, 0.99) as i64 - pct(&cl.s.lat, 0.99) as i64),
+            cc,
+            fc,
+            cl.proxy_ticks,
+            fo.proxy_ticks,
+            fc - cc,
+            fo.s.ok,
+            fo.s.errors + fo.s.non200,
+            fo.s.first_headers.as_deref().unwrap_or("–"),
+        );
+    }
+    o
+}
+
+/// One matrix configuration's run: its Sluice instance's idle RSS and the arms' runs.
+pub(crate) struct MatrixRun {
+    pub(crate) config: MatrixConfig,
+    pub(crate) idle_kb: u64,
+    pub(crate) scenario: Scenario,
+    pub(crate) runs: Vec<Run>,
+}
+
+/// The scenario-matrix section: per configuration, req/s, CPU per request and RSS of its
+/// Sluice beside nginx (same run), then the issue #17 ratios.
+pub(crate) fn matrix_report(matrix: &[MatrixRun]) -> String {
+    let mut o = String::new();
+    if matrix.is_empty() {
+        return o;
+    }
+    let w = &mut o;
+    let _ = writeln!(w, "\n## Scenario matrix (issue #17)\n");
+    let _ = writeln!(
+        w,
+        "One fresh Sluice process per configuration, started just before its scenario and \
+         stopped after it; the same short non-streaming request (model `gpt-4o-mini`, \
+         a system prompt and a five-word question, `temperature: 0`, `max_tokens: 256`, a \
+         20-word answer) at c=16 through the mock directly, that Sluice and nginx, back to back. \
+         Configurations: **plain** = passthrough key, one `*` rule, no limits; \
+         **limits+budget** = one virtual key, one model rule, a per-user rate limit \
+         (100,000,000 requests/min) and a per-user daily budget ($1,000,000); **10k keys + 2k \
+         rules** = {MATRIX_KEYS} virtual keys (the client uses the last) and {} model rules \
+         (`m-N-*` globs, the requested model's exact rule last), same limit and budget; \
+         **cache on** = plain with `[cache] mode = \"deterministic\"` (every measured response \
+         must be a hit). CPU = utime+stime of the Sluice (or nginx master + worker) process \
+         from /proc over the measured run, per successful request; one tick is {:.0} µs.\n",
+        MATRIX_GLOB_RULES + 1,
+        1e6 / clk_tck() as f64
+    );
+    let _ = writeln!(
+        w,
+        "| configuration | sluice req/s | nginx req/s | sluice CPU ms/req (ticks) | nginx CPU ms/req (ticks) | sluice / nginx CPU | sluice RSS idle → after warm-up → after run MB | nginx RSS after warm-up MB | sluice p50 / p99 µs | errors / non-200 |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|");
+    let ms = |r: Option<&Run>| {
+        r.and_then(|r| {
+            r.proxy_cpu
+                .map(|c| format!("{:.3} ({})", c / 1000.0, r.proxy_ticks))
+        })
+        .unwrap_or_else(|| "–".into())
+    };
+    for m in matrix {
+        let (s, n) = (find(&m.runs, "sluice"), find(&m.runs, "nginx"));
+        let ratio = s
+            .and_then(|s| s.proxy_cpu)
+            .zip(n.and_then(|n| n.proxy_cpu))
+            .map_or("–".into(), |(s, n)| format!("{:.2}×", s / n.max(1e-9)));
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {} → {} → {} | {} | {} | {} |",
+            m.config.label(),
+            s.map_or("–".into(), |r| format!("{:.0}", r.rps())),
+            n.map_or("–".into(), |r| format!("{:.0}", r.rps())),
+            ms(s),
+            ms(n),
+            ratio,
+            mb(m.idle_kb),
+            s.and_then(|r| r.rss_warm).map_or("–".into(), mb),
+            s.and_then(|r| r.proxy_rss_peak).map_or("–".into(), mb),
+            n.and_then(|r| r.rss_warm).map_or("–".into(), mb),
+            s.map_or("–".into(), |r| format!(
+                "{} / {}",
+                pct(&r.s.lat, 0.5),
+                pct(&r.s.lat, 0.99)
+            )),
+            s.map_or("–".into(), |r| format!(
+                "{} / {}",
+                r.s.errors + r.s.incomplete,
+                r.s.non200
+            )),
+        );
+    }
+    // The issue's goals, computed from this run (one run: read them with the tick counts).
+    let cpu = |c: MatrixConfig| {
+        matrix
+            .iter()
+            .find(|m| m.config == c)
+            .and_then(|m| find(&m.runs, "sluice"))
+            .and_then(|r| r.proxy_cpu)
+    };
+    let _ = writeln!(w, "\n| issue #17 goal | measured | verdict |");
+    let _ = writeln!(w, "|---|---|---|");
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let ratios = [
+        (
+            "limits+budget CPU/req ≤ 1.3× plain",
+            MatrixConfig::LimitsBudget,
+            MatrixConfig::Plain,
+            1.3,
+        ),
+        (
+            "10k keys + 2k rules CPU/req ≤ 1.1× limits+budget (1 key, 1 rule)",
+            MatrixConfig::ManyKeys,
+            MatrixConfig::LimitsBudget,
+            1.1,
+        ),
+    ];
+    for (goal, a, b, max) in ratios {
+        if let (Some(x), Some(y)) = (cpu(a), cpu(b)) {
+            let ratio = x / y.max(1e-9);
+            let _ = writeln!(
+                w,
+                "| {goal} | {:.3} vs {:.3} ms = {ratio:.2}× | {} |",
+                x / 1000.0,
+                y / 1000.0,
+                verdict(ratio <= max)
+            );
+        }
+    }
+    for m in matrix {
+        if let Some(kb) = find(&m.runs, "sluice").and_then(|r| r.rss_warm) {
+            let _ = writeln!(
+                w,
+                "| RSS ≤ 50 MB after warm-up ({}) | {} MB | {} |",
+                m.config.label(),
+                mb(kb),
+                verdict(kb <= 50 * 1024)
+            );
+        }
+    }
+    o
+}

@@ -1,0 +1,85 @@
+//! A deterministic mock LLM provider speaking the OpenAI and Anthropic wire formats.
+//!
+//! Used by Sluice's integration tests (a dev-dependency: `use sluice_mock::MockProvider;`), as
+//! the `sluice-mock` binary (this crate's `src/main.rs`) by the SDK tests, the load harness
+//! and the README's "Try it without a provider key". It serves HTTP/1.1 and h2c (prior
+//! knowledge) with keep-alive on a plain TCP listener.
+//!
+//! # Modules
+//! * `server`: the listener, the per-request flow and routing, the recorded state.
+//! * `faults`: queued [`Fault`]s and the `x-mock-*` headers (statuses, delays, aborts, stalls,
+//!   fragmented and endless streams).
+//! * `openai`, `responses`, `anthropic`: one module per wire format; `objects`: files,
+//!   batches and the echo fallback.
+//! * `reply` (response plumbing, SSE framing), `error` (provider-shaped error bodies) and
+//!   `content` (generated text and token accounting) are shared by the API modules.
+//!
+//! # Endpoints
+//! * `POST /v1/chat/completions`, `POST /v1/completions`, `POST /v1/embeddings`,
+//!   `POST /v1/responses` (OpenAI), `POST /v1/messages`, `POST /v1/messages/count_tokens`
+//!   (Anthropic; `anthropic-version` header required), `GET /v1/models` (Anthropic flavour when
+//!   `anthropic-version` is present; ids `mock-model`, `mock-model-large`, `mock-embedding`,
+//!   `other-model`, Anthropic: `mock-model`, `claude-mock-sonnet`, `claude-mock-haiku`).
+//! * `POST /v1/files`, `/v1/uploads`, `/v1/batches`, `/v1/vector_stores`,
+//!   `/v1/messages/batches` answer a new object `{"id","object","path"}` with a fresh id
+//!   (`file-mock-N`, `batch_mock_N`, ...); `GET /v1/batches/{id}` answers a completed batch
+//!   with `output_file_id: "file-out-{id}"`.
+//! * Anything else (e.g. `GET /v1/echo-headers`, `GET /v1/files/x`) answers 200 with
+//!   `{"path","method","headers":{..},"body_len"}`.
+//!
+//! # Generated content
+//! The assistant text is `"echo: " + <last user text>` so parallel requests are distinguishable.
+//! Text parts of a message are joined with a single space. Streams carry one piece per word
+//! (the word plus the whitespace that follows it).
+//!
+//! Token accounting is deliberately simple: prompt tokens = whitespace-separated words of every
+//! message's text + 3 per message (an Anthropic `system` prompt, a Responses `instructions`
+//! string and every completion prompt count as one message each; embeddings count words only);
+//! completion tokens = number of streamed pieces (for tool calls: number of argument fragments).
+//! `max_tokens` / `max_completion_tokens` / `max_output_tokens` smaller than the word count
+//! truncates the text to that many words (finish_reason `length`, Anthropic `max_tokens`,
+//! Responses status `incomplete`, final event `response.incomplete`); the size modes
+//! (`x-mock-echo-body`, `x-mock-large-response-kb`) ignore the limit.
+//!
+//! Tool calls: when the request has `tools` and its last message is a user turn (without tool
+//! results) mentioning "weather", the mock calls the first tool with `{"city":"Paris"}`; after a
+//! tool result it answers with text again.
+//!
+//! Response ids embed the 1-based sequence number N of the request (`chatcmpl-mock-N`,
+//! `msg_mock_N`, ...), which is also its index + 1 in [`MockProvider::requests`] when recording
+//! is on. `created` is a fixed timestamp so that bodies are byte-for-byte reproducible.
+//!
+//! # Request headers understood (the proxy forwards unknown headers)
+//! | header | effect |
+//! | --- | --- |
+//! | `x-mock-words: N` | text is `w0 w1 ... w{N-1}` instead of the echo |
+//! | `x-mock-chunk-chars: N` | stream pieces of N characters instead of one per word |
+//! | `x-mock-delay-ms: D` | delay between streamed events |
+//! | `x-mock-first-byte-delay-ms: D` | delay before the response headers |
+//! | `x-mock-status: CODE` | answer CODE with a provider-shaped error body |
+//! | `x-mock-retry-after: S` | `retry-after` value for `x-mock-status` (429 defaults to `1`) |
+//! | `x-mock-abort-after: N` | stream: abort the connection after N events (no terminator); non-stream 2xx: abort after half the body |
+//! | `x-mock-fragment: 1` | stream: split every event into several frames at awkward byte offsets |
+//! | `x-mock-gzip: 1` | gzip non-stream bodies when `accept-encoding` allows gzip |
+//! | `x-mock-echo-body: 1` | text is `len:<request body byte length>` |
+//! | `x-mock-large-response-kb: N` | text is N KiB of ASCII words |
+//! | `x-mock-endless-event-kb: N` | stream: after the first event, one `data:` line of N KiB that never ends (no newline), then silence until the client goes away |
+//! | `x-mock-stall-after-bytes: N` | non-stream 2xx: send the first N bytes of the body, then nothing until the client goes away |
+//!
+//! `authorization: Bearer bad-key` or `x-api-key: bad-key` gets a 401.
+//!
+//! Order of precedence for one request: queued [`Fault`] (one per request, FIFO), then
+//! `x-mock-first-byte-delay-ms`, then `x-mock-status`, then the bad-key check, then routing.
+
+mod anthropic;
+mod content;
+mod error;
+mod faults;
+mod objects;
+mod openai;
+mod reply;
+mod responses;
+mod server;
+
+pub use faults::Fault;
+pub use server::{MockProvider, RecordedRequest};
