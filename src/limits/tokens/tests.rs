@@ -200,3 +200,37 @@ fn unreadable_input_is_an_error_not_zero() {
         );
     }
 }
+
+/// Resident memory of this process in KiB (Linux), for the table-size probe.
+fn vm_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// What each tokenizer table costs resident (run by hand:
+/// `cargo nextest run --run-ignored only -E 'test(table_rss)' --no-capture`;
+/// nextest runs every test in its own process, so the figures are clean).
+#[test]
+#[ignore = "a measurement, not a check"]
+fn table_rss_of_each_family() {
+    let text = corpus().join("\n");
+    let before = vm_rss_kib();
+    let which = std::env::var("SLUICE_RSS_FAMILY").unwrap_or_default();
+    let family = match which.as_str() {
+        "o200k" => Family::O200k,
+        _ => Family::Cl100k,
+    };
+    let n = family.count(&text);
+    let after = vm_rss_kib();
+    eprintln!(
+        "{family:?}: {n} tokens; VmRSS {before} KiB -> {after} KiB (+{} KiB)",
+        after.saturating_sub(before)
+    );
+}
