@@ -223,14 +223,16 @@ fn table_rss_of_each_family() {
     let text = corpus().join("\n");
     let before = vm_rss_kib();
     let which = std::env::var("SLUICE_RSS_FAMILY").unwrap_or_default();
-    let family = match which.as_str() {
-        "o200k" => Family::O200k,
-        _ => Family::Cl100k,
+    // `tiktoken-*`: the reference crate's tables, for comparison.
+    let (family, n) = match which.as_str() {
+        "o200k" => ("o200k", Family::O200k.count(&text)),
+        "tiktoken-o200k" => ("tiktoken-o200k", reference("o200k", &text)),
+        "tiktoken-cl100k" => ("tiktoken-cl100k", reference("cl100k", &text)),
+        _ => ("cl100k", Family::Cl100k.count(&text)),
     };
-    let n = family.count(&text);
     let after = vm_rss_kib();
     eprintln!(
-        "{family:?}: {n} tokens; VmRSS {before} KiB -> {after} KiB (+{} KiB)",
+        "{family}: {n} tokens; VmRSS {before} KiB -> {after} KiB (+{} KiB)",
         after.saturating_sub(before)
     );
 }
