@@ -58,6 +58,17 @@ fn counts_match_the_reference_tokenizer() {
 }
 
 #[test]
+fn an_anthropic_provider_always_counts_as_claude() {
+    assert_eq!(Family::for_upstream("my-alias", true), Family::Claude);
+    assert_eq!(Family::for_upstream("gpt-4o", true), Family::Claude);
+    assert_eq!(Family::for_upstream("gpt-4", false), Family::Cl100k);
+    assert_eq!(
+        Family::for_upstream("claude-sonnet-4", false),
+        Family::Claude
+    );
+}
+
+#[test]
 fn families() {
     assert_eq!(Family::for_model("gpt-4o-mini"), Family::O200k);
     assert_eq!(Family::for_model("o3-mini"), Family::O200k);
