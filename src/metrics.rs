@@ -6,10 +6,13 @@
 //! `MAX_LABEL_CHARS`.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, SharedString,
+    Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -156,6 +159,36 @@ pub fn label(value: &str) -> Cow<'_, str> {
     )
 }
 
+/// The most distinct label values kept shared; label values come from the
+/// config, so this is never reached in practice (past it, a value is copied
+/// per use, as before).
+const MAX_SHARED_VALUES: usize = 4096;
+
+/// A label value (cleaned as `label` does) as a shared string: the first
+/// use of a value stores it once, later uses clone a reference — no string
+/// is copied per request.
+pub fn label_value(value: &str) -> SharedString {
+    static VALUES: OnceLock<RwLock<HashSet<Arc<str>>>> = OnceLock::new();
+    let values = VALUES.get_or_init(Default::default);
+    let clean = label(value);
+    {
+        let set = values.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = set.get(&*clean) {
+            return SharedString::from(v.clone());
+        }
+    }
+    let mut set = values.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(v) = set.get(&*clean) {
+        return SharedString::from(v.clone());
+    }
+    if set.len() >= MAX_SHARED_VALUES {
+        return SharedString::from(clean.into_owned());
+    }
+    let v: Arc<str> = Arc::from(&*clean);
+    set.insert(v.clone());
+    SharedString::from(v)
+}
+
 /// `2xx`, `4xx`, …
 pub fn status_class(status: u16) -> &'static str {
     match status {
@@ -177,14 +210,15 @@ pub struct RequestLabels<'a> {
 }
 
 pub fn request_done(l: &RequestLabels<'_>, duration: Duration) {
-    let labels = [
-        ("model", label(l.model).into_owned()),
-        ("provider", label(l.provider).into_owned()),
-        ("endpoint", l.endpoint.to_owned()),
-        ("status_class", status_class(l.status).to_owned()),
-        ("cache", l.cache.to_owned()),
-    ];
-    counter!("sluice_requests_total", &labels).increment(1);
+    counter!(
+        "sluice_requests_total",
+        "model" => label_value(l.model),
+        "provider" => label_value(l.provider),
+        "endpoint" => l.endpoint,
+        "status_class" => status_class(l.status),
+        "cache" => l.cache
+    )
+    .increment(1);
     histogram!("sluice_request_duration_seconds", "endpoint" => l.endpoint).record(duration);
 }
 
@@ -198,13 +232,12 @@ pub fn ttft(endpoint: &'static str, d: Duration) {
 
 pub fn tokens(model: &str, kind: &'static str, n: u64) {
     if n > 0 {
-        counter!("sluice_tokens_total", "model" => label(model).into_owned(), "kind" => kind)
-            .increment(n);
+        counter!("sluice_tokens_total", "model" => label_value(model), "kind" => kind).increment(n);
     }
 }
 
 pub fn upstream_attempt(provider: &str, outcome: &'static str) {
-    counter!("sluice_upstream_attempts_total", "provider" => label(provider).into_owned(), "outcome" => outcome)
+    counter!("sluice_upstream_attempts_total", "provider" => label_value(provider), "outcome" => outcome)
         .increment(1);
 }
 
@@ -252,7 +285,7 @@ pub fn retry() {
 
 /// 1 while a deployment's circuit is not closed.
 pub fn circuit(deployment: &str, state: &'static str) {
-    gauge!("sluice_circuit_open", "deployment" => label(deployment).into_owned())
+    gauge!("sluice_circuit_open", "deployment" => label_value(deployment))
         .set(if state == "closed" { 0.0 } else { 1.0 });
 }
 
@@ -281,22 +314,30 @@ pub fn input_counted(reason: &'static str) {
 }
 
 pub fn budget_rejected(budget: &str) {
-    counter!("sluice_budget_rejected_total", "scope" => label(budget).into_owned()).increment(1);
+    counter!("sluice_budget_rejected_total", "scope" => label_value(budget)).increment(1);
 }
 
-pub fn budget_alert(budget: &str, threshold: f64) {
-    counter!("sluice_budget_alerts_total", "budget" => label(budget).into_owned(), "threshold" => format!("{threshold}")).increment(1);
+/// One crossed alert threshold, given in permille of the limit; the label
+/// shows it as the fraction the config wrote (`500` → `0.5`, `1000` → `1`).
+pub fn budget_alert(budget: &str, permille: u32) {
+    counter!("sluice_budget_alerts_total", "budget" => label_value(budget), "threshold" => threshold_label(permille)).increment(1);
+}
+
+/// `0.5`, `0.8`, `1`, `1.25`: exact for every permille (the quotient is the
+/// double nearest the decimal the config wrote).
+fn threshold_label(permille: u32) -> String {
+    format!("{}", f64::from(permille) / 1000.0)
 }
 
 /// Spend in nano-dollars (Prometheus counters are integers here).
 pub fn cost(model: &str, nanos: u64) {
     if nanos > 0 {
-        counter!("sluice_cost_usd_total", "model" => label(model).into_owned()).increment(nanos);
+        counter!("sluice_cost_usd_total", "model" => label_value(model)).increment(nanos);
     }
 }
 
 pub fn rate_limited(rule: &str) {
-    counter!("sluice_rate_limited_total", "scope" => label(rule).into_owned()).increment(1);
+    counter!("sluice_rate_limited_total", "scope" => label_value(rule)).increment(1);
 }
 
 pub fn config_reload(ok: bool) {
@@ -346,5 +387,28 @@ mod tests {
         assert_eq!(label("modèle"), "mod_le");
         let long = "x".repeat(100_000);
         assert_eq!(label(&long).len(), MAX_LABEL_CHARS);
+    }
+
+    #[test]
+    fn label_values_are_cleaned_and_shared() {
+        assert_eq!(&*label_value("gpt-4o"), "gpt-4o");
+        assert_eq!(&*label_value("a\r\nb"), "a__b");
+        let long = "y".repeat(1000);
+        assert_eq!(label_value(&long).len(), MAX_LABEL_CHARS);
+    }
+
+    #[test]
+    fn threshold_labels_render_as_the_fractions_did() {
+        for (p, f) in [
+            (500, 0.5),
+            (800, 0.8),
+            (1000, 1.0),
+            (1, 0.001),
+            (1250, 1.25),
+            (333, 0.333),
+        ] {
+            assert_eq!(threshold_label(p), format!("{f}"));
+        }
+        assert_eq!(threshold_label(1000), "1");
     }
 }

@@ -3,11 +3,11 @@
 
 pub mod tier;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::config::{ModelRule, TierRoute, TokenLimits};
 use crate::error::ApiShape;
-pub use crate::glob::{glob_match, in_filter};
+pub use crate::glob::{glob_match, in_filter, GlobIndex};
 use crate::resilience::balance::Candidate;
 use crate::resilience::{deployment_name, Deployments};
 use crate::upstream::Upstream;
@@ -26,16 +26,20 @@ pub struct Route<'a> {
     pub context_window: Option<u64>,
 }
 
-/// Ordered model rules of one config snapshot.
+/// Ordered model rules of one config snapshot, indexed once at load: the
+/// first rule in config order that matches a name is found with a hash
+/// lookup (exact names) plus one per distinct glob prefix length, never a
+/// glob match per rule (see `GlobIndex`).
 #[derive(Debug, Default)]
 pub struct Router {
     rules: Vec<ModelRule>,
+    index: GlobIndex,
     tiers: Vec<TierRoute>,
+    /// Routing model name → its first entry in `tiers`.
+    tier_index: HashMap<String, usize>,
     /// Model names written in the config (exact rule names, upstream
     /// models, routing models): the only ones used as metric labels.
     configured: HashSet<String>,
-    /// Indices of the glob rules, in order.
-    globs: Vec<usize>,
 }
 
 /// The metric label of a model name that no rule names.
@@ -53,14 +57,17 @@ impl Router {
             })
             .chain(tiers.iter().map(|t| t.model.clone()))
             .collect();
-        let globs = (0..rules.len())
-            .filter(|&i| rules[i].pattern.contains('*'))
-            .collect();
+        let index = GlobIndex::new(rules.iter().map(|r| r.pattern.as_str()));
+        let mut tier_index = HashMap::new();
+        for (i, t) in tiers.iter().enumerate() {
+            tier_index.entry(t.model.clone()).or_insert(i);
+        }
         Self {
             rules,
+            index,
             tiers,
+            tier_index,
             configured,
-            globs,
         }
     }
 
@@ -71,11 +78,10 @@ impl Router {
         if self.configured.contains(model) {
             return model;
         }
-        self.globs
-            .iter()
-            .map(|&i| self.rules[i].pattern.as_str())
-            .find(|p| glob_match(p, model))
-            .unwrap_or(OTHER_MODEL)
+        self.index
+            .first_glob(model, |_| true)
+            .and_then(|i| self.rules.get(i))
+            .map_or(OTHER_MODEL, |r| r.pattern.as_str())
     }
 
     /// The first rule matching `model` whose providers speak `shape`.
@@ -102,13 +108,14 @@ impl Router {
 
     /// The first rule matching `model` whose providers speak `shape`.
     fn rule_for(&self, model: &str, shape: ApiShape, upstreams: &[Upstream]) -> Option<&ModelRule> {
-        self.rules.iter().find(|r| {
-            glob_match(&r.pattern, model)
-                && r.deployments
-                    .first()
-                    .and_then(|d| upstreams.get(d.provider))
-                    .is_some_and(|u| u.speaks(shape))
-        })
+        let speaks = |i: usize| {
+            self.rules
+                .get(i)
+                .and_then(|r| r.deployments.first())
+                .and_then(|d| upstreams.get(d.provider))
+                .is_some_and(|u| u.speaks(shape))
+        };
+        self.rules.get(self.index.first(model, speaks)?)
     }
 
     /// The providers whose own model lists name models served here under a
@@ -118,8 +125,8 @@ impl Router {
     /// provider's list says nothing about it), in rule order, each once.
     pub fn glob_providers(&self, shape: ApiShape, upstreams: &[Upstream]) -> Vec<usize> {
         let mut out: Vec<usize> = Vec::new();
-        for &i in &self.globs {
-            let Some(d) = self.rules[i].deployments.first() else {
+        for rule in self.rules.iter().filter(|r| r.pattern.contains('*')) {
+            let Some(d) = rule.deployments.first() else {
                 continue;
             };
             let speaks = upstreams.get(d.provider).is_some_and(|u| u.speaks(shape));
@@ -164,7 +171,7 @@ impl Router {
 
     /// The routing model named `model`, if it is one.
     pub fn tier(&self, model: &str) -> Option<&TierRoute> {
-        self.tiers.iter().find(|t| t.model == model)
+        self.tier_index.get(model).and_then(|&i| self.tiers.get(i))
     }
 
     /// The routes to try in order: the model itself, then its fallbacks.
@@ -226,10 +233,14 @@ mod tests {
     use super::*;
 
     fn rule(pattern: &str, upstream: Option<&str>) -> ModelRule {
+        rule_on(pattern, upstream, 0)
+    }
+
+    fn rule_on(pattern: &str, upstream: Option<&str>, provider: usize) -> ModelRule {
         ModelRule {
             pattern: pattern.into(),
             deployments: vec![crate::config::Deployment {
-                provider: 0,
+                provider,
                 upstream_model: upstream.map(str::to_owned),
                 weight: 1,
             }],
@@ -259,5 +270,136 @@ mod tests {
         assert_eq!(r.model_label("made-up\r\n\0"), "*");
         let narrow = Router::new(vec![rule("claude-*", None)], Vec::new());
         assert_eq!(narrow.model_label("gpt-x"), OTHER_MODEL);
+    }
+
+    /// A small deterministic generator, so the random rule sets are the
+    /// same on every run.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((self.0 >> 33) % n as u64) as usize
+        }
+
+        fn word(&mut self, alphabet: &[&str], max_len: usize) -> String {
+            let len = self.below(max_len + 1);
+            (0..len)
+                .map(|_| alphabet[self.below(alphabet.len())])
+                .collect()
+        }
+    }
+
+    fn upstreams() -> Vec<Upstream> {
+        let text = "[[providers]]\nname = \"o\"\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+                    [[providers]]\nname = \"a\"\nkind = \"anthropic\"\nbase_url = \"http://127.0.0.1:9\"\n";
+        let cfg = crate::config::Config::parse(text, "t", &|_| None).expect("config");
+        cfg.providers
+            .iter()
+            .map(|p| Upstream::new(p).expect("upstream"))
+            .collect()
+    }
+
+    /// Resolution and labels as they were computed before the index: a scan
+    /// of every rule in config order.
+    fn linear_resolve<'r>(
+        rules: &'r [ModelRule],
+        model: &str,
+        shape: ApiShape,
+        ups: &[Upstream],
+    ) -> Option<&'r str> {
+        rules
+            .iter()
+            .find(|r| {
+                glob_match(&r.pattern, model)
+                    && r.deployments
+                        .first()
+                        .and_then(|d| ups.get(d.provider))
+                        .is_some_and(|u| u.speaks(shape))
+            })
+            .map(|r| r.pattern.as_str())
+    }
+
+    fn linear_label<'a>(r: &'a Router, rules: &'a [ModelRule], model: &'a str) -> &'a str {
+        if r.configured.contains(model) {
+            return model;
+        }
+        rules
+            .iter()
+            .map(|r| r.pattern.as_str())
+            .filter(|p| p.contains('*'))
+            .find(|p| glob_match(p, model))
+            .unwrap_or(OTHER_MODEL)
+    }
+
+    #[tokio::test]
+    async fn indexed_routing_equals_the_ordered_scan() {
+        let ups = upstreams();
+        let patterns = &["m", "-", "1", "2", "x", "*", "*"];
+        let names = &["m", "-", "1", "2", "x"];
+        let mut rng = Lcg(17);
+        for round in 0..300 {
+            let n = 1 + rng.below(30);
+            let rules: Vec<ModelRule> = (0..n)
+                .map(|_| {
+                    let upstream = (rng.below(3) == 0).then(|| rng.word(names, 4));
+                    rule_on(&rng.word(patterns, 5), upstream.as_deref(), rng.below(2))
+                })
+                .collect();
+            let router = Router::new(rules.clone(), Vec::new());
+            for _ in 0..50 {
+                let model = if rng.below(4) == 0 {
+                    rules[rng.below(n)].pattern.clone()
+                } else {
+                    rng.word(names, 6)
+                };
+                for shape in [ApiShape::OpenAi, ApiShape::Anthropic] {
+                    assert_eq!(
+                        router
+                            .resolve(&model, shape, &ups)
+                            .map(|r| r.rule.pattern.as_str()),
+                        linear_resolve(&rules, &model, shape, &ups),
+                        "round {round}: {model:?} {shape:?}"
+                    );
+                }
+                assert_eq!(
+                    router.model_label(&model),
+                    linear_label(&router, &rules, &model),
+                    "round {round}: {model:?}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_earlier_glob_wins_over_a_later_exact_rule() {
+        let ups = upstreams();
+        let r = Router::new(
+            vec![
+                rule_on("claude-*", None, 1),
+                rule_on("gpt-*", None, 0),
+                rule_on("gpt-4o", Some("exact-upstream"), 0),
+                rule_on("claude-x", None, 0),
+            ],
+            vec![TierRoute {
+                model: "auto".into(),
+                default: "gpt-4o".into(),
+                rules: Vec::new(),
+            }],
+        );
+        let route = r.resolve("gpt-4o", ApiShape::OpenAi, &ups).expect("route");
+        assert_eq!(route.rule.pattern, "gpt-*", "config order, as before");
+        // A rule whose provider speaks another API is skipped, not final.
+        let route = r
+            .resolve("claude-x", ApiShape::OpenAi, &ups)
+            .expect("route");
+        assert_eq!(route.rule.pattern, "claude-x");
+        assert!(r.resolve("claude-x", ApiShape::Anthropic, &ups).is_some());
+        assert!(r.resolve("mistral", ApiShape::OpenAi, &ups).is_none());
+        assert_eq!(r.tier("auto").map(|t| t.default.as_str()), Some("gpt-4o"));
+        assert!(r.tier("gpt-4o").is_none());
     }
 }

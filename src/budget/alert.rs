@@ -13,7 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 
-use crate::config::BudgetRule;
+use crate::config::{BudgetRule, Permille};
 
 /// One alert, as logged and as POSTed.
 #[derive(Debug, Clone, Serialize)]
@@ -51,15 +51,18 @@ fn client() -> &'static WebhookClient {
     })
 }
 
-/// Logs, counts and (if configured) POSTs an alert.
-pub fn fire(rule: &BudgetRule, bucket: &str, threshold: f64) {
+/// Logs, counts and (if configured) POSTs an alert; `permille` is the
+/// threshold crossed, in thousandths of the limit.
+pub fn fire(rule: &BudgetRule, bucket: &str, permille: Permille) {
+    // Reporting only: the ledger compared integers.
+    let threshold = f64::from(permille) / 1000.0;
     let alert = Alert {
         budget: rule.name.clone(),
         bucket: bucket.to_owned(),
         threshold,
         limit_usd: crate::pricing::nanos_to_usd(rule.limit),
     };
-    crate::metrics::budget_alert(&alert.budget, threshold);
+    crate::metrics::budget_alert(&alert.budget, permille);
     tracing::warn!(budget = %alert.budget, bucket = %alert.bucket, threshold, "budget alert: {:.0}% of the limit spent", threshold * 100.0);
     let Some(url) = rule.webhook.clone() else {
         return;

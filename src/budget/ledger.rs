@@ -3,21 +3,22 @@
 //! all-or-nothing across every budget that applies, under one lock, so
 //! concurrent requests cannot overspend.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use hashbrown::HashMap;
 use serde::Serialize;
 
 use super::applies;
 use super::journal::{self, Journal, Line};
-use super::spend::{SpendIndex, OVERFLOW};
-use crate::config::{BudgetAction, BudgetRule};
-use crate::limits::rate::{bucket_key, Subject};
+use super::spend::SpendIndex;
+use crate::config::{BudgetAction, BudgetRule, Permille};
+use crate::limits::rate::Subject;
 use crate::pricing::{nanos_to_usd, Nanos};
 use crate::usage_log::UsageLog;
 pub use crate::vocab::Exhausted;
+use crate::vocab::{BucketName, BucketProbe};
 
 /// Seconds since the Unix epoch; injectable so tests can move time.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -31,6 +32,9 @@ pub fn system_clock() -> Clock {
     })
 }
 
+/// What follows a budget's name in its overflow bucket's name.
+const OVERFLOW: &str = "|~overflow";
+
 #[derive(Debug, Default)]
 struct Slot {
     window: String,
@@ -42,10 +46,31 @@ struct Slot {
 #[derive(Debug)]
 pub struct BudgetHold {
     ledger: Arc<Ledger>,
-    parts: Vec<(String, String, Nanos)>,
+    parts: Vec<Part>,
     /// The least remaining allowance among the budgets that apply, after
     /// this reservation (for `x-sluice-budget-remaining-usd`).
     pub remaining: Option<Nanos>,
+}
+
+/// One reservation of a hold: the bucket (whose name starts with the
+/// budget's), the budget name's length, the amount.
+#[derive(Debug)]
+struct Part {
+    bucket: BucketName,
+    name_len: usize,
+    amount: Nanos,
+}
+
+impl Part {
+    fn budget(&self) -> &str {
+        self.bucket.as_str().get(..self.name_len).unwrap_or("")
+    }
+}
+
+/// The spend at which `permille` of `limit` is reached (integer math).
+pub fn threshold(limit: Nanos, permille: Permille) -> Nanos {
+    let at = u128::from(limit) * u128::from(permille) / 1000;
+    Nanos::try_from(at).unwrap_or(Nanos::MAX)
 }
 
 /// The ledger of every budget bucket.
@@ -57,7 +82,7 @@ pub struct BudgetHold {
 /// nobody's spend is split across two buckets. `sweep` drops buckets with
 /// nothing reserved and no spend in their current window.
 pub struct Ledger {
-    slots: Mutex<HashMap<String, Slot>>,
+    slots: Mutex<HashMap<BucketName, Slot>>,
     max_slots: AtomicUsize,
     /// Today's spend per identity, and spend-rate anomalies.
     pub spend: SpendIndex,
@@ -115,7 +140,7 @@ impl Ledger {
                 format!("{b}|{s}")
             };
             slots.insert(
-                bucket,
+                BucketName::new(&bucket),
                 Slot {
                     window: w.clone(),
                     spent: n,
@@ -144,18 +169,29 @@ impl Ledger {
         }))
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<BucketName, Slot>> {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The slot of a bucket, rolled over to the current window.
-    fn slot<'m>(map: &'m mut HashMap<String, Slot>, bucket: &str, window: String) -> &'m mut Slot {
-        let slot = map.entry(bucket.to_owned()).or_default();
+    /// The slot of a bucket (created if new; the only time its name is
+    /// built), rolled over to the current window, with its name.
+    fn slot<'m, Q>(
+        map: &'m mut HashMap<BucketName, Slot>,
+        bucket: &Q,
+        window: &str,
+    ) -> (BucketName, &'m mut Slot)
+    where
+        Q: std::hash::Hash + hashbrown::Equivalent<BucketName>,
+        for<'q> BucketName: From<&'q Q>,
+    {
+        let entry = map.entry_ref(bucket).or_default_entry();
+        let name = entry.key().clone();
+        let slot = entry.into_mut();
         if slot.window != window {
-            slot.window = window;
+            slot.window = window.to_owned();
             slot.spent = 0;
         }
-        slot
+        (name, slot)
     }
 
     /// Sets the most buckets kept (`[state] max_buckets`).
@@ -165,18 +201,18 @@ impl Ledger {
 
     /// The bucket a subject is charged to at budget `b`: its own, or the
     /// budget's overflow bucket (see `Ledger`).
-    fn bucket_for(
+    fn bucket_for<'a>(
         &self,
-        map: &HashMap<String, Slot>,
-        b: &BudgetRule,
-        subject: &Subject<'_>,
+        map: &HashMap<BucketName, Slot>,
+        b: &'a BudgetRule,
+        subject: &'a Subject<'a>,
         window: &str,
-    ) -> String {
-        let key = bucket_key(&b.name, &b.scope, subject);
+    ) -> BucketProbe<'a> {
+        let key = BucketProbe::new(&b.name, &b.scope, subject);
         if b.scope.is_empty() || map.contains_key(&key) {
             return key;
         }
-        let overflow = format!("{}|{OVERFLOW}", b.name);
+        let overflow = BucketProbe::suffixed(&b.name, OVERFLOW);
         let in_use = map
             .get(&overflow)
             .is_some_and(|s| s.reserved > 0 || (s.window == window && s.spent > 0));
@@ -198,7 +234,7 @@ impl Ledger {
         let now = (self.clock)();
         let mut map = self.lock();
         map.retain(|key, slot| {
-            let name = key.split('|').next().unwrap_or("");
+            let name = key.as_str().split('|').next().unwrap_or("");
             let current = budgets
                 .iter()
                 .find(|b| b.name == name)
@@ -222,7 +258,9 @@ impl Ledger {
                 map.get(&key)
                     .filter(|s| s.window == window)
                     .is_some_and(|s| {
-                        s.spent.saturating_add(s.reserved) as f64 >= b.downgrade_at * b.limit as f64
+                        // used / limit >= permille / 1000, in integers.
+                        u128::from(s.spent.saturating_add(s.reserved)) * 1000
+                            >= u128::from(b.downgrade_permille) * u128::from(b.limit)
                     })
             })
             .and_then(|b| b.downgrade_to.clone())
@@ -237,20 +275,23 @@ impl Ledger {
     ) -> Result<BudgetHold, Exhausted> {
         let now = (self.clock)();
         let mut map = self.lock();
-        let applicable: Vec<(&BudgetRule, String)> = budgets
+        let applicable: Vec<(&BudgetRule, BucketProbe<'_>, String)> = budgets
             .iter()
             .filter(|b| applies(b, subject.model))
-            .map(|b| (b, self.bucket_for(&map, b, subject, &b.window.key(now))))
+            .map(|b| {
+                let window = b.window.key(now);
+                (b, self.bucket_for(&map, b, subject, &window), window)
+            })
             .collect();
-        for (b, key) in &applicable {
+        for (b, key, window) in &applicable {
             if b.action == BudgetAction::Alert {
                 continue;
             }
-            let s = Self::slot(&mut map, key, b.window.key(now));
+            let (name, s) = Self::slot(&mut map, key, window);
             if s.spent.saturating_add(s.reserved).saturating_add(amount) > b.limit {
                 return Err(Exhausted {
                     budget: b.name.clone(),
-                    bucket: key.clone(),
+                    bucket: name.as_str().to_owned(),
                     limit: b.limit,
                     spent: s.spent.saturating_add(s.reserved),
                     requested: amount,
@@ -259,12 +300,16 @@ impl Ledger {
         }
         let mut parts = Vec::with_capacity(applicable.len());
         let mut remaining: Option<Nanos> = None;
-        for (b, key) in applicable {
-            let s = Self::slot(&mut map, &key, b.window.key(now));
+        for (b, key, window) in &applicable {
+            let (bucket, s) = Self::slot(&mut map, key, window);
             s.reserved = s.reserved.saturating_add(amount);
             let left = b.limit.saturating_sub(s.spent.saturating_add(s.reserved));
             remaining = Some(remaining.map_or(left, |r| r.min(left)));
-            parts.push((b.name.clone(), key, amount));
+            parts.push(Part {
+                bucket,
+                name_len: b.name.len(),
+                amount,
+            });
         }
         drop(map);
         Ok(BudgetHold {
@@ -280,7 +325,7 @@ impl Ledger {
         let mut map = self.lock();
         let mut out = Vec::new();
         for (key, slot) in map.iter_mut() {
-            let name = key.split('|').next().unwrap_or("");
+            let name = key.as_str().split('|').next().unwrap_or("");
             let Some(b) = budgets.iter().find(|b| b.name == name) else {
                 continue;
             };
@@ -291,7 +336,7 @@ impl Ledger {
             }
             out.push(BucketReport {
                 budget: b.name.clone(),
-                bucket: key.clone(),
+                bucket: key.as_str().to_owned(),
                 window: slot.window.clone(),
                 action: match b.action {
                     BudgetAction::Reject => "reject",
@@ -321,7 +366,7 @@ impl Ledger {
         };
         let window = b.window.key(now);
         let mut map = self.lock();
-        let s = Self::slot(&mut map, bucket, window.clone());
+        let (_, s) = Self::slot(&mut map, &BucketName::new(bucket), &window);
         s.spent = 0;
         drop(map);
         let line = Line {
@@ -363,13 +408,14 @@ impl Ledger {
 impl BudgetHold {
     /// Settles every reservation to `actual`; the usage record `then` is
     /// written once the charge is durable. Returns the budgets whose alert
-    /// thresholds this charge crossed, as (budget, bucket, threshold).
+    /// thresholds this charge crossed, as (budget, bucket, threshold in
+    /// permille of the limit).
     pub fn settle(
         mut self,
         budgets: &[BudgetRule],
         actual: Nanos,
         then: Option<Vec<u8>>,
-    ) -> Vec<(String, String, f64)> {
+    ) -> Vec<(String, String, Permille)> {
         let parts = std::mem::take(&mut self.parts);
         let ledger = self.ledger.clone();
         let now = (ledger.clock)();
@@ -377,28 +423,29 @@ impl BudgetHold {
         let mut lines = Vec::new();
         {
             let mut map = ledger.lock();
-            for (name, key, reserved) in &parts {
+            for part in &parts {
+                let name = part.budget();
                 let window = budgets
                     .iter()
-                    .find(|b| &b.name == name)
+                    .find(|b| b.name == name)
                     .map(|b| (b.window.key(now), b));
                 let Some((window, rule)) = window else {
                     continue;
                 };
-                let s = Ledger::slot(&mut map, key, window.clone());
-                s.reserved = s.reserved.saturating_sub(*reserved);
+                let (_, s) = Ledger::slot(&mut map, &part.bucket, &window);
+                s.reserved = s.reserved.saturating_sub(part.amount);
                 let before = s.spent;
                 s.spent = s.spent.saturating_add(actual);
-                for &t in &rule.alert_at {
-                    let at = (t * rule.limit as f64) as Nanos;
+                for &t in &rule.alert_permille {
+                    let at = threshold(rule.limit, t);
                     if before < at && s.spent >= at {
-                        crossed.push((name.clone(), key.clone(), t));
+                        crossed.push((name.to_owned(), part.bucket.as_str().to_owned(), t));
                     }
                 }
                 if actual > 0 {
                     lines.push(Line {
-                        b: name.clone(),
-                        s: scope_of(key).to_owned(),
+                        b: name.to_owned(),
+                        s: scope_of(part.bucket.as_str()).to_owned(),
                         w: window,
                         n: Some(actual),
                         reset: false,
@@ -423,9 +470,9 @@ impl Drop for BudgetHold {
     /// Never settled (a panic path): release the reservations.
     fn drop(&mut self) {
         let mut map = self.ledger.lock();
-        for (_, key, reserved) in &self.parts {
-            if let Some(s) = map.get_mut(key) {
-                s.reserved = s.reserved.saturating_sub(*reserved);
+        for part in &self.parts {
+            if let Some(s) = map.get_mut(&part.bucket) {
+                s.reserved = s.reserved.saturating_sub(part.amount);
             }
         }
     }

@@ -3,10 +3,11 @@
 //! whose spend rate jumps far above its own recent baseline — a runaway
 //! agent loop is caught in minutes, not at the end of the month.
 
-use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use hashbrown::{Equivalent, HashMap};
 use serde::Serialize;
 
 use crate::auth::Identity;
@@ -73,11 +74,53 @@ pub struct Anomaly {
     pub baseline_usd_per_minute: f64,
 }
 
+/// An identity along one dimension (`("user", "alice")`).
+#[derive(Debug, PartialEq, Eq)]
+struct Who {
+    dim: &'static str,
+    value: Box<str>,
+}
+
+impl Hash for Who {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.dim.hash(state);
+        (*self.value).hash(state);
+    }
+}
+
+/// A `Who` borrowed from the request: looked up without copying the value.
+struct WhoRef<'a> {
+    dim: &'static str,
+    value: &'a str,
+}
+
+impl Hash for WhoRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.dim.hash(state);
+        self.value.hash(state);
+    }
+}
+
+impl Equivalent<Who> for WhoRef<'_> {
+    fn equivalent(&self, k: &Who) -> bool {
+        self.dim == k.dim && self.value == &*k.value
+    }
+}
+
+impl From<&WhoRef<'_>> for Who {
+    fn from(w: &WhoRef<'_>) -> Self {
+        Who {
+            dim: w.dim,
+            value: w.value.into(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     day: String,
-    totals: HashMap<(&'static str, String), Nanos>,
-    rates: HashMap<(&'static str, String), Rate>,
+    totals: HashMap<Who, Nanos>,
+    rates: HashMap<Who, Rate>,
 }
 
 /// Per-identity spend of the current UTC day and spend-rate baselines.
@@ -103,17 +146,15 @@ impl Default for SpendIndex {
 
 /// The key an identity is counted under in `map`: its own, or the overflow
 /// one when the map is full and does not know it yet.
-fn key_in<V>(
-    map: &HashMap<(&'static str, String), V>,
-    cap: usize,
-    dim: &'static str,
-    v: &str,
-) -> (&'static str, String) {
-    let own = (dim, v.to_owned());
+fn key_in<'a, V>(map: &HashMap<Who, V>, cap: usize, dim: &'static str, v: &'a str) -> WhoRef<'a> {
+    let own = WhoRef { dim, value: v };
     if map.len() < cap || map.contains_key(&own) {
         own
     } else {
-        (dim, OVERFLOW.to_owned())
+        WhoRef {
+            dim,
+            value: OVERFLOW,
+        }
     }
 }
 
@@ -147,16 +188,15 @@ impl SpendIndex {
         for (dim, value) in dims {
             let Some(v) = value else { continue };
             let total = key_in(&s.totals, cap, dim, v);
-            let t = s.totals.entry(total).or_insert(0);
+            let t = s.totals.entry_ref(&total).or_insert(0);
             *t = t.saturating_add(nanos);
             if dim == "user" || dim == "feature" {
                 let key = key_in(&s.rates, cap, dim, v);
-                let value = key.1.clone();
-                let r = s.rates.entry(key).or_default();
+                let r = s.rates.entry_ref(&key).or_default();
                 if r.add(now, nanos) {
                     out.push(Anomaly {
                         dimension: dim,
-                        value,
+                        value: key.value.to_owned(),
                         usd_per_minute: nanos_to_usd((r.short * 60.0) as Nanos),
                         baseline_usd_per_minute: nanos_to_usd((r.long * 60.0) as Nanos),
                     });
@@ -191,9 +231,9 @@ impl SpendIndex {
         let mut rows: Vec<Spender> = s
             .totals
             .iter()
-            .filter(|((d, _), _)| *d == dimension)
-            .map(|((_, v), n)| Spender {
-                value: v.clone(),
+            .filter(|(w, _)| w.dim == dimension)
+            .map(|(w, n)| Spender {
+                value: w.value.to_string(),
                 spent_usd: nanos_to_usd(*n),
             })
             .collect();

@@ -8,6 +8,22 @@ use crate::glob::in_filter;
 use crate::pricing::{usd_to_nanos, Nanos, PriceTable};
 use crate::window::Window;
 
+/// A share in thousandths: budget thresholds are compared in integers
+/// against nano-dollar amounts, never as floats.
+pub type Permille = u32;
+
+/// The largest `alert_at` accepted: 1000 × the limit (alert-only budgets do
+/// not stop spend, so thresholds past 100% are meaningful).
+const MAX_ALERT_FRACTION: f64 = 1000.0;
+
+/// A fraction of the limit as written in the config (`0.8`), in permille,
+/// rounded to the nearest thousandth; `None` unless finite and within
+/// `0..=max`.
+fn to_permille(fraction: f64, max: f64) -> Option<Permille> {
+    (fraction.is_finite() && (0.0..=max).contains(&fraction))
+        .then(|| (fraction * 1000.0).round() as Permille)
+}
+
 /// What happens when a budget is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BudgetAction {
@@ -29,10 +45,11 @@ pub struct BudgetRule {
     pub limit: Nanos,
     pub action: BudgetAction,
     pub downgrade_to: Option<String>,
-    /// Fraction of the limit past which requests are downgraded.
-    pub downgrade_at: f64,
-    /// Fractions of the limit at which an alert fires.
-    pub alert_at: Vec<f64>,
+    /// Share of the limit (in permille) from which requests are downgraded
+    /// (`downgrade_at`).
+    pub downgrade_permille: Permille,
+    /// Shares of the limit (in permille) at which an alert fires (`alert_at`).
+    pub alert_permille: Vec<Permille>,
     /// Only requests for these public models (globs); `None` = all.
     pub models: Option<Vec<String>>,
     /// Where alerts are POSTed (JSON), if anywhere.
@@ -95,11 +112,30 @@ impl Validator<'_> {
                     Some(_) => {}
                 }
             }
-            let downgrade_at = b.downgrade_at.unwrap_or(0.8);
-            if !(0.0..=1.0).contains(&downgrade_at) {
-                self.err(&format!("{field}.downgrade_at"), "must be between 0 and 1");
+            let downgrade_permille = to_permille(b.downgrade_at.unwrap_or(0.8), 1.0)
+                .unwrap_or_else(|| {
+                    self.err(&format!("{field}.downgrade_at"), "must be between 0 and 1");
+                    800
+                });
+            let mut alert_permille = Vec::new();
+            for (j, &t) in b
+                .alert_at
+                .as_deref()
+                .unwrap_or(&[0.5, 0.8, 1.0])
+                .iter()
+                .enumerate()
+            {
+                match to_permille(t, MAX_ALERT_FRACTION).filter(|&p| p > 0) {
+                    Some(p) => alert_permille.push(p),
+                    None => self.err(
+                        &format!("{field}.alert_at[{j}]"),
+                        format!(
+                            "must be a fraction of the limit above 0 and at most \
+                             {MAX_ALERT_FRACTION} (at least 0.001)"
+                        ),
+                    ),
+                }
             }
-            let alert_at = b.alert_at.clone().unwrap_or_else(|| vec![0.5, 0.8, 1.0]);
             let name = b.name.clone().unwrap_or_else(|| format!("budget-{i}"));
             if out.iter().any(|o| o.name == name) {
                 self.err(
@@ -133,8 +169,8 @@ impl Validator<'_> {
                 limit: usd_to_nanos(b.limit_usd),
                 action,
                 downgrade_to: b.downgrade_to.clone(),
-                downgrade_at,
-                alert_at,
+                downgrade_permille,
+                alert_permille,
                 models: b.models.clone(),
             });
         }

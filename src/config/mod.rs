@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use bounds::Bounds;
-pub use budget::{applies, applies_any, BudgetAction, BudgetRule};
+pub use budget::{applies, applies_any, BudgetAction, BudgetRule, Permille};
 pub use cache::{CacheConfig, CacheMode, CacheScope};
 pub use limits::{Dim, RateRule, TokenLimits};
 pub use routing::{

@@ -333,11 +333,8 @@ impl Validator<'_> {
     }
 
     pub(super) fn routing(&mut self, raw: &RawConfig, models: &[ModelRule]) -> Vec<TierRoute> {
-        let known = |name: &str| {
-            models
-                .iter()
-                .any(|m| crate::glob::glob_match(&m.pattern, name))
-        };
+        let index = crate::glob::GlobIndex::new(models.iter().map(|m| m.pattern.as_str()));
+        let known = |name: &str| index.matches_any(name);
         let mut out = Vec::new();
         for (i, r) in raw.routing.iter().enumerate() {
             let field = format!("routing[{i}]");

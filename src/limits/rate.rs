@@ -5,23 +5,23 @@
 //! request is admitted and settled with the real usage when it finishes. The
 //! counters live outside the config snapshot, so a reload keeps them.
 
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use hashbrown::HashMap;
 use serde::Serialize;
 
 use super::window::{Refused, SlidingWindow};
 use crate::config::RateRule;
 use crate::glob::in_filter;
 pub use crate::vocab::{bucket_key, Allowance, LimitKind, RateLimited, Subject};
+use crate::vocab::{BucketName, BucketProbe};
 
 const WINDOW: Duration = Duration::from_secs(60);
 const SHARDS: usize = 16;
 /// The bucket a rule's identities share once the map is full.
-const OVERFLOW: &str = "~overflow";
+const OVERFLOW: &str = "|~overflow";
 
 #[derive(Debug, Default)]
 struct Bucket {
@@ -46,7 +46,7 @@ impl Bucket {
 /// recent use, so nobody's use is ever split across two buckets.
 #[derive(Debug)]
 pub struct RateLimiter {
-    shards: Vec<Mutex<HashMap<String, Bucket>>>,
+    shards: Vec<Mutex<HashMap<BucketName, Bucket>>>,
     next_id: AtomicU64,
     max_buckets: AtomicUsize,
 }
@@ -75,7 +75,7 @@ fn applies(rule: &RateRule, model: &str) -> bool {
 /// What an admitted request holds until it finishes.
 #[derive(Debug)]
 struct Hold {
-    bucket: String,
+    bucket: BucketName,
     token_id: Option<u64>,
     concurrent: bool,
 }
@@ -91,10 +91,10 @@ pub struct Admission {
 }
 
 impl RateLimiter {
-    fn shard(&self, key: &str) -> MutexGuard<'_, HashMap<String, Bucket>> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        key.hash(&mut h);
-        let i = (h.finish() as usize) % SHARDS;
+    /// The shard of a bucket, by its name's hash (`BucketName::hash_value`).
+    fn shard(&self, hash: u64) -> MutexGuard<'_, HashMap<BucketName, Bucket>> {
+        // The high bits: the maps inside use the low ones.
+        let i = ((hash >> 48) as usize) % SHARDS;
         // A poisoned shard only means a panic elsewhere mid-update; the
         // counters are still usable.
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
@@ -111,8 +111,10 @@ impl RateLimiter {
     }
 
     /// Whether a rule's overflow bucket holds use in the window.
-    fn overflow_in_use(&self, key: &str) -> bool {
-        self.shard(key).get(key).is_some_and(|b| !b.idle())
+    fn overflow_in_use(&self, key: &BucketProbe<'_>) -> bool {
+        self.shard(key.hash_value())
+            .get(key)
+            .is_some_and(|b| !b.idle())
     }
 
     /// Number of buckets held.
@@ -154,24 +156,29 @@ impl RateLimiter {
             allowance: Allowance::default(),
         };
         for rule in rules.iter().filter(|r| applies(r, subject.model)) {
-            let mut key = bucket_key(&rule.name, &rule.scope, subject);
-            let mut shard = self.shard(&key);
-            if !rule.scope.is_empty() && !shard.contains_key(&key) {
+            // The bucket is found by its name's pieces; the name is only
+            // built when the bucket is created.
+            let own = BucketProbe::new(&rule.name, &rule.scope, subject);
+            let overflow = BucketProbe::suffixed(&rule.name, OVERFLOW);
+            let mut probe = &own;
+            let mut shard = self.shard(own.hash_value());
+            if !rule.scope.is_empty() && !shard.contains_key(&own) {
                 // A new identity: its own bucket if there is room and the
                 // overflow bucket is not in use, else the overflow bucket.
                 let full = shard.len() >= self.shard_cap();
                 drop(shard);
-                let overflow = format!("{}|{OVERFLOW}", rule.name);
                 if full || self.overflow_in_use(&overflow) {
-                    key = overflow;
+                    probe = &overflow;
                 }
-                shard = self.shard(&key);
+                shard = self.shard(probe.hash_value());
             }
             // Ids and times are taken under the bucket's lock, so each
             // window's entries stay sorted by both (settle searches by id).
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let now = Instant::now();
-            let b = shard.entry(key.clone()).or_default();
+            let entry = shard.entry_ref(probe).or_default_entry();
+            let key = entry.key().clone();
+            let b = entry.into_mut();
             let refuse = |kind, limit, requested, r: Refused| RateLimited {
                 rule: rule.name.clone(),
                 kind,
@@ -246,9 +253,9 @@ impl RateLimiter {
         for shard in &self.shards {
             let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
             for (k, b) in map.iter_mut() {
-                if k.contains(filter) {
+                if k.as_str().contains(filter) {
                     out.push(BucketState {
-                        bucket: k.clone(),
+                        bucket: k.as_str().to_owned(),
                         requests_last_minute: b.requests.used(now, WINDOW),
                         tokens_last_minute: b.tokens.used(now, WINDOW),
                         inflight: b.inflight,
@@ -276,7 +283,7 @@ impl Admission {
     pub fn settle(mut self, actual_tokens: u64) {
         let now = Instant::now();
         for h in std::mem::take(&mut self.holds) {
-            let mut shard = self.limiter.shard(&h.bucket);
+            let mut shard = self.limiter.shard(h.bucket.hash_value());
             if let Some(b) = shard.get_mut(&h.bucket) {
                 if let Some(id) = h.token_id {
                     b.tokens.settle(now, WINDOW, id, actual_tokens);
@@ -292,7 +299,7 @@ impl Admission {
     fn release(&mut self) {
         let now = Instant::now();
         for h in std::mem::take(&mut self.holds) {
-            let mut shard = self.limiter.shard(&h.bucket);
+            let mut shard = self.limiter.shard(h.bucket.hash_value());
             if let Some(b) = shard.get_mut(&h.bucket) {
                 if let Some(id) = h.token_id {
                     b.tokens.settle(now, WINDOW, id, 0);
@@ -314,7 +321,7 @@ impl Drop for Admission {
     fn drop(&mut self) {
         for h in std::mem::take(&mut self.holds) {
             if h.concurrent {
-                let mut shard = self.limiter.shard(&h.bucket);
+                let mut shard = self.limiter.shard(h.bucket.hash_value());
                 if let Some(b) = shard.get_mut(&h.bucket) {
                     b.inflight = b.inflight.saturating_sub(1);
                 }

@@ -58,6 +58,17 @@ impl Family {
         }
     }
 
+    /// The tokenizer for a model served by a provider of the given API: an
+    /// Anthropic provider always counts as Claude (so a glob rule sending
+    /// any name to Anthropic never loads o200k), otherwise by model name.
+    pub fn for_upstream(model: &str, anthropic: bool) -> Family {
+        if anthropic {
+            Family::Claude
+        } else {
+            Family::for_model(model)
+        }
+    }
+
     /// Tokens in a piece of text. Long texts are split at piece boundaries
     /// and counted on several threads (the sum is exact: BPE never merges
     /// across the pre-tokenizer's pieces).

@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use crate::app::{App, Snapshot};
 use crate::attempt;
 use crate::body::{ProxyBody, TapBody, TapConfig};
+use crate::config::ProviderKind;
 use crate::error::ProxyError;
 use crate::headers::{client_response_headers, value};
 use crate::limits;
@@ -182,7 +183,8 @@ async fn pipeline(
     rec.outcome.upstream_model = route.upstream_model.clone();
     // Token limits: cap the output, bound the input (counted only when the bound cannot decide).
     let tokens = token_plan(snap, vk, &route, upstream.kind, rec.facts.endpoint, &s)?;
-    let family = Family::for_model(&route.upstream_model);
+    let anthropic = upstream.kind == ProviderKind::Anthropic;
+    let family = Family::for_upstream(&route.upstream_model, anthropic);
     rec.facts.family = Some(family);
     let mut input = count::Input::new(rec.facts.endpoint, family, body.clone(), chosen.counted);
     let deferred_count = input

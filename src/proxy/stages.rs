@@ -90,7 +90,13 @@ pub(super) fn choose_tier(
     let family = snap
         .router
         .resolve(&tier.default, rec.facts.shape, &snap.upstreams)
-        .map_or(Family::O200k, |r| Family::for_model(&r.upstream_model));
+        .map_or(Family::O200k, |r| {
+            let anthropic = snap
+                .upstreams
+                .get(r.provider)
+                .is_some_and(|u| u.kind == ProviderKind::Anthropic);
+            Family::for_upstream(&r.upstream_model, anthropic)
+        });
     let endpoint = rec.facts.endpoint;
     let mut count = || {
         let n = tokens::count_or_bound(endpoint, body, family);

@@ -19,8 +19,8 @@ fn rule(
         limit,
         action,
         downgrade_to: Some("cheap".into()),
-        downgrade_at: 0.8,
-        alert_at: vec![0.5, 1.0],
+        downgrade_permille: 800,
+        alert_permille: vec![500, 1000],
         models: None,
         webhook: None,
     }
@@ -110,7 +110,7 @@ fn settle_releases_the_worst_case_and_charges_the_actual() {
         "worst case held"
     );
     let crossed = h.settle(&budgets, 600, None);
-    assert_eq!(crossed, vec![("b".to_owned(), "b|user=a".to_owned(), 0.5)]);
+    assert_eq!(crossed, vec![("b".to_owned(), "b|user=a".to_owned(), 500)]);
     assert!(
         ledger.reserve(&budgets, &s, 400).is_ok(),
         "600 spent, 400 left"

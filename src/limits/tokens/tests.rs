@@ -58,6 +58,17 @@ fn counts_match_the_reference_tokenizer() {
 }
 
 #[test]
+fn an_anthropic_provider_always_counts_as_claude() {
+    assert_eq!(Family::for_upstream("my-alias", true), Family::Claude);
+    assert_eq!(Family::for_upstream("gpt-4o", true), Family::Claude);
+    assert_eq!(Family::for_upstream("gpt-4", false), Family::Cl100k);
+    assert_eq!(
+        Family::for_upstream("claude-sonnet-4", false),
+        Family::Claude
+    );
+}
+
+#[test]
 fn families() {
     assert_eq!(Family::for_model("gpt-4o-mini"), Family::O200k);
     assert_eq!(Family::for_model("o3-mini"), Family::O200k);
@@ -199,4 +210,40 @@ fn unreadable_input_is_an_error_not_zero() {
             "{body}"
         );
     }
+}
+
+/// Resident memory of this process in KiB (Linux), for the table-size probe.
+fn vm_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// What each tokenizer table costs resident (run by hand:
+/// `cargo nextest run --run-ignored only -E 'test(table_rss)' --no-capture`;
+/// nextest runs every test in its own process, so the figures are clean).
+#[test]
+#[ignore = "a measurement, not a check"]
+fn table_rss_of_each_family() {
+    let text = corpus().join("\n");
+    let before = vm_rss_kib();
+    let which = std::env::var("SLUICE_RSS_FAMILY").unwrap_or_default();
+    // `tiktoken-*`: the reference crate's tables, for comparison.
+    let (family, n) = match which.as_str() {
+        "o200k" => ("o200k", Family::O200k.count(&text)),
+        "tiktoken-o200k" => ("tiktoken-o200k", reference("o200k", &text)),
+        "tiktoken-cl100k" => ("tiktoken-cl100k", reference("cl100k", &text)),
+        _ => ("cl100k", Family::Cl100k.count(&text)),
+    };
+    let after = vm_rss_kib();
+    eprintln!(
+        "{family}: {n} tokens; VmRSS {before} KiB -> {after} KiB (+{} KiB)",
+        after.saturating_sub(before)
+    );
 }
