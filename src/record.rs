@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::app::Snapshot;
+use crate::attempt::{AttemptInfo, Progress};
 use crate::auth::Identity;
 use crate::budget::ledger::{BudgetHold, Ledger};
 use crate::cache::Capture;
@@ -18,22 +19,10 @@ use crate::limits::rate::Admission;
 use crate::limits::tokens::{self, Family};
 use crate::metrics::{self, Inflight, RequestLabels};
 use crate::pricing::{nanos_to_usd, Price};
-use crate::resilience::InflightGuard;
 use crate::sniff::Endpoint;
 use crate::stream::observe::Observed;
 use crate::usage::Usage;
 use crate::usage_log::UsageLog;
-
-/// One attempt, for the usage record.
-#[derive(Debug, Clone, Serialize)]
-pub struct AttemptInfo {
-    pub deployment: String,
-    /// HTTP status, or 0 when no response came.
-    pub status: u16,
-    /// `ok`, `retryable`, `client_error`, `timeout`, `connect_error`.
-    pub outcome: &'static str,
-    pub ms: f64,
-}
 
 /// How a response body ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,13 +66,10 @@ pub struct RequestRecord {
     pub shape: ApiShape,
     pub stream: bool,
     pub model: String,
-    pub upstream_model: String,
-    pub provider: Arc<str>,
+    /// The provider and upstream model, the attempts and their timings.
+    pub upstream: Progress,
     pub status: u16,
     pub request_bytes: u64,
-    pub attempts: u32,
-    /// Time spent waiting on the upstream for response headers.
-    pub upstream_wait: Duration,
     first_byte_at: Option<Instant>,
     pub error: Option<&'static str>,
     /// Input tokens counted before sending (when a limit needed them).
@@ -95,10 +81,6 @@ pub struct RequestRecord {
     pub request_body: Option<Bytes>,
     /// Rate-limit reservations, settled with the real usage at the end.
     pub admission: Option<Admission>,
-    /// Every upstream attempt.
-    pub attempt_log: Vec<AttemptInfo>,
-    /// Counts the request in flight on the deployment that answered.
-    pub inflight: Option<InflightGuard>,
     /// The model a routing model (e.g. `auto`) chose.
     pub routed_to: Option<String>,
     /// When the whole request must be over.
@@ -117,9 +99,6 @@ pub struct RequestRecord {
     pub breakpoints: u32,
     /// Tees the upstream answer into the cache (a miss that may be stored).
     pub capture: Option<Capture>,
-    /// An upstream request is out and its response has not come yet (a
-    /// client gone now leaves a request the provider bills).
-    pub awaiting_upstream: bool,
     /// The record was finished (metrics, settlement, usage line).
     done: bool,
     sink: UsageLog,
@@ -137,20 +116,15 @@ impl RequestRecord {
             shape: ApiShape::OpenAi,
             stream: false,
             model: String::new(),
-            upstream_model: String::new(),
-            provider: Arc::from(""),
+            upstream: Progress::default(),
             status: 0,
             request_bytes: 0,
-            attempts: 0,
-            upstream_wait: Duration::ZERO,
             first_byte_at: None,
             error: None,
             input_counted: None,
             family: None,
             request_body: None,
             admission: None,
-            attempt_log: Vec::new(),
-            inflight: None,
             routed_to: None,
             deadline: tokio::time::Instant::from_std(started) + Duration::from_secs(900),
             snap: None,
@@ -160,7 +134,6 @@ impl RequestRecord {
             cache: "bypass",
             breakpoints: 0,
             capture: None,
-            awaiting_upstream: false,
             done: false,
             sink,
             _inflight: Inflight::start(),
@@ -209,11 +182,11 @@ impl RequestRecord {
                 None => (None, "none"),
             },
         };
-        if self.price.is_none() && !self.upstream_model.is_empty() {
+        if self.price.is_none() && !self.upstream.model.is_empty() {
             self.price = self
                 .snap
                 .as_ref()
-                .and_then(|s| s.config.prices.get(&self.upstream_model));
+                .and_then(|s| s.config.prices.get(&self.upstream.model));
         }
         if let Some(adm) = self.admission.take() {
             adm.settle(usage.map_or(0, |u| u.input + u.output));
@@ -228,17 +201,17 @@ impl RequestRecord {
 
         // Labels come from the config, never from what a client sent.
         let model_label = match &self.snap {
-            _ if self.upstream_model.is_empty() => "-",
-            Some(snap) => snap.router.model_label(&self.upstream_model),
+            _ if self.upstream.model.is_empty() => "-",
+            Some(snap) => snap.router.model_label(&self.upstream.model),
             None => crate::route::OTHER_MODEL,
         };
         metrics::request_done(
             &RequestLabels {
                 model: model_label,
-                provider: if self.provider.is_empty() {
+                provider: if self.upstream.provider.is_empty() {
                     "-"
                 } else {
-                    &self.provider
+                    &self.upstream.provider
                 },
                 endpoint: self.endpoint.label(),
                 status: self.status,
@@ -253,7 +226,7 @@ impl RequestRecord {
             self.first_byte_at
                 .map(|fb| fb.duration_since(self.started))
                 .unwrap_or(duration)
-                .saturating_sub(self.upstream_wait),
+                .saturating_sub(self.upstream.wait),
         );
         if let Some(c) = cost {
             metrics::cost(model_label, c);
@@ -268,7 +241,7 @@ impl RequestRecord {
             metrics::tokens(model_label, "reasoning", u.reasoning);
         }
         metrics::response_bytes(self.endpoint.label(), response_bytes);
-        if self.attempts > 0 {
+        if self.upstream.attempts > 0 {
             metrics::stream_end(end.label());
         }
 
@@ -283,9 +256,9 @@ impl RequestRecord {
             endpoint: self.endpoint.label(),
             model: (!self.model.is_empty()).then_some(self.model.as_str()),
             routed_to: self.routed_to.as_deref(),
-            upstream_model: (!self.upstream_model.is_empty())
-                .then_some(self.upstream_model.as_str()),
-            provider: (!self.provider.is_empty()).then_some(&*self.provider),
+            upstream_model: (!self.upstream.model.is_empty())
+                .then_some(self.upstream.model.as_str()),
+            provider: (!self.upstream.provider.is_empty()).then_some(&*self.upstream.provider),
             status: self.status,
             stream: self.stream,
             end: end.label(),
@@ -300,11 +273,11 @@ impl RequestRecord {
             usage_source,
             latency_ms: ms(duration),
             ttft_ms: ttft.map(ms),
-            upstream_ms: (self.attempts > 0).then(|| ms(self.upstream_wait)),
+            upstream_ms: (self.upstream.attempts > 0).then(|| ms(self.upstream.wait)),
             request_bytes: self.request_bytes,
             response_bytes,
-            attempts: self.attempts,
-            attempt_log: &self.attempt_log,
+            attempts: self.upstream.attempts,
+            attempt_log: &self.upstream.log,
             cost_usd: cost.map(nanos_to_usd),
             cache: self.cache,
             cost_saved_usd: cost_saved.map(nanos_to_usd),
@@ -341,8 +314,8 @@ impl RequestRecord {
     /// for (a cut stream): the input as counted, the output from the
     /// streamed text, both with the model's tokenizer.
     fn estimate(&self, observed: &Observed) -> Option<Usage> {
-        let answered =
-            self.attempts > 0 && ((200..300).contains(&self.status) || self.awaiting_upstream);
+        let answered = self.upstream.attempts > 0
+            && ((200..300).contains(&self.status) || self.upstream.awaiting);
         if !answered || !self.endpoint.generates() {
             return None;
         }

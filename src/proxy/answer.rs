@@ -52,7 +52,7 @@ pub(super) async fn upstream_answer(
             let idle = snap
                 .upstreams
                 .iter()
-                .find(|u| u.name == rec.provider)
+                .find(|u| u.name == rec.upstream.provider)
                 .map_or(snap.config.server.drain_timeout, |u| u.timeouts.idle);
             if let Some(sink) = ids.clone().filter(|_| head.status.is_success()) {
                 observer = observer.with_ids(sink);
@@ -63,7 +63,7 @@ pub(super) async fn upstream_answer(
                     idle,
                     deadline: rec.deadline,
                 };
-                let provider = || rec.provider.to_string();
+                let provider = || rec.upstream.provider.to_string();
                 let bytes = match read_bounded(body, &head.headers, limits).await {
                     Ok(b) => b,
                     Err(ReadError::TooLarge) => {
@@ -229,13 +229,13 @@ pub(super) async fn owned_answer(
                 format!("response body failed: {e}")
             };
             return Err(ProxyError::UpstreamConnect {
-                provider: rec.provider.to_string(),
+                provider: rec.upstream.provider.to_string(),
                 detail,
             });
         }
         Err(_) => {
             return Err(ProxyError::UpstreamTimeout {
-                provider: rec.provider.to_string(),
+                provider: rec.upstream.provider.to_string(),
                 phase: "total",
             })
         }
@@ -261,7 +261,7 @@ pub(super) fn cache_hit(
         (ProxyBody::full(hit.body.clone()), hit.content_type.as_str())
     };
     rec.cache = "hit";
-    rec.upstream_model = hit.model.clone();
+    rec.upstream.model = hit.model.clone();
     rec.first_byte(Instant::now());
     let mut resp = Response::new(body);
     resp.headers_mut()

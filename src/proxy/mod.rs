@@ -68,15 +68,15 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
     };
 
     let id = value(&rec.id);
-    let model = (!rec.upstream_model.is_empty()).then(|| value(&rec.upstream_model));
-    let provider = (!rec.provider.is_empty()).then(|| value(&rec.provider));
-    let attempts = rec.attempts;
+    let model = (!rec.upstream.model.is_empty()).then(|| value(&rec.upstream.model));
+    let provider = (!rec.upstream.provider.is_empty()).then(|| value(&rec.upstream.provider));
+    let attempts = rec.upstream.attempts;
     let allowance = rec.admission.as_ref().map(|a| a.allowance);
     let budget_left = rec.budget.as_ref().and_then(|b| b.remaining);
     let cache_state = rec.cache;
     let has_model = rec.endpoint.has_model();
-    if !rec.upstream_model.is_empty() {
-        rec.price = snap.config.prices.get(&rec.upstream_model);
+    if !rec.upstream.model.is_empty() {
+        rec.price = snap.config.prices.get(&rec.upstream.model);
     }
     let shape = rec.shape;
     let mut resp = match result {
@@ -207,7 +207,7 @@ async fn pipeline(
         call.deadline = deadline(rec, snap, &group);
         let owner = owner.filter(|_| ownership::records_answer(&target.path, &parts.method));
         call.reads_answer = owner.is_some();
-        let mut answer = attempt::run(&call, VecDeque::from([group]), rec).await?;
+        let mut answer = attempt::run(&call, VecDeque::from([group]), &mut rec.upstream).await?;
         if let Some(key) = owner {
             answer = owned_answer(answer, rec, &app.owners, &key).await?;
         }
@@ -297,8 +297,8 @@ async fn pipeline(
             model: target_model.clone(),
         })?;
     let upstream = &snap.upstreams[route.provider];
-    rec.provider = upstream.name.clone();
-    rec.upstream_model = route.upstream_model.clone();
+    rec.upstream.provider = upstream.name.clone();
+    rec.upstream.model = route.upstream_model.clone();
 
     // Token limits: cap the output, bound the input. The input is counted
     // exactly only when the cheap upper bound cannot settle a limit, or a
@@ -491,7 +491,7 @@ async fn pipeline(
     }
     call.body = body;
     call.client_model = Some(&s.model);
-    let run = attempt::run(&call, groups, rec);
+    let run = attempt::run(&call, groups, &mut rec.upstream);
     let answer = match deferred_count {
         None => run.await?,
         Some(count) => with_context_check(run, count, &plan).await?,
