@@ -2,14 +2,23 @@
 //! retries with backoff inside a retry budget, then the fallback chain — all
 //! before any response byte goes to the client, so a stream that has started
 //! is never retried.
+//!
+//! The loop reaches the network only through a [`Transport`] (the provider
+//! clients in production) and keeps time on tokio's clock, so its sequencing
+//! — waits, timeouts, breakers, fallbacks — is unit-tested with a scripted
+//! transport on a paused clock (`tests.rs`).
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use serde::Serialize;
+use tokio::time::Instant;
 
 use crate::app::Snapshot;
 use crate::auth::Credential;
@@ -17,14 +26,12 @@ use crate::config::Balance;
 use crate::error::{ApiShape, ProxyError};
 use crate::headers::upstream_request_headers;
 use crate::metrics;
-pub use crate::record::AttemptInfo;
-use crate::record::RequestRecord;
 use crate::resilience::balance::{self, Candidate};
 use crate::resilience::breaker::Permit;
 use crate::resilience::retry::{self, breaker_failure, retryable_status};
-use crate::resilience::{random_unit, Deployments, InflightGuard};
+use crate::resilience::{Deployments, InflightGuard};
 use crate::sniff::{self, Endpoint, Rewrite};
-use crate::upstream::Upstream;
+use crate::upstream::{SendError, Upstream};
 
 /// Anthropic API version sent when a client names none.
 const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -53,6 +60,81 @@ pub fn keep_for_credential(mut group: Group, cred: &Credential, upstreams: &[Ups
     group
 }
 
+/// One attempt, for the usage record.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptInfo {
+    pub deployment: String,
+    /// HTTP status, or 0 when no response came.
+    pub status: u16,
+    /// `ok`, `retryable`, `client_error`, `timeout`, `connect_error`.
+    pub outcome: &'static str,
+    pub ms: f64,
+}
+
+/// What the attempt loop leaves behind about the upstream side of a request
+/// (the request record holds one, for headers, metrics and the usage line).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// The provider the request is routed to; then the one that answered.
+    pub provider: Arc<str>,
+    /// The upstream model the request is routed to; then the one that
+    /// answered.
+    pub model: String,
+    /// Requests sent upstream.
+    pub attempts: u32,
+    /// Every upstream attempt.
+    pub log: Vec<AttemptInfo>,
+    /// Time spent waiting on the upstream for response headers.
+    pub wait: Duration,
+    /// An upstream request is out and its response has not come yet (a
+    /// client gone now leaves a request the provider bills).
+    pub awaiting: bool,
+    /// Counts the request in flight on the deployment that answered.
+    pub inflight: Option<InflightGuard>,
+}
+
+/// Where attempts go: the providers' pooled clients in production (the
+/// snapshot's upstreams), a script in the unit tests.
+pub trait Transport: Sync {
+    /// The body of a provider's response.
+    type Body: http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static;
+
+    /// Sends `req` to provider number `provider` (an index into the
+    /// snapshot's upstreams); resolves with the response headers.
+    fn send(
+        &self,
+        provider: usize,
+        req: Request<Full<Bytes>>,
+    ) -> impl Future<Output = Result<Response<Self::Body>, SendError>> + Send;
+
+    /// A random number in [0, 1): the jitter of a backoff.
+    fn jitter(&self) -> f64 {
+        fastrand::f64()
+    }
+}
+
+/// The providers' own clients (generic, not boxed: the loop is compiled for
+/// this transport, with no allocation of its own per request).
+impl Transport for [Upstream] {
+    type Body = Incoming;
+
+    fn send(
+        &self,
+        provider: usize,
+        req: Request<Full<Bytes>>,
+    ) -> impl Future<Output = Result<Response<Incoming>, SendError>> + Send {
+        let sent = self.get(provider).map(|u| u.client.request(req));
+        async move {
+            match sent {
+                Some(response) => response.await.map_err(|e| SendError::from_client(&e)),
+                None => Err(SendError::Connect(format!("no provider #{provider}"))),
+            }
+        }
+    }
+}
+
 /// Everything an attempt needs from the request.
 pub struct Call<'a> {
     pub snap: &'a Snapshot,
@@ -74,29 +156,41 @@ pub struct Call<'a> {
 }
 
 /// The upstream answer that goes to the client.
-pub enum Answered {
+pub enum Answered<B = Incoming> {
     /// Headers received; the body streams through the tap.
-    Stream(Response<Incoming>),
+    Stream(Response<B>),
     /// An error body Sluice had to read (to look for a context-length error).
     Buffered(http::response::Parts, Bytes),
 }
 
 /// Why an attempt produced no usable response.
-enum Failed {
+enum Failed<B> {
     /// A response that may be retried (kept to pass through if nothing better comes).
-    Status(Response<Incoming>),
+    Status(Response<B>),
     Transport(ProxyError),
 }
 
-/// Runs attempts over `groups` until one answers, or everything is spent.
+/// Runs attempts over `groups` with the providers' clients until one
+/// answers, or everything is spent.
 pub async fn run(
     call: &Call<'_>,
-    mut groups: VecDeque<Group>,
-    rec: &mut RequestRecord,
+    groups: VecDeque<Group>,
+    progress: &mut Progress,
 ) -> Result<Answered, ProxyError> {
+    run_with(&call.snap.upstreams[..], call, groups, progress).await
+}
+
+/// Runs attempts over `groups`, sent through `transport`, until one
+/// answers, or everything is spent.
+pub async fn run_with<T: Transport + ?Sized>(
+    transport: &T,
+    call: &Call<'_>,
+    mut groups: VecDeque<Group>,
+    progress: &mut Progress,
+) -> Result<Answered<T::Body>, ProxyError> {
     let cfg = call.snap.config.retry;
     let breaker_cfg = call.snap.config.breaker;
-    let mut last: Option<Failed> = None;
+    let mut last: Option<Failed<T::Body>> = None;
     let mut asked_wait = None;
     // Deployments that failed this request (a retry on one of them backs off).
     let mut failed: Vec<String> = Vec::new();
@@ -106,7 +200,7 @@ pub async fn run(
     'chain: while let Some(group) = groups.pop_front() {
         let mut tried: Vec<usize> = Vec::new();
         for _ in 0..group.tries {
-            if rec.outcome.attempts >= cfg.max_attempts {
+            if progress.attempts >= cfg.max_attempts {
                 break 'chain;
             }
             let now = Instant::now();
@@ -115,7 +209,7 @@ pub async fn run(
                 continue 'chain;
             };
             let cand = &group.candidates[i];
-            if rec.outcome.attempts > 0 {
+            if progress.attempts > 0 {
                 metrics::retry();
             }
             // The breaker counts one failure per client request and
@@ -129,16 +223,17 @@ pub async fn run(
                 // its load), after a backoff (or its Retry-After) that fits the
                 // deadline; otherwise on to the next model in the chain.
                 // Moving to another deployment or a fallback goes at once.
-                if !cand.state.budget.try_retry(&cfg, now) {
-                    tracing::debug!(deployment = %cand.state.name, "retry budget exhausted");
-                    continue 'chain;
-                }
-                let Some(wait) =
-                    retry::delay(&cfg, rec.outcome.attempts, asked_wait, random_unit())
-                else {
+                // (The budget is taken last: a retry that does not happen
+                // does not spend it.)
+                let jitter = transport.jitter();
+                let Some(wait) = retry::delay(&cfg, progress.attempts, asked_wait, jitter) else {
                     continue 'chain;
                 };
-                if tokio::time::Instant::now() + wait >= call.deadline {
+                if now + wait >= call.deadline {
+                    continue 'chain;
+                }
+                if !cand.state.budget.try_retry(&cfg, now) {
+                    tracing::debug!(deployment = %cand.state.name, "retry budget exhausted");
                     continue 'chain;
                 }
                 if !wait.is_zero() {
@@ -151,7 +246,7 @@ pub async fn run(
             let upstream = &call.snap.upstreams[cand.provider];
             let started = Instant::now();
             let guard = InflightGuard::new(cand.state.clone());
-            let result = attempt(call, upstream, cand, rec).await;
+            let result = attempt(transport, call, upstream, cand, progress).await;
             let ms = started.elapsed().as_secs_f64() * 1e3;
             let log = |status: u16, outcome: &'static str| AttemptInfo {
                 // The model actually sent (the breaker's name for a glob
@@ -179,8 +274,8 @@ pub async fn run(
                     } else {
                         "client_error"
                     };
-                    rec.outcome.attempt_log.push(log(status.as_u16(), outcome));
-                    answered_by(rec, upstream, cand, guard);
+                    progress.log.push(log(status.as_u16(), outcome));
+                    answered_by(progress, upstream, cand, guard);
                     if status == StatusCode::BAD_REQUEST {
                         if let Some(fallback) = &group.context_fallback {
                             let (parts, body) = read_error(resp, upstream.timeouts.idle).await;
@@ -202,12 +297,10 @@ pub async fn run(
                     if counts(ok) {
                         record_breaker(cand, &breaker_cfg, ok, permit);
                     }
-                    rec.outcome
-                        .attempt_log
-                        .push(log(status.as_u16(), "retryable"));
+                    progress.log.push(log(status.as_u16(), "retryable"));
                     asked_wait = retry::retry_after(resp.headers());
                     failed.push(cand.state.name.clone());
-                    answered_by(rec, upstream, cand, guard);
+                    answered_by(progress, upstream, cand, guard);
                     last = Some(Failed::Status(resp));
                 }
                 Err(e) if !e.retryable() => return Err(e),
@@ -219,7 +312,7 @@ pub async fn run(
                         ProxyError::UpstreamTimeout { .. } => "timeout",
                         _ => "connect_error",
                     };
-                    rec.outcome.attempt_log.push(log(0, outcome));
+                    progress.log.push(log(0, outcome));
                     asked_wait = None;
                     failed.push(cand.state.name.clone());
                     last = Some(Failed::Transport(e));
@@ -282,14 +375,14 @@ fn record_breaker(cand: &Candidate, cfg: &crate::config::BreakerConfig, ok: bool
 
 /// Notes which deployment answered (the last one tried, so far).
 fn answered_by(
-    rec: &mut RequestRecord,
+    progress: &mut Progress,
     upstream: &Upstream,
     cand: &Candidate,
     guard: InflightGuard,
 ) {
-    rec.outcome.provider = upstream.name.clone();
-    rec.outcome.upstream_model = cand.upstream_model.clone();
-    rec.holds.inflight = Some(guard);
+    progress.provider = upstream.name.clone();
+    progress.model = cand.upstream_model.clone();
+    progress.inflight = Some(guard);
 }
 
 /// The group for a fallback model, if it resolves (and has a deployment the
@@ -311,44 +404,42 @@ fn fallback_group(call: &Call<'_>, model: &str) -> Option<Group> {
 
 /// One request to one deployment, bounded by the first-byte timeout and the
 /// request deadline.
-async fn attempt(
+async fn attempt<T: Transport + ?Sized>(
+    transport: &T,
     call: &Call<'_>,
     upstream: &Upstream,
     cand: &Candidate,
-    rec: &mut RequestRecord,
-) -> Result<Response<Incoming>, ProxyError> {
+    progress: &mut Progress,
+) -> Result<Response<T::Body>, ProxyError> {
     let req = build_request(call, upstream, cand)?;
-    rec.outcome.attempts += 1;
+    progress.attempts += 1;
     let sent = Instant::now();
-    let first_byte = tokio::time::Instant::now() + upstream.timeouts.first_byte;
+    let first_byte = sent + upstream.timeouts.first_byte;
     let (limit, phase) = if first_byte < call.deadline {
         (first_byte, "first byte")
     } else {
         (call.deadline, "total")
     };
-    rec.outcome.awaiting_upstream = true;
-    let result = tokio::time::timeout_at(limit, upstream.client.request(req)).await;
-    rec.outcome.awaiting_upstream = false;
-    rec.outcome.upstream_wait += sent.elapsed();
+    progress.awaiting = true;
+    let result = tokio::time::timeout_at(limit, transport.send(cand.provider, req)).await;
+    progress.awaiting = false;
+    progress.wait += sent.elapsed();
     let provider = upstream.name.to_string();
     match result {
         Err(_) => {
             metrics::upstream_attempt(&upstream.name, "timeout");
             Err(ProxyError::UpstreamTimeout { provider, phase })
         }
-        Ok(Err(e)) if is_timeout(&e) => {
+        Ok(Err(SendError::ConnectTimeout)) => {
             metrics::upstream_attempt(&upstream.name, "timeout");
             Err(ProxyError::UpstreamTimeout {
                 provider,
                 phase: "connect",
             })
         }
-        Ok(Err(e)) => {
+        Ok(Err(SendError::Connect(detail))) => {
             metrics::upstream_attempt(&upstream.name, "connect_error");
-            Err(ProxyError::UpstreamConnect {
-                provider,
-                detail: error_chain(&e),
-            })
+            Err(ProxyError::UpstreamConnect { provider, detail })
         }
         Ok(Ok(resp)) => {
             let outcome = match resp.status().as_u16() {
@@ -433,10 +524,10 @@ fn build_request(
 /// Reads an error body, bounded in size and by the idle timeout (a provider
 /// that stalls here gives an empty body, which is not a context-length
 /// error, instead of holding the request).
-async fn read_error(
-    resp: Response<Incoming>,
-    idle: std::time::Duration,
-) -> (http::response::Parts, Bytes) {
+async fn read_error<B>(resp: Response<B>, idle: Duration) -> (http::response::Parts, Bytes)
+where
+    B: http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>,
+{
     let (parts, body) = resp.into_parts();
     let read = tokio::time::timeout(idle, Limited::new(body, MAX_ERROR_BODY).collect()).await;
     let bytes = match read {
@@ -454,45 +545,5 @@ fn is_context_length_error(body: &[u8]) -> bool {
         || find(b"maximum context length")
 }
 
-fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
-        }
-        source = s.source();
-    }
-    false
-}
-
-/// The error and its causes, one line (no secrets: these are transport errors).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn context_length_errors() {
-        assert!(is_context_length_error(
-            br#"{"error":{"code":"context_length_exceeded","message":"..."}}"#
-        ));
-        assert!(is_context_length_error(
-            br#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 250000 tokens > 200000 maximum"}}"#
-        ));
-        assert!(!is_context_length_error(
-            br#"{"error":{"code":"invalid_value"}}"#
-        ));
-    }
-}
+mod tests;

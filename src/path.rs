@@ -5,14 +5,13 @@
 //!
 //! Normalisation (RFC 3986 §6.2.2 plus what a gateway must refuse):
 //! - percent-encoded *unreserved* characters (`A-Z a-z 0-9 - . _ ~`) are
-//!   decoded, other escapes are kept with upper-case hex;
+//!   decoded, other escapes are kept with upper-case hex (escapes are read
+//!   and written with `percent-encoding`);
 //! - empty segments (`//`) and a trailing `/` are dropped, `.` segments
 //!   removed, `..` segments resolved;
 //! - refused with 400: an encoded `/` or `\`, a raw `\`, a malformed escape,
 //!   a control byte, and any `..` that would climb to or above the API root
 //!   (`/v1`, or `/anthropic/v1`).
-
-use std::fmt::Write as _;
 
 use http::Method;
 
@@ -243,20 +242,13 @@ fn decode_segment(seg: &str) -> Result<String, ProxyError> {
         let b = bytes[i];
         match b {
             b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| bad("malformed percent escape"))?;
-                match hex {
+                match escaped(bytes.get(i..i + 3)).ok_or_else(|| bad("malformed percent escape"))? {
                     b'/' | b'\\' => return Err(bad("an encoded `/` or `\\`")),
                     c if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') => {
                         out.push(c as char);
                     }
                     c if c < 0x20 || c == 0x7f => return Err(bad("an encoded control byte")),
-                    c => {
-                        let _ = write!(out, "%{c:02X}");
-                    }
+                    c => out.push_str(percent_encoding::percent_encode_byte(c)),
                 }
                 i += 3;
             }
@@ -272,6 +264,16 @@ fn decode_segment(seg: &str) -> Result<String, ProxyError> {
         }
     }
     Ok(out)
+}
+
+/// The byte a three-byte `%XX` escape stands for; `None` when it is
+/// truncated or not hex (`percent-encoding` leaves those as they are).
+fn escaped(escape: Option<&[u8]>) -> Option<u8> {
+    let mut decoded = percent_encoding::percent_decode(escape.filter(|e| e.len() == 3)?);
+    match (decoded.next(), decoded.next()) {
+        (Some(c), None) => Some(c),
+        _ => None,
+    }
 }
 
 fn utf8_len(first: u8) -> usize {

@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::app::Snapshot;
+use crate::attempt::{AttemptInfo, Progress};
 use crate::auth::Identity;
 use crate::budget::ledger::{BudgetHold, Ledger};
 use crate::cache::Capture;
@@ -18,22 +19,10 @@ use crate::limits::rate::Admission;
 use crate::limits::tokens::{self, Family};
 use crate::metrics::{self, Inflight, RequestLabels};
 use crate::pricing::{nanos_to_usd, Price};
-use crate::resilience::InflightGuard;
 use crate::sniff::Endpoint;
 use crate::stream::observe::Observed;
 use crate::usage::Usage;
 use crate::usage_log::UsageLog;
-
-/// One attempt, for the usage record.
-#[derive(Debug, Clone, Serialize)]
-pub struct AttemptInfo {
-    pub deployment: String,
-    /// HTTP status, or 0 when no response came.
-    pub status: u16,
-    /// `ok`, `retryable`, `client_error`, `timeout`, `connect_error`.
-    pub outcome: &'static str,
-    pub ms: f64,
-}
 
 /// How a response body ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,8 +93,6 @@ pub struct Holds {
     pub budget: Option<BudgetHold>,
     /// Tees the upstream answer into the cache (a miss that may be stored).
     pub capture: Option<Capture>,
-    /// Counts the request in flight on the deployment that answered.
-    pub inflight: Option<InflightGuard>,
 }
 
 /// Whether the response cache took part.
@@ -132,20 +119,12 @@ impl CacheState {
 /// What happened: written as the request is served.
 pub struct Outcome {
     pub status: u16,
-    /// The provider and model of the deployment that answered (the last
-    /// one tried).
-    pub provider: Arc<str>,
-    pub upstream_model: String,
-    pub attempts: u32,
-    /// Every upstream attempt.
-    pub attempt_log: Vec<AttemptInfo>,
-    /// Time spent waiting on the upstream for response headers.
-    pub upstream_wait: Duration,
+    /// The provider and model, the attempts and their timings (written by
+    /// the attempt loop; it also holds the in-flight guard of the
+    /// deployment that answered).
+    pub upstream: Progress,
     first_byte_at: Option<Instant>,
     pub error: Option<&'static str>,
-    /// An upstream request is out and its response has not come yet (a
-    /// client gone now leaves a request the provider bills).
-    pub awaiting_upstream: bool,
     pub cache: CacheState,
 }
 
@@ -189,14 +168,9 @@ impl RequestRecord {
             holds: Holds::default(),
             outcome: Outcome {
                 status: 0,
-                provider: Arc::from(""),
-                upstream_model: String::new(),
-                attempts: 0,
-                attempt_log: Vec::new(),
-                upstream_wait: Duration::ZERO,
+                upstream: Progress::default(),
                 first_byte_at: None,
                 error: None,
-                awaiting_upstream: false,
                 cache: CacheState::Bypass,
             },
             started,
@@ -267,17 +241,17 @@ impl RequestRecord {
 
         // Labels come from the config, never from what a client sent.
         let model_label = match &self.snap {
-            _ if self.outcome.upstream_model.is_empty() => "-",
-            Some(snap) => snap.router.model_label(&self.outcome.upstream_model),
+            _ if self.outcome.upstream.model.is_empty() => "-",
+            Some(snap) => snap.router.model_label(&self.outcome.upstream.model),
             None => crate::route::OTHER_MODEL,
         };
         metrics::request_done(
             &RequestLabels {
                 model: model_label,
-                provider: if self.outcome.provider.is_empty() {
+                provider: if self.outcome.upstream.provider.is_empty() {
                     "-"
                 } else {
-                    &self.outcome.provider
+                    &self.outcome.upstream.provider
                 },
                 endpoint: self.facts.endpoint.label(),
                 status: self.outcome.status,
@@ -293,7 +267,7 @@ impl RequestRecord {
                 .first_byte_at
                 .map(|fb| fb.duration_since(self.started))
                 .unwrap_or(duration)
-                .saturating_sub(self.outcome.upstream_wait),
+                .saturating_sub(self.outcome.upstream.wait),
         );
         if let Some(c) = cost {
             metrics::cost(model_label, c);
@@ -308,7 +282,7 @@ impl RequestRecord {
             metrics::tokens(model_label, "reasoning", u.reasoning);
         }
         metrics::response_bytes(self.facts.endpoint.label(), response_bytes);
-        if self.outcome.attempts > 0 {
+        if self.outcome.upstream.attempts > 0 {
             metrics::stream_end(end.label());
         }
 
@@ -323,9 +297,10 @@ impl RequestRecord {
             endpoint: self.facts.endpoint.label(),
             model: (!self.facts.model.is_empty()).then_some(self.facts.model.as_str()),
             routed_to: self.facts.routed_to.as_deref(),
-            upstream_model: (!self.outcome.upstream_model.is_empty())
-                .then_some(self.outcome.upstream_model.as_str()),
-            provider: (!self.outcome.provider.is_empty()).then_some(&*self.outcome.provider),
+            upstream_model: (!self.outcome.upstream.model.is_empty())
+                .then_some(self.outcome.upstream.model.as_str()),
+            provider: (!self.outcome.upstream.provider.is_empty())
+                .then_some(&*self.outcome.upstream.provider),
             status: self.outcome.status,
             stream: self.facts.stream,
             end: end.label(),
@@ -341,11 +316,12 @@ impl RequestRecord {
             usage_source,
             latency_ms: ms(duration),
             ttft_ms: ttft.map(ms),
-            upstream_ms: (self.outcome.attempts > 0).then(|| ms(self.outcome.upstream_wait)),
+            upstream_ms: (self.outcome.upstream.attempts > 0)
+                .then(|| ms(self.outcome.upstream.wait)),
             request_bytes: self.facts.request_bytes,
             response_bytes,
-            attempts: self.outcome.attempts,
-            attempt_log: &self.outcome.attempt_log,
+            attempts: self.outcome.upstream.attempts,
+            attempt_log: &self.outcome.upstream.log,
             cost_usd: cost.map(nanos_to_usd),
             cache: self.outcome.cache.label(),
             cost_saved_usd: cost_saved.map(nanos_to_usd),
@@ -380,22 +356,22 @@ impl RequestRecord {
 
     /// The price of the model that answered.
     fn price(&self) -> Option<Price> {
-        if self.outcome.upstream_model.is_empty() {
+        if self.outcome.upstream.model.is_empty() {
             return None;
         }
         self.snap
             .as_ref()?
             .config
             .prices
-            .get(&self.outcome.upstream_model)
+            .get(&self.outcome.upstream.model)
     }
 
     /// Usage for a request the provider answered but never reported usage
     /// for (a cut stream): the input as counted, the output from the
     /// streamed text, both with the model's tokenizer.
     fn estimate(&self, observed: &Observed) -> Option<Usage> {
-        let answered = self.outcome.attempts > 0
-            && ((200..300).contains(&self.outcome.status) || self.outcome.awaiting_upstream);
+        let answered = self.outcome.upstream.attempts > 0
+            && ((200..300).contains(&self.outcome.status) || self.outcome.upstream.awaiting);
         if !answered || !self.facts.endpoint.generates() {
             return None;
         }

@@ -209,6 +209,46 @@ fn build_client(p: &ProviderConfig) -> Result<HttpClient, String> {
         .build(https))
 }
 
+/// Why a request got no response headers from a provider (the transport's
+/// own failures; timeouts Sluice imposes are the attempt loop's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendError {
+    /// The connection was not established within `timeouts.connect`.
+    ConnectTimeout,
+    /// Connecting, the TLS handshake or the exchange failed; the error and
+    /// its causes on one line (no secrets: these are transport errors).
+    Connect(String),
+}
+
+impl SendError {
+    /// Classifies a client error: a connect timeout shows as an I/O
+    /// `TimedOut` somewhere in its causes.
+    pub fn from_client(e: &hyper_util::client::legacy::Error) -> SendError {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        while let Some(s) = source {
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::TimedOut {
+                    return SendError::ConnectTimeout;
+                }
+            }
+            source = s.source();
+        }
+        SendError::Connect(error_chain(e))
+    }
+}
+
+/// The error and its causes, one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 /// Certificates from PEM text.
 fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;

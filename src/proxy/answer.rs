@@ -50,7 +50,7 @@ pub(super) async fn upstream_answer(
             let idle = snap
                 .upstreams
                 .iter()
-                .find(|u| u.name == rec.outcome.provider)
+                .find(|u| u.name == rec.outcome.upstream.provider)
                 .map_or(snap.config.server.drain_timeout, |u| u.timeouts.idle);
             if let Some(sink) = ids.clone().filter(|_| head.status.is_success()) {
                 observer = observer.with_ids(sink);
@@ -61,7 +61,7 @@ pub(super) async fn upstream_answer(
                     idle,
                     deadline: rec.facts.deadline,
                 };
-                let provider = || rec.outcome.provider.to_string();
+                let provider = || rec.outcome.upstream.provider.to_string();
                 let bytes = match read_bounded(body, &head.headers, limits).await {
                     Ok(b) => b,
                     Err(ReadError::TooLarge) => {
@@ -230,13 +230,13 @@ pub(super) async fn owned_answer(
                 format!("response body failed: {e}")
             };
             return Err(ProxyError::UpstreamConnect {
-                provider: rec.outcome.provider.to_string(),
+                provider: rec.outcome.upstream.provider.to_string(),
                 detail,
             });
         }
         Err(_) => {
             return Err(ProxyError::UpstreamTimeout {
-                provider: rec.outcome.provider.to_string(),
+                provider: rec.outcome.upstream.provider.to_string(),
                 phase: "total",
             })
         }
@@ -262,7 +262,7 @@ pub(super) fn cache_hit(
         (ProxyBody::full(hit.body.clone()), hit.content_type.as_str())
     };
     rec.outcome.cache = CacheState::Hit;
-    rec.outcome.upstream_model = hit.model.clone();
+    rec.outcome.upstream.model = hit.model.clone();
     rec.first_byte(Instant::now());
     let mut resp = Response::new(body);
     resp.headers_mut()

@@ -100,7 +100,7 @@ pub(super) async fn serve(
     rec: &mut RequestRecord,
 ) -> Option<Answer> {
     let cfg = &snap.config.cache;
-    let upstream_model = rec.outcome.upstream_model.clone();
+    let upstream_model = rec.outcome.upstream.model.clone();
     let lookup = Lookup {
         cfg,
         endpoint: rec.facts.endpoint,

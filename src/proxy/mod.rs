@@ -68,9 +68,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
 
     let id = value(&rec.facts.id);
     let model =
-        (!rec.outcome.upstream_model.is_empty()).then(|| value(&rec.outcome.upstream_model));
-    let provider = (!rec.outcome.provider.is_empty()).then(|| value(&rec.outcome.provider));
-    let attempts = rec.outcome.attempts;
+        (!rec.outcome.upstream.model.is_empty()).then(|| value(&rec.outcome.upstream.model));
+    let provider =
+        (!rec.outcome.upstream.provider.is_empty()).then(|| value(&rec.outcome.upstream.provider));
+    let attempts = rec.outcome.upstream.attempts;
     let allowance = rec.holds.admission.as_ref().map(|a| a.allowance);
     let budget_left = rec.holds.budget.as_ref().and_then(|b| b.remaining);
     let cache_state = rec.outcome.cache;
@@ -179,8 +180,8 @@ async fn pipeline(
             model: chosen.model.clone(),
         })?;
     let upstream = &snap.upstreams[route.provider];
-    rec.outcome.provider = upstream.name.clone();
-    rec.outcome.upstream_model = route.upstream_model.clone();
+    rec.outcome.upstream.provider = upstream.name.clone();
+    rec.outcome.upstream.model = route.upstream_model.clone();
     // Token limits: cap the output, bound the input (counted only when the bound cannot decide).
     let tokens = token_plan(snap, vk, &route, upstream.kind, rec.facts.endpoint, &s)?;
     let anthropic = upstream.kind == ProviderKind::Anthropic;
@@ -244,7 +245,7 @@ async fn pipeline(
         deadline,
         reads_answer: false,
     };
-    let run = attempt::run(&call, groups, rec);
+    let run = attempt::run(&call, groups, &mut rec.outcome.upstream);
     let answer = count::with_context_check(run, deferred_count, &tokens.plan).await?;
     upstream_answer(answer, rec, snap, inject_usage, ids).await
 }

@@ -60,7 +60,8 @@ pub(super) async fn serve(
         deadline: deadline(rec, snap, &group),
         reads_answer: owner.is_some(),
     };
-    let mut answer = attempt::run(&call, VecDeque::from([group]), rec).await?;
+    let mut answer =
+        attempt::run(&call, VecDeque::from([group]), &mut rec.outcome.upstream).await?;
     if let Some(key) = owner {
         answer = owned_answer(answer, rec, &app.owners, &key).await?;
     }

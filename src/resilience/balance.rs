@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{random_u64, DeploymentState};
+use super::DeploymentState;
 use crate::config::Balance;
 
 /// A deployment the request may go to.
@@ -40,7 +40,7 @@ pub fn order(balance: Balance, cands: &[Candidate]) -> Vec<usize> {
                     .iter()
                     .map(|&i| u64::from(cands[i].weight.max(1)))
                     .sum();
-                let mut r = random_u64() % total;
+                let mut r = fastrand::u64(..total);
                 let pos = left
                     .iter()
                     .position(|&i| {
@@ -62,15 +62,15 @@ pub fn order(balance: Balance, cands: &[Candidate]) -> Vec<usize> {
                 .map(|i| {
                     let load = u128::from(cands[i].state.inflight.load(Ordering::Relaxed)) * 1000
                         / u128::from(cands[i].weight.max(1));
-                    (load, random_u64(), i)
+                    (load, fastrand::u64(..), i)
                 })
                 .collect();
             idx.sort_unstable();
             idx.into_iter().map(|(_, _, i)| i).collect()
         }
         Balance::P2cEwma => {
-            let a = (random_u64() % n as u64) as usize;
-            let mut b = (random_u64() % (n as u64 - 1)) as usize;
+            let a = fastrand::usize(..n);
+            let mut b = fastrand::usize(..n - 1);
             if b >= a {
                 b += 1;
             }

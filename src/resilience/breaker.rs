@@ -10,7 +10,7 @@
 //! client went away) stops holding the slot after `open_for`.
 
 use std::sync::Mutex;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use super::counts::WindowCounts;
 use crate::config::BreakerConfig;

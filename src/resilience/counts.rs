@@ -2,7 +2,9 @@
 //! event and a few hundred bytes per deployment, whatever the request rate.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Events and failures in the last `window`, to one-second resolution.
 #[derive(Debug)]

@@ -1,6 +1,8 @@
 //! Keeping requests alive through provider failures: per-deployment state
 //! (circuit breaker, retry budget, load stats), load balancing, backoff and
-//! the classification of attempt outcomes.
+//! the classification of attempt outcomes. Times are on tokio's clock
+//! (`tokio::time::Instant`: the system's, unless a test pauses it), so the
+//! attempt loop's tests can step through breaker cool-downs and budgets.
 
 pub mod balance;
 pub mod breaker;
@@ -130,33 +132,6 @@ pub struct DeploymentReport {
     pub circuit: &'static str,
     pub inflight: u64,
     pub latency_ewma_ms: f64,
-}
-
-/// A fast, non-cryptographic random number (load balancing, jitter).
-pub fn random_u64() -> u64 {
-    use std::cell::Cell;
-    use std::hash::{BuildHasher, Hasher};
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new({
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u64(0x5EED);
-            h.finish() | 1
-        });
-    }
-    STATE.with(|s| {
-        // xorshift64*
-        let mut x = s.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        s.set(x);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    })
-}
-
-/// A random number in [0, 1).
-pub fn random_unit() -> f64 {
-    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //! deployment so an outage does not multiply the load on it.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use http::{HeaderMap, StatusCode};
 
@@ -30,13 +32,21 @@ pub fn breaker_failure(status: StatusCode) -> bool {
 
 /// The provider's requested wait: `retry-after-ms`, or `retry-after` in
 /// seconds (HTTP dates are ignored).
+/// A value past what a `Duration` holds (`1e300`) is a wait longer than any
+/// bound; a negative or non-finite one is ignored.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let get = |name| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(ms) = get("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
-        return (ms >= 0.0).then(|| Duration::from_secs_f64(ms / 1000.0));
+        return seconds(ms / 1000.0);
     }
-    let secs = get("retry-after")?.trim().parse::<f64>().ok()?;
-    (secs >= 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
+    seconds(get("retry-after")?.trim().parse::<f64>().ok()?)
+}
+
+/// A wait of `secs` seconds, saturating (`Duration::from_secs_f64` panics
+/// past its range, and a provider's header must never panic a request).
+fn seconds(secs: f64) -> Option<Duration> {
+    (secs >= 0.0 && secs.is_finite())
+        .then(|| Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
 }
 
 /// How long to wait before retry number `n` (1-based): full jitter over an
@@ -138,6 +148,21 @@ mod tests {
             HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
         );
         assert_eq!(retry_after(&h), None);
+        // Hostile or broken values never panic: huge is "too long", the
+        // rest is ignored.
+        for (v, want) in [
+            ("1e300", Some(Duration::MAX)),
+            ("-1", None),
+            ("NaN", None),
+            ("inf", None),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("retry-after-ms", HeaderValue::from_static(v));
+            assert_eq!(retry_after(&h), want, "retry-after-ms: {v}");
+            let mut h = HeaderMap::new();
+            h.insert("retry-after", HeaderValue::from_static(v));
+            assert_eq!(retry_after(&h), want, "retry-after: {v}");
+        }
     }
 
     #[test]
