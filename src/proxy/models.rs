@@ -237,9 +237,9 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn snapshot(models: &str) -> Snapshot {
-        let text = format!(
-            r#"
+    /// `oa` (OpenAI, key), `local` (OpenAI-compatible, no key), `an`
+    /// (Anthropic, key): the providers of the listing tests.
+    pub(super) const PROVIDERS: &str = r#"
 [[providers]]
 name = "oa"
 kind = "openai"
@@ -256,9 +256,10 @@ name = "an"
 kind = "anthropic"
 base_url = "http://127.0.0.1:9"
 api_key_env = "K"
-{models}
-"#
-        );
+"#;
+
+    fn snapshot(models: &str) -> Snapshot {
+        let text = format!("{PROVIDERS}{models}\n");
         let cfg = Config::parse(&text, "t", &|_| Some("sk-1".into())).expect("config");
         Snapshot::build(cfg).expect("snapshot")
     }

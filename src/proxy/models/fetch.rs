@@ -207,27 +207,9 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    /// `oa` (OpenAI, key), `local` (OpenAI-compatible, no key), `an`
-    /// (Anthropic, key).
+    /// The listing tests' providers: `oa`, `local`, `an`.
     fn upstreams() -> Vec<Upstream> {
-        let text = r#"
-[[providers]]
-name = "oa"
-kind = "openai"
-base_url = "http://127.0.0.1:9/v1"
-api_key_env = "K"
-
-[[providers]]
-name = "local"
-kind = "openai-compatible"
-base_url = "http://127.0.0.1:9/v1"
-
-[[providers]]
-name = "an"
-kind = "anthropic"
-base_url = "http://127.0.0.1:9"
-api_key_env = "K"
-"#;
+        let text = super::super::tests::PROVIDERS;
         let cfg = Config::parse(text, "t", &|_| Some("sk-1".into())).expect("config");
         cfg.providers
             .iter()
