@@ -182,9 +182,16 @@ async fn admin(app: &App, method: &Method, path: &str, query: &str) -> Response<
             let n = query_param(query, "top")
                 .and_then(|t| t.parse().ok())
                 .unwrap_or(10);
+            let (scope, top) = match &app.fleet {
+                Some(fleet) => match fleet.spend_top(&by, n).await {
+                    Ok(top) => ("fleet", top),
+                    Err(e) => return state_unavailable(&e),
+                },
+                None => ("process", app.ledger.spend.top(&by, n)),
+            };
             json_response(
                 StatusCode::OK,
-                &json!({"by": by, "window": "today (UTC)", "top": app.ledger.spend.top(&by, n)}),
+                &json!({"by": by, "window": "today (UTC)", "scope": scope, "top": top}),
             )
         }
         (&Method::GET, "/admin/usage") => usage_export(app, query),
