@@ -389,3 +389,6 @@ impl LocalLimits {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -52,6 +52,15 @@ impl Owed {
         let i = self.lock();
         i.budgets.is_empty() && i.spend.is_empty()
     }
+
+    /// (budget entries, identity entries, nano-dollars owed in all).
+    #[cfg(test)]
+    pub fn total(&self) -> (usize, usize, Nanos) {
+        let i = self.lock();
+        let n =
+            i.budgets.values().map(|(_, n)| *n).sum::<Nanos>() + i.spend.values().sum::<Nanos>();
+        (i.budgets.len(), i.spend.len(), n)
+    }
 }
 
 impl Fleet {
