@@ -224,6 +224,20 @@ async fn admin(app: &App, method: &Method, path: &str, query: &str) -> Response<
                         "passthrough_keys": c.server.passthrough_keys,
                         "tls": c.server.tls.is_some(),
                     },
+                    "state": match &c.redis {
+                        None => json!({"backend": "embedded", "path": c.state_path}),
+                        Some(r) => json!({
+                            "backend": "redis",
+                            "url": crate::config::redact(&r.url),
+                            "key_prefix": r.key_prefix,
+                            "timeout_ms": r.timeout.as_millis() as u64,
+                            "on_unavailable": match r.on_unavailable {
+                                OnUnavailable::FailClosed => "fail_closed",
+                                OnUnavailable::FailOpen => "fail_open",
+                            },
+                            "fail_open_share": f64::from(r.fail_open_share) / 1000.0,
+                        }),
+                    },
                     "providers": c.providers.iter().map(|p| json!({
                         "name": p.name,
                         "kind": p.kind.as_str(),
