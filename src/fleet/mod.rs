@@ -110,7 +110,23 @@ impl Fleet {
     /// Connects lazily (Sluice starts while Redis is down) and starts the
     /// probe task.
     pub fn start(cfg: &RedisState) -> Result<Arc<Fleet>, redis::RedisError> {
-        let client = redis::Client::open(cfg.url.as_str())?;
+        let client = match &cfg.ca_file {
+            None => redis::Client::open(cfg.url.as_str())?,
+            Some(ca) => {
+                let pem = std::fs::read(ca).map_err(|e| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "cannot read [state] ca_file",
+                        format!("{}: {e}", ca.display()),
+                    ))
+                })?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(cfg.url.as_str(), certs)?
+            }
+        };
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.timeout.max(Duration::from_millis(200))))
             .set_response_timeout(Some(cfg.timeout))

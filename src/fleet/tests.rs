@@ -146,6 +146,7 @@ async fn owed_spend_adds_up_and_stays_bounded() {
         timeout: Duration::from_millis(50),
         on_unavailable: OnUnavailable::FailOpen,
         fail_open_share: 100,
+        ca_file: None,
     };
     let fleet = Fleet::start(&cfg).expect("lazy client");
     let budgets = [budget("b", 1_000, BudgetAction::Reject)];
