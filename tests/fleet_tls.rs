@@ -60,7 +60,7 @@ fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 async fn start_tls_redis(dir: &Path, ca: &Path, cert: &Path, key: &Path) -> TlsRedis {
     let port = free_port();
-    let child = Command::new("redis-server")
+    let mut child = Command::new("redis-server")
         .args([
             "--port",
             "0",
@@ -92,6 +92,8 @@ async fn start_tls_redis(dir: &Path, ca: &Path, cert: &Path, key: &Path) -> TlsR
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("redis-server did not listen on its TLS port");
 }
 
