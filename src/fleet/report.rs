@@ -76,6 +76,10 @@ impl Fleet {
     ) -> Result<Vec<BucketReport>, Unavailable> {
         let now = unix_now();
         let buckets = self.buckets("b").await?;
+        if buckets.is_empty() {
+            // Redis refuses an empty pipeline.
+            return Ok(Vec::new());
+        }
         let mut conn = self.admin_conn().await?;
         let mut pipe = redis::pipe();
         for b in &buckets {
@@ -156,6 +160,9 @@ impl Fleet {
                     names.insert(b, ());
                 }
             }
+        }
+        if names.is_empty() {
+            return Ok(Vec::new());
         }
         let mut conn = self.admin_conn().await?;
         let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
