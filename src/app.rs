@@ -14,6 +14,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::auth::Keys;
 use crate::budget::ledger::Ledger;
 use crate::cache::model_lists::ModelLists;
+use crate::cache::shared::SharedCache;
 use crate::cache::{Flights, ResponseCache};
 use crate::config::{Config, ConfigError, OnUnavailable};
 use crate::fleet::{Fleet, LocalLimits};
@@ -74,6 +75,14 @@ impl Snapshot {
     }
 }
 
+/// What `run` opened at start for state that outlives config snapshots.
+pub struct Stores {
+    pub ledger: Arc<Ledger>,
+    pub fleet: Option<Arc<Fleet>>,
+    pub shared_cache: Option<SharedCache>,
+    pub owners: Arc<Owners>,
+}
+
 /// Shared state of the running proxy.
 pub struct App {
     live: ArcSwap<Snapshot>,
@@ -111,19 +120,23 @@ impl App {
         config_path: Option<PathBuf>,
         usage: UsageLog,
         metrics: Option<PrometheusHandle>,
-        ledger: Arc<Ledger>,
-        fleet: Option<Arc<Fleet>>,
-        owners: Arc<Owners>,
+        stores: Stores,
     ) -> Arc<App> {
+        let Stores {
+            ledger,
+            fleet,
+            shared_cache,
+            owners,
+        } = stores;
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
             ^ (u64::from(std::process::id()) << 32);
-        let cache = Arc::new(ResponseCache::new(
-            snapshot.config.cache.max_bytes,
-            snapshot.config.cache.ttl,
-        ));
+        let cache = Arc::new(
+            ResponseCache::new(snapshot.config.cache.max_bytes, snapshot.config.cache.ttl)
+                .with_shared(shared_cache),
+        );
         Arc::new(App {
             live: ArcSwap::from_pointee(snapshot),
             config_path,

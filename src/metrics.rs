@@ -53,6 +53,10 @@ fn describe() {
         "sluice_cost_anomalies_total",
         "Spend-rate anomalies flagged, by dimension (user, feature)."
     );
+    describe_counter!(
+        "sluice_cache_shared_total",
+        "Shared (Redis) cache level: lookups after a local miss (hit, miss), answers written (stored), failed calls (error)."
+    );
     describe_gauge!(
         "sluice_state_up",
         "1 while the shared state store (Redis) answers, 0 while it is unavailable."
@@ -306,6 +310,11 @@ pub fn circuit(deployment: &str, state: &'static str) {
 }
 
 /// Size of a bounded map, after a sweep.
+/// A shared (Redis) cache call: hit, miss, stored or error.
+pub fn shared_cache(result: &'static str) {
+    counter!("sluice_cache_shared_total", "result" => result).increment(1);
+}
+
 /// Whether the shared (Redis) state store answers.
 pub fn state_up(up: bool) {
     gauge!("sluice_state_up").set(if up { 1.0 } else { 0.0 });

@@ -8,8 +8,9 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{App, Snapshot};
+use crate::app::{App, Snapshot, Stores};
 use crate::budget::ledger::{system_clock, Ledger};
+use crate::cache::shared::SharedCache;
 use crate::config::Config;
 use crate::fleet::Fleet;
 use crate::usage_log::UsageLog;
@@ -52,6 +53,15 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         }
         None => (open_ledger(&snapshot, &usage)?, None),
     };
+    let shared_cache = match &snapshot.config.shared_cache {
+        Some(c) => {
+            let shared =
+                SharedCache::start(c).map_err(|e| anyhow::anyhow!("[cache] shared_url: {e}"))?;
+            tracing::info!(url = %crate::config::redact(&c.url), "shared response cache in redis");
+            Some(shared)
+        }
+        None => None,
+    };
     let owners_path = ownership::file_beside(&snapshot.config.state_path);
     let owners = ownership::Owners::open(&owners_path, ownership::MAX_IDS)
         .map_err(|e| anyhow::anyhow!("owners file {}: {e}", owners_path.display()))?;
@@ -60,9 +70,12 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         Some(config_path),
         usage,
         Some(metrics),
-        ledger,
-        fleet,
-        Arc::new(owners),
+        Stores {
+            ledger,
+            fleet,
+            shared_cache,
+            owners: Arc::new(owners),
+        },
     );
     let stop_sweeper = CancellationToken::new();
     let sweeper = spawn_sweeper(app.clone(), stop_sweeper.clone());

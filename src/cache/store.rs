@@ -11,6 +11,7 @@ use moka::Expiry;
 
 use super::entry::CachedResponse;
 use super::key::CacheKey;
+use super::shared::SharedCache;
 
 /// TTLs are capped here: moka rejects expiry times too far in the future.
 const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -68,6 +69,8 @@ pub struct ResponseCache {
     cache: Cache<CacheKey, Stored>,
     counters: Arc<Counters>,
     default_ttl: Duration,
+    /// The second level every replica shares (`[cache] shared_url`).
+    shared: Option<Arc<SharedCache>>,
 }
 
 impl std::fmt::Debug for ResponseCache {
@@ -99,7 +102,21 @@ impl ResponseCache {
             cache,
             counters,
             default_ttl: default_ttl.min(MAX_TTL),
+            shared: None,
         }
+    }
+
+    /// Adds the shared second level.
+    pub fn with_shared(mut self, shared: Option<SharedCache>) -> ResponseCache {
+        self.shared = shared.map(Arc::new);
+        self
+    }
+
+    /// After a miss here: the shared level's entry, kept here too for what
+    /// is left of its TTL.
+    pub async fn get_shared(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
+        let (entry, ttl) = self.shared.as_ref()?.get(key).await?;
+        Some(self.insert_here(*key, entry, ttl))
     }
 
     /// The live entry for `key`, counting a hit or a miss.
@@ -124,13 +141,26 @@ impl ResponseCache {
         response: CachedResponse,
         ttl: Option<Duration>,
     ) -> Arc<CachedResponse> {
-        let response = Arc::new(response);
         let ttl = ttl.map_or(self.default_ttl, |t| t.min(MAX_TTL));
+        if let Some(shared) = &self.shared {
+            shared.put(&key, &response, ttl);
+        }
+        self.insert_here(key, response, ttl)
+    }
+
+    /// Stores in this process only.
+    fn insert_here(
+        &self,
+        key: CacheKey,
+        response: CachedResponse,
+        ttl: Duration,
+    ) -> Arc<CachedResponse> {
+        let response = Arc::new(response);
         self.cache.insert(
             key,
             Stored {
                 response: Arc::clone(&response),
-                ttl,
+                ttl: ttl.min(MAX_TTL),
             },
         );
         response
@@ -141,8 +171,11 @@ impl ResponseCache {
         self.cache.invalidate(key);
     }
 
-    /// Removes every entry.
+    /// Removes every entry (the shared level's too, in the background).
     pub fn purge_all(&self) {
+        if let Some(shared) = &self.shared {
+            shared.purge_all();
+        }
         self.cache.invalidate_all();
         self.cache.run_pending_tasks();
     }

@@ -40,8 +40,29 @@ pub struct CacheConfig {
     pub breakpoint_min_tokens: u64,
 }
 
+/// `[cache] shared_url`: the second-level cache in Redis.
+#[derive(Clone)]
+pub struct SharedCacheConfig {
+    /// `redis://` or `rediss://` (may hold a password: never logged).
+    pub url: String,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for SharedCacheConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedCacheConfig")
+            .field("url", &super::redact(&self.url))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
 impl Validator<'_> {
-    pub(super) fn cache(&mut self, c: &RawCache) -> CacheConfig {
+    pub(super) fn cache(
+        &mut self,
+        c: &RawCache,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> (CacheConfig, Option<SharedCacheConfig>) {
         let mode = match c.mode.as_deref() {
             None | Some("off") => CacheMode::Off,
             Some("deterministic") => CacheMode::Deterministic,
@@ -76,7 +97,8 @@ impl Validator<'_> {
         };
         let max_bytes = size("cache.max_bytes", &c.max_bytes, 256 << 20) as u64;
         let max_entry_bytes = size("cache.max_entry_bytes", &c.max_entry_bytes, 4 << 20);
-        CacheConfig {
+        let shared = self.shared_cache(c, env, mode);
+        let config = CacheConfig {
             mode,
             scope,
             max_bytes,
@@ -84,6 +106,62 @@ impl Validator<'_> {
             ttl: self.duration("cache.ttl", c.ttl.as_deref(), Duration::from_secs(3600)),
             anthropic_breakpoints: c.anthropic_breakpoints.unwrap_or(false),
             breakpoint_min_tokens: c.breakpoint_min_tokens.unwrap_or(1024),
+        };
+        (config, shared)
+    }
+
+    fn shared_cache(
+        &mut self,
+        c: &RawCache,
+        env: &dyn Fn(&str) -> Option<String>,
+        mode: CacheMode,
+    ) -> Option<SharedCacheConfig> {
+        let url = match (&c.shared_url, &c.shared_url_env) {
+            (None, None) => {
+                if c.shared_timeout.is_some() {
+                    self.err(
+                        "cache.shared_timeout",
+                        "only applies with shared_url or shared_url_env",
+                    );
+                }
+                return None;
+            }
+            (Some(u), None) => u.clone(),
+            (None, Some(name)) => match env(name).filter(|v| !v.is_empty()) {
+                Some(u) => u,
+                None => {
+                    self.err(
+                        "cache.shared_url_env",
+                        format!("environment variable {name} is not set"),
+                    );
+                    return None;
+                }
+            },
+            (Some(_), Some(_)) => {
+                self.err(
+                    "cache.shared_url",
+                    "set shared_url or shared_url_env, not both",
+                );
+                return None;
+            }
+        };
+        if mode == CacheMode::Off {
+            self.err(
+                "cache.shared_url",
+                "only applies when the cache is on (cache.mode)",
+            );
         }
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            self.err(
+                "cache.shared_url",
+                format!("{} is not a redis:// or rediss:// URL", super::redact(&url)),
+            );
+        }
+        let timeout = self.duration(
+            "cache.shared_timeout",
+            c.shared_timeout.as_deref(),
+            Duration::from_millis(50),
+        );
+        Some(SharedCacheConfig { url, timeout })
     }
 }

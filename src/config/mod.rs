@@ -17,7 +17,7 @@ use std::time::Duration;
 
 pub use bounds::Bounds;
 pub use budget::{applies, applies_any, BudgetAction, BudgetRule, Permille};
-pub use cache::{CacheConfig, CacheMode, CacheScope};
+pub use cache::{CacheConfig, CacheMode, CacheScope, SharedCacheConfig};
 pub use limits::{Dim, RateRule, TokenLimits};
 pub use routing::{
     Balance, BreakerConfig, Deployment, HeaderMatch, ModelRule, RetryConfig, TierRoute, TierRule,
@@ -69,6 +69,9 @@ pub struct Config {
     /// entry.
     pub max_buckets: usize,
     pub cache: CacheConfig,
+    /// `[cache] shared_url`: a Redis every replica shares as a second level
+    /// behind its own cache (set up at start).
+    pub shared_cache: Option<SharedCacheConfig>,
 }
 
 /// The data-plane listener and its request limits.
@@ -399,7 +402,7 @@ impl Validator<'_> {
             }
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
         };
-        let cache = self.cache(&raw.cache);
+        let (cache, shared_cache) = self.cache(&raw.cache, env);
         let max_request_cost = raw.limits.max_request_cost_usd.map(|usd| {
             if usd <= 0.0 {
                 self.err("limits.max_request_cost_usd", "must be greater than zero");
@@ -427,6 +430,7 @@ impl Validator<'_> {
             redis,
             max_buckets,
             cache,
+            shared_cache,
         })
     }
 

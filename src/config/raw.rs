@@ -51,6 +51,9 @@ pub struct RawCache {
     pub ttl: Option<String>,
     pub anthropic_breakpoints: Option<bool>,
     pub breakpoint_min_tokens: Option<u64>,
+    pub shared_url: Option<String>,
+    pub shared_url_env: Option<String>,
+    pub shared_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -63,6 +63,10 @@ pub(super) async fn lookup(app: &App, l: Lookup<'_>) -> Step {
         if let Some(hit) = app.cache.get(&key) {
             return Step::Hit(hit);
         }
+        // The fleet's shared level, when configured: one round trip.
+        if let Some(hit) = app.cache.get_shared(&key).await {
+            return Step::Hit(hit);
+        }
     }
     if !policy.store {
         return Step::Miss { lead: None };
