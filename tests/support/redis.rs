@@ -27,6 +27,9 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// A redis.conf to start from (deploy/k8s/redis.yaml's), instead of the
+    /// fixture's own persistence flags.
+    conf: Option<PathBuf>,
 }
 
 /// One RESP reply.
@@ -60,19 +63,37 @@ impl RedisServer {
     /// Starts redis-server on a free 127.0.0.1 port in a fresh directory and
     /// waits until it answers PING.
     pub fn start() -> RedisServer {
+        Self::start_from(None)
+    }
+
+    /// Starts redis-server on the configuration file text `conf`, with only
+    /// the port, bind address and directory overridden (so the file's own
+    /// persistence and memory settings are what runs).
+    pub fn start_with_config(conf: &str) -> RedisServer {
+        Self::start_from(Some(conf))
+    }
+
+    fn start_from(conf: Option<&str>) -> RedisServer {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("sluice-redis-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("redis temp dir");
+        let conf = conf.map(|text| {
+            let path = dir.join("redis.conf");
+            std::fs::write(&path, text).expect("write redis.conf");
+            path
+        });
         // The port is free when asked, but another process may take it before
         // redis binds it: try a few ports before calling it a failure.
+        let mut r = RedisServer {
+            child: None,
+            port: 0,
+            dir,
+            conf,
+        };
         let mut last_log = String::new();
         for _ in 0..5 {
-            let mut r = RedisServer {
-                child: None,
-                port: free_port(),
-                dir: dir.clone(),
-            };
+            r.port = free_port();
             match r.launch() {
                 Ok(()) => return r,
                 Err(log) => last_log = log,
@@ -180,12 +201,18 @@ impl RedisServer {
             .open(self.dir.join("redis.log"))
             .expect("redis log file");
         let port = self.port.to_string();
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port, "--bind", "127.0.0.1"])
+        let mut cmd = Command::new("redis-server");
+        match &self.conf {
+            // A config file must come first; command-line options override it.
+            Some(conf) => cmd.arg(conf),
+            None => cmd
+                .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+                .args(["--save", ""]),
+        };
+        let mut child = cmd
+            .args(["--port", &port, "--bind", "127.0.0.1", "--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir)
-            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
-            .args(["--save", "", "--daemonize", "no"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
