@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::app::App;
 use crate::body::ProxyBody;
+use crate::config::OnUnavailable;
 
 mod export;
 
@@ -21,6 +22,17 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
         (&Method::GET, "/readyz") => {
             if app.is_shutting_down() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+            } else if let Some(why) = app.fleet.as_ref().and_then(|f| {
+                // Fail-closed replicas refuse limited requests without Redis:
+                // send traffic elsewhere. Fail-open ones still serve.
+                (f.policy == OnUnavailable::FailClosed)
+                    .then(|| f.health.unavailable_because())
+                    .flatten()
+                    .map(|e| format!("redis state store unavailable ({e})"))
+            }) {
+                let mut r = Response::new(ProxyBody::full(format!("not ready: {why}\n")));
+                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                r
             } else if let Some(why) = app.ledger.journal_degraded() {
                 // Charges cannot be made durable: send traffic elsewhere.
                 let mut r = Response::new(ProxyBody::full(format!("not ready: {why}\n")));
@@ -46,13 +58,13 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
             if let Some(denied) = reject(&app, &req) {
                 return denied;
             }
-            admin(&app, req.method(), p, req.uri().query().unwrap_or(""))
+            admin(&app, req.method(), p, req.uri().query().unwrap_or("")).await
         }
         _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
     }
 }
 
-fn admin(app: &App, method: &Method, path: &str, query: &str) -> Response<ProxyBody> {
+async fn admin(app: &App, method: &Method, path: &str, query: &str) -> Response<ProxyBody> {
     match (method, path) {
         (&Method::POST, "/admin/reload") => match app.reload() {
             Ok(()) => json_response(StatusCode::OK, &json!({"reloaded": true})),
@@ -130,15 +142,32 @@ fn admin(app: &App, method: &Method, path: &str, query: &str) -> Response<ProxyB
         }
         (&Method::GET, "/admin/budgets") => {
             let snap = app.snapshot();
-            json_response(
-                StatusCode::OK,
-                &json!({"budgets": app.ledger.report(&snap.config.budgets)}),
-            )
+            let budgets = &snap.config.budgets;
+            match &app.fleet {
+                Some(fleet) => match fleet.budget_report(budgets).await {
+                    Ok(report) => json_response(
+                        StatusCode::OK,
+                        &json!({"scope": "fleet", "budgets": report}),
+                    ),
+                    Err(e) => state_unavailable(&e),
+                },
+                None => json_response(
+                    StatusCode::OK,
+                    &json!({"scope": "process", "budgets": app.ledger.report(budgets)}),
+                ),
+            }
         }
         (&Method::POST, "/admin/budgets/reset") => {
             let snap = app.snapshot();
             let bucket = query_param(query, "bucket").unwrap_or_default();
-            if app.ledger.reset(&snap.config.budgets, &bucket) {
+            let reset = match &app.fleet {
+                Some(fleet) => match fleet.reset_budget(&snap.config.budgets, &bucket).await {
+                    Ok(done) => done,
+                    Err(e) => return state_unavailable(&e),
+                },
+                None => app.ledger.reset(&snap.config.budgets, &bucket),
+            };
+            if reset {
                 tracing::warn!(%bucket, "budget reset by the admin API");
                 json_response(StatusCode::OK, &json!({"reset": bucket}))
             } else {
@@ -162,10 +191,19 @@ fn admin(app: &App, method: &Method, path: &str, query: &str) -> Response<ProxyB
         (&Method::GET, "/admin/limits") => {
             // `?filter=user=alice` narrows to buckets whose name contains it.
             let filter = query_param(query, "filter").unwrap_or_default();
-            json_response(
-                StatusCode::OK,
-                &json!({"buckets": app.rate.snapshot(&filter)}),
-            )
+            match &app.fleet {
+                Some(fleet) => match fleet.rate_report(&filter).await {
+                    Ok(buckets) => json_response(
+                        StatusCode::OK,
+                        &json!({"scope": "fleet", "buckets": buckets}),
+                    ),
+                    Err(e) => state_unavailable(&e),
+                },
+                None => json_response(
+                    StatusCode::OK,
+                    &json!({"scope": "process", "buckets": app.rate.snapshot(&filter)}),
+                ),
+            }
         }
         (&Method::GET, "/admin/config") => {
             let snap = app.snapshot();
@@ -330,6 +368,14 @@ fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<ProxyBod
         HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// An admin view that needs Redis while it is unavailable.
+fn state_unavailable(e: &crate::fleet::report::Unavailable) -> Response<ProxyBody> {
+    json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({"error": e.to_string()}),
+    )
 }
 
 #[cfg(test)]

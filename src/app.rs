@@ -15,7 +15,8 @@ use crate::auth::Keys;
 use crate::budget::ledger::Ledger;
 use crate::cache::model_lists::ModelLists;
 use crate::cache::{Flights, ResponseCache};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, OnUnavailable};
+use crate::fleet::{Fleet, LocalLimits};
 use crate::limits::rate::RateLimiter;
 use crate::ownership::Owners;
 use crate::resilience::Deployments;
@@ -30,6 +31,9 @@ pub struct Snapshot {
     pub upstreams: Vec<Upstream>,
     pub router: Router,
     pub keys: Keys,
+    /// Fleet mode with `on_unavailable = "fail_open"`: the limits this
+    /// replica enforces alone while Redis is away.
+    pub local_limits: Option<LocalLimits>,
 }
 
 impl Snapshot {
@@ -55,11 +59,17 @@ impl Snapshot {
             &s.passthrough,
         );
         let router = Router::new(config.models.clone(), config.routing.clone());
+        let local_limits = config
+            .redis
+            .as_ref()
+            .filter(|r| r.on_unavailable == OnUnavailable::FailOpen)
+            .map(|r| LocalLimits::scaled(&config.rate_limits, &config.budgets, r.fail_open_share));
         Ok(Snapshot {
             config,
             upstreams,
             router,
             keys,
+            local_limits,
         })
     }
 }
@@ -75,8 +85,12 @@ pub struct App {
     /// Breakers, retry budgets and load stats per deployment; they outlive
     /// config snapshots too.
     pub deployments: Deployments,
-    /// Budget spend (embedded state).
+    /// Budget spend (embedded state; in fleet mode, what this replica
+    /// charges on its own while Redis is away).
     pub ledger: Arc<Ledger>,
+    /// Budgets and rate limits shared with the fleet (`[state] backend =
+    /// "redis"`); fixed at start.
+    pub fleet: Option<Arc<Fleet>>,
     /// The response cache (sized at start) and its in-flight misses.
     pub cache: Arc<ResponseCache>,
     pub flights: Flights,
@@ -98,6 +112,7 @@ impl App {
         usage: UsageLog,
         metrics: Option<PrometheusHandle>,
         ledger: Arc<Ledger>,
+        fleet: Option<Arc<Fleet>>,
         owners: Arc<Owners>,
     ) -> Arc<App> {
         let seed = std::time::SystemTime::now()
@@ -120,6 +135,7 @@ impl App {
             flights: Flights::new(),
             model_lists: ModelLists::new(),
             ledger,
+            fleet,
             owners,
             shutting_down: AtomicBool::new(false),
             id_seed: seed,
@@ -148,6 +164,13 @@ impl App {
             || snap.config.admin.listen != old.config.admin.listen
         {
             tracing::warn!("listen addresses changed; they take effect on restart");
+        }
+        if snap.config.redis.as_ref().map(|r| (&r.url, &r.key_prefix))
+            != old.config.redis.as_ref().map(|r| (&r.url, &r.key_prefix))
+        {
+            tracing::warn!(
+                "[state] backend, url or key_prefix changed; they take effect on restart"
+            );
         }
         self.live.store(Arc::new(snap));
         tracing::info!(path = %path.display(), "config reloaded");

@@ -111,6 +111,8 @@ pub enum ProxyError {
     NoHealthyDeployment,
     #[error("Sluice is shutting down")]
     ShuttingDown,
+    #[error("the shared budget and rate-limit state is unreachable; retry shortly")]
+    StateUnavailable,
     #[error("internal error: {}", Clip(.0, MAX_MESSAGE_CHARS))]
     Internal(String),
 }
@@ -150,7 +152,9 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::ShuttingDown | Self::NoHealthyDeployment => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ShuttingDown | Self::NoHealthyDeployment | Self::StateUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -160,9 +164,10 @@ impl ProxyError {
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamBodyTooLarge { .. }
             | Self::NoHealthyDeployment => Origin::Upstream,
-            Self::ProviderKeyMissing { .. } | Self::Internal(_) | Self::ShuttingDown => {
-                Origin::Internal
-            }
+            Self::ProviderKeyMissing { .. }
+            | Self::Internal(_)
+            | Self::ShuttingDown
+            | Self::StateUnavailable => Origin::Internal,
             _ => Origin::Client,
         }
     }
@@ -201,6 +206,7 @@ impl ProxyError {
             Self::UpstreamBodyTooLarge { .. } => "upstream_body_too_large",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::ShuttingDown => "shutting_down",
+            Self::StateUnavailable => "state_unavailable",
             Self::NoHealthyDeployment => "no_healthy_deployment",
             Self::Internal(_) => "internal",
         }
@@ -227,6 +233,7 @@ impl ProxyError {
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::UpstreamConnect { .. } => "upstream_unreachable",
             Self::UpstreamBodyTooLarge { .. } => "upstream_response_too_large",
+            Self::StateUnavailable => "state_unavailable",
             _ => return None,
         })
     }
@@ -304,6 +311,12 @@ impl ProxyError {
             // Waiting will not help until the window rolls over.
             resp.headers_mut()
                 .insert("x-should-retry", HeaderValue::from_static("false"));
+        }
+        if let Self::StateUnavailable = &self {
+            // Redis usually comes back within seconds: SDKs may retry.
+            let h = resp.headers_mut();
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            h.insert("x-should-retry", HeaderValue::from_static("true"));
         }
         if let Self::RateLimited(r) = &self {
             let h = resp.headers_mut();

@@ -27,6 +27,7 @@ pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod fleet;
 pub mod glob;
 pub mod headers;
 pub mod limits;

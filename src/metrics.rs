@@ -53,6 +53,22 @@ fn describe() {
         "sluice_cost_anomalies_total",
         "Spend-rate anomalies flagged, by dimension (user, feature)."
     );
+    describe_gauge!(
+        "sluice_state_up",
+        "1 while the shared state store (Redis) answers, 0 while it is unavailable."
+    );
+    describe_counter!(
+        "sluice_state_errors_total",
+        "Failed or timed-out calls to the shared state store, by operation."
+    );
+    describe_counter!(
+        "sluice_state_fail_open_total",
+        "Requests served under local counters while the shared state store was unavailable."
+    );
+    describe_counter!(
+        "sluice_state_settle_lost_total",
+        "Settlements given up on after retrying for 5 minutes (their charge is not in Redis)."
+    );
     describe_counter!(
         "sluice_budget_rejected_total",
         "Requests refused because a budget was exhausted, by budget."
@@ -290,6 +306,26 @@ pub fn circuit(deployment: &str, state: &'static str) {
 }
 
 /// Size of a bounded map, after a sweep.
+/// Whether the shared (Redis) state store answers.
+pub fn state_up(up: bool) {
+    gauge!("sluice_state_up").set(if up { 1.0 } else { 0.0 });
+}
+
+/// A failed or timed-out call to the shared state store.
+pub fn state_error(op: &'static str) {
+    counter!("sluice_state_errors_total", "op" => op).increment(1);
+}
+
+/// A request served under local counters while the shared store was away.
+pub fn state_fail_open() {
+    counter!("sluice_state_fail_open_total").increment(1);
+}
+
+/// A settlement given up on after `SETTLE_GIVE_UP` of retries.
+pub fn state_settle_lost() {
+    counter!("sluice_state_settle_lost_total").increment(1);
+}
+
 pub fn state_entries(map: &'static str, n: usize) {
     gauge!("sluice_state_entries", "map" => map).set(n as f64);
 }

@@ -15,6 +15,7 @@ use crate::auth::Identity;
 use crate::budget::ledger::{BudgetHold, Ledger};
 use crate::cache::Capture;
 use crate::error::ApiShape;
+use crate::fleet::{FleetHold, Settled};
 use crate::limits::rate::Admission;
 use crate::limits::tokens::{self, Family};
 use crate::metrics::{self, Inflight, RequestLabels};
@@ -91,6 +92,9 @@ pub struct Holds {
     pub admission: Option<Admission>,
     /// Budget reservations, settled with the actual cost at the end.
     pub budget: Option<BudgetHold>,
+    /// Fleet mode: rate and budget reservations in Redis, settled by a
+    /// task once the request ends.
+    pub fleet: Option<FleetHold>,
     /// Tees the upstream answer into the cache (a miss that may be stored).
     pub capture: Option<Capture>,
 }
@@ -327,6 +331,25 @@ impl RequestRecord {
             cost_saved_usd: cost_saved.map(nanos_to_usd),
             prompt_cache_breakpoints: self.facts.breakpoints,
         };
+        if let Some(hold) = self.holds.fleet.take() {
+            // The usage line is written once the charge is in Redis.
+            let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+            bytes.push(b'\n');
+            let sink = self.sink.clone();
+            let snap = self.snap.clone();
+            let tokens = usage.map_or(0, |u| u.input + u.output);
+            hold.settle(
+                tokens,
+                cost.unwrap_or(0),
+                Box::new(move |settled| {
+                    sink.write_raw(bytes);
+                    if let (Some(settled), Some(snap)) = (settled, snap) {
+                        fire_alerts(&snap.config.budgets, &settled);
+                    }
+                }),
+            );
+            return;
+        }
         match (self.holds.budget.take(), &self.snap) {
             (Some(hold), Some(snap)) => {
                 // The usage line is written once the charge is durable.
@@ -340,6 +363,21 @@ impl RequestRecord {
                 }
             }
             _ => self.sink.write(&line),
+        }
+    }
+}
+
+/// Fires the alerts whose thresholds a fleet settlement crossed.
+fn fire_alerts(budgets: &[crate::config::BudgetRule], settled: &[Settled]) {
+    for s in settled {
+        let Some(rule) = budgets.iter().find(|b| b.name == s.budget) else {
+            continue;
+        };
+        for &t in &rule.alert_permille {
+            let at = crate::budget::ledger::threshold(rule.limit, t);
+            if s.before < at && s.after >= at {
+                crate::budget::alert::fire(rule, &s.bucket, t);
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{App, Snapshot};
 use crate::budget::ledger::{system_clock, Ledger};
 use crate::config::Config;
+use crate::fleet::Fleet;
 use crate::usage_log::UsageLog;
 use crate::{admin, metrics, ownership, proxy, server};
 
@@ -38,20 +39,19 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         Some(files) => Some(server::tls_acceptor(files).map_err(|e| anyhow::anyhow!("tls: {e}"))?),
         None => None,
     };
-    let ledger = Ledger::open(
-        &snapshot.config.state_path,
-        &snapshot.config.budgets,
-        usage.clone(),
-        system_clock(),
-    )
-    .map_err(|e| {
-        if e.kind() == std::io::ErrorKind::InvalidData {
-            // Already names the file and the line.
-            anyhow::anyhow!("budget state: {e}")
-        } else {
-            anyhow::anyhow!("state file {}: {e}", snapshot.config.state_path.display())
+    let (ledger, fleet) = match &snapshot.config.redis {
+        // Fleet mode: budgets and rate windows live in Redis; the local
+        // ledger only counts what this replica serves while Redis is away.
+        Some(redis) => {
+            let fleet = Fleet::start(redis).map_err(|e| anyhow::anyhow!("[state] redis: {e}"))?;
+            tracing::info!(url = %crate::config::redact(&redis.url), prefix = %redis.key_prefix, "fleet state in redis");
+            (
+                Ledger::unjournaled(usage.clone(), system_clock()),
+                Some(fleet),
+            )
         }
-    })?;
+        None => (open_ledger(&snapshot, &usage)?, None),
+    };
     let owners_path = ownership::file_beside(&snapshot.config.state_path);
     let owners = ownership::Owners::open(&owners_path, ownership::MAX_IDS)
         .map_err(|e| anyhow::anyhow!("owners file {}: {e}", owners_path.display()))?;
@@ -61,6 +61,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         usage,
         Some(metrics),
         ledger,
+        fleet,
         Arc::new(owners),
     );
     let stop_sweeper = CancellationToken::new();
@@ -121,11 +122,36 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let _ = admin_task.await;
     stop_sweeper.cancel();
     let _ = sweeper.await;
+    if let Some(fleet) = &app.fleet {
+        // Settlements finish (and write their usage records) before exit.
+        fleet.drain(SETTLE_DRAIN).await;
+    }
     app.ledger.close().await;
     app.owners.close().await;
     app.usage.flush().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long shutdown waits for fleet settlements still in flight.
+const SETTLE_DRAIN: Duration = Duration::from_secs(10);
+
+/// Opens the embedded budget journal.
+fn open_ledger(snapshot: &Snapshot, usage: &UsageLog) -> anyhow::Result<Arc<Ledger>> {
+    Ledger::open(
+        &snapshot.config.state_path,
+        &snapshot.config.budgets,
+        usage.clone(),
+        system_clock(),
+    )
+    .map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidData {
+            // Already names the file and the line.
+            anyhow::anyhow!("budget state: {e}")
+        } else {
+            anyhow::anyhow!("state file {}: {e}", snapshot.config.state_path.display())
+        }
+    })
 }
 
 /// How often idle per-identity state is swept.

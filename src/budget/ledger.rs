@@ -115,6 +115,19 @@ impl Ledger {
         })
     }
 
+    /// A ledger that writes usage records but keeps spend in memory only
+    /// (fleet mode: what a replica charges while Redis is away).
+    pub fn unjournaled(usage: UsageLog, clock: Clock) -> Arc<Ledger> {
+        Arc::new(Ledger {
+            slots: Mutex::new(HashMap::new()),
+            max_slots: AtomicUsize::new(crate::config::DEFAULT_MAX_BUCKETS),
+            spend: SpendIndex::default(),
+            journal: Journal::none(),
+            usage,
+            clock,
+        })
+    }
+
     /// Opens the journal at `path`: replays the spend of windows that are
     /// still current, compacts the file, and starts the writer.
     pub fn open(

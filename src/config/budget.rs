@@ -1,7 +1,5 @@
 //! Config for spend: budgets, prices and the embedded state file.
 
-use std::path::PathBuf;
-
 use super::raw::RawConfig;
 use super::{Dim, ModelRule, ProviderConfig, Validator};
 use crate::glob::in_filter;
@@ -195,21 +193,6 @@ impl Validator<'_> {
             }
         }
         out
-    }
-
-    pub(super) fn state(&mut self, raw: &RawConfig) -> PathBuf {
-        match raw.state.backend.as_deref() {
-            None | Some("embedded") => {}
-            Some("redis") => self.err(
-                "state.backend",
-                "\"redis\" is not available in this build yet; use \"embedded\"",
-            ),
-            Some(other) => self.err(
-                "state.backend",
-                format!("unknown backend {other:?} (expected embedded)"),
-            ),
-        }
-        PathBuf::from(raw.state.path.as_deref().unwrap_or("sluice-state.jsonl"))
     }
 }
 

@@ -7,6 +7,7 @@ mod cache;
 mod limits;
 mod raw;
 mod routing;
+mod state;
 mod values;
 
 use std::collections::HashSet;
@@ -21,6 +22,7 @@ pub use limits::{Dim, RateRule, TokenLimits};
 pub use routing::{
     Balance, BreakerConfig, Deployment, HeaderMatch, ModelRule, RetryConfig, TierRoute, TierRule,
 };
+pub use state::{redact, OnUnavailable, RedisState, MAX_REDIS_NANOS};
 pub use values::parse_duration;
 use values::parse_size;
 
@@ -59,6 +61,9 @@ pub struct Config {
     pub max_request_cost: Option<crate::pricing::Nanos>,
     /// The embedded state file (budget spend journal).
     pub state_path: PathBuf,
+    /// `[state] backend = "redis"`: budgets and rate windows shared by
+    /// every replica through Redis.
+    pub redis: Option<RedisState>,
     /// Entries each per-identity map (rate-limit buckets, budget buckets,
     /// spend attribution) may hold; identities past it share an overflow
     /// entry.
@@ -385,7 +390,7 @@ impl Validator<'_> {
         let routing = self.routing(&raw, &models);
         let prices = crate::pricing::PriceTable::with_overrides(&raw.pricing);
         let budgets = self.budgets(&raw, &models, &providers, &prices);
-        let state_path = self.state(&raw);
+        let (state_path, redis) = self.state(&raw, env);
         let max_buckets = match raw.state.max_buckets {
             None => DEFAULT_MAX_BUCKETS,
             Some(0) => {
@@ -419,6 +424,7 @@ impl Validator<'_> {
             prices,
             max_request_cost,
             state_path,
+            redis,
             max_buckets,
             cache,
         })

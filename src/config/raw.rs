@@ -75,6 +75,12 @@ pub struct RawState {
     pub backend: Option<String>,
     pub path: Option<String>,
     pub max_buckets: Option<u64>,
+    pub url: Option<String>,
+    pub url_env: Option<String>,
+    pub key_prefix: Option<String>,
+    pub timeout: Option<String>,
+    pub on_unavailable: Option<String>,
+    pub fail_open_share: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -73,7 +73,13 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
         (!rec.outcome.upstream.provider.is_empty()).then(|| value(&rec.outcome.upstream.provider));
     let attempts = rec.outcome.upstream.attempts;
     let allowance = rec.holds.admission.as_ref().map(|a| a.allowance);
-    let budget_left = rec.holds.budget.as_ref().and_then(|b| b.remaining);
+    let (allowance, budget_left) = match &rec.holds.fleet {
+        Some(f) => (Some(f.allowance), f.remaining),
+        None => (
+            allowance,
+            rec.holds.budget.as_ref().and_then(|b| b.remaining),
+        ),
+    };
     let cache_state = rec.outcome.cache;
     let has_model = rec.facts.endpoint.has_model();
     let shape = rec.facts.shape;
@@ -214,18 +220,15 @@ async fn pipeline(
     if let Some(answer) = lookup.await {
         return Ok(answer);
     }
-    // Rate limits: a slot under every rule, reserving input plus every choice's output cap.
+    // Rate limits: a slot under every rule, reserving input plus every choice's output cap;
     let output = tokens_out(snap, &tokens, priced.as_ref(), &s);
-    holds::admit(app, snap, rec, &s.model, Some(&mut input), |n| {
-        n.saturating_add(output)
-    })
-    .await?;
+    let reserve = |n: u64| n.saturating_add(output);
     // Budgets: the worst case at every budget that applies, all or nothing.
-    if let Some(p) = &priced {
-        let worst =
-            |n| cost::price(&tokens.plan, &p.price, Ask { input: n, ..p.ask }).map(|p| p.worst);
-        holds::reserve(app, snap, rec, &s.model, &mut input, worst).await?;
-    }
+    let worst = priced.as_ref().map(|p| {
+        let plan = &tokens.plan;
+        move |n| cost::price(plan, &p.price, Ask { input: n, ..p.ask }).map(|p| p.worst)
+    });
+    holds::take(app, snap, rec, &s.model, Some(&mut input), reserve, worst).await?;
     rec.facts.input_counted = input.exact();
     if rec.facts.endpoint.generates() {
         rec.facts.request_body = Some(body.clone());

@@ -73,7 +73,11 @@ pub(super) fn choose(
         identity: &rec.facts.identity,
         model: &s.model,
     };
-    let model = match app.ledger.downgrade(&snap.config.budgets, &subject) {
+    let downgrade = match &app.fleet {
+        Some(fleet) => fleet.downgrade(&snap.config.budgets, &subject),
+        None => app.ledger.downgrade(&snap.config.budgets, &subject),
+    };
+    let model = match downgrade {
         Some(cheaper) if cheaper != model && vk.is_none_or(|k| k.allows(&cheaper)) => {
             tracing::debug!(from = %model, to = %cheaper, "budget downgrade");
             rec.facts.routed_to = Some(cheaper.clone());

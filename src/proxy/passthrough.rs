@@ -44,7 +44,7 @@ pub(super) async fn serve(
     let owner = owned_passthrough(app, cred, &target.path, parts, &body)?;
     let group = passthrough_group(snap, &app.deployments, rec.facts.shape, cred)
         .ok_or_else(|| ProxyError::NotFound(target.path.clone()))?;
-    holds::admit(app, snap, rec, "", None, |_| 0).await?;
+    holds::take(app, snap, rec, "", None, |_| 0, holds::NO_BUDGET).await?;
     let owner = owner.filter(|_| ownership::records_answer(&target.path, &parts.method));
     let call = attempt::Call {
         snap,

@@ -1,0 +1,59 @@
+//! What this replica last saw of each fleet budget bucket's use, from its
+//! own take and settle replies: enough to decide budget downgrades without
+//! a second round trip (as fresh as this replica's last request to that
+//! bucket). Bounded: past `MAX_SEEN` buckets the view starts afresh.
+
+use std::sync::Mutex;
+
+use hashbrown::HashMap;
+
+use crate::config::{applies, BudgetAction, BudgetRule};
+use crate::limits::rate::Subject;
+use crate::pricing::Nanos;
+use crate::vocab::bucket_key;
+
+/// The most buckets remembered.
+pub const MAX_SEEN: usize = 100_000;
+
+#[derive(Debug, Default)]
+pub struct Seen {
+    used: Mutex<HashMap<String, (String, Nanos)>>,
+}
+
+impl Seen {
+    /// `bucket` had `used` (spent + reserved) in `window`.
+    pub fn note(&self, bucket: &str, window: String, used: Nanos) {
+        let mut map = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_SEEN && !map.contains_key(bucket) {
+            map.clear();
+        }
+        map.insert(bucket.to_owned(), (window, used));
+    }
+
+    /// The model to downgrade to, when a downgrade budget is past its
+    /// threshold as last seen.
+    pub fn downgrade(
+        &self,
+        budgets: &[BudgetRule],
+        subject: &Subject<'_>,
+        now: u64,
+    ) -> Option<String> {
+        let map = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        if map.is_empty() {
+            return None;
+        }
+        budgets
+            .iter()
+            .filter(|b| b.action == BudgetAction::Downgrade && applies(b, subject.model))
+            .find(|b| {
+                let bucket = bucket_key(&b.name, &b.scope, subject);
+                map.get(&bucket)
+                    .filter(|(w, _)| *w == b.window.key(now))
+                    .is_some_and(|(_, used)| {
+                        u128::from(*used) * 1000
+                            >= u128::from(b.downgrade_permille) * u128::from(b.limit)
+                    })
+            })
+            .and_then(|b| b.downgrade_to.clone())
+    }
+}
