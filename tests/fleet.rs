@@ -23,8 +23,10 @@ use redis::RedisServer;
 use serde_json::{json, Value};
 use sluice_mock::MockProvider;
 
-/// mock-model costs $1 per 1M input tokens and $2 per 1M output tokens.
-const PRICING: &str = "[[pricing]]\nmodel = \"mock-model\"\ninput = 1.0\noutput = 2.0\n";
+/// mock-model (and claude-x, for Anthropic clients) cost $1 per 1M input
+/// tokens and $2 per 1M output tokens.
+const PRICING: &str = "[[pricing]]\nmodel = \"mock-model\"\ninput = 1.0\noutput = 2.0\n\
+                       [[pricing]]\nmodel = \"claude-x\"\ninput = 1.0\noutput = 2.0\n";
 
 /// `[state]` keys for tests that are not about Redis being slow.
 const PATIENT: &str = "timeout = \"2s\"\n";
@@ -250,22 +252,33 @@ async fn a_team_rpm_limit_holds_across_three_replicas_to_the_request() {
 
 /// Opens a streamed chat on `s` (the mock paces it), reads the first frame
 /// and returns the response so the stream stays open.
-async fn open_stream(s: &Sluice, words: &str) -> http::Response<hyper::body::Incoming> {
+/// `user` is alice (the key's) unless given. A refusal comes back as is.
+async fn open_stream(
+    s: &Sluice,
+    user: Option<&str>,
+    max_tokens: u64,
+) -> http::Response<hyper::body::Incoming> {
     let auth = format!("Bearer {KEY}");
-    let body = json!({"model": "mock-model", "stream": true, "max_tokens": 1000,
+    let body = json!({"model": "mock-model", "stream": true, "max_tokens": max_tokens,
                       "messages": [{"role": "user", "content": "stream"}]});
+    let mut headers = vec![
+        ("authorization", auth.as_str()),
+        ("x-mock-words", "20"),
+        ("x-mock-delay-ms", "100"),
+    ];
+    if let Some(u) = user {
+        headers.push(("x-sluice-user", u));
+    }
     let resp = send(
         Method::POST,
         &s.url("/v1/chat/completions"),
-        &[
-            ("authorization", &auth),
-            ("x-mock-words", words),
-            ("x-mock-delay-ms", "100"),
-        ],
+        &headers,
         body.to_string(),
     )
     .await;
-    assert_eq!(resp.status(), StatusCode::OK);
+    if resp.status() != StatusCode::OK {
+        return resp;
+    }
     let (parts, mut b) = resp.into_parts();
     b.frame().await.expect("a frame").expect("ok");
     http::Response::from_parts(parts, b)
@@ -280,11 +293,13 @@ async fn a_replica_killed_mid_stream_leaks_nothing_once_its_reservations_expire(
     let timeouts =
         "[timeouts]\nconnect = \"1s\"\nfirst_byte = \"2s\"\nidle = \"2s\"\ntotal = \"2s\"\n";
     // Worst case of a request here: 1,000 output tokens ($0.002) + input.
+    // The team's requests in flight are counted fleet-wide too.
+    let cc = "[[rate_limits]]\nname = \"team-cc\"\nscope = [\"team\"]\nmax_concurrent = 6\n";
     let cfg = fleet_config(
         &mock,
         &redis,
         PATIENT,
-        &format!("{timeouts}{}", user_budget(0.01)),
+        &format!("{timeouts}{cc}{}", user_budget(0.01)),
     );
     let mut fleet = start_fleet(3, &cfg).await;
 
@@ -306,7 +321,9 @@ async fn a_replica_killed_mid_stream_leaks_nothing_once_its_reservations_expire(
     // Four slow streams hold four worst cases, then their replica dies.
     let mut streams = Vec::new();
     for _ in 0..4 {
-        streams.push(open_stream(&fleet[0], "20").await);
+        let resp = open_stream(&fleet[0], None, 1000).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        streams.push(resp);
     }
     let held = budget_row(&fleet[1]).await;
     assert!(usd(&held, "reserved_usd") >= 4.0 * 0.002, "{held}");
@@ -314,7 +331,10 @@ async fn a_replica_killed_mid_stream_leaks_nothing_once_its_reservations_expire(
     let dead_dir = fleet.remove(0).kill9().await;
     drop(streams);
 
-    // The dead replica's reservations still hold the budget: the others refuse.
+    // The dead replica's reservations still hold the budget and its four
+    // concurrency slots: the others refuse.
+    let (_, v) = admin(&fleet[0], "/admin/limits").await;
+    assert_eq!(team_bucket(&v, "team-cc")["inflight"], 4, "{v}");
     let (st, _, b) = post(
         &fleet[0],
         "/v1/chat/completions",
@@ -378,6 +398,17 @@ async fn a_replica_killed_mid_stream_leaks_nothing_once_its_reservations_expire(
     assert!(usd(&row, "spent_usd") <= 0.01 + 1e-12, "{row}");
     assert!(usd(&row, "remaining_usd") < 0.0021, "{row}");
     assert!(admitted >= 4, "{admitted} admitted after the expiry; {row}");
+    // No concurrency slot leaked either: the team can hold six streams at
+    // once again (bob, whose budget is his own, with a small output cap).
+    let mut streams = Vec::new();
+    for i in 0..6 {
+        let resp = open_stream(&fleet[i % 2], Some("bob"), 10).await;
+        assert_eq!(resp.status(), StatusCode::OK, "stream {i}: a slot leaked");
+        streams.push(resp);
+    }
+    let resp = open_stream(&fleet[0], Some("bob"), 10).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS, "the seventh");
+    drop(streams);
     let _ = std::fs::remove_dir_all(&dead_dir);
 }
 
@@ -531,9 +562,15 @@ async fn redis_down_fail_open_serves_each_replica_within_its_share() {
 }
 
 fn team_rpm(limits: &Value) -> Value {
+    team_bucket(limits, "team-rpm")
+}
+
+/// The `RULE|team=research` row of an `/admin/limits` answer (null if none).
+fn team_bucket(limits: &Value, rule: &str) -> Value {
+    let name = format!("{rule}|team=research");
     limits["buckets"]
         .as_array()
-        .and_then(|b| b.iter().find(|r| r["bucket"] == "team-rpm|team=research"))
+        .and_then(|b| b.iter().find(|r| r["bucket"] == name.as_str()))
         .cloned()
         .unwrap_or(Value::Null)
 }
@@ -628,4 +665,26 @@ async fn a_rollout_of_every_replica_carries_budgets_and_rate_windows_on() {
         bob_ok, 2,
         "the old replicas' requests still count this minute"
     );
+}
+
+#[tokio::test]
+#[ignore = "backend bug: with no bucket in Redis yet (or after every bucket expired), \
+            /admin/budgets and /admin/limits answer 503 `redis state store: empty command` \
+            (src/fleet/report.rs sends an empty pipeline)"]
+async fn admin_views_of_a_fleet_with_nothing_counted_yet_are_empty() {
+    let redis = RedisServer::start();
+    let mock = MockProvider::start().await.expect("mock");
+    let limits =
+        "[[rate_limits]]\nname = \"team-rpm\"\nscope = [\"team\"]\nrequests_per_minute = 5\n";
+    let cfg = fleet_config(
+        &mock,
+        &redis,
+        PATIENT,
+        &format!("{limits}{}", user_budget(1.0)),
+    );
+    let s = Sluice::start(&cfg).await;
+    let (st, v) = admin(&s, "/admin/limits").await;
+    assert_eq!((st, &v["buckets"]), (StatusCode::OK, &json!([])), "{v}");
+    let (st, v) = admin(&s, "/admin/budgets").await;
+    assert_eq!((st, &v["budgets"]), (StatusCode::OK, &json!([])), "{v}");
 }
