@@ -446,6 +446,13 @@ async fn redis_down_fail_closed_refuses_cleanly_then_recovers_by_itself() {
         "spent_usd",
     );
     assert!(settled > 0.0);
+    // A stream admitted before the outage goes on; its charge waits for Redis.
+    let stream = open_stream(&fleet[0], None, 1000).await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let stream_id = stream.headers()["x-sluice-request-id"]
+        .to_str()
+        .expect("id")
+        .to_owned();
     let provider_calls = mock.request_count();
 
     redis.stop();
@@ -482,6 +489,20 @@ async fn redis_down_fail_closed_refuses_cleanly_then_recovers_by_itself() {
         provider_calls,
         "nothing reached the provider while the fleet could not count it"
     );
+    let rest = frames(stream.into_body())
+        .await
+        .expect("the stream ends well");
+    assert!(
+        String::from_utf8_lossy(&rest.concat()).contains("[DONE]"),
+        "the admitted stream was served to its end"
+    );
+    assert!(
+        !fleet[0]
+            .usage()
+            .iter()
+            .any(|r| r["request_id"] == stream_id.as_str()),
+        "a usage record before its charge is in Redis"
+    );
 
     redis.start_again();
     for s in &fleet {
@@ -496,8 +517,10 @@ async fn redis_down_fail_closed_refuses_cleanly_then_recovers_by_itself() {
         })
         .await;
     }
-    // The spend settled before the outage is intact, and the requests since
-    // are on top of it.
+    // The stream's charge landed once Redis was back; the spend settled
+    // before the outage is intact, and everything since is on top of it.
+    let rec = fleet[0].usage_for(&stream_id).await;
+    assert!(rec["cost_usd"].as_f64().unwrap_or(0.0) > 0.0, "{rec}");
     let row = spend_matches_usage(&fleet[0], &dirs(&fleet)).await;
     assert!(usd(&row, "spent_usd") > settled, "{row} vs {settled}");
 }
@@ -559,6 +582,83 @@ async fn redis_down_fail_open_serves_each_replica_within_its_share() {
         team_rpm(&v)["requests_last_minute"].as_u64().unwrap_or(0) >= 3,
         "{v}"
     );
+}
+
+#[tokio::test]
+async fn redis_down_fail_open_spends_at_most_its_share_of_a_budget() {
+    let mut redis = RedisServer::start();
+    let mock = MockProvider::start().await.expect("mock");
+    // $0.05 a day for alice; alone, a replica may spend 10% of it: $0.005,
+    // two answers of ~$0.002 (each reserves ~$0.0021 first).
+    let cfg = fleet_config(
+        &mock,
+        &redis,
+        "timeout = \"1s\"\non_unavailable = \"fail_open\"\n",
+        &user_budget(0.05),
+    );
+    let fleet = start_fleet(2, &cfg).await;
+    let words = [("x-mock-words", "1000")];
+    for s in &fleet {
+        let (st, _, _) = post(s, "/v1/chat/completions", &words, &chat("before", 1000)).await;
+        assert_eq!(st, StatusCode::OK);
+    }
+    let before = usd(
+        &spend_matches_usage(&fleet[0], &dirs(&fleet)).await,
+        "spent_usd",
+    );
+
+    redis.stop();
+    for s in &fleet {
+        let records_before = s.usage().len();
+        let mut ok = 0;
+        for i in 0..6 {
+            let (st, _, b) = post(
+                s,
+                "/v1/chat/completions",
+                &words,
+                &chat(&format!("open {i}"), 1000),
+            )
+            .await;
+            if st == StatusCode::OK {
+                ok += 1;
+                continue;
+            }
+            assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "{}", error_code(&b));
+            assert_eq!(error_code(&b), "insufficient_quota");
+            break;
+        }
+        assert!((1..=2).contains(&ok), "{ok} served alone");
+        let records = s.wait_usage(records_before + ok + 1).await;
+        let alone = cost_of(&records[records_before..]);
+        assert!(
+            alone <= 0.005 + 1e-12,
+            "spent ${alone} alone, share is $0.005"
+        );
+        let (_, m) = get(&s.admin_url("/metrics"), &[]).await.expect("metrics");
+        assert!(
+            String::from_utf8_lossy(&m).contains("sluice_state_fail_open_total"),
+            "fail-open service is counted"
+        );
+    }
+
+    redis.start_again();
+    let s = &fleet[0];
+    let row = eventually(
+        Duration::from_secs(20),
+        "/admin/budgets again",
+        || async move {
+            let (st, v) = admin(s, "/admin/budgets").await;
+            (st == StatusCode::OK).then_some(v)
+        },
+    )
+    .await;
+    let spent = row["budgets"]
+        .as_array()
+        .and_then(|r| r.iter().find(|b| b["bucket"] == BUCKET))
+        .map_or(0.0, |b| usd(b, "spent_usd"));
+    assert!(spent >= before - 1e-12, "settled spend intact: {row}");
+    let (st, _, _) = post(s, "/v1/chat/completions", &[], &chat("shared again", 10)).await;
+    assert_eq!(st, StatusCode::OK);
 }
 
 fn team_rpm(limits: &Value) -> Value {
