@@ -70,3 +70,15 @@ fn kill9_then_start_again_keeps_what_was_fsynced() {
     r.start_again();
     assert_eq!(r.command(&["GET", "k"]), "v");
 }
+
+#[test]
+fn a_password_protected_server_refuses_strangers() {
+    let r = RedisServer::start_with_password("s3cret-pass");
+    assert_eq!(r.url().split('@').next(), Some("redis://:s3cret-pass"));
+    assert_eq!(r.command(&["SET", "k", "v"]), "OK", "the fixture AUTHs");
+    let stranger = r.try_unauthenticated(&["GET", "k"]);
+    assert!(
+        matches!(stranger, Ok(Reply::Error(ref e)) if e.starts_with("NOAUTH")),
+        "{stranger:?}"
+    );
+}

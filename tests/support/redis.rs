@@ -30,6 +30,8 @@ pub struct RedisServer {
     /// A redis.conf to start from (deploy/k8s/redis.yaml's), instead of the
     /// fixture's own persistence flags.
     conf: Option<PathBuf>,
+    /// `requirepass`; the fixture's own commands AUTH with it.
+    password: Option<String>,
 }
 
 /// One RESP reply.
@@ -63,17 +65,22 @@ impl RedisServer {
     /// Starts redis-server on a free 127.0.0.1 port in a fresh directory and
     /// waits until it answers PING.
     pub fn start() -> RedisServer {
-        Self::start_from(None)
+        Self::start_from(None, None)
+    }
+
+    /// Like [`start`](Self::start), with `requirepass PASSWORD`.
+    pub fn start_with_password(password: &str) -> RedisServer {
+        Self::start_from(None, Some(password))
     }
 
     /// Starts redis-server on the configuration file text `conf`, with only
     /// the port, bind address and directory overridden (so the file's own
     /// persistence and memory settings are what runs).
     pub fn start_with_config(conf: &str) -> RedisServer {
-        Self::start_from(Some(conf))
+        Self::start_from(Some(conf), None)
     }
 
-    fn start_from(conf: Option<&str>) -> RedisServer {
+    fn start_from(conf: Option<&str>, password: Option<&str>) -> RedisServer {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("sluice-redis-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -90,6 +97,7 @@ impl RedisServer {
             port: 0,
             dir,
             conf,
+            password: password.map(str::to_owned),
         };
         let mut last_log = String::new();
         for _ in 0..5 {
@@ -102,9 +110,12 @@ impl RedisServer {
         panic!("redis-server did not start; last log:\n{last_log}");
     }
 
-    /// `redis://127.0.0.1:PORT/0`.
+    /// `redis://127.0.0.1:PORT/0`, with `:PASSWORD@` when there is one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        match &self.password {
+            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -176,8 +187,31 @@ impl RedisServer {
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .map_err(|e| e.to_string())?;
+        let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+        if let Some(pw) = &self.password {
+            stream
+                .write_all(&encode(&["AUTH", pw]))
+                .map_err(|e| e.to_string())?;
+            match read_reply(&mut reader)? {
+                Reply::Simple(ok) if ok == "OK" => {}
+                other => return Err(format!("AUTH: {other:?}")),
+            }
+        }
         stream.write_all(&encode(args)).map_err(|e| e.to_string())?;
-        read_reply(&mut BufReader::new(stream))
+        read_reply(&mut reader)
+    }
+
+    /// Runs one command without AUTH (what a client with no password gets).
+    pub fn try_unauthenticated(&self, args: &[&str]) -> Result<Reply, String> {
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+        (&stream)
+            .write_all(&encode(args))
+            .map_err(|e| e.to_string())?;
+        read_reply(&mut reader)
     }
 
     /// Keys matching a glob pattern (`KEYS`; test instances are small).
@@ -209,6 +243,9 @@ impl RedisServer {
                 .args(["--appendonly", "yes", "--appendfsync", "everysec"])
                 .args(["--save", ""]),
         };
+        if let Some(pw) = &self.password {
+            cmd.args(["--requirepass", pw]);
+        }
         let mut child = cmd
             .args(["--port", &port, "--bind", "127.0.0.1", "--daemonize", "no"])
             .arg("--dir")
