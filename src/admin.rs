@@ -182,9 +182,16 @@ async fn admin(app: &App, method: &Method, path: &str, query: &str) -> Response<
             let n = query_param(query, "top")
                 .and_then(|t| t.parse().ok())
                 .unwrap_or(10);
+            let (scope, top) = match &app.fleet {
+                Some(fleet) => match fleet.spend_top(&by, n).await {
+                    Ok(top) => ("fleet", top),
+                    Err(e) => return state_unavailable(&e),
+                },
+                None => ("process", app.ledger.spend.top(&by, n)),
+            };
             json_response(
                 StatusCode::OK,
-                &json!({"by": by, "window": "today (UTC)", "top": app.ledger.spend.top(&by, n)}),
+                &json!({"by": by, "window": "today (UTC)", "scope": scope, "top": top}),
             )
         }
         (&Method::GET, "/admin/usage") => usage_export(app, query),
@@ -216,6 +223,20 @@ async fn admin(app: &App, method: &Method, path: &str, query: &str) -> Response<
                         "max_body": c.server.max_body,
                         "passthrough_keys": c.server.passthrough_keys,
                         "tls": c.server.tls.is_some(),
+                    },
+                    "state": match &c.redis {
+                        None => json!({"backend": "embedded", "path": c.state_path}),
+                        Some(r) => json!({
+                            "backend": "redis",
+                            "url": crate::config::redact(&r.url),
+                            "key_prefix": r.key_prefix,
+                            "timeout_ms": r.timeout.as_millis() as u64,
+                            "on_unavailable": match r.on_unavailable {
+                                OnUnavailable::FailClosed => "fail_closed",
+                                OnUnavailable::FailOpen => "fail_open",
+                            },
+                            "fail_open_share": f64::from(r.fail_open_share) / 1000.0,
+                        }),
                     },
                     "providers": c.providers.iter().map(|p| json!({
                         "name": p.name,

@@ -15,7 +15,7 @@ use crate::auth::Identity;
 use crate::budget::ledger::{BudgetHold, Ledger};
 use crate::cache::Capture;
 use crate::error::ApiShape;
-use crate::fleet::{FleetHold, Settled};
+use crate::fleet::{Fleet, FleetHold, Settled};
 use crate::limits::rate::Admission;
 use crate::limits::tokens::{self, Family};
 use crate::metrics::{self, Inflight, RequestLabels};
@@ -95,6 +95,9 @@ pub struct Holds {
     /// Fleet mode: rate and budget reservations in Redis, settled by a
     /// task once the request ends.
     pub fleet: Option<FleetHold>,
+    /// Fleet mode, served under local limits while Redis was away: the
+    /// fleet its cost is owed to.
+    pub owed_to: Option<Arc<Fleet>>,
     /// Tees the upstream answer into the cache (a miss that may be stored).
     pub capture: Option<Capture>,
 }
@@ -331,6 +334,13 @@ impl RequestRecord {
             cost_saved_usd: cost_saved.map(nanos_to_usd),
             prompt_cache_breakpoints: self.facts.breakpoints,
         };
+        if let (Some(fleet), Some(snap), Some(c)) = (self.holds.owed_to.take(), &self.snap, cost) {
+            let subject = crate::limits::rate::Subject {
+                identity: &self.facts.identity,
+                model: &self.facts.model,
+            };
+            fleet.owe(&snap.config.budgets, &subject, &self.attribution(), c);
+        }
         if let Some(hold) = self.holds.fleet.take() {
             // The usage line is written once the charge is in Redis.
             let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
@@ -341,6 +351,7 @@ impl RequestRecord {
             hold.settle(
                 tokens,
                 cost.unwrap_or(0),
+                self.attribution(),
                 Box::new(move |settled| {
                     sink.write_raw(bytes);
                     if let (Some(settled), Some(snap)) = (settled, snap) {
@@ -383,6 +394,20 @@ fn fire_alerts(budgets: &[crate::config::BudgetRule], settled: &[Settled]) {
 }
 
 impl RequestRecord {
+    /// The identity's (dimension, value) pairs spend is attributed to.
+    fn attribution(&self) -> Vec<(&'static str, String)> {
+        let id = &self.facts.identity;
+        [
+            ("user", &id.user),
+            ("team", &id.team),
+            ("feature", &id.feature),
+            ("key", &id.key),
+        ]
+        .into_iter()
+        .filter_map(|(dim, v)| Some((dim, v.as_deref()?.to_owned())))
+        .collect()
+    }
+
     /// The cost of what a complete response reported (for `x-sluice-cost-usd`);
     /// a cache hit costs nothing.
     pub fn cost_of(&self, observed: &Observed) -> Option<u64> {

@@ -244,12 +244,18 @@ async fn downgrade_past_the_threshold_then_alert() {
         Some("cheap-model"),
         "{models:?}"
     );
-    let (_, m) = get(&s.admin_url("/metrics"), &[]).await.expect("metrics");
-    let m = String::from_utf8_lossy(&m);
-    assert!(
-        m.contains("sluice_budget_alerts_total{budget=\"watch\",threshold=\"1\"} 1"),
-        "{m}"
-    );
+    // The last settlement may land just after its response: poll.
+    let want = "sluice_budget_alerts_total{budget=\"watch\",threshold=\"1\"} 1";
+    let mut m = String::new();
+    for _ in 0..100 {
+        let (_, body) = get(&s.admin_url("/metrics"), &[]).await.expect("metrics");
+        m = String::from_utf8_lossy(&body).into_owned();
+        if m.contains(want) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(m.contains(want), "{m}");
     // The webhook got a JSON POST for each threshold crossed.
     let mut hooks = Vec::new();
     for _ in 0..100 {

@@ -81,6 +81,7 @@ pub struct RawState {
     pub timeout: Option<String>,
     pub on_unavailable: Option<String>,
     pub fail_open_share: Option<f64>,
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -36,6 +36,9 @@ pub struct RedisState {
     /// The share of every limit one replica may use on its own while Redis
     /// is unavailable (`fail_open`), in permille.
     pub fail_open_share: Permille,
+    /// The CA (PEM) a `rediss://` server's certificate must chain to,
+    /// instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for RedisState {
@@ -46,6 +49,7 @@ impl std::fmt::Debug for RedisState {
             .field("timeout", &self.timeout)
             .field("on_unavailable", &self.on_unavailable)
             .field("fail_open_share", &self.fail_open_share)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -77,6 +81,7 @@ impl Validator<'_> {
                     (s.timeout.is_some(), "timeout"),
                     (s.on_unavailable.is_some(), "on_unavailable"),
                     (s.fail_open_share.is_some(), "fail_open_share"),
+                    (s.ca_file.is_some(), "ca_file"),
                 ] {
                     if set {
                         // A key that parses but does nothing is a bug.
@@ -174,12 +179,22 @@ impl Validator<'_> {
                 "must not hold spaces or control characters",
             );
         }
+        let ca_file = s.ca_file.as_ref().map(PathBuf::from);
+        if let Some(ca) = &ca_file {
+            if !url.is_empty() && !url.starts_with("rediss://") {
+                self.err("state.ca_file", "only applies to a rediss:// URL");
+            }
+            if !ca.exists() {
+                self.err("state.ca_file", format!("{} does not exist", ca.display()));
+            }
+        }
         RedisState {
             url,
             key_prefix,
             timeout,
             on_unavailable,
             fail_open_share,
+            ca_file,
         }
     }
 }

@@ -161,3 +161,58 @@ fn state_bounds_and_probe_interval() {
     assert!(all.contains("state.max_buckets"), "{all}");
     assert!(all.contains("circuit_breaker.probe_interval"), "{all}");
 }
+
+#[test]
+fn redis_state_is_validated_and_its_password_stays_out_of_debug() {
+    let c = Config::parse(
+        "[state]\nbackend = \"redis\"\nurl_env = \"REDIS_URL\"\ntimeout = \"20ms\"\n\
+         on_unavailable = \"fail_open\"\nfail_open_share = 0.25\n",
+        "proxy.toml",
+        &|name| (name == "REDIS_URL").then(|| "rediss://u:hunter2@redis:6380/1".to_owned()),
+    )
+    .expect("valid");
+    let r = c.redis.as_ref().expect("redis");
+    assert_eq!(r.url, "rediss://u:hunter2@redis:6380/1");
+    assert_eq!(r.key_prefix, "sluice:");
+    assert_eq!(r.timeout, std::time::Duration::from_millis(20));
+    assert_eq!(r.on_unavailable, OnUnavailable::FailOpen);
+    assert_eq!(r.fail_open_share, 250);
+    assert!(!format!("{r:?}").contains("hunter2"));
+    let d = Config::parse(
+        "[state]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379/0\"\n",
+        "proxy.toml",
+        &env,
+    )
+    .expect("valid");
+    let r = d.redis.as_ref().expect("redis");
+    assert_eq!(r.on_unavailable, OnUnavailable::FailClosed);
+    assert_eq!(r.timeout, std::time::Duration::from_millis(50));
+
+    let err = Config::parse(
+        "[state]\nbackend = \"redis\"\nurl = \"http://x\"\nurl_env = \"NOPE\"\n\
+         on_unavailable = \"maybe\"\nfail_open_share = 1.5\ntimeout = \"0s\"\n",
+        "proxy.toml",
+        &env,
+    )
+    .expect_err("invalid");
+    let all = err.to_string();
+    for field in [
+        "state.url",
+        "state.on_unavailable",
+        "state.fail_open_share",
+        "state.timeout",
+    ] {
+        assert!(all.contains(field), "{field} in {all}");
+    }
+    let err =
+        Config::parse("[state]\nbackend = \"redis\"\n", "proxy.toml", &env).expect_err("no url");
+    assert!(err.to_string().contains("needs url or url_env"), "{err}");
+    // Keys that would do nothing without the redis backend are refused.
+    let err =
+        Config::parse("[state]\nurl = \"redis://x\"\n", "proxy.toml", &env).expect_err("dead key");
+    assert!(
+        err.to_string()
+            .contains("state.url: only applies with backend"),
+        "{err}"
+    );
+}

@@ -108,7 +108,13 @@ impl FleetHold {
     /// Hands the settlement to a tracked task: token reservations to
     /// `tokens`, budget reservations to `cost`; `then` runs once the charge
     /// is in Redis.
-    pub fn settle(mut self, tokens: u64, cost: Nanos, then: Then) {
+    pub fn settle(
+        mut self,
+        tokens: u64,
+        cost: Nanos,
+        attribution: Vec<(&'static str, String)>,
+        then: Then,
+    ) {
         let Some(permit) = self.permit.take() else {
             return;
         };
@@ -119,15 +125,14 @@ impl FleetHold {
             booked: self.booked,
             expires_ms: self.expires_ms,
         };
-        spawn_settle(
-            self.fleet.clone(),
-            self.id.clone(),
-            std::mem::take(&mut self.rates),
-            std::mem::take(&mut self.budgets),
+        let job = Settlement {
+            id: self.id.clone(),
+            rates: std::mem::take(&mut self.rates),
+            budgets: std::mem::take(&mut self.budgets),
             actual,
-            permit,
-            Some(then),
-        );
+            attribution,
+        };
+        spawn_settle(self.fleet.clone(), job, permit, Some(then));
     }
 }
 
@@ -144,29 +149,41 @@ impl Drop for FleetHold {
             booked: self.booked,
             expires_ms: self.expires_ms,
         };
-        spawn_settle(
-            self.fleet.clone(),
-            self.id.clone(),
-            std::mem::take(&mut self.rates),
-            std::mem::take(&mut self.budgets),
+        let job = Settlement {
+            id: self.id.clone(),
+            rates: std::mem::take(&mut self.rates),
+            budgets: std::mem::take(&mut self.budgets),
             actual,
-            permit,
-            None,
-        );
+            attribution: Vec::new(),
+        };
+        spawn_settle(self.fleet.clone(), job, permit, None);
     }
+}
+
+/// Everything a settle script needs.
+pub(super) struct Settlement {
+    pub id: Arc<str>,
+    pub rates: Vec<RatePart>,
+    pub budgets: Vec<BudgetPart>,
+    pub actual: Actual,
+    pub attribution: Vec<(&'static str, String)>,
 }
 
 /// Runs the settle script until Redis takes it (or `SETTLE_GIVE_UP`, or
 /// shutdown gives up waiting), then `then`.
 pub(super) fn spawn_settle(
     fleet: Arc<Fleet>,
-    id: Arc<str>,
-    rates: Vec<RatePart>,
-    budgets: Vec<BudgetPart>,
-    actual: Actual,
+    job: Settlement,
     permit: OwnedSemaphorePermit,
     then: Option<Then>,
 ) {
+    let Settlement {
+        id,
+        rates,
+        budgets,
+        actual,
+        attribution,
+    } = job;
     let runtime = fleet.runtime.clone();
     let tasks = fleet.tasks.clone();
     tasks.spawn_on(
@@ -178,7 +195,15 @@ pub(super) fn spawn_settle(
             let timeout = fleet.timeout.max(Duration::from_secs(1));
             let mut delay = Duration::from_millis(50);
             loop {
-                let inv = script::settle(&fleet.keys, &id, &rates, &budgets, &actual, unix_now());
+                let inv = script::settle(
+                    &fleet.keys,
+                    &id,
+                    &rates,
+                    &budgets,
+                    &actual,
+                    &attribution,
+                    unix_now(),
+                );
                 if let Some(reply) = fleet.call::<Vec<i64>>("settle", timeout, inv).await {
                     let at =
                         |i: usize| u64::try_from(reply.get(i).copied().unwrap_or(0)).unwrap_or(0);

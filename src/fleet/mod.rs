@@ -18,6 +18,7 @@
 
 mod health;
 mod hold;
+mod owed;
 pub mod report;
 mod script;
 mod seen;
@@ -62,6 +63,9 @@ pub struct Fleet {
     pub health: Health,
     /// Budget use as last seen by this replica (for downgrades).
     pub seen: seen::Seen,
+    /// Spend this replica charged under local limits while Redis was
+    /// away: added to Redis when it answers again.
+    owed: owed::Owed,
     pending: Arc<Semaphore>,
     tasks: TaskTracker,
     /// Cancelled when shutdown stops waiting for settlements.
@@ -106,7 +110,23 @@ impl Fleet {
     /// Connects lazily (Sluice starts while Redis is down) and starts the
     /// probe task.
     pub fn start(cfg: &RedisState) -> Result<Arc<Fleet>, redis::RedisError> {
-        let client = redis::Client::open(cfg.url.as_str())?;
+        let client = match &cfg.ca_file {
+            None => redis::Client::open(cfg.url.as_str())?,
+            Some(ca) => {
+                let pem = std::fs::read(ca).map_err(|e| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "cannot read [state] ca_file",
+                        format!("{}: {e}", ca.display()),
+                    ))
+                })?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(cfg.url.as_str(), certs)?
+            }
+        };
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.timeout.max(Duration::from_millis(200))))
             .set_response_timeout(Some(cfg.timeout))
@@ -119,6 +139,7 @@ impl Fleet {
             policy: cfg.on_unavailable,
             health: Health::new(),
             seen: seen::Seen::default(),
+            owed: owed::Owed::default(),
             pending: Arc::new(Semaphore::new(MAX_PENDING_SETTLEMENTS)),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
@@ -213,15 +234,14 @@ impl Fleet {
             booked: 0,
             expires_ms: u64::MAX,
         };
-        hold::spawn_settle(
-            self.clone(),
-            id.into(),
+        let job = hold::Settlement {
+            id: id.into(),
             rates,
             budgets,
             actual,
-            permit,
-            None,
-        );
+            attribution: Vec::new(),
+        };
+        hold::spawn_settle(self.clone(), job, permit, None);
     }
 
     /// Waits up to `limit` for the settlements in flight (shutdown); those
@@ -336,7 +356,12 @@ async fn probe(fleet: std::sync::Weak<Fleet>) {
         let ping = redis::cmd("PING");
         let r = tokio::time::timeout(f.timeout, ping.query_async::<String>(&mut conn)).await;
         match r {
-            Ok(Ok(_)) => f.health.up(),
+            Ok(Ok(_)) => {
+                f.health.up();
+                if !f.owed.is_empty() {
+                    f.repay().await;
+                }
+            }
             Ok(Err(e)) => f.health.down("ping", &e.to_string()),
             Err(_) => f.health.down("ping", "timed out"),
         }
@@ -380,3 +405,6 @@ impl LocalLimits {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

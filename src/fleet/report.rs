@@ -7,9 +7,11 @@ use redis::aio::ConnectionManager;
 
 use super::{unix_now, Fleet};
 use crate::budget::ledger::BucketReport;
+use crate::budget::spend::Spender;
 use crate::config::{BudgetAction, BudgetRule};
 use crate::limits::rate::BucketState;
 use crate::pricing::nanos_to_usd;
+use crate::window::Window;
 
 /// The most buckets one admin view lists.
 pub const MAX_REPORTED: usize = 10_000;
@@ -74,6 +76,10 @@ impl Fleet {
     ) -> Result<Vec<BucketReport>, Unavailable> {
         let now = unix_now();
         let buckets = self.buckets("b").await?;
+        if buckets.is_empty() {
+            // Redis refuses an empty pipeline.
+            return Ok(Vec::new());
+        }
         let mut conn = self.admin_conn().await?;
         let mut pipe = redis::pipe();
         for b in &buckets {
@@ -155,6 +161,9 @@ impl Fleet {
                 }
             }
         }
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut conn = self.admin_conn().await?;
         let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
         let now_ms = secs * 1000 + micros / 1000;
@@ -188,6 +197,28 @@ impl Fleet {
                     .get(2)
                     .and_then(|v| redis::from_redis_value_ref(v).ok())
                     .unwrap_or(0),
+            })
+            .collect())
+    }
+
+    /// Today's (UTC) top spenders along one dimension, fleet-wide.
+    pub async fn spend_top(&self, dimension: &str, n: usize) -> Result<Vec<Spender>, Unavailable> {
+        if !matches!(dimension, "user" | "team" | "feature" | "key") {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.admin_conn().await?;
+        let day = Window::Day.key(unix_now());
+        let mut rows: Vec<(String, u64)> = redis::cmd("HGETALL")
+            .arg(self.keys.spend(&day, dimension))
+            .query_async(&mut conn)
+            .await?;
+        rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(rows
+            .into_iter()
+            .take(n)
+            .map(|(value, nanos)| Spender {
+                value,
+                spent_usd: nanos_to_usd(nanos),
             })
             .collect())
     }

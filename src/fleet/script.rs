@@ -70,6 +70,11 @@ impl Keys {
         k
     }
 
+    /// The day's spend per identity of one dimension (`user`, `team`, …).
+    pub fn spend(&self, day: &str, dim: &str) -> String {
+        format!("{}spend:{day}:{dim}", self.prefix)
+    }
+
     pub fn live(&self) -> String {
         format!("{}live", self.prefix)
     }
@@ -132,13 +137,15 @@ pub struct Actual {
     pub expires_ms: u64,
 }
 
-/// The settle script for one request.
+/// The settle script for one request; `attribution` names the identity's
+/// (dimension, value) pairs its cost is attributed to.
 pub fn settle<'a>(
     keys: &Keys,
     id: &str,
     rates: &[RatePart],
     budgets: &[BudgetPart],
     actual: &Actual,
+    attribution: &[(&'static str, String)],
     now: u64,
 ) -> redis::ScriptInvocation<'a> {
     let mut inv = SETTLE.prepare_invoke();
@@ -162,6 +169,11 @@ pub fn settle<'a>(
             .arg(b.amount)
             .arg(actual.cost)
             .arg(b.keep_s(now));
+    }
+    inv.arg(attribution.len()).arg(actual.cost);
+    let day = Window::Day.key(now);
+    for (dim, value) in attribution {
+        inv.key(keys.spend(&day, dim)).arg(value);
     }
     inv.key(keys.live());
     inv

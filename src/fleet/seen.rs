@@ -30,6 +30,15 @@ impl Seen {
         map.insert(bucket.to_owned(), (window, used));
     }
 
+    /// Buckets remembered.
+    pub fn len(&self) -> usize {
+        self.used.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The model to downgrade to, when a downgrade budget is past its
     /// threshold as last seen.
     pub fn downgrade(

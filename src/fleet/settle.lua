@@ -4,11 +4,14 @@
 -- replays spend charged while Redis was away (no reservation).
 --
 -- KEYS: per rule (2): tokens hash, concurrency zset;
---       per budget (2): budget hash, reservations zset; last: live zset.
+--       per budget (2): budget hash, reservations zset;
+--       per attribution (1): the day's spend hash of a dimension;
+--       last: live zset.
 -- ARGV: id, booked_second, rules, budgets, reserved_tokens, actual_tokens,
 --       expires_ms (when the take's reservations expire),
 --       per rule (2): has_tpm (1|0), has_concurrency (1|0),
---       per budget (4): window, reserved amount, actual cost, key_ttl_s.
+--       per budget (4): window, reserved amount, actual cost, key_ttl_s,
+--       attributions, cost, per attribution (1): the identity's value.
 -- Reply: {0} already settled (a retry whose first try went through), or
 --        {1, per budget: spend before, spend after}.
 local t = redis.call('TIME')
@@ -21,6 +24,9 @@ local nb = tonumber(ARGV[4])
 local reserved = tonumber(ARGV[5])
 local actual = tonumber(ARGV[6])
 local SPAN = 61
+-- Identities a day's spend hash names at most; later ones share a field.
+local MAX_ATTRIBUTED = 100000
+local KEEP_ATTRIBUTION = 8 * 24 * 3600
 
 -- A request settles once: its live entry goes with the first settlement.
 -- Missing before its expiry means this is a retry of one that went through.
@@ -64,5 +70,18 @@ for j = 1, nb do
   end
   out[#out + 1] = before
   out[#out + 1] = after
+end
+
+local aa = ab + nb * 4
+local na = tonumber(ARGV[aa]) or 0
+if na > 0 and ARGV[aa + 1] ~= '0' then
+  for x = 1, na do
+    local key, field = KEYS[kb + nb * 2 + x], ARGV[aa + 1 + x]
+    if redis.call('HEXISTS', key, field) == 0 and redis.call('HLEN', key) >= MAX_ATTRIBUTED then
+      field = '~overflow'
+    end
+    redis.call('HINCRBY', key, field, ARGV[aa + 1])
+    redis.call('EXPIRE', key, KEEP_ATTRIBUTION)
+  end
 end
 return out

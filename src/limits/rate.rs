@@ -5,8 +5,8 @@
 //! request is admitted and settled with the real usage when it finishes. The
 //! counters live outside the config snapshot, so a reload keeps them.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
@@ -18,7 +18,6 @@ use crate::glob::in_filter;
 pub use crate::vocab::{bucket_key, Allowance, LimitKind, RateLimited, Subject};
 use crate::vocab::{BucketName, BucketProbe};
 
-const WINDOW: Duration = Duration::from_secs(60);
 const SHARDS: usize = 16;
 /// The bucket a rule's identities share once the map is full.
 const OVERFLOW: &str = "|~overflow";
@@ -47,15 +46,19 @@ impl Bucket {
 #[derive(Debug)]
 pub struct RateLimiter {
     shards: Vec<Mutex<HashMap<BucketName, Bucket>>>,
-    next_id: AtomicU64,
     max_buckets: AtomicUsize,
+}
+
+/// The windows' clock: milliseconds since the first use, monotonic.
+fn clock_ms(now: Instant) -> u64 {
+    static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
+    u64::try_from(now.saturating_duration_since(*ORIGIN).as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Default for RateLimiter {
     fn default() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            next_id: AtomicU64::new(1),
             max_buckets: AtomicUsize::new(crate::config::DEFAULT_MAX_BUCKETS),
         }
     }
@@ -76,7 +79,8 @@ fn applies(rule: &RateRule, model: &str) -> bool {
 #[derive(Debug)]
 struct Hold {
     bucket: BucketName,
-    token_id: Option<u64>,
+    /// The second the tokens were booked in and how many.
+    tokens: Option<(u64, u64)>,
     concurrent: bool,
 }
 
@@ -128,12 +132,13 @@ impl RateLimiter {
     /// Drops every bucket with nothing in its window and nothing in flight;
     /// returns how many are left.
     pub fn sweep(&self, now: Instant) -> usize {
+        let now = clock_ms(now);
         let mut left = 0;
         for shard in &self.shards {
             let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
             map.retain(|_, b| {
-                let _ = b.requests.used(now, WINDOW);
-                let _ = b.tokens.used(now, WINDOW);
+                let _ = b.requests.used(now);
+                let _ = b.tokens.used(now);
                 !b.idle()
             });
             left += map.len();
@@ -172,10 +177,9 @@ impl RateLimiter {
                 }
                 shard = self.shard(probe.hash_value());
             }
-            // Ids and times are taken under the bucket's lock, so each
-            // window's entries stay sorted by both (settle searches by id).
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let now = Instant::now();
+            // Times are read under the bucket's lock, so each window's
+            // seconds stay in order.
+            let now = clock_ms(Instant::now());
             let entry = shard.entry_ref(probe).or_default_entry();
             let key = entry.key().clone();
             let b = entry.into_mut();
@@ -201,22 +205,30 @@ impl RateLimiter {
                     });
                 }
             }
+            let mut request = None;
             if let Some(rpm) = rule.requests_per_minute {
-                if let Err(r) = b.requests.try_take(now, WINDOW, rpm, 1, id) {
-                    drop(shard);
-                    adm.release();
-                    return Err(refuse(LimitKind::Requests, rpm, 1, r));
+                match b.requests.try_take(now, rpm, 1) {
+                    Ok(second) => request = Some(second),
+                    Err(r) => {
+                        drop(shard);
+                        adm.release();
+                        return Err(refuse(LimitKind::Requests, rpm, 1, r));
+                    }
                 }
             }
+            let mut booked = None;
             if let Some(tpm) = rule.tokens_per_minute {
-                if let Err(r) = b.tokens.try_take(now, WINDOW, tpm, tokens, id) {
-                    // Give back the request slot taken just above.
-                    if rule.requests_per_minute.is_some() {
-                        b.requests.settle(now, WINDOW, id, 0);
+                match b.tokens.try_take(now, tpm, tokens) {
+                    Ok(second) => booked = Some((second, tokens)),
+                    Err(r) => {
+                        // Give back the request slot taken just above.
+                        if let Some(second) = request {
+                            b.requests.settle(now, second, 1, 0);
+                        }
+                        drop(shard);
+                        adm.release();
+                        return Err(refuse(LimitKind::Tokens, tpm, tokens, r));
                     }
-                    drop(shard);
-                    adm.release();
-                    return Err(refuse(LimitKind::Tokens, tpm, tokens, r));
                 }
             }
             if rule.max_concurrent.is_some() {
@@ -224,20 +236,20 @@ impl RateLimiter {
             }
             let a = &mut adm.allowance;
             if let Some(rpm) = rule.requests_per_minute {
-                let left = rpm.saturating_sub(b.requests.used(now, WINDOW));
+                let left = rpm.saturating_sub(b.requests.used(now));
                 if a.requests.is_none_or(|(_, l, _)| left < l) {
-                    a.requests = Some((rpm, left, b.requests.reset_after(now, WINDOW)));
+                    a.requests = Some((rpm, left, b.requests.reset_after(now)));
                 }
             }
             if let Some(tpm) = rule.tokens_per_minute {
-                let left = tpm.saturating_sub(b.tokens.used(now, WINDOW));
+                let left = tpm.saturating_sub(b.tokens.used(now));
                 if a.tokens.is_none_or(|(_, l, _)| left < l) {
-                    a.tokens = Some((tpm, left, b.tokens.reset_after(now, WINDOW)));
+                    a.tokens = Some((tpm, left, b.tokens.reset_after(now)));
                 }
             }
             adm.holds.push(Hold {
                 bucket: key,
-                token_id: rule.tokens_per_minute.map(|_| id),
+                tokens: booked,
                 concurrent: rule.max_concurrent.is_some(),
             });
         }
@@ -247,17 +259,17 @@ impl RateLimiter {
     /// Current use of every bucket whose name contains `filter`
     /// (e.g. `user=alice`), for the admin API.
     pub fn snapshot(&self, filter: &str) -> Vec<BucketState> {
-        let now = Instant::now();
+        self.sweep(Instant::now());
+        let now = clock_ms(Instant::now());
         let mut out = Vec::new();
-        self.sweep(now);
         for shard in &self.shards {
             let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
             for (k, b) in map.iter_mut() {
                 if k.as_str().contains(filter) {
                     out.push(BucketState {
                         bucket: k.as_str().to_owned(),
-                        requests_last_minute: b.requests.used(now, WINDOW),
-                        tokens_last_minute: b.tokens.used(now, WINDOW),
+                        requests_last_minute: b.requests.used(now),
+                        tokens_last_minute: b.tokens.used(now),
                         inflight: b.inflight,
                     });
                 }
@@ -281,12 +293,12 @@ impl Admission {
     /// Settles the token reservations with the tokens actually used and
     /// releases concurrency slots.
     pub fn settle(mut self, actual_tokens: u64) {
-        let now = Instant::now();
+        let now = clock_ms(Instant::now());
         for h in std::mem::take(&mut self.holds) {
             let mut shard = self.limiter.shard(h.bucket.hash_value());
             if let Some(b) = shard.get_mut(&h.bucket) {
-                if let Some(id) = h.token_id {
-                    b.tokens.settle(now, WINDOW, id, actual_tokens);
+                if let Some((second, reserved)) = h.tokens {
+                    b.tokens.settle(now, second, reserved, actual_tokens);
                 }
                 if h.concurrent {
                     b.inflight = b.inflight.saturating_sub(1);
@@ -297,12 +309,12 @@ impl Admission {
 
     /// Releases everything taken so far (a later rule refused the request).
     fn release(&mut self) {
-        let now = Instant::now();
+        let now = clock_ms(Instant::now());
         for h in std::mem::take(&mut self.holds) {
             let mut shard = self.limiter.shard(h.bucket.hash_value());
             if let Some(b) = shard.get_mut(&h.bucket) {
-                if let Some(id) = h.token_id {
-                    b.tokens.settle(now, WINDOW, id, 0);
+                if let Some((second, reserved)) = h.tokens {
+                    b.tokens.settle(now, second, reserved, 0);
                 }
                 if h.concurrent {
                     b.inflight = b.inflight.saturating_sub(1);

@@ -51,6 +51,7 @@ pub(super) async fn take(
                 Err(ProxyError::StateUnavailable) => match (&snap.local_limits, fleet.policy) {
                     (Some(local), OnUnavailable::FailOpen) => {
                         metrics::state_fail_open();
+                        rec.holds.owed_to = Some(fleet.clone());
                         (&local.rate_limits, &local.budgets)
                     }
                     _ => return Err(ProxyError::StateUnavailable),

@@ -1,5 +1,6 @@
 use super::*;
 use crate::vocab::{Dim, Identity};
+use std::sync::atomic::AtomicU64;
 
 fn rule(
     name: &str,
@@ -235,7 +236,7 @@ fn idle_buckets_are_swept() {
     }
     assert_eq!(l.sweep(t0), 100, "in the window");
     // Past the window, only buckets with requests in flight stay.
-    let later = t0 + WINDOW + Duration::from_secs(1);
+    let later = t0 + Duration::from_secs(super::super::window::SPAN + 1);
     held.truncate(10);
     assert_eq!(l.sweep(later), 10);
     drop(held);
