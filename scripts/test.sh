@@ -49,7 +49,7 @@ apt_install() {
 }
 
 # need_pkg BINARY [PACKAGE]: installs the Debian PACKAGE (default: BINARY) when BINARY is
-# not on PATH. Nothing needs it yet; e.g. `need_pkg redis-server` once a test uses Redis.
+# not on PATH.
 need_pkg() {
     local binary=$1 package=${2:-$1}
     if ! command -v "$binary" >/dev/null 2>&1; then
@@ -64,6 +64,9 @@ system_packages() {
     if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
         apt_install python3-venv
     fi
+    # The fleet tests (tests/fleet.rs, tests/redis_fixture.rs) start private redis-server
+    # instances on free loopback ports; nothing else on the machine is touched.
+    need_pkg redis-server
     echo "ok"
 }
 
