@@ -870,3 +870,41 @@ async fn admin_spend_is_fleet_wide() {
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["top"][0]["value"], "search", "{v}");
 }
+
+#[tokio::test]
+async fn a_free_model_under_a_budget_settles_cleanly() {
+    // A zero-priced model reserves $0: the scripts must not stumble on it
+    // (they once sent Redis "-0" and counted the error as an outage).
+    let redis = RedisServer::start();
+    let mock = MockProvider::start().await.expect("mock");
+    let cfg = fleet_config(&mock, &redis, PATIENT, &user_budget(1.0)).replace(
+        "[[pricing]]\nmodel = \"mock-model\"\ninput = 1.0\noutput = 2.0\n",
+        "[[pricing]]\nmodel = \"mock-model\"\ninput = 0.0\noutput = 0.0\n",
+    );
+    let s = Sluice::start(&cfg).await;
+    for i in 0..20 {
+        let (st, _, b) = post(
+            &s,
+            "/v1/chat/completions",
+            &[],
+            &chat(&format!("free {i}"), 10),
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    }
+    let records = eventually(Duration::from_secs(10), "20 usage records", || async {
+        let r = usage_in(&s.dir);
+        (r.len() >= 20).then_some(r)
+    })
+    .await;
+    assert!(records.iter().all(|r| r["status"] == 200));
+    let (_, m) = get(&s.admin_url("/metrics"), &[]).await.expect("metrics");
+    let m = String::from_utf8_lossy(&m);
+    assert!(!m.contains("sluice_state_errors_total"), "{m}");
+    let row = budget_row(&s).await;
+    assert_eq!(
+        (usd(&row, "spent_usd"), usd(&row, "reserved_usd")),
+        (0.0, 0.0),
+        "{row}"
+    );
+}

@@ -20,6 +20,8 @@ pub struct Settled {
     pub bucket: String,
     pub before: Nanos,
     pub after: Nanos,
+    /// What in-flight requests still hold there.
+    pub reserved: Nanos,
 }
 
 /// Runs once the charge is in Redis (`Some`) or was given up on (`None`).
@@ -192,7 +194,7 @@ pub(super) fn spawn_settle(
             let give_up = Instant::now() + SETTLE_GIVE_UP;
             // Off the response path: a slow reply is waited for longer than
             // a take's, and a lost one is retried (the script is idempotent).
-            let timeout = fleet.timeout.max(Duration::from_secs(1));
+            let timeout = fleet.timeout.max(super::SETTLE_TIMEOUT);
             let mut delay = Duration::from_millis(50);
             loop {
                 let inv = script::settle(
@@ -215,15 +217,18 @@ pub(super) fn spawn_settle(
                             .map(|(j, b)| Settled {
                                 budget: b.budget.clone(),
                                 bucket: b.bucket.clone(),
-                                before: at(1 + 2 * j),
-                                after: at(2 + 2 * j),
+                                before: at(1 + 3 * j),
+                                after: at(2 + 3 * j),
+                                reserved: at(3 + 3 * j),
                             })
                             .collect()
                     } else {
                         Vec::new()
                     };
                     for (s, b) in settled.iter().zip(&budgets) {
-                        fleet.seen.note(&s.bucket, b.window.key(now), s.after);
+                        // Spent plus reserved, as a take reports it.
+                        let used = s.after.saturating_add(s.reserved);
+                        fleet.seen.note(&s.bucket, b.window.key(now), used);
                     }
                     if let Some(t) = then {
                         t(Some(settled));

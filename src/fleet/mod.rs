@@ -50,6 +50,8 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// the end of its settle script); past it requests meet the
 /// `on_unavailable` policy.
 pub const MAX_PENDING_SETTLEMENTS: usize = 65_536;
+/// The most one settle call may take (it is off the response path).
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a settlement is retried while Redis is away; past it the
 /// charge is logged as lost (`sluice_state_settle_lost_total`).
 pub const SETTLE_GIVE_UP: Duration = Duration::from_secs(300);
@@ -127,9 +129,12 @@ impl Fleet {
                 redis::Client::build_with_tls(cfg.url.as_str(), certs)?
             }
         };
+        // Each call has its own deadline (a take's is `timeout`, a
+        // settlement's longer); the connection's only catches a reply that
+        // never comes.
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(Some(cfg.timeout))
+            .set_response_timeout(Some(SETTLE_TIMEOUT.max(cfg.timeout)))
             .set_max_delay(PROBE_INTERVAL);
         let conn = ConnectionManager::new_lazy_with_config(client, manager)?;
         let fleet = Arc::new(Fleet {
@@ -163,8 +168,15 @@ impl Fleet {
                 self.health.up();
                 Some(v)
             }
-            Ok(Err(e)) => {
+            Ok(Err(e)) if is_outage(&e) => {
                 self.health.down(op, &e.to_string());
+                None
+            }
+            Ok(Err(e)) => {
+                // Redis answered, with an error: a bug, not an outage.
+                // This call fails; nothing else is refused for it.
+                crate::metrics::state_error(op);
+                tracing::error!(op, error = %e, "redis state store refused a call");
                 None
             }
             Err(_) => {
@@ -261,6 +273,18 @@ impl Fleet {
             self.tasks.wait().await;
         }
     }
+}
+
+/// Whether an error means Redis cannot be used right now (unreachable,
+/// loading, read-only, busy, failing over), as opposed to refusing this
+/// one call (a script error).
+fn is_outage(e: &redis::RedisError) -> bool {
+    !matches!(
+        e.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+            | redis::ErrorKind::UnexpectedReturnType
+            | redis::ErrorKind::Parse
+    )
 }
 
 /// Seconds since the Unix epoch (budget windows are named by this clock).

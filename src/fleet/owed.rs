@@ -5,7 +5,6 @@
 //! dropped: it no longer counts anywhere. Lost if the replica dies first.
 
 use std::sync::Mutex;
-use std::time::Duration;
 
 use hashbrown::HashMap;
 
@@ -169,7 +168,7 @@ impl Fleet {
         };
         let id = format!("owed:{:016x}", fastrand::u64(..));
         let inv = script::settle(&self.keys, &id, &[], budgets, &actual, attribution, now);
-        let timeout = self.timeout.max(Duration::from_secs(1));
+        let timeout = self.timeout.max(super::SETTLE_TIMEOUT);
         let paid = self.call::<Vec<i64>>("repay", timeout, inv).await.is_some();
         if paid {
             tracing::info!(cost_nanos = cost, "fail-open spend added to redis");

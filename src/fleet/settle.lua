@@ -13,7 +13,7 @@
 --       per budget (4): window, reserved amount, actual cost, key_ttl_s,
 --       attributions, cost, per attribution (1): the identity's value.
 -- Reply: {0} already settled (a retry whose first try went through), or
---        {1, per budget: spend before, spend after}.
+--        {1, per budget: spend before, spend after, reserved after}.
 local t = redis.call('TIME')
 local sec = tonumber(t[1])
 local now_ms = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -56,7 +56,7 @@ for j = 1, nb do
   local bkey, rkey = KEYS[kb + (j - 1) * 2 + 1], KEYS[kb + (j - 1) * 2 + 2]
   local a = ab + (j - 1) * 4
   -- Gone already when it expired (and was released by a later take).
-  if redis.call('ZREM', rkey, id .. ':' .. ARGV[a + 1]) == 1 then
+  if redis.call('ZREM', rkey, id .. ':' .. ARGV[a + 1]) == 1 and ARGV[a + 1] ~= '0' then
     redis.call('HINCRBY', bkey, 'r', '-' .. ARGV[a + 1])
   end
   if redis.call('HGET', bkey, 'w') ~= ARGV[a] then
@@ -64,12 +64,14 @@ for j = 1, nb do
   end
   local before = tonumber(redis.call('HGET', bkey, 's')) or 0
   local after = redis.call('HINCRBY', bkey, 's', ARGV[a + 2])
+  local reserved = tonumber(redis.call('HGET', bkey, 'r')) or 0
   local keep = tonumber(ARGV[a + 3])
   if keep > 0 then
     redis.call('EXPIRE', bkey, keep)
   end
   out[#out + 1] = before
   out[#out + 1] = after
+  out[#out + 1] = reserved
 end
 
 local aa = ab + nb * 4

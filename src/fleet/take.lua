@@ -97,7 +97,10 @@ for j = 1, nb do
   local a = ab + (j - 1) * 5
   -- Reservations past their TTL belong to requests whose replica died.
   for _, m in ipairs(redis.call('ZRANGEBYSCORE', rkey, '-inf', now_ms)) do
-    redis.call('HINCRBY', bkey, 'r', '-' .. string.match(m, ':(%d+)$'))
+    local amount = string.match(m, ':(%d+)$')
+    if amount and amount ~= '0' then
+      redis.call('HINCRBY', bkey, 'r', '-' .. amount)
+    end
     redis.call('ZREM', rkey, m)
   end
   if redis.call('HGET', bkey, 'w') ~= ARGV[a] then
