@@ -16,8 +16,9 @@
 //! two-worker tokio runtime, with one pooled client and pre-built request bodies.
 //!
 //! Besides the main instance, a second Sluice ("features": cache, failover) and the scenario
-//! matrix of issue #17 (one fresh Sluice per configuration: plain, limits+budget, 10k keys +
-//! 2k rules, cache on) run in the same process tree; see bench/README.md.
+//! matrix of issue #17 (one fresh Sluice per configuration: plain, limits+budget, the same in
+//! fleet mode against a private redis-server (issue 11), 10k keys + 2k rules, cache on) run in
+//! the same process tree; see bench/README.md.
 //!
 //! This file is the main (arguments, run order); `load/` holds the parts: `processes`
 //! (children), `configs` (Sluice configs), `scenarios` (what is sent), `drive` (the load
@@ -52,11 +53,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use configs::{matrix_config, sluice_config, sluice_features_config};
+use configs::{matrix_config, sluice_config, sluice_features_config, RedisTarget};
 use drive::{many_streams, rss_kb, run_scenario, soak, Arm, Env, HttpClient, RssSampler, Run};
 use processes::{
-    alive, have_nginx, signal, start_failing, start_mock, start_nginx, start_sluice, LogTail,
-    Procs, PIDS,
+    alive, have_nginx, signal, start_failing, start_mock, start_nginx, start_redis, start_sluice,
+    LogTail, Procs, PIDS,
 };
 use procfs::{clk_tck, fd_count, status_kb};
 use report::{mb, report, Memory};
@@ -150,25 +151,28 @@ async fn run(args: Args) {
         name: "direct",
         uri: chat_uri(mock_addr),
         pids: Vec::new(),
+        side: Vec::new(),
     };
     let nginx_arm = nginx.as_ref().map(|(pids, addr, _)| Arm {
         name: "nginx",
         uri: chat_uri(*addr),
         pids: pids.clone(),
+        side: Vec::new(),
     });
-    // direct, this Sluice instance, nginx (when installed).
-    let arms_with = |name: &'static str, addr: SocketAddr, pid: u32| -> Vec<Arm> {
+    // direct, this Sluice instance (with the processes it relies on), nginx (when installed).
+    let arms_with = |name: &'static str, addr: SocketAddr, pid: u32, side: Vec<u32>| -> Vec<Arm> {
         let sluice = Arm {
             name,
             uri: chat_uri(addr),
             pids: vec![pid],
+            side,
         };
         [Some(direct.clone()), Some(sluice), nginx_arm.clone()]
             .into_iter()
             .flatten()
             .collect()
     };
-    let arms = arms_with("sluice", sluice_addr, sluice_pid);
+    let arms = arms_with("sluice", sluice_addr, sluice_pid, Vec::new());
 
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -212,6 +216,7 @@ async fn run(args: Args) {
             name: "sluice",
             uri: chat_uri(feat_addr),
             pids: vec![feat_pid],
+            side: Vec::new(),
         },
     ];
     let mut feat_results = Vec::new();
@@ -246,33 +251,65 @@ async fn run(args: Args) {
     let feat_text = features_report(&feat_results, fill.as_ref(), feat_idle_kb);
 
     // The scenario matrix (issue #17): one fresh Sluice per configuration, started just before
-    // its scenario and stopped after it, so its CPU and RSS are its configuration's alone.
-    let mut matrix = Vec::new();
-    let mut matrix_logs = Vec::new();
-    for (config, sc) in matrix_scenarios(quick)
+    // its scenario and stopped after it, so its CPU and RSS are its configuration's alone. The
+    // fleet-mode configuration (issue 11) shares one private redis-server, started only when
+    // wanted; each of its instances gets a fresh key prefix.
+    let wanted: Vec<_> = matrix_scenarios(quick)
         .into_iter()
         .filter(|(_, s)| args.wants(&s.name))
-    {
-        let text = matrix_config(config, mock_addr, &procs.dir);
+        .collect();
+    let redis = if wanted.iter().any(|(c, _)| c.redis()) {
+        start_redis(&mut procs)
+    } else {
+        None
+    };
+    if let Some((pid, addr, _)) = &redis {
+        eprintln!("load: redis-server {addr} (pid {pid})");
+    }
+    let mut matrix = Vec::new();
+    let mut matrix_logs = Vec::new();
+    let mut matrix_skipped = Vec::new();
+    for (config, sc) in wanted {
+        let target = match (&redis, config.redis()) {
+            (None, true) => {
+                matrix_skipped.push(sc.name);
+                continue;
+            }
+            (Some((_, addr, _)), true) => Some(RedisTarget {
+                addr: *addr,
+                key_prefix: format!("bench:{}:{}:", std::process::id(), matrix.len()),
+            }),
+            (_, false) => None,
+        };
+        let side: Vec<u32> = redis
+            .iter()
+            .filter(|_| config.redis())
+            .map(|r| r.0)
+            .collect();
+        let text = matrix_config(config, mock_addr, &procs.dir, target.as_ref());
         let (pid, addr, _, log) = start_sluice(&mut procs, &config.file(), &text);
         tokio::time::sleep(Duration::from_millis(500)).await;
         let idle_kb = rss_kb(&[pid]);
-        let runs = run_scenario(&env, &arms_with("sluice", addr, pid), &sc).await;
+        let runs = run_scenario(&env, &arms_with("sluice", addr, pid, side.clone()), &sc).await;
         assert!(
             alive(pid),
             "sluice ({}) died during the run",
             config.label()
         );
         procs.stop(pid);
-        matrix_logs.push((format!("sluice (matrix: {}) stderr", config.label()), log));
+        matrix_logs.push((format!("sluice (matrix: {}) stderr", sc.name), log));
         matrix.push(MatrixRun {
             config,
             idle_kb,
+            side_rss_kb: (!side.is_empty()).then(|| rss_kb(&side)),
             scenario: sc,
             runs,
         });
     }
-    let matrix_text = matrix_report(&matrix);
+    if let Some((_, _, log)) = redis {
+        matrix_logs.push(("redis-server output".to_string(), log));
+    }
+    let matrix_text = matrix_report(&matrix, &matrix_skipped);
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after_kb = rss_kb(&[sluice_pid]);

@@ -278,6 +278,9 @@ pub(crate) struct Arm {
     pub(crate) name: &'static str,
     pub(crate) uri: Uri,
     pub(crate) pids: Vec<u32>,
+    /// Processes the arm also relies on whose CPU is reported on its own (redis-server in
+    /// fleet mode), so the proxy's figure stays comparable with the other configurations.
+    pub(crate) side: Vec<u32>,
 }
 
 pub(crate) struct Run {
@@ -288,6 +291,8 @@ pub(crate) struct Run {
     pub(crate) proxy_cpu: Option<f64>,
     /// Clock ticks behind `proxy_cpu` (its resolution).
     pub(crate) proxy_ticks: u64,
+    /// CPU per request of the arm's `side` processes, µs, and its ticks (None without any).
+    pub(crate) side_cpu: Option<(f64, u64)>,
     pub(crate) mock_cpu: f64,
     pub(crate) client_cpu: f64,
     /// Peak RSS of this arm's proxy during the run, KiB (sampled for the main instance and
@@ -328,8 +333,10 @@ pub(crate) async fn run_arm(env: &Env, arm: &Arm, sc: &Scenario, cap: Duration) 
     let ticks = |pids: &[u32]| pids.iter().map(|p| cpu_ticks(*p)).sum::<u64>();
     let _ = env.rss.take();
     let (p0, m0, c0) = (ticks(&arm.pids), cpu_ticks(env.mock_pid), self_cpu_ticks());
+    let side0 = ticks(&arm.side);
     let (s, elapsed) = drive(&env.client, &arm.uri, sc, sc.requests, cap, check).await;
     let (p1, m1, c1) = (ticks(&arm.pids), cpu_ticks(env.mock_pid), self_cpu_ticks());
+    let side1 = ticks(&arm.side);
     let (sluice_peak, nginx_peak) = env.rss.take();
     let n = s.ok.max(1) as f64;
     let per_req = |a: u64, b: u64| (b.saturating_sub(a)) as f64 * env.tick_us / n;
@@ -341,6 +348,8 @@ pub(crate) async fn run_arm(env: &Env, arm: &Arm, sc: &Scenario, cap: Duration) 
         arm: arm.name,
         proxy_cpu: (!arm.pids.is_empty()).then(|| per_req(p0, p1)),
         proxy_ticks: p1.saturating_sub(p0),
+        side_cpu: (!arm.side.is_empty())
+            .then(|| (per_req(side0, side1), side1.saturating_sub(side0))),
         mock_cpu: per_req(m0, m1),
         client_cpu: per_req(c0, c1),
         proxy_rss_peak: if arm.pids.first() == Some(&env.rss.sluice) {

@@ -1,5 +1,5 @@
 //! Child processes of the load harness: the mock, the Sluice instances (configs in
-//! `configs.rs`) and nginx; and the failing provider that runs inside the harness.
+//! `configs.rs`), nginx and redis-server; and the failing provider that runs inside the harness.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
@@ -351,6 +351,63 @@ http {{
     let mut pids = vec![master];
     pids.extend(workers);
     (pids, addr, log)
+}
+
+/// Starts a private redis-server on a free port for the fleet-mode configurations, persisting
+/// as a production fleet would (AOF, fsync every second; no RDB snapshots) into the temp dir.
+/// None, with a message, when `redis-server` is not installed.
+pub(crate) fn start_redis(procs: &mut Procs) -> Option<(u32, SocketAddr, Arc<Mutex<LogTail>>)> {
+    let installed = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        eprintln!("load: redis-server not on PATH: the fleet-mode (redis) scenarios are skipped");
+        return None;
+    }
+    let port = StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let dir = procs.dir.join("redis");
+    std::fs::create_dir_all(&dir).expect("redis dir");
+    let mut child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+        ])
+        .arg("--dir")
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn redis-server");
+    let log = Arc::new(Mutex::new(LogTail::default()));
+    let (tx, _rx) = mpsc::channel();
+    drain(
+        child.stdout.take().expect("stdout"),
+        "\u{0}",
+        tx.clone(),
+        log.clone(),
+    );
+    drain(
+        child.stderr.take().expect("stderr"),
+        "\u{0}",
+        tx,
+        log.clone(),
+    );
+    let pid = procs.add("redis-server", child);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_connect(addr, "redis-server");
+    Some((pid, addr, log))
 }
 
 pub(crate) fn children_of(parent: u32) -> Vec<u32> {

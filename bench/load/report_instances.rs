@@ -180,15 +180,18 @@ pub(crate) fn features_report(
 pub(crate) struct MatrixRun {
     pub(crate) config: MatrixConfig,
     pub(crate) idle_kb: u64,
+    /// RSS of the processes the instance relied on (redis-server) after its run, KiB.
+    pub(crate) side_rss_kb: Option<u64>,
     pub(crate) scenario: Scenario,
     pub(crate) runs: Vec<Run>,
 }
 
 /// The scenario-matrix section: per configuration, req/s, CPU per request and RSS of its
-/// Sluice beside nginx (same run), then the issue #17 ratios.
-pub(crate) fn matrix_report(matrix: &[MatrixRun]) -> String {
+/// Sluice beside nginx (same run), then the issue #17 ratios and the fleet-mode comparison
+/// (issue 11). `skipped`: scenarios that could not run (no redis-server).
+pub(crate) fn matrix_report(matrix: &[MatrixRun], skipped: &[String]) -> String {
     let mut o = String::new();
-    if matrix.is_empty() {
+    if matrix.is_empty() && skipped.is_empty() {
         return o;
     }
     let w = &mut o;
@@ -198,23 +201,26 @@ pub(crate) fn matrix_report(matrix: &[MatrixRun]) -> String {
         "One fresh Sluice process per configuration, started just before its scenario and \
          stopped after it; the same short non-streaming request (model `gpt-4o-mini`, \
          a system prompt and a five-word question, `temperature: 0`, `max_tokens: 256`, a \
-         20-word answer) at c=16 through the mock directly, that Sluice and nginx, back to back. \
+         20-word answer) at c=16 (the limits+budget pair also at c=1) through the mock directly, \
+         that Sluice and nginx, back to back. \
          Configurations: **plain** = passthrough key, one `*` rule, no limits; \
          **limits+budget** = one virtual key, one model rule, a per-user rate limit \
          (100,000,000 requests/min) and a per-user daily budget ($1,000,000); **10k keys + 2k \
          rules** = {MATRIX_KEYS} virtual keys (the client uses the last) and {} model rules \
          (`m-N-*` globs, the requested model's exact rule last), same limit and budget; \
          **cache on** = plain with `[cache] mode = \"deterministic\"` (every measured response \
-         must be a hit). CPU = utime+stime of the Sluice (or nginx master + worker) process \
+         must be a hit); **limits+budget (redis)** = limits+budget with `[state] backend = \
+         \"redis\"` against a private redis-server (AOF, fsync every second; a fresh key prefix \
+         per instance), whose own CPU is its own column. CPU = utime+stime of the Sluice (or nginx master + worker) process \
          from /proc over the measured run, per successful request; one tick is {:.0} µs.\n",
         MATRIX_GLOB_RULES + 1,
         1e6 / clk_tck() as f64
     );
     let _ = writeln!(
         w,
-        "| configuration | sluice req/s | nginx req/s | sluice CPU ms/req (ticks) | nginx CPU ms/req (ticks) | sluice / nginx CPU | sluice RSS idle → after warm-up → after run MB | nginx RSS after warm-up MB | sluice p50 / p99 µs | errors / non-200 |"
+        "| configuration | sluice req/s | nginx req/s | sluice CPU ms/req (ticks) | redis CPU ms/req (ticks) | nginx CPU ms/req (ticks) | sluice / nginx CPU | sluice RSS idle → after warm-up → after run MB | nginx RSS after warm-up MB | sluice p50 / p99 µs | errors / non-200 |"
     );
-    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|---|");
     let ms = |r: Option<&Run>| {
         r.and_then(|r| {
             r.proxy_cpu
@@ -222,6 +228,16 @@ pub(crate) fn matrix_report(matrix: &[MatrixRun]) -> String {
         })
         .unwrap_or_else(|| "–".into())
     };
+    let side_ms = |r: Option<&Run>| {
+        r.and_then(|r| r.side_cpu)
+            .map_or("–".into(), |(c, t)| format!("{:.3} ({t})", c / 1000.0))
+    };
+    for name in skipped {
+        let _ = writeln!(
+            w,
+            "| {name}: skipped, redis-server not installed | | | | | | | | | | |"
+        );
+    }
     for m in matrix {
         let (s, n) = (find(&m.runs, "sluice"), find(&m.runs, "nginx"));
         let ratio = s
@@ -230,11 +246,13 @@ pub(crate) fn matrix_report(matrix: &[MatrixRun]) -> String {
             .map_or("–".into(), |(s, n)| format!("{:.2}×", s / n.max(1e-9)));
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {} | {} | {} | {} → {} → {} | {} | {} | {} |",
+            "| {} c={} | {} | {} | {} | {} | {} | {} | {} → {} → {} | {} | {} | {} |",
             m.config.label(),
+            m.scenario.concurrency,
             s.map_or("–".into(), |r| format!("{:.0}", r.rps())),
             n.map_or("–".into(), |r| format!("{:.0}", r.rps())),
             ms(s),
+            side_ms(s),
             ms(n),
             ratio,
             mb(m.idle_kb),
@@ -257,7 +275,7 @@ pub(crate) fn matrix_report(matrix: &[MatrixRun]) -> String {
     let cpu = |c: MatrixConfig| {
         matrix
             .iter()
-            .find(|m| m.config == c)
+            .find(|m| m.config == c && m.scenario.concurrency == 16)
             .and_then(|m| find(&m.runs, "sluice"))
             .and_then(|r| r.proxy_cpu)
     };
@@ -294,12 +312,72 @@ pub(crate) fn matrix_report(matrix: &[MatrixRun]) -> String {
         if let Some(kb) = find(&m.runs, "sluice").and_then(|r| r.rss_warm) {
             let _ = writeln!(
                 w,
-                "| RSS ≤ 50 MB after warm-up ({}) | {} MB | {} |",
+                "| RSS ≤ 50 MB after warm-up ({} c={}) | {} MB | {} |",
                 m.config.label(),
+                m.scenario.concurrency,
                 mb(kb),
                 verdict(kb <= 50 * 1024)
             );
         }
     }
+    fleet_report(w, matrix);
     o
+}
+
+/// Fleet mode (issue 11): limits+budget with `[state] backend = "redis"` against the same
+/// config with embedded state, at each concurrency both ran at. The goal: added p50 ≤ +0.3 ms.
+fn fleet_report(w: &mut String, matrix: &[MatrixRun]) {
+    let at = |c: MatrixConfig, conc: usize| {
+        matrix
+            .iter()
+            .find(|m| m.config == c && m.scenario.concurrency == conc)
+    };
+    let pairs: Vec<_> = [1, 16]
+        .into_iter()
+        .filter_map(|c| {
+            let e = at(MatrixConfig::LimitsBudget, c)?;
+            let r = at(MatrixConfig::LimitsBudgetRedis, c)?;
+            Some((c, find(&e.runs, "sluice")?, find(&r.runs, "sluice")?, r))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return;
+    }
+    let _ = writeln!(w, "\n### Fleet mode: redis vs embedded (issue 11)\n");
+    let _ = writeln!(
+        w,
+        "limits+budget (embedded state) vs limits+budget (redis), same request. Added p50 = redis \
+         p50 − embedded p50 (goal ≤ +300 µs). Total CPU = Sluice + redis-server, per request.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| c | req/s embedded / redis | p50 µs embedded / redis (added) | p99 µs embedded / redis | Sluice CPU ms/req embedded / redis | redis-server CPU ms/req (ticks) | total CPU ms/req redis / embedded | redis-server RSS MB | errors / non-200 (redis) | added p50 ≤ +300 µs |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|");
+    for (c, e, r, rm) in pairs {
+        let (ec, rc) = (e.proxy_cpu.unwrap_or(0.0), r.proxy_cpu.unwrap_or(0.0));
+        let (side, ticks) = r.side_cpu.unwrap_or((0.0, 0));
+        let added = pct(&r.s.lat, 0.5) as i64 - pct(&e.s.lat, 0.5) as i64;
+        let _ = writeln!(
+            w,
+            "| {c} | {:.0} / {:.0} | {} / {} ({}) | {} / {} | {:.3} / {:.3} | {:.3} ({ticks}) | {:.3} / {:.3} = {:.2}× | {} | {} / {} | {} |",
+            e.rps(),
+            r.rps(),
+            pct(&e.s.lat, 0.5),
+            pct(&r.s.lat, 0.5),
+            signed(added),
+            pct(&e.s.lat, 0.99),
+            pct(&r.s.lat, 0.99),
+            ec / 1000.0,
+            rc / 1000.0,
+            side / 1000.0,
+            (rc + side) / 1000.0,
+            ec / 1000.0,
+            (rc + side) / ec.max(1e-9),
+            rm.side_rss_kb.map_or("–".into(), mb),
+            r.s.errors + r.s.incomplete,
+            r.s.non200,
+            if added <= 300 { "met" } else { "NOT met" },
+        );
+    }
 }

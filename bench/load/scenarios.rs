@@ -286,25 +286,30 @@ pub(crate) fn feature_scenarios(quick: bool) -> Vec<Scenario> {
 /// The scenario matrix (issue #17): the same short non-streaming request (a few words,
 /// `temperature: 0`, 20-word answer) at c=16 through one fresh Sluice per configuration, with
 /// the direct and nginx arms as reference. Named `matrix <config> c=16`, so `--only matrix`
-/// selects all four and `--only limits` one of them.
+/// selects all of them and `--only limits` the limits ones. The embedded and redis
+/// limits+budget configurations also run serially (`c=1`): the added latency of the fleet's
+/// round trip without queueing for CPU (issue 11).
 pub(crate) fn matrix_scenarios(quick: bool) -> Vec<(MatrixConfig, Scenario)> {
     let requests = if quick { 2_000 } else { 20_000 };
-    MatrixConfig::ALL
+    let serial = if quick { 1_000 } else { 10_000 };
+    let scenario = |config: MatrixConfig, concurrency: usize, requests: usize| Scenario {
+        name: format!("matrix {} c={concurrency}", config.label()),
+        kind: Kind::NonStream,
+        concurrency,
+        requests,
+        body: cache_body(MATRIX_PROMPT, false),
+        headers: headers_with_key(&config.client_key(), 20, None),
+        expect: (config == MatrixConfig::Cache).then_some(("x-sluice-cache", "hit")),
+        bodies: None,
+    };
+    let mut v: Vec<_> = MatrixConfig::ALL
         .into_iter()
-        .map(|config| {
-            let scenario = Scenario {
-                name: format!("matrix {} c=16", config.label()),
-                kind: Kind::NonStream,
-                concurrency: 16,
-                requests,
-                body: cache_body(MATRIX_PROMPT, false),
-                headers: headers_with_key(&config.client_key(), 20, None),
-                expect: (config == MatrixConfig::Cache).then_some(("x-sluice-cache", "hit")),
-                bodies: None,
-            };
-            (config, scenario)
-        })
-        .collect()
+        .map(|config| (config, scenario(config, 16, requests)))
+        .collect();
+    for config in [MatrixConfig::LimitsBudget, MatrixConfig::LimitsBudgetRedis] {
+        v.push((config, scenario(config, 1, serial)));
+    }
+    v
 }
 
 /// The matrix's prompt: short, so the cost measured is the configuration's, not counting's.
