@@ -53,7 +53,7 @@ impl std::fmt::Debug for FleetHold {
 }
 
 impl FleetHold {
-    /// The hold a take script's reply describes (layout in take.lua).
+    /// The hold a take script's reply describes (layout in state.lua).
     pub(super) fn new(
         fleet: Arc<Fleet>,
         ask: &Ask<'_>,

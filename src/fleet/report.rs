@@ -177,8 +177,13 @@ impl Fleet {
                 .arg("+inf");
         }
         let rows: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+        // A window's fields are seconds, plus its bookkeeping ('t', 'o', 'n').
         let decode = |v: &redis::Value| -> Vec<(u64, u64)> {
-            redis::from_redis_value_ref(v).unwrap_or_default()
+            redis::from_redis_value_ref::<Vec<(String, u64)>>(v)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(s, n)| Some((s.parse().ok()?, n)))
+                .collect()
         };
         let in_window = |h: &[(u64, u64)]| -> u64 {
             h.iter()

@@ -1,5 +1,6 @@
-//! The two Lua scripts every fleet decision goes through, and the layout of
-//! their keys and arguments (documented at the top of each script).
+//! The Lua script every fleet decision goes through (state.lua: `take` and
+//! `settle`), and the layout of their keys and arguments (documented above
+//! each operation in the script).
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -9,8 +10,7 @@ use redis::Script;
 use crate::pricing::Nanos;
 use crate::window::Window;
 
-static TAKE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("take.lua")));
-static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("settle.lua")));
+static STATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("state.lua")));
 
 /// How long budget buckets outlive their window, so the admin API still
 /// shows the last one.
@@ -98,8 +98,9 @@ pub fn take<'a>(
     budgets: &[BudgetPart],
     now: u64,
 ) -> redis::ScriptInvocation<'a> {
-    let mut inv = TAKE.prepare_invoke();
-    inv.arg(id)
+    let mut inv = STATE.prepare_invoke();
+    inv.arg("take")
+        .arg(id)
         .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
         .arg(rates.len())
         .arg(budgets.len())
@@ -148,8 +149,9 @@ pub fn settle<'a>(
     attribution: &[(&'static str, String)],
     now: u64,
 ) -> redis::ScriptInvocation<'a> {
-    let mut inv = SETTLE.prepare_invoke();
-    inv.arg(id)
+    let mut inv = STATE.prepare_invoke();
+    inv.arg("settle")
+        .arg(id)
         .arg(actual.booked)
         .arg(rates.len())
         .arg(budgets.len())

@@ -4,7 +4,7 @@
 //! second `s` counts until second `s + SPAN` begins — at least 60 s after it
 //! happened — so no 60-second window ever holds more than the limit; a
 //! refusal can come up to a second early. Fleet mode keeps the same shape in
-//! Redis (src/fleet/take.lua). Uses can be settled after the fact (reserve
+//! Redis (src/fleet/state.lua). Uses can be settled after the fact (reserve
 //! an estimate, settle the actual), which is how token limits stay exact.
 
 use std::collections::VecDeque;
