@@ -198,17 +198,19 @@ async fn admin(app: &App, method: &Method, path: &str, query: &str) -> Response<
         (&Method::GET, "/admin/limits") => {
             // `?filter=user=alice` narrows to buckets whose name contains it.
             let filter = query_param(query, "filter").unwrap_or_default();
+            let snap = app.snapshot();
+            let overrides = rate_overrides(&snap.config.rate_limits);
             match &app.fleet {
                 Some(fleet) => match fleet.rate_report(&filter).await {
                     Ok(buckets) => json_response(
                         StatusCode::OK,
-                        &json!({"scope": "fleet", "buckets": buckets}),
+                        &json!({"scope": "fleet", "buckets": buckets, "overrides": overrides}),
                     ),
                     Err(e) => state_unavailable(&e),
                 },
                 None => json_response(
                     StatusCode::OK,
-                    &json!({"scope": "process", "buckets": app.rate.snapshot(&filter)}),
+                    &json!({"scope": "process", "buckets": app.rate.snapshot(&filter), "overrides": overrides}),
                 ),
             }
         }
@@ -389,6 +391,27 @@ fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<ProxyBod
         HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// The configured per-entity rate limits, for `/admin/limits`.
+fn rate_overrides(rules: &[crate::config::RateRule]) -> Vec<serde_json::Value> {
+    let mut out: Vec<serde_json::Value> = rules
+        .iter()
+        .flat_map(|r| {
+            r.overrides.iter().map(move |(scope, limits)| match limits {
+                None => json!({"rule": r.name, "scope": scope, "unlimited": true}),
+                Some(l) => json!({
+                    "rule": r.name,
+                    "scope": scope,
+                    "requests_per_minute": l.requests_per_minute,
+                    "tokens_per_minute": l.tokens_per_minute,
+                    "max_concurrent": l.max_concurrent,
+                }),
+            })
+        })
+        .collect();
+    out.sort_by_key(|v| (v["rule"].to_string(), v["scope"].to_string()));
+    out
 }
 
 /// An admin view that needs Redis while it is unavailable.

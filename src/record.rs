@@ -384,8 +384,9 @@ fn fire_alerts(budgets: &[crate::config::BudgetRule], settled: &[Settled]) {
         let Some(rule) = budgets.iter().find(|b| b.name == s.budget) else {
             continue;
         };
+        let limit = rule.limit_of_bucket(&s.bucket).unwrap_or(rule.limit);
         for &t in &rule.alert_permille {
-            let at = crate::budget::ledger::threshold(rule.limit, t);
+            let at = crate::budget::ledger::threshold(limit, t);
             if s.before < at && s.after >= at {
                 crate::budget::alert::fire(rule, &s.bucket, t);
             }

@@ -908,3 +908,41 @@ async fn a_free_model_under_a_budget_settles_cleanly() {
         "{row}"
     );
 }
+
+#[tokio::test]
+async fn overrides_hold_across_replicas() {
+    let redis = RedisServer::start();
+    let mock = MockProvider::start().await.expect("mock");
+    // By default a user gets a few requests a day and a key 1 a minute;
+    // alice (the test key "test") has 20× the budget and 6 a minute.
+    let rules =
+        "[[budgets]]\nname = \"daily\"\nscope = [\"user\"]\nwindow = \"day\"\nlimit_usd = 0.00004\n\
+                 overrides = { \"user=alice\" = 0.002 }\n\
+                 [[rate_limits]]\nname = \"per-key\"\nscope = [\"key\"]\nrequests_per_minute = 1\n\
+                 overrides = { \"key=test\" = { requests_per_minute = 6 } }\n";
+    let fleet = start_fleet(2, &fleet_config(&mock, &redis, PATIENT, rules)).await;
+    let mut ok = 0;
+    for i in 0..8 {
+        let (st, _, _) = post(
+            &fleet[i % 2],
+            "/v1/chat/completions",
+            &[],
+            &chat(&format!("o{i}"), 10),
+        )
+        .await;
+        if st == StatusCode::OK {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 6, "alice's own rate limit, across both replicas");
+    let row = spend_matches_usage(&fleet[1], &dirs(&fleet)).await;
+    assert_eq!(
+        (row["overridden"].clone(), row["limit_usd"].clone()),
+        (json!(true), json!(0.002)),
+        "{row}"
+    );
+    assert!(
+        usd(&row, "spent_usd") > 0.00004,
+        "past the default limit: {row}"
+    );
+}

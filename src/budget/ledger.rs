@@ -265,6 +265,9 @@ impl Ledger {
             .iter()
             .filter(|b| b.action == BudgetAction::Downgrade && applies(b, subject.model))
             .find(|b| {
+                let Some(limit) = b.limit_for(subject) else {
+                    return false;
+                };
                 // A lookup only: asking must not create a bucket.
                 let window = b.window.key(now);
                 let key = self.bucket_for(&map, b, subject, &window);
@@ -273,7 +276,7 @@ impl Ledger {
                     .is_some_and(|s| {
                         // used / limit >= permille / 1000, in integers.
                         u128::from(s.spent.saturating_add(s.reserved)) * 1000
-                            >= u128::from(b.downgrade_permille) * u128::from(b.limit)
+                            >= u128::from(b.downgrade_permille) * u128::from(limit)
                     })
             })
             .and_then(|b| b.downgrade_to.clone())
@@ -288,24 +291,26 @@ impl Ledger {
     ) -> Result<BudgetHold, Exhausted> {
         let now = (self.clock)();
         let mut map = self.lock();
-        let applicable: Vec<(&BudgetRule, BucketProbe<'_>, String)> = budgets
+        // An exempt subject (an `"unlimited"` override) reserves nothing there.
+        let applicable: Vec<(&BudgetRule, Nanos, BucketProbe<'_>, String)> = budgets
             .iter()
             .filter(|b| applies(b, subject.model))
-            .map(|b| {
+            .filter_map(|b| {
+                let limit = b.limit_for(subject)?;
                 let window = b.window.key(now);
-                (b, self.bucket_for(&map, b, subject, &window), window)
+                Some((b, limit, self.bucket_for(&map, b, subject, &window), window))
             })
             .collect();
-        for (b, key, window) in &applicable {
+        for (b, limit, key, window) in &applicable {
             if b.action == BudgetAction::Alert {
                 continue;
             }
             let (name, s) = Self::slot(&mut map, key, window);
-            if s.spent.saturating_add(s.reserved).saturating_add(amount) > b.limit {
+            if s.spent.saturating_add(s.reserved).saturating_add(amount) > *limit {
                 return Err(Exhausted {
                     budget: b.name.clone(),
                     bucket: name.as_str().to_owned(),
-                    limit: b.limit,
+                    limit: *limit,
                     spent: s.spent.saturating_add(s.reserved),
                     requested: amount,
                 });
@@ -313,10 +318,10 @@ impl Ledger {
         }
         let mut parts = Vec::with_capacity(applicable.len());
         let mut remaining: Option<Nanos> = None;
-        for (b, key, window) in &applicable {
+        for (b, limit, key, window) in &applicable {
             let (bucket, s) = Self::slot(&mut map, key, window);
             s.reserved = s.reserved.saturating_add(amount);
-            let left = b.limit.saturating_sub(s.spent.saturating_add(s.reserved));
+            let left = limit.saturating_sub(s.spent.saturating_add(s.reserved));
             remaining = Some(remaining.map_or(left, |r| r.min(left)));
             parts.push(Part {
                 bucket,
@@ -347,7 +352,9 @@ impl Ledger {
                 slot.window = window;
                 slot.spent = 0;
             }
+            let limit = b.limit_of_bucket(key.as_str()).unwrap_or(b.limit);
             out.push(BucketReport {
+                overridden: b.overrides.for_bucket(key.as_str()).is_some(),
                 budget: b.name.clone(),
                 bucket: key.as_str().to_owned(),
                 window: slot.window.clone(),
@@ -356,12 +363,11 @@ impl Ledger {
                     BudgetAction::Downgrade => "downgrade",
                     BudgetAction::Alert => "alert",
                 },
-                limit_usd: nanos_to_usd(b.limit),
+                limit_usd: nanos_to_usd(limit),
                 spent_usd: nanos_to_usd(slot.spent),
                 reserved_usd: nanos_to_usd(slot.reserved),
                 remaining_usd: nanos_to_usd(
-                    b.limit
-                        .saturating_sub(slot.spent.saturating_add(slot.reserved)),
+                    limit.saturating_sub(slot.spent.saturating_add(slot.reserved)),
                 ),
                 resets_at: b.window.ends_at(now),
             });
@@ -449,8 +455,11 @@ impl BudgetHold {
                 s.reserved = s.reserved.saturating_sub(part.amount);
                 let before = s.spent;
                 s.spent = s.spent.saturating_add(actual);
+                let limit = rule
+                    .limit_of_bucket(part.bucket.as_str())
+                    .unwrap_or(rule.limit);
                 for &t in &rule.alert_permille {
-                    let at = threshold(rule.limit, t);
+                    let at = threshold(limit, t);
                     if before < at && s.spent >= at {
                         crossed.push((name.to_owned(), part.bucket.as_str().to_owned(), t));
                     }
@@ -496,6 +505,8 @@ impl Drop for BudgetHold {
 pub struct BucketReport {
     pub budget: String,
     pub bucket: String,
+    /// The bucket has its own limit (an override).
+    pub overridden: bool,
     pub window: String,
     pub action: &'static str,
     pub limit_usd: f64,

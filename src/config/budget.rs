@@ -1,9 +1,10 @@
 //! Config for spend: budgets, prices and the embedded state file.
 
 use super::raw::RawConfig;
-use super::{Dim, ModelRule, ProviderConfig, Validator};
+use super::{Dim, ModelRule, Overrides, ProviderConfig, Validator};
 use crate::glob::in_filter;
 use crate::pricing::{usd_to_nanos, Nanos, PriceTable};
+use crate::vocab::Subject;
 use crate::window::Window;
 
 /// A share in thousandths: budget thresholds are compared in integers
@@ -52,6 +53,26 @@ pub struct BudgetRule {
     pub models: Option<Vec<String>>,
     /// Where alerts are POSTed (JSON), if anywhere.
     pub webhook: Option<http::Uri>,
+    /// Scope values with their own limit (`None`: exempt).
+    pub overrides: Overrides<Option<Nanos>>,
+}
+
+impl BudgetRule {
+    /// The limit for a subject's bucket (`None`: exempt).
+    pub fn limit_for(&self, subject: &Subject<'_>) -> Option<Nanos> {
+        match self.overrides.for_subject(&self.scope, subject) {
+            Some(o) => *o,
+            None => Some(self.limit),
+        }
+    }
+
+    /// The limit of a bucket by its name (`None`: exempt).
+    pub fn limit_of_bucket(&self, bucket: &str) -> Option<Nanos> {
+        match self.overrides.for_bucket(bucket) {
+            Some(o) => *o,
+            None => Some(self.limit),
+        }
+    }
 }
 
 impl Validator<'_> {
@@ -159,7 +180,9 @@ impl Validator<'_> {
                         None
                     }
                 });
+            let overrides = self.budget_overrides(&field, b.overrides.as_ref(), &scope);
             out.push(BudgetRule {
+                overrides,
                 webhook,
                 name,
                 scope,

@@ -3,8 +3,9 @@
 use std::collections::HashSet;
 
 use super::raw::RawConfig;
-use super::Validator;
+use super::{Overrides, RateLimits, Validator};
 pub use crate::vocab::Dim;
+use crate::vocab::Subject;
 
 /// Per-request token limits; `None` = no limit at this level.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -38,6 +39,27 @@ pub struct RateRule {
     pub requests_per_minute: Option<u64>,
     pub tokens_per_minute: Option<u64>,
     pub max_concurrent: Option<u64>,
+    /// Scope values with their own limits (`None`: exempt).
+    pub overrides: Overrides<Option<RateLimits>>,
+}
+
+impl RateRule {
+    /// The rule's own limits.
+    pub fn own(&self) -> RateLimits {
+        RateLimits {
+            requests_per_minute: self.requests_per_minute,
+            tokens_per_minute: self.tokens_per_minute,
+            max_concurrent: self.max_concurrent,
+        }
+    }
+
+    /// The limits for a subject's bucket (`None`: exempt).
+    pub fn limits_for(&self, subject: &Subject<'_>) -> Option<RateLimits> {
+        match self.overrides.for_subject(&self.scope, subject) {
+            Some(o) => *o,
+            None => Some(self.own()),
+        }
+    }
 }
 
 impl Validator<'_> {
@@ -134,6 +156,12 @@ impl Validator<'_> {
                     format!("duplicate rate limit name {name:?}"),
                 );
             }
+            let own = RateLimits {
+                requests_per_minute: r.requests_per_minute,
+                tokens_per_minute: r.tokens_per_minute,
+                max_concurrent: r.max_concurrent,
+            };
+            let overrides = self.rate_overrides(&field, r.overrides.as_ref(), &scope, own);
             out.push(RateRule {
                 name,
                 scope,
@@ -141,6 +169,7 @@ impl Validator<'_> {
                 requests_per_minute: r.requests_per_minute,
                 tokens_per_minute: r.tokens_per_minute,
                 max_concurrent: r.max_concurrent,
+                overrides,
             });
         }
         out

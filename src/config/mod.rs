@@ -5,6 +5,7 @@ mod bounds;
 mod budget;
 mod cache;
 mod limits;
+mod overrides;
 mod raw;
 mod routing;
 mod state;
@@ -19,6 +20,7 @@ pub use bounds::Bounds;
 pub use budget::{applies, applies_any, BudgetAction, BudgetRule, Permille};
 pub use cache::{CacheConfig, CacheMode, CacheScope, SharedCacheConfig};
 pub use limits::{Dim, RateRule, TokenLimits};
+pub use overrides::{Overrides, RateLimits};
 pub use routing::{
     Balance, BreakerConfig, Deployment, HeaderMatch, ModelRule, RetryConfig, TierRoute, TierRule,
 };

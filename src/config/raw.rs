@@ -70,6 +70,7 @@ pub struct RawBudget {
     pub alert_at: Option<Vec<f64>>,
     pub models: Option<Vec<String>>,
     pub webhook: Option<String>,
+    pub overrides: Option<std::collections::BTreeMap<String, super::overrides::RawBudgetOverride>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,6 +163,7 @@ pub struct RawRateLimit {
     pub requests_per_minute: Option<u64>,
     pub tokens_per_minute: Option<u64>,
     pub max_concurrent: Option<u64>,
+    pub overrides: Option<std::collections::BTreeMap<String, super::overrides::RawRateOverride>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

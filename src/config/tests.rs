@@ -216,3 +216,55 @@ fn redis_state_is_validated_and_its_password_stays_out_of_debug() {
         "{err}"
     );
 }
+
+#[test]
+fn overrides_name_one_scope_value_and_only_limits_the_rule_has() {
+    let c = Config::parse(
+        "[[budgets]]\nname = \"b\"\nscope = [\"team\", \"user\"]\nwindow = \"day\"\nlimit_usd = 5.0\n\
+         overrides = { \"team=x|user=big\" = 100.0, \"team=x|user=ops\" = \"unlimited\", \"team=x|user=gone\" = 0 }\n\
+         [[rate_limits]]\nname = \"k\"\nscope = [\"key\"]\nrequests_per_minute = 60\nmax_concurrent = 4\n\
+         overrides = { \"key=ci\" = { requests_per_minute = 5 }, \"key=batch\" = \"unlimited\" }\n",
+        "proxy.toml",
+        &env,
+    )
+    .expect("valid");
+    let b = &c.budgets[0];
+    assert_eq!(
+        b.limit_of_bucket("b|team=x|user=big"),
+        Some(100_000_000_000)
+    );
+    assert_eq!(b.limit_of_bucket("b|team=x|user=ops"), None, "exempt");
+    assert_eq!(b.limit_of_bucket("b|team=x|user=gone"), Some(0), "blocked");
+    assert_eq!(b.limit_of_bucket("b|team=x|user=else"), Some(5_000_000_000));
+    let r = &c.rate_limits[0];
+    let ci = r
+        .overrides
+        .for_bucket("k|key=ci")
+        .copied()
+        .flatten()
+        .expect("ci");
+    assert_eq!(ci.requests_per_minute, Some(5));
+    assert_eq!(ci.max_concurrent, Some(4), "unset limits keep the rule's");
+    assert_eq!(r.overrides.for_bucket("k|key=batch"), Some(&None));
+
+    let err = Config::parse(
+        "[[budgets]]\nname = \"b\"\nscope = [\"user\"]\nwindow = \"day\"\nlimit_usd = 5.0\n\
+         overrides = { \"team=x\" = 1.0, \"user=a\" = -1.0, \"user=b\" = \"lots\" }\n\
+         [[rate_limits]]\nname = \"k\"\nscope = [\"key\"]\nrequests_per_minute = 60\n\
+         overrides = { \"key=ci\" = { tokens_per_minute = 5 } }\n",
+        "proxy.toml",
+        &env,
+    )
+    .expect_err("invalid");
+    let all = err.to_string();
+    assert!(
+        all.contains("\"team=x\" does not name one value of this rule's scope"),
+        "{all}"
+    );
+    assert!(all.contains("overrides.\"user=a\""), "{all}");
+    assert!(all.contains("overrides.\"user=b\""), "{all}");
+    assert!(
+        all.contains("overrides.\"key=ci\".tokens_per_minute: the rule sets no such limit"),
+        "{all}"
+    );
+}

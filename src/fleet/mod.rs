@@ -31,7 +31,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{BudgetAction, BudgetRule, OnUnavailable, Permille, RateRule, RedisState};
+use crate::config::{
+    BudgetAction, BudgetRule, OnUnavailable, Permille, RateLimits, RateRule, RedisState,
+};
 use crate::glob::in_filter;
 use crate::limits::rate::Subject;
 use crate::pricing::Nanos;
@@ -299,12 +301,15 @@ fn rate_parts(rules: &[RateRule], subject: &Subject<'_>) -> Vec<RatePart> {
     rules
         .iter()
         .filter(|r| in_filter(r.models.as_ref(), subject.model))
-        .map(|r| RatePart {
-            rule: r.name.clone(),
-            bucket: bucket_key(&r.name, &r.scope, subject),
-            rpm: r.requests_per_minute,
-            tpm: r.tokens_per_minute,
-            max_concurrent: r.max_concurrent,
+        .filter_map(|r| {
+            let limits = r.limits_for(subject)?;
+            Some(RatePart {
+                rule: r.name.clone(),
+                bucket: bucket_key(&r.name, &r.scope, subject),
+                rpm: limits.requests_per_minute,
+                tpm: limits.tokens_per_minute,
+                max_concurrent: limits.max_concurrent,
+            })
         })
         .collect()
 }
@@ -314,13 +319,15 @@ fn budget_parts(budgets: &[BudgetRule], subject: &Subject<'_>, cost: Nanos) -> V
     budgets
         .iter()
         .filter(|b| crate::config::applies(b, subject.model))
-        .map(|b| BudgetPart {
-            budget: b.name.clone(),
-            bucket: bucket_key(&b.name, &b.scope, subject),
-            window: b.window,
-            limit: b.limit,
-            amount: cost,
-            enforce: b.action != BudgetAction::Alert,
+        .filter_map(|b| {
+            Some(BudgetPart {
+                budget: b.name.clone(),
+                bucket: bucket_key(&b.name, &b.scope, subject),
+                window: b.window,
+                limit: b.limit_for(subject)?,
+                amount: cost,
+                enforce: b.action != BudgetAction::Alert,
+            })
         })
         .collect()
 }
@@ -408,6 +415,9 @@ impl LocalLimits {
             let v = u128::from(n) * u128::from(share);
             u64::try_from(v.div_ceil(1000)).unwrap_or(u64::MAX).max(1)
         };
+        let share_of = |n: Nanos| -> Nanos {
+            u64::try_from(u128::from(n) * u128::from(share) / 1000).unwrap_or(u64::MAX)
+        };
         LocalLimits {
             rate_limits: rules
                 .iter()
@@ -415,14 +425,21 @@ impl LocalLimits {
                     requests_per_minute: r.requests_per_minute.map(scale),
                     tokens_per_minute: r.tokens_per_minute.map(scale),
                     max_concurrent: r.max_concurrent.map(scale),
+                    overrides: r.overrides.map(|o| {
+                        o.map(|l| RateLimits {
+                            requests_per_minute: l.requests_per_minute.map(scale),
+                            tokens_per_minute: l.tokens_per_minute.map(scale),
+                            max_concurrent: l.max_concurrent.map(scale),
+                        })
+                    }),
                     ..r.clone()
                 })
                 .collect(),
             budgets: budgets
                 .iter()
                 .map(|b| BudgetRule {
-                    limit: u64::try_from(u128::from(b.limit) * u128::from(share) / 1000)
-                        .unwrap_or(u64::MAX),
+                    limit: share_of(b.limit),
+                    overrides: b.overrides.map(|o| o.map(share_of)),
                     ..b.clone()
                 })
                 .collect(),

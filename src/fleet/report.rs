@@ -102,7 +102,9 @@ impl Fleet {
                 0
             };
             let reserved = u64::try_from(r.unwrap_or(0)).unwrap_or(0);
+            let limit = rule.limit_of_bucket(&bucket).unwrap_or(rule.limit);
             out.push(BucketReport {
+                overridden: rule.overrides.for_bucket(&bucket).is_some(),
                 budget: rule.name.clone(),
                 bucket,
                 window,
@@ -111,12 +113,10 @@ impl Fleet {
                     BudgetAction::Downgrade => "downgrade",
                     BudgetAction::Alert => "alert",
                 },
-                limit_usd: nanos_to_usd(rule.limit),
+                limit_usd: nanos_to_usd(limit),
                 spent_usd: nanos_to_usd(spent),
                 reserved_usd: nanos_to_usd(reserved),
-                remaining_usd: nanos_to_usd(
-                    rule.limit.saturating_sub(spent.saturating_add(reserved)),
-                ),
+                remaining_usd: nanos_to_usd(limit.saturating_sub(spent.saturating_add(reserved))),
                 resets_at: rule.window.ends_at(now),
             });
         }

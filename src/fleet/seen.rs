@@ -55,12 +55,15 @@ impl Seen {
             .iter()
             .filter(|b| b.action == BudgetAction::Downgrade && applies(b, subject.model))
             .find(|b| {
+                let Some(limit) = b.limit_for(subject) else {
+                    return false;
+                };
                 let bucket = bucket_key(&b.name, &b.scope, subject);
                 map.get(&bucket)
                     .filter(|(w, _)| *w == b.window.key(now))
                     .is_some_and(|(_, used)| {
                         u128::from(*used) * 1000
-                            >= u128::from(b.downgrade_permille) * u128::from(b.limit)
+                            >= u128::from(b.downgrade_permille) * u128::from(limit)
                     })
             })
             .and_then(|b| b.downgrade_to.clone())

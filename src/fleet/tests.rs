@@ -21,6 +21,7 @@ fn budget(name: &str, limit: Nanos, action: BudgetAction) -> BudgetRule {
         alert_permille: vec![],
         models: None,
         webhook: None,
+        overrides: Default::default(),
     }
 }
 
@@ -32,6 +33,7 @@ fn rule(rpm: Option<u64>, tpm: Option<u64>, conc: Option<u64>) -> RateRule {
         requests_per_minute: rpm,
         tokens_per_minute: tpm,
         max_concurrent: conc,
+        overrides: Default::default(),
     }
 }
 

@@ -161,6 +161,10 @@ impl RateLimiter {
             allowance: Allowance::default(),
         };
         for rule in rules.iter().filter(|r| applies(r, subject.model)) {
+            // An exempt subject (an `"unlimited"` override) is not counted.
+            let Some(limits) = rule.limits_for(subject) else {
+                continue;
+            };
             // The bucket is found by its name's pieces; the name is only
             // built when the bucket is created.
             let own = BucketProbe::new(&rule.name, &rule.scope, subject);
@@ -191,7 +195,7 @@ impl RateLimiter {
                 retry_after: r.retry_after,
                 never_fits: r.never_fits,
             };
-            if let Some(max) = rule.max_concurrent {
+            if let Some(max) = limits.max_concurrent {
                 if b.inflight >= max {
                     drop(shard);
                     adm.release();
@@ -206,7 +210,7 @@ impl RateLimiter {
                 }
             }
             let mut request = None;
-            if let Some(rpm) = rule.requests_per_minute {
+            if let Some(rpm) = limits.requests_per_minute {
                 match b.requests.try_take(now, rpm, 1) {
                     Ok(second) => request = Some(second),
                     Err(r) => {
@@ -217,7 +221,7 @@ impl RateLimiter {
                 }
             }
             let mut booked = None;
-            if let Some(tpm) = rule.tokens_per_minute {
+            if let Some(tpm) = limits.tokens_per_minute {
                 match b.tokens.try_take(now, tpm, tokens) {
                     Ok(second) => booked = Some((second, tokens)),
                     Err(r) => {
@@ -231,17 +235,17 @@ impl RateLimiter {
                     }
                 }
             }
-            if rule.max_concurrent.is_some() {
+            if limits.max_concurrent.is_some() {
                 b.inflight += 1;
             }
             let a = &mut adm.allowance;
-            if let Some(rpm) = rule.requests_per_minute {
+            if let Some(rpm) = limits.requests_per_minute {
                 let left = rpm.saturating_sub(b.requests.used(now));
                 if a.requests.is_none_or(|(_, l, _)| left < l) {
                     a.requests = Some((rpm, left, b.requests.reset_after(now)));
                 }
             }
-            if let Some(tpm) = rule.tokens_per_minute {
+            if let Some(tpm) = limits.tokens_per_minute {
                 let left = tpm.saturating_sub(b.tokens.used(now));
                 if a.tokens.is_none_or(|(_, l, _)| left < l) {
                     a.tokens = Some((tpm, left, b.tokens.reset_after(now)));
@@ -250,7 +254,7 @@ impl RateLimiter {
             adm.holds.push(Hold {
                 bucket: key,
                 tokens: booked,
-                concurrent: rule.max_concurrent.is_some(),
+                concurrent: limits.max_concurrent.is_some(),
             });
         }
         Ok(adm)

@@ -23,6 +23,7 @@ fn rule(
         alert_permille: vec![500, 1000],
         models: None,
         webhook: None,
+        overrides: Default::default(),
     }
 }
 
@@ -349,4 +350,70 @@ fn past_the_cap_new_identities_share_the_overflow_bucket_and_idle_ones_are_swept
     assert_eq!(ledger.sweep(&budgets), before);
     now.store(T + 86_400, Ordering::SeqCst);
     assert_eq!(ledger.sweep(&budgets), 0);
+}
+
+#[test]
+fn overrides_give_one_identity_its_own_limit_exempt_it_or_block_it() {
+    let at = Arc::new(AtomicU64::new(1_800_000_000));
+    let l = Ledger::in_memory(clock(&at));
+    let mut b = rule(
+        "daily",
+        vec![Dim::User],
+        Window::Day,
+        1_000,
+        BudgetAction::Reject,
+    );
+    b.overrides = crate::config::Config::parse(
+        "[[budgets]]\nname = \"daily\"\nscope = [\"user\"]\nwindow = \"day\"\nlimit_usd = 1.0\n\
+         overrides = { \"user=big\" = 0.00002, \"user=ops\" = \"unlimited\", \"user=gone\" = 0 }\n",
+        "t",
+        &|_| None,
+    )
+    .expect("valid")
+    .budgets[0]
+        .overrides
+        .clone();
+    let budgets = [b];
+    fn subject(id: &Identity) -> Subject<'_> {
+        Subject {
+            identity: id,
+            model: "m",
+        }
+    }
+    let (plain, big, ops, gone) = (who("plain"), who("big"), who("ops"), who("gone"));
+    // The default: 1,000 nano-dollars.
+    let h = l.reserve(&budgets, &subject(&plain), 600).expect("fits");
+    h.settle(&budgets, 600, None);
+    assert!(l.reserve(&budgets, &subject(&plain), 600).is_err());
+    // Its own: 20,000 (22 × 900 fit, the 23rd does not).
+    for _ in 0..22 {
+        let h = l
+            .reserve(&budgets, &subject(&big), 900)
+            .expect("fits the override");
+        assert_eq!(h.remaining.map(|r| r <= 20_000), Some(true));
+        h.settle(&budgets, 900, None);
+    }
+    let e = l
+        .reserve(&budgets, &subject(&big), 900)
+        .expect_err("19,800 + 900 > 20,000");
+    assert_eq!(e.limit, 20_000);
+    // Exempt: never refused, nothing held.
+    let h = l
+        .reserve(&budgets, &subject(&ops), u64::MAX / 2)
+        .expect("exempt");
+    assert_eq!(h.remaining, None);
+    // Blocked.
+    assert_eq!(
+        l.reserve(&budgets, &subject(&gone), 1)
+            .expect_err("blocked")
+            .limit,
+        0
+    );
+    let report = l.report(&budgets);
+    let row = report
+        .iter()
+        .find(|r| r.bucket == "daily|user=big")
+        .expect("row");
+    assert!(row.overridden);
+    assert!((row.limit_usd - 0.00002).abs() < 1e-12);
 }

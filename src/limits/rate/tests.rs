@@ -16,6 +16,7 @@ fn rule(
         requests_per_minute: rpm,
         tokens_per_minute: tpm,
         max_concurrent: conc,
+        overrides: Default::default(),
     }
 }
 
