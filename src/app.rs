@@ -18,6 +18,7 @@ use crate::cache::shared::SharedCache;
 use crate::cache::{Flights, ResponseCache};
 use crate::config::{Config, ConfigError, OnUnavailable};
 use crate::fleet::{Fleet, LocalLimits};
+use crate::limits::loops::LoopDetector;
 use crate::limits::rate::RateLimiter;
 use crate::ownership::Owners;
 use crate::resilience::Deployments;
@@ -109,6 +110,8 @@ pub struct App {
     pub model_lists: ModelLists,
     /// Which virtual key created which provider object (persisted).
     pub owners: Arc<Owners>,
+    /// Recent requests per sender, for `[loop_detection]`.
+    pub loops: LoopDetector,
     shutting_down: AtomicBool,
     id_seed: u64,
     id_counter: AtomicU64,
@@ -150,6 +153,7 @@ impl App {
             ledger,
             fleet,
             owners,
+            loops: LoopDetector::default(),
             shutting_down: AtomicBool::new(false),
             id_seed: seed,
             id_counter: AtomicU64::new(0),

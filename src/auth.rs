@@ -180,6 +180,40 @@ fn presented_key(headers: &HeaderMap) -> Option<(HeaderName, HeaderValue, &str)>
     (!key.is_empty()).then(|| (HeaderName::from_static("x-api-key"), v.clone(), key))
 }
 
+/// The most bytes of a run id (`x-sluice-run`).
+pub const MAX_RUN_ID: usize = 128;
+
+/// The agent run a request belongs to: `x-sluice-run`, else (when
+/// `from_traceparent`) the trace id of a W3C `traceparent`. A run id only
+/// narrows what a client may do (it names per-run budgets and loop
+/// detection), so it is read whether or not identity headers are trusted;
+/// one longer than `MAX_RUN_ID` bytes or with control characters is refused.
+pub fn run_id(
+    headers: &http::HeaderMap,
+    from_traceparent: bool,
+) -> Result<Option<Arc<str>>, ProxyError> {
+    if let Some(v) = headers.get("x-sluice-run") {
+        let text = v.to_str().unwrap_or("");
+        if text.is_empty() || text.len() > MAX_RUN_ID || text.chars().any(char::is_control) {
+            return Err(ProxyError::InvalidRequest(format!(
+                "x-sluice-run must be 1 to {MAX_RUN_ID} printable ASCII characters"
+            )));
+        }
+        return Ok(Some(Arc::from(text)));
+    }
+    if !from_traceparent {
+        return Ok(None);
+    }
+    // version-traceid-parentid-flags; an all-zero trace id is invalid.
+    let trace = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.split('-').nth(1))
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|id| id.bytes().any(|b| b != b'0'));
+    Ok(trace.map(|id| Arc::from(id.to_ascii_lowercase())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

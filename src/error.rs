@@ -111,6 +111,12 @@ pub enum ProxyError {
     NoHealthyDeployment,
     #[error("Sluice is shutting down")]
     ShuttingDown,
+    #[error("this exact request was already sent {repeats} times in the last {within_secs} s by this {scope}: refused as a loop")]
+    LoopDetected {
+        repeats: u32,
+        within_secs: u64,
+        scope: &'static str,
+    },
     #[error("the shared budget and rate-limit state is unreachable; retry shortly")]
     StateUnavailable,
     #[error("internal error: {}", Clip(.0, MAX_MESSAGE_CHARS))]
@@ -130,7 +136,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidRequest(_) | Self::InputTooLong { .. } => StatusCode::BAD_REQUEST,
-            Self::RateLimited(_) | Self::BudgetExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited(_) | Self::BudgetExhausted(_) | Self::LoopDetected { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::ModelNotPriced { .. } | Self::RequestTooExpensive { .. } => {
                 StatusCode::BAD_REQUEST
             }
@@ -186,7 +194,9 @@ impl ProxyError {
             Self::InvalidRequest(_) => "invalid_request",
             Self::InputTooLong { .. } => "context_length_exceeded",
             Self::RateLimited(_) => "rate_limited",
+            Self::BudgetExhausted(e) if e.per_run => "run_budget_exceeded",
             Self::BudgetExhausted(_) => "budget_exhausted",
+            Self::LoopDetected { .. } => "loop_detected",
             Self::ModelNotPriced { .. } => "model_not_priced",
             Self::RequestTooExpensive { .. } => "request_too_expensive",
             Self::BodyTooLarge { .. } => "body_too_large",
@@ -219,7 +229,9 @@ impl ProxyError {
             Self::BodyTimeout { .. } => "request_timeout",
             Self::InputTooLong { .. } => "context_length_exceeded",
             Self::RateLimited(_) => "rate_limit_exceeded",
+            Self::BudgetExhausted(e) if e.per_run => "run_budget_exceeded",
             Self::BudgetExhausted(_) => "insufficient_quota",
+            Self::LoopDetected { .. } => "loop_detected",
             Self::ModelNotPriced { .. } => "model_not_priced",
             Self::RequestTooExpensive { .. } => "request_too_expensive",
             Self::MissingKey => "missing_api_key",
@@ -307,8 +319,9 @@ impl ProxyError {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if let Self::BudgetExhausted(_) = &self {
-            // Waiting will not help until the window rolls over.
+        if let Self::BudgetExhausted(_) | Self::LoopDetected { .. } = &self {
+            // Waiting will not help until the window rolls over (or the
+            // same request stops being sent).
             resp.headers_mut()
                 .insert("x-should-retry", HeaderValue::from_static("false"));
         }

@@ -54,6 +54,14 @@ fn describe() {
         "Spend-rate anomalies flagged, by dimension (user, feature)."
     );
     describe_counter!(
+        "sluice_loops_detected_total",
+        "Requests repeated past [loop_detection] max_repeats, by action (reject, alert)."
+    );
+    describe_counter!(
+        "sluice_loops_untracked_total",
+        "Requests loop detection could not remember because its map was full."
+    );
+    describe_counter!(
         "sluice_cache_shared_total",
         "Shared (Redis) cache level: lookups after a local miss (hit, miss), answers written (stored), failed calls (error)."
     );
@@ -310,6 +318,16 @@ pub fn circuit(deployment: &str, state: &'static str) {
 }
 
 /// Size of a bounded map, after a sweep.
+/// A repeated request flagged as a loop (`action`: reject or alert).
+pub fn loop_detected(action: &'static str) {
+    counter!("sluice_loops_detected_total", "action" => action).increment(1);
+}
+
+/// A request loop detection could not remember (its map was full).
+pub fn loop_untracked() {
+    counter!("sluice_loops_untracked_total").increment(1);
+}
+
 /// A shared (Redis) cache call: hit, miss, stored or error.
 pub fn shared_cache(result: &'static str) {
     counter!("sluice_cache_shared_total", "result" => result).increment(1);

@@ -82,6 +82,8 @@ pub struct Facts {
     pub deadline: tokio::time::Instant,
     /// Anthropic prompt-cache breakpoints Sluice added.
     pub breakpoints: u32,
+    /// `[loop_detection]` found this request repeated past its limit.
+    pub loop_detected: bool,
 }
 
 /// What a request holds and must release when it ends: each is settled or
@@ -171,6 +173,7 @@ impl RequestRecord {
                 request_body: None,
                 deadline: tokio::time::Instant::from_std(started) + Duration::from_secs(900),
                 breakpoints: 0,
+                loop_detected: false,
             },
             holds: Holds::default(),
             outcome: Outcome {
@@ -301,6 +304,7 @@ impl RequestRecord {
             team: self.facts.identity.team.as_deref(),
             feature: self.facts.identity.feature.as_deref(),
             end_user: self.facts.identity.end_user.as_deref(),
+            run: self.facts.identity.run.as_deref(),
             endpoint: self.facts.endpoint.label(),
             model: (!self.facts.model.is_empty()).then_some(self.facts.model.as_str()),
             routed_to: self.facts.routed_to.as_deref(),
@@ -333,6 +337,7 @@ impl RequestRecord {
             cache: self.outcome.cache.label(),
             cost_saved_usd: cost_saved.map(nanos_to_usd),
             prompt_cache_breakpoints: self.facts.breakpoints,
+            loop_detected: self.facts.loop_detected,
         };
         if let (Some(fleet), Some(snap), Some(c)) = (self.holds.owed_to.take(), &self.snap, cost) {
             let subject = crate::limits::rate::Subject {
@@ -485,6 +490,7 @@ pub struct UsageLine<'a> {
     pub team: Option<&'a str>,
     pub feature: Option<&'a str>,
     pub end_user: Option<&'a str>,
+    pub run: Option<&'a str>,
     pub endpoint: &'static str,
     pub model: Option<&'a str>,
     pub routed_to: Option<&'a str>,
@@ -511,4 +517,5 @@ pub struct UsageLine<'a> {
     pub cache: &'static str,
     pub cost_saved_usd: Option<f64>,
     pub prompt_cache_breakpoints: u32,
+    pub loop_detected: bool,
 }

@@ -200,6 +200,13 @@ fn sweep(app: &App) {
     metrics::state_entries("rate_buckets", app.rate.sweep(std::time::Instant::now()));
     metrics::state_entries("budget_buckets", app.ledger.sweep(&snap.config.budgets));
     metrics::state_entries("spend_identities", app.ledger.spend.sweep(unix_now));
+    app.loops.set_max_entries(cap);
+    if let Some(l) = &snap.config.loop_detection {
+        metrics::state_entries(
+            "loop_requests",
+            app.loops.sweep(std::time::Instant::now(), l.within),
+        );
+    }
     let configured = snap.router.deployment_names(&snap.upstreams);
     metrics::state_entries("deployments", app.deployments.retain(&configured));
     metrics::state_entries("owned_ids", app.owners.len());

@@ -84,6 +84,9 @@ pub struct Identity {
     pub feature: Option<Arc<str>>,
     /// The end user named in the body (`user`, `metadata.user_id`), when trusted.
     pub end_user: Option<String>,
+    /// The agent run (one task or conversation) the request belongs to:
+    /// `x-sluice-run`, or the trace id of `traceparent` when configured.
+    pub run: Option<Arc<str>>,
 }
 
 /// What a rate limit is counted per.
@@ -94,6 +97,7 @@ pub enum Dim {
     Team,
     Model,
     Feature,
+    Run,
 }
 
 impl Dim {
@@ -104,6 +108,7 @@ impl Dim {
             Dim::Team => "team",
             Dim::Model => "model",
             Dim::Feature => "feature",
+            Dim::Run => "run",
         }
     }
 }
@@ -123,6 +128,7 @@ impl Subject<'_> {
             Dim::Team => id.team.as_deref(),
             Dim::Model => Some(self.model),
             Dim::Feature => id.feature.as_deref(),
+            Dim::Run => id.run.as_deref(),
         }
         .unwrap_or("")
     }
@@ -406,6 +412,8 @@ pub struct Exhausted {
     pub limit: u64,
     pub spent: u64,
     pub requested: u64,
+    /// The budget is per agent run (its scope has `run`).
+    pub per_run: bool,
 }
 
 #[cfg(test)]
@@ -419,6 +427,7 @@ mod tests {
             team: None,
             feature: Some("f".into()),
             end_user: None,
+            run: None,
         }
     }
 

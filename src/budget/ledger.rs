@@ -313,6 +313,7 @@ impl Ledger {
                     limit: *limit,
                     spent: s.spent.saturating_add(s.reserved),
                     requested: amount,
+                    per_run: b.scope.contains(&crate::config::Dim::Run),
                 });
             }
         }

@@ -97,11 +97,12 @@ impl Validator<'_> {
                 "team" => Dim::Team,
                 "model" => Dim::Model,
                 "feature" => Dim::Feature,
+                "run" => Dim::Run,
                 other => {
                     self.err(
                         &format!("{field}.scope[{j}]"),
                         format!(
-                            "unknown dimension {other:?} (expected key|user|team|model|feature)"
+                            "unknown dimension {other:?} (expected key|user|team|model|feature|run)"
                         ),
                     );
                     continue;

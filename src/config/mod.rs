@@ -5,6 +5,7 @@ mod bounds;
 mod budget;
 mod cache;
 mod limits;
+mod loops;
 mod overrides;
 mod raw;
 mod routing;
@@ -20,6 +21,7 @@ pub use bounds::Bounds;
 pub use budget::{applies, applies_any, BudgetAction, BudgetRule, Permille};
 pub use cache::{CacheConfig, CacheMode, CacheScope, SharedCacheConfig};
 pub use limits::{Dim, RateRule, TokenLimits};
+pub use loops::{LoopAction, LoopDetection};
 pub use overrides::{Overrides, RateLimits};
 pub use routing::{
     Balance, BreakerConfig, Deployment, HeaderMatch, ModelRule, RetryConfig, TierRoute, TierRule,
@@ -74,6 +76,8 @@ pub struct Config {
     /// `[cache] shared_url`: a Redis every replica shares as a second level
     /// behind its own cache (set up at start).
     pub shared_cache: Option<SharedCacheConfig>,
+    /// `[loop_detection]`, when present.
+    pub loop_detection: Option<LoopDetection>,
 }
 
 /// The data-plane listener and its request limits.
@@ -83,6 +87,9 @@ pub struct ServerConfig {
     pub max_body: usize,
     pub passthrough_keys: bool,
     pub trust_identity_headers: bool,
+    /// A request without `x-sluice-run` belongs to the run its
+    /// `traceparent` trace id names.
+    pub run_from_traceparent: bool,
     pub end_user_from_body: bool,
     pub drain_timeout: Duration,
     pub tls: Option<TlsFiles>,
@@ -321,6 +328,7 @@ impl Validator<'_> {
             max_body,
             passthrough_keys: s.passthrough_keys.unwrap_or(false),
             trust_identity_headers: s.trust_identity_headers.unwrap_or(false),
+            run_from_traceparent: s.run_from_traceparent.unwrap_or(false),
             end_user_from_body: s.end_user_from_body.unwrap_or(false),
             passthrough: self.families("server.passthrough", s.passthrough.as_deref()),
             drain_timeout: self.duration(
@@ -405,6 +413,7 @@ impl Validator<'_> {
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
         };
         let (cache, shared_cache) = self.cache(&raw.cache, env);
+        let loop_detection = self.loop_detection(raw.loop_detection.as_ref());
         let max_request_cost = raw.limits.max_request_cost_usd.map(|usd| {
             if usd <= 0.0 {
                 self.err("limits.max_request_cost_usd", "must be greater than zero");
@@ -433,6 +442,7 @@ impl Validator<'_> {
             max_buckets,
             cache,
             shared_cache,
+            loop_detection,
         })
     }
 

@@ -37,6 +37,7 @@ pub struct RawConfig {
     pub pricing: Vec<crate::pricing::Entry>,
     #[serde(default)]
     pub state: RawState,
+    pub loop_detection: Option<super::loops::RawLoopDetection>,
     #[serde(default)]
     pub cache: RawCache,
 }
@@ -173,6 +174,7 @@ pub struct RawServer {
     pub max_body: Option<RawSize>,
     pub passthrough_keys: Option<bool>,
     pub trust_identity_headers: Option<bool>,
+    pub run_from_traceparent: Option<bool>,
     pub end_user_from_body: Option<bool>,
     pub drain_timeout: Option<String>,
     pub tls: Option<RawTls>,

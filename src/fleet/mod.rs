@@ -327,6 +327,7 @@ fn budget_parts(budgets: &[BudgetRule], subject: &Subject<'_>, cost: Nanos) -> V
                 limit: b.limit_for(subject)?,
                 amount: cost,
                 enforce: b.action != BudgetAction::Alert,
+                per_run: b.scope.contains(&crate::config::Dim::Run),
             })
         })
         .collect()
@@ -357,6 +358,7 @@ fn refusal(
                 limit: b.limit,
                 spent: n(4),
                 requested: cost.unwrap_or(0),
+                per_run: b.per_run,
             });
         }
     };

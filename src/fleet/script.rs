@@ -35,6 +35,8 @@ pub struct BudgetPart {
     pub limit: Nanos,
     pub amount: Nanos,
     pub enforce: bool,
+    /// Its scope has `run` (a refusal says `run_budget_exceeded`).
+    pub per_run: bool,
 }
 
 impl BudgetPart {

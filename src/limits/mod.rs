@@ -1,6 +1,7 @@
 //! Token limits (count input, cap output) and rate limits.
 
 pub mod context;
+pub mod loops;
 pub use crate::headers::ratelimit as headers;
 pub mod rate;
 pub mod request;

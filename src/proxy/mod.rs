@@ -24,6 +24,7 @@ mod cache_stage;
 mod cost;
 mod count;
 mod holds;
+mod loops;
 mod model;
 mod models;
 mod passthrough;
@@ -158,6 +159,8 @@ async fn pipeline(
     // Who is calling, before any body is read.
     let (cred, identity) = snap.keys.authenticate(&parts.headers)?;
     rec.facts.identity = identity;
+    rec.facts.identity.run =
+        crate::auth::run_id(&parts.headers, snap.config.server.run_from_traceparent)?;
     // The body, bounded in size and time.
     let body = read_body(body, &parts.headers, &snap.config.server).await?;
     rec.facts.request_bytes = body.len() as u64;
@@ -171,6 +174,8 @@ async fn pipeline(
     note_sniffed(rec, snap, &s);
     let vk = cred.virtual_key();
     model::check_asked(snap, vk, &s)?;
+    // The same request again and again from one run (or key, or user) is a loop.
+    loops::check(app, snap, rec, &body)?;
     // Objects the body references must be the key's own; a stored answer becomes the key's.
     let ids = vk
         .map(|k| stored_ids(app, k, rec.facts.endpoint, &body))

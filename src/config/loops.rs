@@ -1,0 +1,96 @@
+//! `[loop_detection]`: the same request sent again and again by one run,
+//! key or user is a loop (off unless the section is present).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{Dim, Validator};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLoopDetection {
+    pub scope: Option<Vec<String>>,
+    pub max_repeats: Option<u32>,
+    pub within: Option<String>,
+    pub action: Option<String>,
+}
+
+/// What a detected loop gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopAction {
+    /// 429 `loop_detected`.
+    Reject,
+    /// Served; logged, counted and flagged in the usage record.
+    Alert,
+}
+
+impl LoopAction {
+    pub fn label(self) -> &'static str {
+        match self {
+            LoopAction::Reject => "reject",
+            LoopAction::Alert => "alert",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopDetection {
+    /// Whose repeats are counted (one dimension: `run`, `key`, `user`, …).
+    pub scope: Dim,
+    /// A request sent more than this many times within `within` is a loop.
+    pub max_repeats: u32,
+    pub within: Duration,
+    pub action: LoopAction,
+}
+
+impl Validator<'_> {
+    pub(super) fn loop_detection(
+        &mut self,
+        raw: Option<&RawLoopDetection>,
+    ) -> Option<LoopDetection> {
+        let raw = raw?;
+        let field = "loop_detection";
+        let names = raw.scope.clone().unwrap_or_else(|| vec!["run".into()]);
+        let dims = self.dims(field, &names);
+        let scope = match dims.as_slice() {
+            [d] if *d != Dim::Model => *d,
+            _ => {
+                self.err(
+                    &format!("{field}.scope"),
+                    "expected one of [\"run\"], [\"key\"], [\"user\"], [\"team\"], [\"feature\"]",
+                );
+                Dim::Run
+            }
+        };
+        let max_repeats = raw.max_repeats.unwrap_or(5);
+        if max_repeats == 0 {
+            self.err(&format!("{field}.max_repeats"), "must be at least 1");
+        }
+        let within = self.duration(
+            &format!("{field}.within"),
+            raw.within.as_deref(),
+            Duration::from_secs(600),
+        );
+        if within.is_zero() {
+            self.err(&format!("{field}.within"), "must be greater than zero");
+        }
+        let action = match raw.action.as_deref() {
+            None | Some("reject") => LoopAction::Reject,
+            Some("alert") => LoopAction::Alert,
+            Some(other) => {
+                self.err(
+                    &format!("{field}.action"),
+                    format!("unknown action {other:?} (expected reject|alert)"),
+                );
+                LoopAction::Reject
+            }
+        };
+        Some(LoopDetection {
+            scope,
+            max_repeats,
+            within,
+            action,
+        })
+    }
+}
