@@ -108,6 +108,26 @@ impl Drop for Procs {
 
 /// Keeps reading a child's output so it never blocks on a full pipe; lines containing `needle`
 /// are also sent to `tx`, and the last lines are kept in `log`.
+/// A needle no output line holds.
+const NEVER: &str = "\u{0}";
+
+/// Drains a child's stdout and stderr into one log tail; the receiver gets
+/// the first stdout line holding `ready`.
+fn capture(
+    child: &mut Child,
+    ready: &'static str,
+) -> (Arc<Mutex<LogTail>>, mpsc::Receiver<String>) {
+    let log = Arc::new(Mutex::new(LogTail::default()));
+    let (tx, rx) = mpsc::channel();
+    if let Some(out) = child.stdout.take() {
+        drain(out, ready, tx.clone(), log.clone());
+    }
+    if let Some(err) = child.stderr.take() {
+        drain(err, NEVER, tx, log.clone());
+    }
+    (log, rx)
+}
+
 pub(crate) fn drain(
     out: impl Read + Send + 'static,
     needle: &'static str,
@@ -175,20 +195,7 @@ pub(crate) fn start_mock(procs: &mut Procs) -> (u32, SocketAddr, Arc<Mutex<LogTa
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn sluice-mock");
-    let log = Arc::new(Mutex::new(LogTail::default()));
-    let (tx, rx) = mpsc::channel();
-    drain(
-        child.stdout.take().expect("stdout"),
-        "listening on",
-        tx.clone(),
-        log.clone(),
-    );
-    drain(
-        child.stderr.take().expect("stderr"),
-        "\u{0}",
-        tx,
-        log.clone(),
-    );
+    let (log, rx) = capture(&mut child, "listening on");
     let pid = procs.add("sluice-mock", child);
     let line = wait_line(&rx, "sluice-mock", &log);
     let addr = line
@@ -390,20 +397,7 @@ pub(crate) fn start_redis(procs: &mut Procs) -> Option<(u32, SocketAddr, Arc<Mut
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn redis-server");
-    let log = Arc::new(Mutex::new(LogTail::default()));
-    let (tx, _rx) = mpsc::channel();
-    drain(
-        child.stdout.take().expect("stdout"),
-        "\u{0}",
-        tx.clone(),
-        log.clone(),
-    );
-    drain(
-        child.stderr.take().expect("stderr"),
-        "\u{0}",
-        tx,
-        log.clone(),
-    );
+    let (log, _rx) = capture(&mut child, NEVER);
     let pid = procs.add("redis-server", child);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_connect(addr, "redis-server");

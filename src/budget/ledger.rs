@@ -67,6 +67,11 @@ impl Part {
     }
 }
 
+/// Whether `used` has reached `permille` of `limit` (integer math).
+pub fn reached(used: Nanos, permille: Permille, limit: Nanos) -> bool {
+    u128::from(used) * 1000 >= u128::from(permille) * u128::from(limit)
+}
+
 /// The spend at which `permille` of `limit` is reached (integer math).
 pub fn threshold(limit: Nanos, permille: Permille) -> Nanos {
     let at = u128::from(limit) * u128::from(permille) / 1000;
@@ -274,9 +279,11 @@ impl Ledger {
                 map.get(&key)
                     .filter(|s| s.window == window)
                     .is_some_and(|s| {
-                        // used / limit >= permille / 1000, in integers.
-                        u128::from(s.spent.saturating_add(s.reserved)) * 1000
-                            >= u128::from(b.downgrade_permille) * u128::from(limit)
+                        reached(
+                            s.spent.saturating_add(s.reserved),
+                            b.downgrade_permille,
+                            limit,
+                        )
                     })
             })
             .and_then(|b| b.downgrade_to.clone())

@@ -116,45 +116,26 @@ impl Validator<'_> {
         env: &dyn Fn(&str) -> Option<String>,
         mode: CacheMode,
     ) -> Option<SharedCacheConfig> {
-        let url = match (&c.shared_url, &c.shared_url_env) {
-            (None, None) => {
-                if c.shared_timeout.is_some() {
-                    self.err(
-                        "cache.shared_timeout",
-                        "only applies with shared_url or shared_url_env",
-                    );
-                }
-                return None;
-            }
-            (Some(u), None) => u.clone(),
-            (None, Some(name)) => match env(name).filter(|v| !v.is_empty()) {
-                Some(u) => u,
-                None => {
-                    self.err(
-                        "cache.shared_url_env",
-                        format!("environment variable {name} is not set"),
-                    );
-                    return None;
-                }
-            },
-            (Some(_), Some(_)) => {
+        if c.shared_url.is_none() && c.shared_url_env.is_none() {
+            if c.shared_timeout.is_some() {
                 self.err(
-                    "cache.shared_url",
-                    "set shared_url or shared_url_env, not both",
+                    "cache.shared_timeout",
+                    "only applies with shared_url or shared_url_env",
                 );
-                return None;
             }
-        };
+            return None;
+        }
+        let url = self.redis_url(
+            "cache.shared_url",
+            "cache.shared_url_env",
+            &c.shared_url,
+            &c.shared_url_env,
+            env,
+        )?;
         if mode == CacheMode::Off {
             self.err(
                 "cache.shared_url",
                 "only applies when the cache is on (cache.mode)",
-            );
-        }
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            self.err(
-                "cache.shared_url",
-                format!("{} is not a redis:// or rediss:// URL", super::redact(&url)),
             );
         }
         let timeout = self.duration(

@@ -105,39 +105,56 @@ impl Validator<'_> {
         (path, redis)
     }
 
-    fn redis(&mut self, raw: &RawConfig, env: &dyn Fn(&str) -> Option<String>) -> RedisState {
-        let s = &raw.state;
-        let url = match (&s.url, &s.url_env) {
-            (Some(u), None) => u.clone(),
+    /// A Redis URL given as `url_field` or as the environment variable
+    /// `env_field` names (exactly one of them), checked to be `redis://` or
+    /// `rediss://`; `None` when neither is set or it is unusable (errors
+    /// noted).
+    pub(super) fn redis_url(
+        &mut self,
+        url_field: &str,
+        env_field: &str,
+        url: &Option<String>,
+        url_env: &Option<String>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<String> {
+        let (text, field) = match (url, url_env) {
+            (None, None) => return None,
+            (Some(u), None) => (u.clone(), url_field),
             (None, Some(name)) => match env(name).filter(|v| !v.is_empty()) {
-                Some(u) => u,
+                Some(u) => (u, env_field),
                 None => {
-                    self.err(
-                        "state.url_env",
-                        format!("environment variable {name} is not set"),
-                    );
-                    String::new()
+                    self.err(env_field, format!("environment variable {name} is not set"));
+                    return None;
                 }
             },
             (Some(_), Some(_)) => {
-                self.err("state.url", "set url or url_env, not both");
-                String::new()
-            }
-            (None, None) => {
-                self.err("state.url", "backend = \"redis\" needs url or url_env");
-                String::new()
+                self.err(
+                    url_field,
+                    format!("set {url_field} or {env_field}, not both"),
+                );
+                return None;
             }
         };
-        if !(url.is_empty() || url.starts_with("redis://") || url.starts_with("rediss://")) {
+        if !(text.starts_with("redis://") || text.starts_with("rediss://")) {
             self.err(
-                if s.url.is_some() {
-                    "state.url"
-                } else {
-                    "state.url_env"
-                },
-                format!("{} is not a redis:// or rediss:// URL", redact(&url)),
+                field,
+                format!("{} is not a redis:// or rediss:// URL", redact(&text)),
             );
+            return None;
         }
+        Some(text)
+    }
+
+    fn redis(&mut self, raw: &RawConfig, env: &dyn Fn(&str) -> Option<String>) -> RedisState {
+        let s = &raw.state;
+        let url = self
+            .redis_url("state.url", "state.url_env", &s.url, &s.url_env, env)
+            .unwrap_or_else(|| {
+                if s.url.is_none() && s.url_env.is_none() {
+                    self.err("state.url", "backend = \"redis\" needs url or url_env");
+                }
+                String::new()
+            });
         let timeout = self.duration("state.timeout", s.timeout.as_deref(), DEFAULT_REDIS_TIMEOUT);
         if timeout.is_zero() {
             self.err("state.timeout", "must be greater than zero");

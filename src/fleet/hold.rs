@@ -117,48 +117,42 @@ impl FleetHold {
         attribution: Vec<(&'static str, String)>,
         then: Then,
     ) {
+        self.hand_off(tokens, cost, attribution, Some(then));
+    }
+
+    /// Hands what the request holds to a settlement task, once.
+    fn hand_off(
+        &mut self,
+        tokens: u64,
+        cost: Nanos,
+        attribution: Vec<(&'static str, String)>,
+        then: Option<Then>,
+    ) {
         let Some(permit) = self.permit.take() else {
             return;
-        };
-        let actual = Actual {
-            reserved_tokens: self.reserved_tokens,
-            tokens,
-            cost,
-            booked: self.booked,
-            expires_ms: self.expires_ms,
         };
         let job = Settlement {
             id: self.id.clone(),
             rates: std::mem::take(&mut self.rates),
             budgets: std::mem::take(&mut self.budgets),
-            actual,
+            actual: Actual {
+                reserved_tokens: self.reserved_tokens,
+                tokens,
+                cost,
+                booked: self.booked,
+                expires_ms: self.expires_ms,
+            },
             attribution,
         };
-        spawn_settle(self.fleet.clone(), job, permit, Some(then));
+        spawn_settle(self.fleet.clone(), job, permit, then);
     }
 }
 
 impl Drop for FleetHold {
     /// Never settled (the request was refused later, or a panic path).
     fn drop(&mut self) {
-        let Some(permit) = self.permit.take() else {
-            return;
-        };
-        let actual = Actual {
-            reserved_tokens: self.reserved_tokens,
-            tokens: self.reserved_tokens,
-            cost: 0,
-            booked: self.booked,
-            expires_ms: self.expires_ms,
-        };
-        let job = Settlement {
-            id: self.id.clone(),
-            rates: std::mem::take(&mut self.rates),
-            budgets: std::mem::take(&mut self.budgets),
-            actual,
-            attribution: Vec::new(),
-        };
-        spawn_settle(self.fleet.clone(), job, permit, None);
+        // Budget reservations released, reserved tokens kept.
+        self.hand_off(self.reserved_tokens, 0, Vec::new(), None);
     }
 }
 

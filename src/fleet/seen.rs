@@ -7,6 +7,7 @@ use std::sync::Mutex;
 
 use hashbrown::HashMap;
 
+use crate::budget::ledger::reached;
 use crate::config::{applies, BudgetAction, BudgetRule};
 use crate::limits::rate::Subject;
 use crate::pricing::Nanos;
@@ -61,10 +62,7 @@ impl Seen {
                 let bucket = bucket_key(&b.name, &b.scope, subject);
                 map.get(&bucket)
                     .filter(|(w, _)| *w == b.window.key(now))
-                    .is_some_and(|(_, used)| {
-                        u128::from(*used) * 1000
-                            >= u128::from(b.downgrade_permille) * u128::from(limit)
-                    })
+                    .is_some_and(|(_, used)| reached(*used, b.downgrade_permille, limit))
             })
             .and_then(|b| b.downgrade_to.clone())
     }
