@@ -54,6 +54,14 @@ fn describe() {
         "Spend-rate anomalies flagged, by dimension (user, feature)."
     );
     describe_counter!(
+        "sluice_usage_dropped_total",
+        "Usage records dropped because 64 MiB of records were already waiting for the sink."
+    );
+    describe_counter!(
+        "sluice_usage_write_errors_total",
+        "Failed usage-log writes (the record is lost; the error is logged)."
+    );
+    describe_counter!(
         "sluice_loops_detected_total",
         "Requests repeated past [loop_detection] max_repeats, by action (reject, alert)."
     );
@@ -318,6 +326,16 @@ pub fn circuit(deployment: &str, state: &'static str) {
 }
 
 /// Size of a bounded map, after a sweep.
+/// A usage record dropped because its sink was not keeping up.
+pub fn usage_dropped() {
+    counter!("sluice_usage_dropped_total").increment(1);
+}
+
+/// A failed usage-log write.
+pub fn usage_write_error() {
+    counter!("sluice_usage_write_errors_total").increment(1);
+}
+
 /// A repeated request flagged as a loop (`action`: reject or alert).
 pub fn loop_detected(action: &'static str) {
     counter!("sluice_loops_detected_total", "action" => action).increment(1);

@@ -2,8 +2,15 @@
 //! task (off the request path) to stdout or a file, flushed whenever the
 //! queue runs empty. A file sink is reopened on [`UsageLog::reopen`] (SIGHUP),
 //! so logrotate can rename it and signal.
+//!
+//! Bounded: at most `MAX_QUEUED_BYTES` of records wait for a sink that does
+//! not keep up (a stdout pipe nobody reads, a stalled disk); past that a
+//! record is dropped, counted in `sluice_usage_dropped_total` and logged,
+//! rather than growing memory or stalling requests.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
@@ -18,10 +25,25 @@ enum Msg {
     Reopen,
 }
 
+/// Bytes of records that may wait for the sink.
+pub const MAX_QUEUED_BYTES: usize = 64 << 20;
+
 /// A handle to the usage log; cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct UsageLog {
     tx: Option<mpsc::UnboundedSender<Msg>>,
+    queue: Arc<Queue>,
+}
+
+/// What waits for the writer, in bytes, and its bound.
+#[derive(Debug, Default)]
+struct Queue {
+    bytes: AtomicUsize,
+    max: AtomicUsize,
+    /// A drop was logged and not yet followed by a write (one warning per
+    /// episode).
+    dropping: AtomicBool,
+    dropped: AtomicUsize,
 }
 
 impl std::fmt::Debug for Msg {
@@ -33,7 +55,7 @@ impl std::fmt::Debug for Msg {
 impl UsageLog {
     /// A log that discards everything.
     pub fn off() -> Self {
-        Self { tx: None }
+        Self::default()
     }
 
     /// Opens the sink and starts the writer task.
@@ -43,19 +65,51 @@ impl UsageLog {
             UsageSink::Stdout => (Box::new(tokio::io::stdout()), None),
             UsageSink::File(p) => (Box::new(open_append(p).await?), Some(p.clone())),
         };
+        Ok(Self::spawn(out, path, MAX_QUEUED_BYTES))
+    }
+
+    fn spawn(out: Box<dyn AsyncWrite + Send + Unpin>, path: Option<PathBuf>, max: usize) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(rx, BufWriter::with_capacity(64 * 1024, out), path));
-        Ok(Self { tx: Some(tx) })
+        let queue = Arc::new(Queue::default());
+        queue.max.store(max, Ordering::Relaxed);
+        let out = BufWriter::with_capacity(64 * 1024, out);
+        tokio::spawn(writer(rx, out, path, queue.clone()));
+        Self {
+            tx: Some(tx),
+            queue,
+        }
+    }
+
+    /// Queues a line unless the queue is full.
+    fn enqueue(&self, line: Vec<u8>) {
+        let Some(tx) = &self.tx else { return };
+        let q = &self.queue;
+        let len = line.len();
+        if q.bytes.fetch_add(len, Ordering::Relaxed) + len > q.max.load(Ordering::Relaxed) {
+            q.bytes.fetch_sub(len, Ordering::Relaxed);
+            q.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::usage_dropped();
+            if !q.dropping.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    max_bytes = q.max.load(Ordering::Relaxed),
+                    "usage log sink is not keeping up: records dropped until it does"
+                );
+            }
+            return;
+        }
+        // The writer only stops at process exit.
+        let _ = tx.send(Msg::Line(line));
     }
 
     /// Queues one record.
     pub fn write(&self, record: &impl Serialize) {
-        let Some(tx) = &self.tx else { return };
+        if self.tx.is_none() {
+            return;
+        }
         match serde_json::to_vec(record) {
             Ok(mut line) => {
                 line.push(b'\n');
-                // The writer only stops at process exit.
-                let _ = tx.send(Msg::Line(line));
+                self.enqueue(line);
             }
             Err(e) => tracing::warn!(error = %e, "usage record not serializable"),
         }
@@ -63,9 +117,7 @@ impl UsageLog {
 
     /// Queues an already serialized record (one line, newline included).
     pub fn write_raw(&self, line: Vec<u8>) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Msg::Line(line));
-        }
+        self.enqueue(line);
     }
 
     /// Reopens a file sink (at its configured path) once what is queued so
@@ -99,6 +151,7 @@ async fn writer(
     mut rx: mpsc::UnboundedReceiver<Msg>,
     mut out: BufWriter<Box<dyn AsyncWrite + Send + Unpin>>,
     path: Option<PathBuf>,
+    queue: Arc<Queue>,
 ) {
     while let Some(msg) = rx.recv().await {
         let mut acks = Vec::new();
@@ -107,8 +160,11 @@ async fn writer(
             match m {
                 Msg::Line(l) => {
                     if let Err(e) = out.write_all(&l).await {
+                        crate::metrics::usage_write_error();
                         tracing::error!(error = %e, "usage log write failed");
                     }
+                    queue.bytes.fetch_sub(l.len(), Ordering::Relaxed);
+                    queue.dropping.store(false, Ordering::Relaxed);
                 }
                 Msg::Flush(ack) => acks.push(ack),
                 Msg::Reopen => {
@@ -138,5 +194,33 @@ async fn writer(
         for ack in acks {
             let _ = ack.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_sink_that_does_not_keep_up_costs_bounded_memory() {
+        // A pipe nobody reads: the writer blocks after 1 KiB.
+        let (stalled, _reader) = tokio::io::duplex(1024);
+        let log = UsageLog::spawn(Box::new(stalled), None, 64 * 1024);
+        let line = vec![b'x'; 1023];
+        for _ in 0..1000 {
+            let mut l = line.clone();
+            l.push(b'\n');
+            log.write_raw(l);
+        }
+        // 64 KiB wait; the rest is dropped and counted.
+        let queued = log.queue.bytes.load(Ordering::Relaxed);
+        assert!(queued <= 64 * 1024, "{queued} bytes queued");
+        assert_eq!(log.queue.dropped.load(Ordering::Relaxed), 1000 - 64);
+        // The writer drains into its buffer and the stalled pipe, then blocks:
+        // nothing grows past the bound.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(log.queue.bytes.load(Ordering::Relaxed) <= 64 * 1024);
     }
 }
