@@ -344,29 +344,12 @@ fn query_param(query: &str, name: &str) -> Option<String> {
     })
 }
 
+/// A query value as forms write it: `+` is a space, `%XX` a byte.
 fn percent_decode(s: &str) -> String {
-    fn hex(c: u8) -> Option<u8> {
-        (c as char).to_digit(16).map(|d| d as u8)
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let decoded = (b[i] == b'%' && i + 2 < b.len())
-            .then(|| Some(hex(b[i + 1])? * 16 + hex(b[i + 2])?))
-            .flatten();
-        match (decoded, b[i]) {
-            (Some(v), _) => {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-            (None, b'+') => out.push(b' '),
-            (None, c) => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let spaced = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Equal, in time that depends only on the lengths (`subtle`'s compare,
