@@ -18,6 +18,7 @@ use crate::cache::shared::SharedCache;
 use crate::cache::{Flights, ResponseCache};
 use crate::config::{Config, ConfigError, OnUnavailable};
 use crate::fleet::{Fleet, LocalLimits};
+use crate::kill::KillSwitches;
 use crate::limits::loops::LoopDetector;
 use crate::limits::rate::RateLimiter;
 use crate::ownership::Owners;
@@ -78,6 +79,7 @@ impl Snapshot {
 
 /// What `run` opened at start for state that outlives config snapshots.
 pub struct Stores {
+    pub kills: KillSwitches,
     pub ledger: Arc<Ledger>,
     pub fleet: Option<Arc<Fleet>>,
     pub shared_cache: Option<SharedCache>,
@@ -112,6 +114,8 @@ pub struct App {
     pub owners: Arc<Owners>,
     /// Recent requests per sender, for `[loop_detection]`.
     pub loops: LoopDetector,
+    /// Kill switches set at runtime (persisted).
+    pub kills: KillSwitches,
     shutting_down: AtomicBool,
     id_seed: u64,
     id_counter: AtomicU64,
@@ -126,6 +130,7 @@ impl App {
         stores: Stores,
     ) -> Arc<App> {
         let Stores {
+            kills,
             ledger,
             fleet,
             shared_cache,
@@ -154,6 +159,7 @@ impl App {
             fleet,
             owners,
             loops: LoopDetector::default(),
+            kills,
             shutting_down: AtomicBool::new(false),
             id_seed: seed,
             id_counter: AtomicU64::new(0),

@@ -119,6 +119,12 @@ pub enum ProxyError {
     },
     #[error("the shared budget and rate-limit state is unreachable; retry shortly")]
     StateUnavailable,
+    #[error("{} {:?} is disabled by an operator: {}", .kind, Clip(.value, MAX_ECHO_CHARS), Clip(.reason, MAX_MESSAGE_CHARS))]
+    Disabled {
+        kind: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("internal error: {}", Clip(.0, MAX_MESSAGE_CHARS))]
     Internal(String),
 }
@@ -160,9 +166,10 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::ShuttingDown | Self::NoHealthyDeployment | Self::StateUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::ShuttingDown
+            | Self::NoHealthyDeployment
+            | Self::StateUnavailable
+            | Self::Disabled { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -217,6 +224,7 @@ impl ProxyError {
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::ShuttingDown => "shutting_down",
             Self::StateUnavailable => "state_unavailable",
+            Self::Disabled { .. } => "disabled",
             Self::NoHealthyDeployment => "no_healthy_deployment",
             Self::Internal(_) => "internal",
         }
@@ -246,6 +254,7 @@ impl ProxyError {
             Self::UpstreamConnect { .. } => "upstream_unreachable",
             Self::UpstreamBodyTooLarge { .. } => "upstream_response_too_large",
             Self::StateUnavailable => "state_unavailable",
+            Self::Disabled { .. } => "disabled",
             _ => return None,
         })
     }
@@ -319,7 +328,8 @@ impl ProxyError {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if let Self::BudgetExhausted(_) | Self::LoopDetected { .. } = &self {
+        if let Self::BudgetExhausted(_) | Self::LoopDetected { .. } | Self::Disabled { .. } = &self
+        {
             // Waiting will not help until the window rolls over (or the
             // same request stops being sent).
             resp.headers_mut()

@@ -54,6 +54,14 @@ fn describe() {
         "Spend-rate anomalies flagged, by dimension (user, feature)."
     );
     describe_counter!(
+        "sluice_killed_requests_total",
+        "Requests a kill switch refused or sent to its replacement, by kind (key, feature, model, model_replaced)."
+    );
+    describe_gauge!(
+        "sluice_kill_switches",
+        "Kill switches in force (from the config and the admin API)."
+    );
+    describe_counter!(
         "sluice_usage_dropped_total",
         "Usage records dropped because 64 MiB of records were already waiting for the sink."
     );
@@ -326,6 +334,17 @@ pub fn circuit(deployment: &str, state: &'static str) {
 }
 
 /// Size of a bounded map, after a sweep.
+/// A request a kill switch refused or rerouted (`kind`: key, feature,
+/// model, model_replaced).
+pub fn killed(kind: &'static str) {
+    counter!("sluice_killed_requests_total", "kind" => kind).increment(1);
+}
+
+/// Kill switches in force (config and runtime).
+pub fn kill_switches(n: usize) {
+    gauge!("sluice_kill_switches").set(n as f64);
+}
+
 /// A usage record dropped because its sink was not keeping up.
 pub fn usage_dropped() {
     counter!("sluice_usage_dropped_total").increment(1);

@@ -62,6 +62,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let kills_path = crate::kill::file_beside(&snapshot.config.state_path);
+    let kills = crate::kill::KillSwitches::open(&kills_path)
+        .map_err(|e| anyhow::anyhow!("kill switches {}: {e}", kills_path.display()))?;
     let owners_path = ownership::file_beside(&snapshot.config.state_path);
     let owners = ownership::Owners::open(&owners_path, ownership::MAX_IDS)
         .map_err(|e| anyhow::anyhow!("owners file {}: {e}", owners_path.display()))?;
@@ -71,6 +74,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         usage,
         Some(metrics),
         Stores {
+            kills,
             ledger,
             fleet,
             shared_cache,
@@ -201,6 +205,7 @@ fn sweep(app: &App) {
     metrics::state_entries("budget_buckets", app.ledger.sweep(&snap.config.budgets));
     metrics::state_entries("spend_identities", app.ledger.spend.sweep(unix_now));
     app.loops.set_max_entries(cap);
+    metrics::kill_switches(snap.config.kill_switches.len() + app.kills.list().len());
     if let Some(l) = &snap.config.loop_detection {
         metrics::state_entries(
             "loop_requests",

@@ -4,6 +4,7 @@
 mod bounds;
 mod budget;
 mod cache;
+mod kill;
 mod limits;
 mod loops;
 mod overrides;
@@ -20,6 +21,7 @@ use std::time::Duration;
 pub use bounds::Bounds;
 pub use budget::{applies, applies_any, BudgetAction, BudgetRule, Permille};
 pub use cache::{CacheConfig, CacheMode, CacheScope, SharedCacheConfig};
+pub use kill::{Switch, Target};
 pub use limits::{Dim, RateRule, TokenLimits};
 pub use loops::{LoopAction, LoopDetection};
 pub use overrides::{Overrides, RateLimits};
@@ -78,6 +80,8 @@ pub struct Config {
     pub shared_cache: Option<SharedCacheConfig>,
     /// `[loop_detection]`, when present.
     pub loop_detection: Option<LoopDetection>,
+    /// `[[kill_switches]]`: what the config turns off.
+    pub kill_switches: Vec<Switch>,
 }
 
 /// The data-plane listener and its request limits.
@@ -414,6 +418,7 @@ impl Validator<'_> {
         };
         let (cache, shared_cache) = self.cache(&raw.cache, env);
         let loop_detection = self.loop_detection(raw.loop_detection.as_ref());
+        let kill_switches = self.kill_switches(&raw);
         let max_request_cost = raw.limits.max_request_cost_usd.map(|usd| {
             if usd <= 0.0 {
                 self.err("limits.max_request_cost_usd", "must be greater than zero");
@@ -443,6 +448,7 @@ impl Validator<'_> {
             cache,
             shared_cache,
             loop_detection,
+            kill_switches,
         })
     }
 

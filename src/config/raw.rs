@@ -39,6 +39,8 @@ pub struct RawConfig {
     pub state: RawState,
     pub loop_detection: Option<super::loops::RawLoopDetection>,
     #[serde(default)]
+    pub kill_switches: Vec<super::kill::RawKillSwitch>,
+    #[serde(default)]
     pub cache: RawCache,
 }
 

@@ -161,6 +161,18 @@ async fn pipeline(
     rec.facts.identity = identity;
     rec.facts.identity.run =
         crate::auth::run_id(&parts.headers, snap.config.server.run_from_traceparent)?;
+    // A key or feature turned off by a kill switch goes no further.
+    if let Some(k) = app
+        .kills
+        .for_identity(&snap.config.kill_switches, &rec.facts.identity)
+    {
+        crate::metrics::killed(k.target.label());
+        return Err(ProxyError::Disabled {
+            kind: k.target.label(),
+            value: k.target.value().to_owned(),
+            reason: k.reason,
+        });
+    }
     // The body, bounded in size and time.
     let body = read_body(body, &parts.headers, &snap.config.server).await?;
     rec.facts.request_bytes = body.len() as u64;

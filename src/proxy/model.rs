@@ -85,8 +85,44 @@ pub(super) fn choose(
         }
         _ => model,
     };
+    let model = killed(app, snap, &s.model, model, rec)?;
     if vk.is_some_and(|k| !k.allows(&model)) {
         return Err(ProxyError::ModelNotAllowed { model });
     }
     Ok(Chosen { model, counted })
+}
+
+/// A kill switch on the model asked for or chosen refuses the request, or
+/// sends it to the switch's replacement.
+fn killed(
+    app: &App,
+    snap: &Snapshot,
+    asked: &str,
+    model: String,
+    rec: &mut RequestRecord,
+) -> Result<String, ProxyError> {
+    let config = &snap.config.kill_switches;
+    let switch = app
+        .kills
+        .for_model(config, &model)
+        .or_else(|| app.kills.for_model(config, asked));
+    let Some(switch) = switch else {
+        return Ok(model);
+    };
+    match switch.replacement {
+        Some(to) => {
+            crate::metrics::killed("model_replaced");
+            tracing::debug!(from = %model, to = %to, "kill switch: model replaced");
+            rec.facts.routed_to = Some(to.clone());
+            Ok(to)
+        }
+        None => {
+            crate::metrics::killed("model");
+            Err(ProxyError::Disabled {
+                kind: "model",
+                value: switch.target.value().to_owned(),
+                reason: switch.reason,
+            })
+        }
+    }
 }
