@@ -59,7 +59,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
                 return denied;
             }
             if p == "/admin/kills" {
-                return kills(&app, &req);
+                return kills(&app, &req).await;
             }
             admin(&app, req.method(), p, req.uri().query().unwrap_or("")).await
         }
@@ -382,7 +382,7 @@ fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<ProxyBod
 /// `/admin/kills`: list (GET), turn off (POST `?target=model%3Dx&reason=…
 /// [&replacement=…]`, audited with the `x-sluice-operator` header), turn
 /// back on (DELETE `?target=…`).
-fn kills(app: &App, req: &Request<Incoming>) -> Response<ProxyBody> {
+async fn kills(app: &App, req: &Request<Incoming>) -> Response<ProxyBody> {
     use crate::kill::{Switch, Target};
     let snap = app.snapshot();
     let query = req.uri().query().unwrap_or("");
@@ -450,7 +450,12 @@ fn kills(app: &App, req: &Request<Incoming>) -> Response<ProxyBody> {
                     .map_or(0, |d| d.as_secs()),
                 replacement,
             };
-            match app.kills.set(switch.clone()) {
+            // Fleet mode: in Redis, for every replica; else in the file.
+            let set = match &app.fleet {
+                Some(fleet) => fleet.kill(&switch).await,
+                None => app.kills.set(switch.clone()),
+            };
+            match set {
                 Ok(()) => {
                     tracing::warn!(target = %switch.target.value(), kind = switch.target.label(), by = %switch.by, reason = %switch.reason, "kill switch on");
                     crate::metrics::kill_switches(
@@ -461,20 +466,26 @@ fn kills(app: &App, req: &Request<Incoming>) -> Response<ProxyBody> {
                 Err(e) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": e})),
             }
         }
-        (&Method::DELETE, Some((Some(target), _))) => match app.kills.clear(&target) {
-            Ok(true) => {
-                tracing::warn!(target = %target.value(), kind = target.label(), "kill switch off");
-                crate::metrics::kill_switches(
-                    snap.config.kill_switches.len() + app.kills.list().len(),
-                );
-                json_response(StatusCode::OK, &json!({"enabled": target}))
+        (&Method::DELETE, Some((Some(target), _))) => {
+            let cleared = match &app.fleet {
+                Some(fleet) => fleet.unkill(&target).await,
+                None => app.kills.clear(&target),
+            };
+            match cleared {
+                Ok(true) => {
+                    tracing::warn!(target = %target.value(), kind = target.label(), "kill switch off");
+                    crate::metrics::kill_switches(
+                        snap.config.kill_switches.len() + app.kills.list().len(),
+                    );
+                    json_response(StatusCode::OK, &json!({"enabled": target}))
+                }
+                Ok(false) => json_response(
+                    StatusCode::NOT_FOUND,
+                    &json!({"error": "no runtime kill switch on that target (config switches go with the config)"}),
+                ),
+                Err(e) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": e})),
             }
-            Ok(false) => json_response(
-                StatusCode::NOT_FOUND,
-                &json!({"error": "no runtime kill switch on that target (config switches go with the config)"}),
-            ),
-            Err(e) => json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": e})),
-        },
+        }
         (&Method::POST | &Method::DELETE, Some((None, t))) => bad_target(&t),
         (&Method::POST | &Method::DELETE, None) => bad_target(""),
         _ => json_response(

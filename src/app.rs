@@ -79,7 +79,7 @@ impl Snapshot {
 
 /// What `run` opened at start for state that outlives config snapshots.
 pub struct Stores {
-    pub kills: KillSwitches,
+    pub kills: Arc<KillSwitches>,
     pub ledger: Arc<Ledger>,
     pub fleet: Option<Arc<Fleet>>,
     pub shared_cache: Option<SharedCache>,
@@ -114,8 +114,9 @@ pub struct App {
     pub owners: Arc<Owners>,
     /// Recent requests per sender, for `[loop_detection]`.
     pub loops: LoopDetector,
-    /// Kill switches set at runtime (persisted).
-    pub kills: KillSwitches,
+    /// Kill switches set at runtime (persisted: the file, or Redis in
+    /// fleet mode).
+    pub kills: Arc<KillSwitches>,
     shutting_down: AtomicBool,
     id_seed: u64,
     id_counter: AtomicU64,

@@ -13,10 +13,13 @@ use crate::vocab::Identity;
 /// The most runtime switches kept (each names a configured or sent value).
 pub const MAX_SWITCHES: usize = 1024;
 
-/// The runtime switches (config ones live in the snapshot).
+/// The runtime switches (config ones live in the snapshot). In fleet mode
+/// they live in Redis instead of the file, and `fleet` is this replica's
+/// copy, refreshed every second by the fleet's probe.
 #[derive(Debug, Default)]
 pub struct KillSwitches {
     active: RwLock<Vec<Switch>>,
+    fleet: RwLock<Vec<Switch>>,
     path: Option<PathBuf>,
 }
 
@@ -43,6 +46,7 @@ impl KillSwitches {
         };
         Ok(KillSwitches {
             active: RwLock::new(active),
+            fleet: RwLock::default(),
             path: Some(path.to_owned()),
         })
     }
@@ -52,7 +56,21 @@ impl KillSwitches {
     }
 
     pub fn list(&self) -> Vec<Switch> {
-        self.read().clone()
+        let fleet = self.fleet.read().unwrap_or_else(|e| e.into_inner());
+        self.read().iter().chain(fleet.iter()).cloned().collect()
+    }
+
+    /// Replaces the fleet's switches (as read from Redis).
+    pub fn set_fleet(&self, switches: Vec<Switch>) {
+        *self.fleet.write().unwrap_or_else(|e| e.into_inner()) = switches;
+    }
+
+    /// Adds or removes one fleet switch in this replica's copy at once (the
+    /// next refresh reads the same from Redis).
+    pub fn note_fleet(&self, switch: Option<Switch>, target: &Target) {
+        let mut fleet = self.fleet.write().unwrap_or_else(|e| e.into_inner());
+        fleet.retain(|s| &s.target != target);
+        fleet.extend(switch);
     }
 
     /// Turns `target` off (replacing an earlier switch on it) and persists.
@@ -92,7 +110,7 @@ impl KillSwitches {
     /// The switch that stops a request from this identity, before its model
     /// is known.
     pub fn for_identity(&self, config: &[Switch], id: &Identity) -> Option<Switch> {
-        find(config, &self.read(), |t| match t {
+        self.find(config, |t| match t {
             Target::Key(k) => id.key.as_deref() == Some(k.as_str()),
             Target::Feature(f) => id.feature.as_deref() == Some(f.as_str()),
             Target::Model(_) => false,
@@ -101,23 +119,22 @@ impl KillSwitches {
 
     /// The switch on `model`, if any.
     pub fn for_model(&self, config: &[Switch], model: &str) -> Option<Switch> {
-        find(
-            config,
-            &self.read(),
-            |t| matches!(t, Target::Model(m) if m == model),
-        )
+        self.find(config, |t| matches!(t, Target::Model(m) if m == model))
     }
-}
 
-fn find(config: &[Switch], runtime: &[Switch], hit: impl Fn(&Target) -> bool) -> Option<Switch> {
-    if config.is_empty() && runtime.is_empty() {
-        return None;
+    fn find(&self, config: &[Switch], hit: impl Fn(&Target) -> bool) -> Option<Switch> {
+        let runtime = self.read();
+        let fleet = self.fleet.read().unwrap_or_else(|e| e.into_inner());
+        if config.is_empty() && runtime.is_empty() && fleet.is_empty() {
+            return None;
+        }
+        config
+            .iter()
+            .chain(runtime.iter())
+            .chain(fleet.iter())
+            .find(|s| hit(&s.target))
+            .cloned()
     }
-    config
-        .iter()
-        .chain(runtime)
-        .find(|s| hit(&s.target))
-        .cloned()
 }
 
 #[cfg(test)]

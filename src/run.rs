@@ -40,11 +40,17 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         Some(files) => Some(server::tls_acceptor(files).map_err(|e| anyhow::anyhow!("tls: {e}"))?),
         None => None,
     };
+    let kills_path = crate::kill::file_beside(&snapshot.config.state_path);
+    let kills = Arc::new(
+        crate::kill::KillSwitches::open(&kills_path)
+            .map_err(|e| anyhow::anyhow!("kill switches {}: {e}", kills_path.display()))?,
+    );
     let (ledger, fleet) = match &snapshot.config.redis {
         // Fleet mode: budgets and rate windows live in Redis; the local
         // ledger only counts what this replica serves while Redis is away.
         Some(redis) => {
-            let fleet = Fleet::start(redis).map_err(|e| anyhow::anyhow!("[state] redis: {e}"))?;
+            let fleet = Fleet::start(redis, kills.clone())
+                .map_err(|e| anyhow::anyhow!("[state] redis: {e}"))?;
             tracing::info!(url = %crate::config::redact(&redis.url), prefix = %redis.key_prefix, "fleet state in redis");
             (
                 Ledger::unjournaled(usage.clone(), system_clock()),
@@ -62,9 +68,6 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let kills_path = crate::kill::file_beside(&snapshot.config.state_path);
-    let kills = crate::kill::KillSwitches::open(&kills_path)
-        .map_err(|e| anyhow::anyhow!("kill switches {}: {e}", kills_path.display()))?;
     let owners_path = ownership::file_beside(&snapshot.config.state_path);
     let owners = ownership::Owners::open(&owners_path, ownership::MAX_IDS)
         .map_err(|e| anyhow::anyhow!("owners file {}: {e}", owners_path.display()))?;

@@ -946,3 +946,68 @@ async fn overrides_hold_across_replicas() {
         "past the default limit: {row}"
     );
 }
+
+#[tokio::test]
+async fn a_kill_switch_set_on_one_replica_holds_on_all_and_survives_their_restart() {
+    let redis = RedisServer::start();
+    let mock = MockProvider::start().await.expect("mock");
+    let cfg = fleet_config(&mock, &redis, PATIENT, "");
+    let mut fleet = start_fleet(2, &cfg).await;
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let (st, _, b) = call(
+        Method::POST,
+        &fleet[0].admin_url("/admin/kills?target=model%3Dmock-model&reason=incident"),
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let refused = |s: &Sluice| {
+        let url = s.url("/v1/chat/completions");
+        async move {
+            let auth = format!("Bearer {KEY}");
+            let body = chat("anyone there", 5).to_string();
+            let (st, _, _) = call(
+                Method::POST,
+                &url,
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
+                body,
+            )
+            .await;
+            (st == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+        }
+    };
+    // At once where it was set, within the probe's second elsewhere.
+    eventually(Duration::from_secs(1), "replica 0 refuses", || {
+        refused(&fleet[0])
+    })
+    .await;
+    eventually(Duration::from_secs(5), "replica 1 refuses", || {
+        refused(&fleet[1])
+    })
+    .await;
+    // A restarted replica reads it from Redis.
+    let replaced = Sluice::start(&cfg).await;
+    eventually(Duration::from_secs(5), "a new replica refuses", || {
+        refused(&replaced)
+    })
+    .await;
+    fleet.push(replaced);
+    // Back on from another replica, for all.
+    let (st, _, _) = call(
+        Method::DELETE,
+        &fleet[2].admin_url("/admin/kills?target=model%3Dmock-model"),
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    eventually(Duration::from_secs(5), "replica 0 serves again", || async {
+        let (st, _, _) = post(&fleet[0], "/v1/chat/completions", &[], &chat("back", 5)).await;
+        (st == StatusCode::OK).then_some(())
+    })
+    .await;
+}

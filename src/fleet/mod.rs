@@ -18,6 +18,7 @@
 
 mod health;
 mod hold;
+mod kills;
 mod owed;
 pub mod report;
 mod script;
@@ -74,6 +75,8 @@ pub struct Fleet {
     tasks: TaskTracker,
     /// Cancelled when shutdown stops waiting for settlements.
     stop: CancellationToken,
+    /// This replica's kill switches, whose fleet part the probe refreshes.
+    kills: Arc<crate::kill::KillSwitches>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -113,7 +116,10 @@ pub struct Ask<'a> {
 impl Fleet {
     /// Connects lazily (Sluice starts while Redis is down) and starts the
     /// probe task.
-    pub fn start(cfg: &RedisState) -> Result<Arc<Fleet>, redis::RedisError> {
+    pub fn start(
+        cfg: &RedisState,
+        kills: Arc<crate::kill::KillSwitches>,
+    ) -> Result<Arc<Fleet>, redis::RedisError> {
         let client = match &cfg.ca_file {
             None => redis::Client::open(cfg.url.as_str())?,
             Some(ca) => {
@@ -150,6 +156,7 @@ impl Fleet {
             pending: Arc::new(Semaphore::new(MAX_PENDING_SETTLEMENTS)),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
+            kills,
             runtime: tokio::runtime::Handle::current(),
         });
         tokio::spawn(probe(Arc::downgrade(&fleet)));
@@ -394,6 +401,7 @@ async fn probe(fleet: std::sync::Weak<Fleet>) {
                 if !f.owed.is_empty() {
                     f.repay().await;
                 }
+                f.refresh_kills().await;
             }
             Ok(Err(e)) => f.health.down("ping", &e.to_string()),
             Err(_) => f.health.down("ping", "timed out"),
