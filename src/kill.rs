@@ -25,10 +25,7 @@ pub struct KillSwitches {
 
 /// The file runtime switches are kept in, beside the state file.
 pub fn file_beside(state_path: &Path) -> PathBuf {
-    let stem = state_path
-        .file_stem()
-        .map_or_else(|| "sluice-state".into(), |s| s.to_string_lossy());
-    state_path.with_file_name(format!("{stem}.kills.json"))
+    crate::config::beside_state(state_path, "kills.json")
 }
 
 impl KillSwitches {

@@ -143,10 +143,7 @@ pub struct IdSink {
 
 /// The owners file beside the budget state file: `<stem>.owners.jsonl`.
 pub fn file_beside(state_path: &Path) -> PathBuf {
-    let stem = state_path
-        .file_stem()
-        .map_or_else(|| "sluice-state".into(), |s| s.to_string_lossy());
-    state_path.with_file_name(format!("{stem}.owners.jsonl"))
+    crate::config::beside_state(state_path, "owners.jsonl")
 }
 
 impl Owners {

@@ -28,7 +28,7 @@ pub use overrides::{Overrides, RateLimits};
 pub use routing::{
     Balance, BreakerConfig, Deployment, HeaderMatch, ModelRule, RetryConfig, TierRoute, TierRule,
 };
-pub use state::{redact, OnUnavailable, RedisState, MAX_REDIS_NANOS};
+pub use state::{beside_state, redact, OnUnavailable, RedisState, MAX_REDIS_NANOS};
 pub use values::parse_duration;
 use values::parse_size;
 

@@ -2,7 +2,7 @@
 //! default) keeps them in this process and its journal file; `redis` shares
 //! them with every replica that names the same Redis and key prefix.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::raw::RawConfig;
@@ -52,6 +52,15 @@ impl std::fmt::Debug for RedisState {
             .field("ca_file", &self.ca_file)
             .finish()
     }
+}
+
+/// A file kept beside the state file: `sluice-state.jsonl` + `owners.jsonl`
+/// is `sluice-state.owners.jsonl`.
+pub fn beside_state(state_path: &Path, suffix: &str) -> PathBuf {
+    let stem = state_path
+        .file_stem()
+        .map_or_else(|| "sluice-state".into(), |s| s.to_string_lossy());
+    state_path.with_file_name(format!("{stem}.{suffix}"))
 }
 
 /// A Redis URL without its password, for logs and the admin config view.
