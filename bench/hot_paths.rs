@@ -364,17 +364,30 @@ fn bench_auth(c: &mut Criterion) {
     };
     let virtual_key = headers("Bearer sk-sluice-0042");
     let passthrough = headers("Bearer sk-proj-aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789aBcDeFgHiJkLmNo");
-    let (_, id) = table.authenticate(&virtual_key).unwrap();
+    let issued = sluice::key_store::KeyStore::default();
+    let (_, id) = table
+        .authenticate(&virtual_key, &Default::default())
+        .unwrap();
     assert_eq!(id.key.as_deref(), Some("key-42"));
-    let (_, id) = table.authenticate(&passthrough).unwrap();
+    let (_, id) = table
+        .authenticate(&passthrough, &Default::default())
+        .unwrap();
     assert!(id.key.as_deref().unwrap().starts_with("passthrough:"));
 
     let mut g = c.benchmark_group("auth");
     g.bench_function("virtual_key", |b| {
-        b.iter(|| table.authenticate(black_box(&virtual_key)).unwrap())
+        b.iter(|| {
+            table
+                .authenticate(black_box(&virtual_key), &issued)
+                .unwrap()
+        })
     });
     g.bench_function("passthrough_key", |b| {
-        b.iter(|| table.authenticate(black_box(&passthrough)).unwrap())
+        b.iter(|| {
+            table
+                .authenticate(black_box(&passthrough), &issued)
+                .unwrap()
+        })
     });
     g.finish();
 }

@@ -18,6 +18,7 @@ use crate::cache::shared::SharedCache;
 use crate::cache::{Flights, ResponseCache};
 use crate::config::{Config, ConfigError, OnUnavailable};
 use crate::fleet::{Fleet, LocalLimits};
+use crate::key_store::KeyStore;
 use crate::kill::KillSwitches;
 use crate::limits::loops::LoopDetector;
 use crate::limits::rate::RateLimiter;
@@ -79,6 +80,7 @@ impl Snapshot {
 
 /// What `run` opened at start for state that outlives config snapshots.
 pub struct Stores {
+    pub issued_keys: Arc<KeyStore>,
     pub kills: Arc<KillSwitches>,
     pub ledger: Arc<Ledger>,
     pub fleet: Option<Arc<Fleet>>,
@@ -117,6 +119,8 @@ pub struct App {
     /// Kill switches set at runtime (persisted: the file, or Redis in
     /// fleet mode).
     pub kills: Arc<KillSwitches>,
+    /// Virtual keys issued at runtime (persisted like the kill switches).
+    pub issued_keys: Arc<KeyStore>,
     shutting_down: AtomicBool,
     id_seed: u64,
     id_counter: AtomicU64,
@@ -131,6 +135,7 @@ impl App {
         stores: Stores,
     ) -> Arc<App> {
         let Stores {
+            issued_keys,
             kills,
             ledger,
             fleet,
@@ -161,6 +166,7 @@ impl App {
             owners,
             loops: LoopDetector::default(),
             kills,
+            issued_keys,
             shutting_down: AtomicBool::new(false),
             id_seed: seed,
             id_counter: AtomicU64::new(0),

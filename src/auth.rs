@@ -70,6 +70,8 @@ pub struct Keys {
     by_hash: HashMap<[u8; 32], Arc<VirtualKey>>,
     passthrough: bool,
     trust_headers: bool,
+    /// The passthrough families every virtual key may use (`[server]`).
+    families: Vec<Family>,
 }
 
 /// SHA-256 of a key, hex encoded: what `[[keys]] sha256` holds.
@@ -110,7 +112,22 @@ impl Keys {
             by_hash,
             passthrough,
             trust_headers,
+            families: families.to_vec(),
         }
+    }
+
+    /// A key issued at runtime, as a virtual key of this snapshot.
+    fn issued(&self, k: crate::key_store::IssuedKey) -> Arc<VirtualKey> {
+        Arc::new(VirtualKey {
+            name: k.name.into(),
+            user: k.user.map(Into::into),
+            team: k.team.map(Into::into),
+            models: k.models,
+            limits: TokenLimits::default(),
+            tier: None,
+            passthrough: self.families.clone(),
+            tier_headers: false,
+        })
     }
 
     /// Whether identity headers (`x-sluice-*`) are trusted.
@@ -119,10 +136,21 @@ impl Keys {
     }
 
     /// Authenticates a request from its headers.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<(Credential, Identity), ProxyError> {
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        issued: &crate::key_store::KeyStore,
+    ) -> Result<(Credential, Identity), ProxyError> {
         let (header, value, key) = presented_key(headers).ok_or(ProxyError::MissingKey)?;
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        let (cred, mut id) = match self.by_hash.get(&digest) {
+        let runtime = || {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            issued.lookup(&digest, now).map(|k| self.issued(k))
+        };
+        let found = self.by_hash.get(&digest).cloned().or_else(runtime);
+        let (cred, mut id) = match found.as_ref() {
             Some(vk) => (
                 Credential::Virtual(vk.clone()),
                 Identity {
@@ -250,7 +278,7 @@ mod tests {
             headers(&[("authorization", "Bearer sk-sluice-alice")]),
             headers(&[("x-api-key", "sk-sluice-alice")]),
         ] {
-            let (cred, id) = t.authenticate(&h).expect("ok");
+            let (cred, id) = t.authenticate(&h, &Default::default()).expect("ok");
             let Credential::Virtual(vk) = cred else {
                 panic!("virtual")
             };
@@ -266,10 +294,12 @@ mod tests {
             ("x-sluice-user", "bob"),
         ]);
         assert!(matches!(
-            keys(false).authenticate(&h),
+            keys(false).authenticate(&h, &Default::default()),
             Err(ProxyError::InvalidKey)
         ));
-        let (cred, id) = keys(true).authenticate(&h).expect("passthrough");
+        let (cred, id) = keys(true)
+            .authenticate(&h, &Default::default())
+            .expect("passthrough");
         assert!(matches!(cred, Credential::Passthrough { .. }));
         assert_eq!(id.user.as_deref(), Some("bob"));
         assert!(id
@@ -285,7 +315,9 @@ mod tests {
             ("x-api-key", "sk-sluice-alice"),
             ("x-sluice-user", "mallory"),
         ]);
-        let (_, id) = keys(false).authenticate(&h).expect("ok");
+        let (_, id) = keys(false)
+            .authenticate(&h, &Default::default())
+            .expect("ok");
         assert_eq!(id.user.as_deref(), Some("alice"));
     }
 
@@ -300,7 +332,7 @@ mod tests {
                 ("x-api-key", "sk-sluice-alice"),
             ]),
         ] {
-            let (cred, _) = t.authenticate(&h).expect("ok");
+            let (cred, _) = t.authenticate(&h, &Default::default()).expect("ok");
             let Credential::Virtual(vk) = cred else {
                 panic!("virtual")
             };
@@ -312,7 +344,9 @@ mod tests {
     #[test]
     fn passthrough_identity_is_128_bits() {
         let h = headers(&[("authorization", "Bearer sk-real")]);
-        let (_, id) = keys(true).authenticate(&h).expect("passthrough");
+        let (_, id) = keys(true)
+            .authenticate(&h, &Default::default())
+            .expect("passthrough");
         let k = id.key.as_deref().unwrap_or("");
         assert_eq!(k.len(), "passthrough:".len() + 32, "{k}");
     }
@@ -320,7 +354,7 @@ mod tests {
     #[test]
     fn missing_key() {
         assert!(matches!(
-            keys(true).authenticate(&HeaderMap::new()),
+            keys(true).authenticate(&HeaderMap::new(), &Default::default()),
             Err(ProxyError::MissingKey)
         ));
     }

@@ -40,6 +40,11 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         Some(files) => Some(server::tls_acceptor(files).map_err(|e| anyhow::anyhow!("tls: {e}"))?),
         None => None,
     };
+    let keys_path = crate::config::beside_state(&snapshot.config.state_path, "keys.json");
+    let issued_keys = Arc::new(
+        crate::key_store::KeyStore::open(&keys_path)
+            .map_err(|e| anyhow::anyhow!("issued keys {}: {e}", keys_path.display()))?,
+    );
     let kills_path = crate::kill::file_beside(&snapshot.config.state_path);
     let kills = Arc::new(
         crate::kill::KillSwitches::open(&kills_path)
@@ -49,7 +54,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         // Fleet mode: budgets and rate windows live in Redis; the local
         // ledger only counts what this replica serves while Redis is away.
         Some(redis) => {
-            let fleet = Fleet::start(redis, kills.clone())
+            let fleet = Fleet::start(redis, kills.clone(), issued_keys.clone())
                 .map_err(|e| anyhow::anyhow!("[state] redis: {e}"))?;
             tracing::info!(url = %crate::config::redact(&redis.url), prefix = %redis.key_prefix, "fleet state in redis");
             (
@@ -77,6 +82,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         usage,
         Some(metrics),
         Stores {
+            issued_keys,
             kills,
             ledger,
             fleet,

@@ -1011,3 +1011,63 @@ async fn a_kill_switch_set_on_one_replica_holds_on_all_and_survives_their_restar
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_key_issued_on_one_replica_works_on_all_until_revoked() {
+    let redis = RedisServer::start();
+    let mock = MockProvider::start().await.expect("mock");
+    let fleet = start_fleet(2, &fleet_config(&mock, &redis, PATIENT, "")).await;
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let (st, _, b) = call(
+        Method::POST,
+        &fleet[0].admin_url("/admin/keys?name=shared-bot&user=bot"),
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(st, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    let key = json(&b)["key"].as_str().expect("key").to_owned();
+    let status_on = |s: &Sluice| {
+        let (url, key) = (s.url("/v1/chat/completions"), key.clone());
+        async move {
+            let auth = format!("Bearer {key}");
+            let body = chat("hello", 5).to_string();
+            let (st, _, _) = call(
+                Method::POST,
+                &url,
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
+                body,
+            )
+            .await;
+            st
+        }
+    };
+    assert_eq!(
+        status_on(&fleet[0]).await,
+        StatusCode::OK,
+        "at once where issued"
+    );
+    eventually(
+        Duration::from_secs(5),
+        "replica 1 knows the key",
+        || async { (status_on(&fleet[1]).await == StatusCode::OK).then_some(()) },
+    )
+    .await;
+    let (st, _, _) = call(
+        Method::DELETE,
+        &fleet[1].admin_url("/admin/keys?name=shared-bot"),
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    eventually(
+        Duration::from_secs(5),
+        "replica 0 forgets the key",
+        || async { (status_on(&fleet[0]).await == StatusCode::UNAUTHORIZED).then_some(()) },
+    )
+    .await;
+}

@@ -18,6 +18,7 @@
 
 mod health;
 mod hold;
+mod keys;
 mod kills;
 mod owed;
 pub mod report;
@@ -77,6 +78,8 @@ pub struct Fleet {
     stop: CancellationToken,
     /// This replica's kill switches, whose fleet part the probe refreshes.
     kills: Arc<crate::kill::KillSwitches>,
+    /// This replica's copy of the runtime keys (the probe refreshes it).
+    issued_keys: Arc<crate::key_store::KeyStore>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -119,6 +122,7 @@ impl Fleet {
     pub fn start(
         cfg: &RedisState,
         kills: Arc<crate::kill::KillSwitches>,
+        issued_keys: Arc<crate::key_store::KeyStore>,
     ) -> Result<Arc<Fleet>, redis::RedisError> {
         let client = match &cfg.ca_file {
             None => redis::Client::open(cfg.url.as_str())?,
@@ -157,6 +161,7 @@ impl Fleet {
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
             kills,
+            issued_keys,
             runtime: tokio::runtime::Handle::current(),
         });
         tokio::spawn(probe(Arc::downgrade(&fleet)));
@@ -402,6 +407,7 @@ async fn probe(fleet: std::sync::Weak<Fleet>) {
                     f.repay().await;
                 }
                 f.refresh_kills().await;
+                f.refresh_issued_keys().await;
             }
             Ok(Err(e)) => f.health.down("ping", &e.to_string()),
             Err(_) => f.health.down("ping", "timed out"),

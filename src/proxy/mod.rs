@@ -157,7 +157,7 @@ async fn pipeline(
     // is refused, never passed through).
     let target = classify(&parts, rec)?;
     // Who is calling, before any body is read.
-    let (cred, identity) = snap.keys.authenticate(&parts.headers)?;
+    let (cred, identity) = snap.keys.authenticate(&parts.headers, &app.issued_keys)?;
     rec.facts.identity = identity;
     rec.facts.identity.run =
         crate::auth::run_id(&parts.headers, snap.config.server.run_from_traceparent)?;

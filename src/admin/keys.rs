@@ -1,0 +1,207 @@
+//! `/admin/keys`: virtual keys issued, listed, rotated and revoked at
+//! runtime (see `crate::key_store`).
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use super::{json_response, query_param};
+use crate::app::App;
+use crate::body::ProxyBody;
+use crate::key_store::{insert, new_secret, IssuedKey};
+
+/// What one call changes.
+struct Change {
+    /// Keys to store (new, or old ones with a shortened expiry).
+    put: Vec<IssuedKey>,
+    /// Digests to remove.
+    revoked: Vec<String>,
+    /// The new key's secret, shown once.
+    secret: Option<String>,
+}
+
+/// `/admin/keys`: issue (POST `?name=…&user=…&team=…&models=a,b&expires_in=30d`;
+/// the key is in the answer, once), list (GET), revoke (DELETE `?name=…`);
+/// `/admin/keys/rotate` (POST `?name=…&grace=10m`): a new key for the same
+/// identity, the old one valid for `grace` more. Audited with
+/// `x-sluice-operator`.
+pub(super) async fn handle(app: &App, req: &Request<Incoming>) -> Response<ProxyBody> {
+    let query = req.uri().query().unwrap_or("");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let by = req
+        .headers()
+        .get("x-sluice-operator")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .unwrap_or("admin")
+        .to_owned();
+    let bad = |msg: String| json_response(StatusCode::BAD_REQUEST, &json!({"error": msg}));
+    let duration = |field: &str| -> Result<Option<u64>, String> {
+        query_param(query, field)
+            .map(|t| {
+                crate::config::parse_duration(&t)
+                    .map(|d| d.as_secs())
+                    .map_err(|e| format!("{field}: {e}"))
+            })
+            .transpose()
+    };
+    let name = query_param(query, "name").filter(|n| {
+        !n.is_empty() && n.len() <= 128 && !n.chars().any(|c| c.is_control() || c == '|')
+    });
+    let rotate = req.uri().path().ends_with("/rotate");
+    let change: Result<Change, String> = match (req.method(), name, rotate) {
+        (&Method::GET, _, false) => {
+            let keys = app.issued_keys.list();
+            let shown: Vec<_> = keys
+                .iter()
+                .map(|k| {
+                    json!({"name": k.name, "sha256_prefix": &k.sha256[..12.min(k.sha256.len())],
+                               "user": k.user, "team": k.team, "models": k.models,
+                               "expires_at": k.expires_at, "created_at": k.created_at,
+                               "created_by": k.created_by, "expired": k.expired(now)})
+                })
+                .collect();
+            return json_response(StatusCode::OK, &json!({ "keys": shown }));
+        }
+        (&Method::POST, Some(name), false) => {
+            let snap = app.snapshot();
+            let taken = snap.config.keys.iter().any(|k| k.name == name)
+                || app.issued_keys.list().iter().any(|k| k.name == name);
+            if taken {
+                return json_response(
+                    StatusCode::CONFLICT,
+                    &json!({"error": format!("a key named {name:?} exists")}),
+                );
+            }
+            let expires_at = match duration("expires_in") {
+                Ok(d) => d.map(|s| now + s),
+                Err(e) => return bad(e),
+            };
+            let text = |f: &str| query_param(query, f).filter(|v| !v.is_empty() && v.len() <= 256);
+            new_secret().map(|secret| {
+                let key = IssuedKey {
+                    name,
+                    sha256: crate::auth::hash_key(&secret),
+                    user: text("user"),
+                    team: text("team"),
+                    models: text("models").map(|m| m.split(',').map(str::to_owned).collect()),
+                    expires_at,
+                    created_at: now,
+                    created_by: by.clone(),
+                };
+                Change {
+                    put: vec![key],
+                    revoked: Vec::new(),
+                    secret: Some(secret),
+                }
+            })
+        }
+        (&Method::POST, Some(name), true) => {
+            let grace = match duration("grace") {
+                Ok(d) => d.unwrap_or(0),
+                Err(e) => return bad(e),
+            };
+            let old: Vec<IssuedKey> = app
+                .issued_keys
+                .list()
+                .into_iter()
+                .filter(|k| k.name == name && !k.expired(now))
+                .collect();
+            let Some(newest) = old.iter().max_by_key(|k| k.created_at).cloned() else {
+                return json_response(
+                    StatusCode::NOT_FOUND,
+                    &json!({"error": format!("no live runtime key named {name:?}")}),
+                );
+            };
+            new_secret().map(|secret| {
+                let mut put: Vec<IssuedKey> = old
+                    .into_iter()
+                    .map(|mut k| {
+                        let until = now + grace;
+                        k.expires_at = Some(k.expires_at.map_or(until, |t| t.min(until)));
+                        k
+                    })
+                    .collect();
+                put.push(IssuedKey {
+                    sha256: crate::auth::hash_key(&secret),
+                    created_at: now,
+                    created_by: by.clone(),
+                    ..newest
+                });
+                Change {
+                    put,
+                    revoked: Vec::new(),
+                    secret: Some(secret),
+                }
+            })
+        }
+        (&Method::DELETE, Some(name), false) => {
+            let gone: Vec<String> = app
+                .issued_keys
+                .list()
+                .into_iter()
+                .filter(|k| k.name == name)
+                .map(|k| k.sha256)
+                .collect();
+            if gone.is_empty() {
+                return json_response(
+                    StatusCode::NOT_FOUND,
+                    &json!({"error": format!("no runtime key named {name:?} (config keys go with the config)")}),
+                );
+            }
+            Ok(Change {
+                put: Vec::new(),
+                revoked: gone,
+                secret: None,
+            })
+        }
+        (&Method::POST | &Method::DELETE, None, _) => {
+            return bad("name: 1 to 128 characters, no '|' or control characters".into())
+        }
+        _ => {
+            return json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": "GET, POST or DELETE"}),
+            )
+        }
+    };
+    let Change {
+        put,
+        revoked,
+        secret,
+    } = match change {
+        Ok(c) => c,
+        Err(e) => return json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": e})),
+    };
+    let written = match &app.fleet {
+        Some(fleet) => fleet.write_keys(&put, &revoked).await,
+        None => app.issued_keys.update(|map| {
+            for sha in &revoked {
+                map.retain(|_, k| &k.sha256 != sha);
+            }
+            for k in put.iter().cloned() {
+                insert(map, k)?;
+            }
+            Ok(())
+        }),
+    };
+    if let Err(e) = written {
+        return json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": e}));
+    }
+    let names: Vec<&str> = put.iter().map(|k| k.name.as_str()).collect();
+    tracing::warn!(by = %by, keys = ?names, revoked = revoked.len(), rotated = rotate, "virtual keys changed by the admin API");
+    match (secret, put.last()) {
+        (Some(secret), Some(k)) => json_response(
+            if rotate {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            },
+            &json!({"key": secret, "name": k.name, "expires_at": k.expires_at,
+                    "note": "the key is shown once; Sluice keeps only its SHA-256"}),
+        ),
+        _ => json_response(StatusCode::OK, &json!({"revoked": revoked.len()})),
+    }
+}
