@@ -437,6 +437,85 @@ fn bench_route(c: &mut Criterion) {
     g.finish();
 }
 
+/// Issue 14: admission with 100,000 issued keys and 100,000 run buckets costs
+/// what it costs with one of each.
+fn bench_tenants(c: &mut Criterion) {
+    use sluice::budget::ledger::{system_clock, Ledger};
+    use sluice::key_store::{IssuedKey, KeyStore};
+    use sluice::vocab::{Identity, Subject};
+    use std::sync::Arc;
+
+    let snap = snapshot();
+    let issued = |n: usize| {
+        let store = KeyStore::default();
+        store.replace(
+            (0..n)
+                .map(|i| IssuedKey {
+                    name: format!("issued-{i}"),
+                    sha256: hash_key(&format!("sk-sluice-issued-{i}")),
+                    user: Some(format!("u{i}")),
+                    team: None,
+                    models: None,
+                    expires_at: None,
+                    created_at: 0,
+                    created_by: "bench".into(),
+                })
+                .collect(),
+        );
+        store
+    };
+    let mut h = HeaderMap::new();
+    h.insert(
+        "authorization",
+        HeaderValue::from_static("Bearer sk-sluice-issued-0"),
+    );
+    let mut g = c.benchmark_group("tenants");
+    for n in [1, 100_000] {
+        let store = issued(n);
+        assert!(snap.keys.authenticate(&h, &store).is_ok());
+        g.bench_function(format!("issued_key_among_{n}"), |b| {
+            b.iter(|| snap.keys.authenticate(black_box(&h), &store).unwrap())
+        });
+    }
+    let budgets = Config::parse(
+        "[[budgets]]\nname = \"per-run\"\nscope = [\"run\"]\nwindow = \"day\"\nlimit_usd = 1000.0\n",
+        "bench",
+        &|_| None,
+    )
+    .expect("config")
+    .budgets;
+    let id = |run: usize| Identity {
+        run: Some(format!("run-{run}").into()),
+        ..Identity::default()
+    };
+    for n in [1usize, 100_000] {
+        let ledger = Ledger::in_memory(system_clock());
+        ledger.set_max_slots(200_000);
+        for run in 0..n {
+            let who = id(run);
+            let s = Subject {
+                identity: &who,
+                model: "m",
+            };
+            let hold = ledger.reserve(&budgets, &s, 10).expect("fits");
+            hold.settle(&budgets, 10, None);
+        }
+        let ledger: Arc<Ledger> = ledger;
+        let who = id(n / 2);
+        g.bench_function(format!("run_budget_reserve_settle_among_{n}"), |b| {
+            b.iter(|| {
+                let s = Subject {
+                    identity: &who,
+                    model: "m",
+                };
+                let hold = ledger.reserve(&budgets, &s, 10).expect("fits");
+                hold.settle(&budgets, 1, None);
+            })
+        });
+    }
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -447,6 +526,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = hot_paths;
     config = config();
-    targets = bench_sniff, bench_rewrite, bench_stream, bench_auth, bench_route
+    targets = bench_sniff, bench_rewrite, bench_stream, bench_auth, bench_route, bench_tenants
 }
 criterion_main!(hot_paths);
