@@ -56,12 +56,24 @@ impl Snapshot {
             return Err(ConfigError { errors });
         }
         let s = &config.server;
+        let jwt = match &config.jwt {
+            Some(j) => match crate::jwt::JwtVerifier::new(j) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    return Err(ConfigError {
+                        errors: vec![format!("jwt: {e}")],
+                    })
+                }
+            },
+            None => None,
+        };
         let keys = Keys::new(
             &config.keys,
             s.passthrough_keys,
             s.trust_identity_headers,
             &s.passthrough,
-        );
+        )
+        .with_jwt(jwt);
         let router = Router::new(config.models.clone(), config.routing.clone());
         let local_limits = config
             .redis

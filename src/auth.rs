@@ -72,6 +72,8 @@ pub struct Keys {
     trust_headers: bool,
     /// The passthrough families every virtual key may use (`[server]`).
     families: Vec<Family>,
+    /// `[jwt]`: verified tokens are credentials too.
+    jwt: Option<crate::jwt::JwtVerifier>,
 }
 
 /// SHA-256 of a key, hex encoded: what `[[keys]] sha256` holds.
@@ -113,7 +115,37 @@ impl Keys {
             passthrough,
             trust_headers,
             families: families.to_vec(),
+            jwt: None,
         }
+    }
+
+    /// Accepts verified JWTs as credentials.
+    pub fn with_jwt(mut self, jwt: Option<crate::jwt::JwtVerifier>) -> Self {
+        self.jwt = jwt;
+        self
+    }
+
+    /// A verified token's bearer, as a virtual key named `jwt`.
+    fn bearer_of(&self, token: &str) -> Option<(Credential, Identity)> {
+        let claims = self.jwt.as_ref()?.verify(token)?;
+        let vk = Arc::new(VirtualKey {
+            name: "jwt".into(),
+            user: claims.user.map(Into::into),
+            team: claims.team.map(Into::into),
+            models: None,
+            limits: TokenLimits::default(),
+            tier: None,
+            passthrough: self.families.clone(),
+            tier_headers: false,
+        });
+        let id = Identity {
+            key: Some(vk.name.clone()),
+            user: vk.user.clone(),
+            team: vk.team.clone(),
+            feature: claims.feature.map(Into::into),
+            ..Identity::default()
+        };
+        Some((Credential::Virtual(vk), id))
     }
 
     /// A key issued at runtime, as a virtual key of this snapshot.
@@ -142,6 +174,10 @@ impl Keys {
         issued: &crate::key_store::KeyStore,
     ) -> Result<(Credential, Identity), ProxyError> {
         let (header, value, key) = presented_key(headers).ok_or(ProxyError::MissingKey)?;
+        if self.jwt.is_some() && crate::jwt::looks_like_jwt(key) {
+            // A token that does not verify is refused, never passed through.
+            return self.bearer_of(key).ok_or(ProxyError::InvalidKey);
+        }
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         let runtime = || {
             let now = std::time::SystemTime::now()

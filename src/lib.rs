@@ -30,6 +30,7 @@ pub mod error;
 pub mod fleet;
 pub mod glob;
 pub mod headers;
+pub mod jwt;
 pub mod key_store;
 pub mod kill;
 pub mod limits;

@@ -4,6 +4,7 @@
 mod bounds;
 mod budget;
 mod cache;
+mod jwt;
 mod kill;
 mod limits;
 mod loops;
@@ -21,6 +22,7 @@ use std::time::Duration;
 pub use bounds::Bounds;
 pub use budget::{applies, applies_any, BudgetAction, BudgetRule, Permille};
 pub use cache::{CacheConfig, CacheMode, CacheScope, SharedCacheConfig};
+pub use jwt::JwtConfig;
 pub use kill::{Switch, Target};
 pub use limits::{Dim, RateRule, TokenLimits};
 pub use loops::{LoopAction, LoopDetection};
@@ -82,6 +84,8 @@ pub struct Config {
     pub loop_detection: Option<LoopDetection>,
     /// `[[kill_switches]]`: what the config turns off.
     pub kill_switches: Vec<Switch>,
+    /// `[jwt]`: verified tokens as credentials.
+    pub jwt: Option<JwtConfig>,
 }
 
 /// The data-plane listener and its request limits.
@@ -419,6 +423,7 @@ impl Validator<'_> {
         let (cache, shared_cache) = self.cache(&raw.cache, env);
         let loop_detection = self.loop_detection(raw.loop_detection.as_ref());
         let kill_switches = self.kill_switches(&raw);
+        let jwt = self.jwt(raw.jwt.as_ref(), env);
         let max_request_cost = raw.limits.max_request_cost_usd.map(|usd| {
             if usd <= 0.0 {
                 self.err("limits.max_request_cost_usd", "must be greater than zero");
@@ -449,6 +454,7 @@ impl Validator<'_> {
             shared_cache,
             loop_detection,
             kill_switches,
+            jwt,
         })
     }
 

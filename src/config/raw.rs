@@ -40,6 +40,7 @@ pub struct RawConfig {
     pub loop_detection: Option<super::loops::RawLoopDetection>,
     #[serde(default)]
     pub kill_switches: Vec<super::kill::RawKillSwitch>,
+    pub jwt: Option<super::jwt::RawJwt>,
     #[serde(default)]
     pub cache: RawCache,
 }
