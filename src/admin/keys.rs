@@ -1,5 +1,5 @@
-//! `/admin/keys`: virtual keys issued, listed, rotated and revoked at
-//! runtime (see `crate::key_store`).
+//! `/admin/keys`: virtual keys issued, listed, updated, rotated and revoked
+//! at runtime (see `crate::key_store`).
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -21,7 +21,8 @@ struct Change {
 }
 
 /// `/admin/keys`: issue (POST `?name=…&user=…&team=…&models=a,b&expires_in=30d`;
-/// the key is in the answer, once), list (GET), revoke (DELETE `?name=…`);
+/// the key is in the answer, once), list (GET), update (PATCH `?name=…` and
+/// any of user, team, models, expires_in), revoke (DELETE `?name=…`);
 /// `/admin/keys/rotate` (POST `?name=…&grace=10m`): a new key for the same
 /// identity, the old one valid for `grace` more. Audited with
 /// `x-sluice-operator`.
@@ -202,6 +203,7 @@ pub(super) async fn handle(app: &App, req: &Request<Incoming>) -> Response<Proxy
             &json!({"key": secret, "name": k.name, "expires_at": k.expires_at,
                     "note": "the key is shown once; Sluice keeps only its SHA-256"}),
         ),
+        (None, Some(_)) => json_response(StatusCode::OK, &json!({"updated": put.len()})),
         _ => json_response(StatusCode::OK, &json!({"revoked": revoked.len()})),
     }
 }
