@@ -405,6 +405,16 @@ fn rate_overrides(rules: &[crate::config::RateRule]) -> Vec<serde_json::Value> {
     out
 }
 
+/// Who made an admin change: `x-sluice-operator` (1–128 bytes), else `admin`.
+fn operator(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get("x-sluice-operator")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .unwrap_or("admin")
+        .to_owned()
+}
+
 /// An admin view that needs Redis while it is unavailable.
 fn state_unavailable(e: &crate::fleet::report::Unavailable) -> Response<ProxyBody> {
     json_response(

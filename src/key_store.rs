@@ -62,16 +62,7 @@ pub fn new_secret() -> Result<String, String> {
 impl KeyStore {
     /// Loads the keys persisted at `path` (none if it does not exist).
     pub fn open(path: &Path) -> std::io::Result<KeyStore> {
-        let keys: Vec<IssuedKey> = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{}: {e}", path.display()),
-                )
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
+        let keys: Vec<IssuedKey> = crate::json_file::load_list(path)?;
         let store = KeyStore {
             by_hash: RwLock::default(),
             path: Some(path.to_owned()),
@@ -117,12 +108,7 @@ impl KeyStore {
             return Ok(());
         };
         let keys: Vec<&IssuedKey> = map.values().collect();
-        let bytes = serde_json::to_vec_pretty(&keys).map_err(|e| e.to_string())?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, bytes)
-            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| format!("{}: {e}", path.display()))
+        crate::json_file::save(path, &keys)
     }
 }
 

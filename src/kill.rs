@@ -31,16 +31,7 @@ pub fn file_beside(state_path: &Path) -> PathBuf {
 impl KillSwitches {
     /// Loads the switches persisted at `path` (none if it does not exist).
     pub fn open(path: &Path) -> std::io::Result<KillSwitches> {
-        let active = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{}: {e}", path.display()),
-                )
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
+        let active = crate::json_file::load_list(path)?;
         Ok(KillSwitches {
             active: RwLock::new(active),
             fleet: RwLock::default(),
@@ -96,12 +87,7 @@ impl KillSwitches {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        let bytes = serde_json::to_vec_pretty(active).map_err(|e| e.to_string())?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, bytes)
-            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| format!("{}: {e}", path.display()))
+        crate::json_file::save(path, &active)
     }
 
     /// The switch that stops a request from this identity, before its model

@@ -30,6 +30,7 @@ pub mod error;
 pub mod fleet;
 pub mod glob;
 pub mod headers;
+pub mod json_file;
 pub mod jwt;
 pub mod key_store;
 pub mod kill;

@@ -6,7 +6,7 @@
 mod harness;
 
 use harness::*;
-use http::{Method, StatusCode};
+use http::StatusCode;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use sluice_mock::MockProvider;
@@ -17,23 +17,6 @@ fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-async fn ask(s: &Sluice, token: &str) -> (StatusCode, http::HeaderMap) {
-    let auth = format!("Bearer {token}");
-    let body = json!({"model": "gpt-4o-mini", "max_tokens": 5,
-                      "messages": [{"role": "user", "content": "hi"}]});
-    let (st, h, _) = call(
-        Method::POST,
-        &s.url("/v1/chat/completions"),
-        &[
-            ("authorization", &auth),
-            ("content-type", "application/json"),
-        ],
-        body.to_string(),
-    )
-    .await;
-    (st, h)
 }
 
 fn hs256(claims: &Value, secret: &str) -> String {
@@ -54,7 +37,7 @@ async fn a_verified_token_is_the_credential_and_its_claims_the_identity() {
                team_claim = \"grp\"\nfeature_claim = \"app\"\n";
     let s = Sluice::start(&config(&mock.url(), "", jwt)).await;
     let good = json!({"sub": "u-77", "grp": "ml", "app": "search", "iss": "idp", "aud": "sluice", "exp": now() + 600});
-    let (st, h) = ask(&s, &hs256(&good, SECRET)).await;
+    let (st, h) = chat_with_key(&s, &hs256(&good, SECRET)).await;
     assert_eq!(st, StatusCode::OK);
     let rec = s
         .usage_for(h["x-sluice-request-id"].to_str().expect("id"))
@@ -86,7 +69,11 @@ async fn a_verified_token_is_the_credential_and_its_claims_the_identity() {
     // alg "none": header {"alg":"none"} and no signature.
     bad.push("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.".to_owned());
     for token in &bad {
-        assert_eq!(ask(&s, token).await.0, StatusCode::UNAUTHORIZED, "{token}");
+        assert_eq!(
+            chat_with_key(&s, token).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{token}"
+        );
     }
     assert!(
         mock.requests().len() == 1,
@@ -120,7 +107,7 @@ async fn es256_tokens_verify_against_a_jwks_file() {
         &EncodingKey::from_ec_der(&key.serialize_der()),
     )
     .expect("token");
-    let (st, h) = ask(&s, &token).await;
+    let (st, h) = chat_with_key(&s, &token).await;
     assert_eq!(st, StatusCode::OK);
     let rec = s
         .usage_for(h["x-sluice-request-id"].to_str().expect("id"))
@@ -134,5 +121,5 @@ async fn es256_tokens_verify_against_a_jwks_file() {
         &EncodingKey::from_ec_der(&other.serialize_der()),
     )
     .expect("token");
-    assert_eq!(ask(&s, &forged).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(chat_with_key(&s, &forged).await.0, StatusCode::UNAUTHORIZED);
 }

@@ -13,34 +13,19 @@ fn chat(model: &str) -> Value {
     json!({"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
 }
 
-async fn admin(s: &Sluice, method: Method, path_and_query: &str) -> (StatusCode, Value) {
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let (st, _, b) = call(
-        method,
-        &s.admin_url(path_and_query),
-        &[
-            ("authorization", &auth),
-            ("x-sluice-operator", "oncall-ana"),
-        ],
-        "",
-    )
-    .await;
-    (st, json(&b))
-}
-
 #[tokio::test]
 async fn a_model_switched_off_is_refused_at_once_and_stays_off_across_a_restart() {
     let mock = MockProvider::start().await.expect("mock");
     let cfg = config(&mock.url(), "", "");
     let s = Sluice::start(&cfg).await;
-    let (st, v) = admin(
+    let (st, v) = admin_as(
         &s,
         Method::POST,
         "/admin/kills?target=model%3Dbad-model&reason=incident+7",
     )
     .await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    assert_eq!(v["disabled"]["by"], "oncall-ana");
+    assert_eq!(v["disabled"]["by"], "platform-bob");
 
     let (st, h, b) = post(&s, "/v1/chat/completions", &[], &chat("bad-model")).await;
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
@@ -66,17 +51,17 @@ async fn a_model_switched_off_is_refused_at_once_and_stays_off_across_a_restart(
     let s = Sluice::start_in(dir, &cfg).await;
     let (st, _, _) = post(&s, "/v1/chat/completions", &[], &chat("bad-model")).await;
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
-    let (_, v) = admin(&s, Method::GET, "/admin/kills").await;
+    let (_, v) = admin_as(&s, Method::GET, "/admin/kills").await;
     assert_eq!(v["switches"][0]["switch"]["reason"], "incident 7", "{v}");
 
     // And back on.
-    let (st, _) = admin(&s, Method::DELETE, "/admin/kills?target=model%3Dbad-model").await;
+    let (st, _) = admin_as(&s, Method::DELETE, "/admin/kills?target=model%3Dbad-model").await;
     assert_eq!(st, StatusCode::OK);
     let (st, _, _) = post(&s, "/v1/chat/completions", &[], &chat("bad-model")).await;
     assert_eq!(st, StatusCode::OK);
-    let (st, _) = admin(&s, Method::DELETE, "/admin/kills?target=model%3Dbad-model").await;
+    let (st, _) = admin_as(&s, Method::DELETE, "/admin/kills?target=model%3Dbad-model").await;
     assert_eq!(st, StatusCode::NOT_FOUND);
-    let (st, _) = admin(&s, Method::POST, "/admin/kills?target=team%3Dx").await;
+    let (st, _) = admin_as(&s, Method::POST, "/admin/kills?target=team%3Dx").await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
 }
 
@@ -84,7 +69,7 @@ async fn a_model_switched_off_is_refused_at_once_and_stays_off_across_a_restart(
 async fn a_switched_off_model_can_send_its_traffic_to_a_replacement() {
     let mock = MockProvider::start().await.expect("mock");
     let s = Sluice::start(&config(&mock.url(), "", "")).await;
-    let (st, v) = admin(
+    let (st, v) = admin_as(
         &s,
         Method::POST,
         "/admin/kills?target=model%3Dgpt-4o-mini&reason=regression&replacement=fallback-model",
@@ -99,7 +84,7 @@ async fn a_switched_off_model_can_send_its_traffic_to_a_replacement() {
         .await;
     assert_eq!(rec["routed_to"], "fallback-model");
     // A replacement no rule serves is refused up front.
-    let (st, _) = admin(
+    let (st, _) = admin_as(
         &s,
         Method::POST,
         "/admin/kills?target=key%3Dtest&replacement=x",

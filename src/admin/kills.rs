@@ -64,13 +64,7 @@ pub(super) async fn handle(app: &App, req: &Request<Incoming>) -> Response<Proxy
                     );
                 }
             }
-            let by = req
-                .headers()
-                .get("x-sluice-operator")
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| !v.is_empty() && v.len() <= 128)
-                .unwrap_or("admin")
-                .to_owned();
+            let by = super::operator(req);
             let switch = Switch {
                 target,
                 reason: query_param(query, "reason").unwrap_or_else(|| "no reason given".into()),

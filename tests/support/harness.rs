@@ -504,3 +504,37 @@ pub fn chat_stream_text(body: &[u8]) -> String {
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// An admin call with the admin token, made by operator `platform-bob`.
+pub async fn admin_as(s: &Sluice, method: Method, path_and_query: &str) -> (StatusCode, Value) {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let (st, _, b) = call(
+        method,
+        &s.admin_url(path_and_query),
+        &[
+            ("authorization", &auth),
+            ("x-sluice-operator", "platform-bob"),
+        ],
+        "",
+    )
+    .await;
+    (st, json(&b))
+}
+
+/// A short chat request to `gpt-4o-mini` with `key` as the bearer credential.
+pub async fn chat_with_key(s: &Sluice, key: &str) -> (StatusCode, HeaderMap) {
+    let auth = format!("Bearer {key}");
+    let body = serde_json::json!({"model": "gpt-4o-mini", "max_tokens": 5,
+                                  "messages": [{"role": "user", "content": "hi"}]});
+    let (st, h, _) = call(
+        Method::POST,
+        &s.url("/v1/chat/completions"),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        body.to_string(),
+    )
+    .await;
+    (st, h)
+}
