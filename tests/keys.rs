@@ -9,47 +9,15 @@ use std::time::Duration;
 
 use harness::*;
 use http::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 use sluice_mock::MockProvider;
-
-async fn admin(s: &Sluice, method: Method, path_and_query: &str) -> (StatusCode, Value) {
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let (st, _, b) = call(
-        method,
-        &s.admin_url(path_and_query),
-        &[
-            ("authorization", &auth),
-            ("x-sluice-operator", "platform-bob"),
-        ],
-        "",
-    )
-    .await;
-    (st, json(&b))
-}
-
-async fn ask(s: &Sluice, key: &str) -> (StatusCode, http::HeaderMap) {
-    let auth = format!("Bearer {key}");
-    let body = json!({"model": "gpt-4o-mini", "max_tokens": 5,
-                      "messages": [{"role": "user", "content": "hi"}]});
-    let (st, h, _) = call(
-        Method::POST,
-        &s.url("/v1/chat/completions"),
-        &[
-            ("authorization", &auth),
-            ("content-type", "application/json"),
-        ],
-        body.to_string(),
-    )
-    .await;
-    (st, h)
-}
 
 #[tokio::test]
 async fn an_issued_key_works_at_once_survives_a_restart_and_dies_when_revoked() {
     let mock = MockProvider::start().await.expect("mock");
     let cfg = config(&mock.url(), "", "");
     let s = Sluice::start(&cfg).await;
-    let (st, v) = admin(
+    let (st, v) = admin_as(
         &s,
         Method::POST,
         "/admin/keys?name=ci-bot&user=ci&team=infra&models=gpt-4o-mini",
@@ -58,7 +26,7 @@ async fn an_issued_key_works_at_once_survives_a_restart_and_dies_when_revoked() 
     assert_eq!(st, StatusCode::CREATED, "{v}");
     let key = v["key"].as_str().expect("key").to_owned();
     assert!(key.starts_with("sk-sluice-") && key.len() > 60);
-    let (st, h) = ask(&s, &key).await;
+    let (st, h) = chat_with_key(&s, &key).await;
     assert_eq!(st, StatusCode::OK);
     let rec = s
         .usage_for(h["x-sluice-request-id"].to_str().expect("id"))
@@ -83,27 +51,47 @@ async fn an_issued_key_works_at_once_survives_a_restart_and_dies_when_revoked() 
     .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     // Listed without its secret; a second key of that name is refused.
-    let (_, v) = admin(&s, Method::GET, "/admin/keys").await;
+    let (_, v) = admin_as(&s, Method::GET, "/admin/keys").await;
     assert_eq!(v["keys"][0]["name"], "ci-bot");
     assert_eq!(v["keys"][0]["created_by"], "platform-bob");
     assert!(!v.to_string().contains(&key[10..]), "{v}");
-    let (st, _) = admin(&s, Method::POST, "/admin/keys?name=ci-bot").await;
+    let (st, _) = admin_as(&s, Method::POST, "/admin/keys?name=ci-bot").await;
     assert_eq!(st, StatusCode::CONFLICT);
 
     let dir = s.stop_keeping_dir().await;
     let s = Sluice::start_in(dir.clone(), &cfg).await;
     assert_eq!(
-        ask(&s, &key).await.0,
+        chat_with_key(&s, &key).await.0,
         StatusCode::OK,
         "kept across a restart"
     );
     let stored = std::fs::read_to_string(dir.join("state.keys.json")).expect("file");
     assert!(!stored.contains(&key), "only the digest is stored");
 
-    let (st, _) = admin(&s, Method::DELETE, "/admin/keys?name=ci-bot").await;
+    // Updated in place: a new identity, no more allow-list.
+    let (st, v) = admin_as(
+        &s,
+        Method::PATCH,
+        "/admin/keys?name=ci-bot&user=ci-2&models=",
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["updated"], 1);
+    let (st, h) = chat_with_key(&s, &key).await;
+    assert_eq!(st, StatusCode::OK);
+    let rec = s
+        .usage_for(h["x-sluice-request-id"].to_str().expect("id"))
+        .await;
+    assert_eq!(rec["user"], "ci-2");
+    let (_, v) = admin_as(&s, Method::GET, "/admin/keys").await;
+    assert_eq!(v["keys"][0]["models"], json!(null), "{v}");
+    let (st, _) = admin_as(&s, Method::PATCH, "/admin/keys?name=nobody&user=x").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+
+    let (st, _) = admin_as(&s, Method::DELETE, "/admin/keys?name=ci-bot").await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(
-        ask(&s, &key).await.0,
+        chat_with_key(&s, &key).await.0,
         StatusCode::UNAUTHORIZED,
         "revoked at once"
     );
@@ -113,36 +101,40 @@ async fn an_issued_key_works_at_once_survives_a_restart_and_dies_when_revoked() 
 async fn a_rotated_key_keeps_the_old_one_only_for_its_grace() {
     let mock = MockProvider::start().await.expect("mock");
     let s = Sluice::start(&config(&mock.url(), "", "")).await;
-    let (_, v) = admin(&s, Method::POST, "/admin/keys?name=agent&user=a").await;
+    let (_, v) = admin_as(&s, Method::POST, "/admin/keys?name=agent&user=a").await;
     let old = v["key"].as_str().expect("key").to_owned();
-    let (st, v) = admin(&s, Method::POST, "/admin/keys/rotate?name=agent&grace=2s").await;
+    let (st, v) = admin_as(&s, Method::POST, "/admin/keys/rotate?name=agent&grace=2s").await;
     assert_eq!(st, StatusCode::OK, "{v}");
     let new = v["key"].as_str().expect("key").to_owned();
     assert_ne!(old, new);
-    assert_eq!(ask(&s, &new).await.0, StatusCode::OK);
-    assert_eq!(ask(&s, &old).await.0, StatusCode::OK, "within the grace");
+    assert_eq!(chat_with_key(&s, &new).await.0, StatusCode::OK);
+    assert_eq!(
+        chat_with_key(&s, &old).await.0,
+        StatusCode::OK,
+        "within the grace"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while ask(&s, &old).await.0 == StatusCode::OK {
+    while chat_with_key(&s, &old).await.0 == StatusCode::OK {
         assert!(
             std::time::Instant::now() < deadline,
             "the old key outlived its grace"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(ask(&s, &old).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(ask(&s, &new).await.0, StatusCode::OK);
+    assert_eq!(chat_with_key(&s, &old).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(chat_with_key(&s, &new).await.0, StatusCode::OK);
     // An expiring key, and bad input.
-    let (st, v) = admin(&s, Method::POST, "/admin/keys?name=temp&expires_in=1h").await;
+    let (st, v) = admin_as(&s, Method::POST, "/admin/keys?name=temp&expires_in=1h").await;
     assert_eq!(st, StatusCode::CREATED);
     assert!(v["expires_at"].as_u64().is_some());
     assert_eq!(
-        admin(&s, Method::POST, "/admin/keys?name=bad%7Cname")
+        admin_as(&s, Method::POST, "/admin/keys?name=bad%7Cname")
             .await
             .0,
         StatusCode::BAD_REQUEST
     );
     assert_eq!(
-        admin(&s, Method::POST, "/admin/keys?name=x&expires_in=soon")
+        admin_as(&s, Method::POST, "/admin/keys?name=x&expires_in=soon")
             .await
             .0,
         StatusCode::BAD_REQUEST

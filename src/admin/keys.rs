@@ -31,13 +31,7 @@ pub(super) async fn handle(app: &App, req: &Request<Incoming>) -> Response<Proxy
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let by = req
-        .headers()
-        .get("x-sluice-operator")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
-        .unwrap_or("admin")
-        .to_owned();
+    let by = super::operator(req);
     let bad = |msg: String| json_response(StatusCode::BAD_REQUEST, &json!({"error": msg}));
     let duration = |field: &str| -> Result<Option<u64>, String> {
         query_param(query, field)
@@ -138,6 +132,14 @@ pub(super) async fn handle(app: &App, req: &Request<Incoming>) -> Response<Proxy
                 }
             })
         }
+        (&Method::PATCH, Some(name), false) => match updated(app, query, &name, now) {
+            Ok(put) => Ok(Change {
+                put,
+                revoked: Vec::new(),
+                secret: None,
+            }),
+            Err((status, e)) => return json_response(status, &json!({ "error": e })),
+        },
         (&Method::DELETE, Some(name), false) => {
             let gone: Vec<String> = app
                 .issued_keys
@@ -158,13 +160,13 @@ pub(super) async fn handle(app: &App, req: &Request<Incoming>) -> Response<Proxy
                 secret: None,
             })
         }
-        (&Method::POST | &Method::DELETE, None, _) => {
+        (&Method::POST | &Method::PATCH | &Method::DELETE, None, _) => {
             return bad("name: 1 to 128 characters, no '|' or control characters".into())
         }
         _ => {
             return json_response(
                 StatusCode::METHOD_NOT_ALLOWED,
-                &json!({"error": "GET, POST or DELETE"}),
+                &json!({"error": "GET, POST, PATCH or DELETE"}),
             )
         }
     };
@@ -206,4 +208,56 @@ pub(super) async fn handle(app: &App, req: &Request<Incoming>) -> Response<Proxy
         (None, Some(_)) => json_response(StatusCode::OK, &json!({"updated": put.len()})),
         _ => json_response(StatusCode::OK, &json!({"revoked": revoked.len()})),
     }
+}
+
+/// The live keys named `name` with the fields the query sets replaced: a
+/// parameter present replaces its field; `models=` lifts the allow-list,
+/// `expires_in=never` the expiry.
+fn updated(
+    app: &App,
+    query: &str,
+    name: &str,
+    now: u64,
+) -> Result<Vec<IssuedKey>, (StatusCode, String)> {
+    let expires_at = match query_param(query, "expires_in").as_deref() {
+        None => None,
+        Some("never") => Some(None),
+        Some(t) => match crate::config::parse_duration(t) {
+            Ok(d) => Some(Some(now + d.as_secs())),
+            Err(e) => return Err((StatusCode::BAD_REQUEST, format!("expires_in: {e}"))),
+        },
+    };
+    let field =
+        |f: &str| query_param(query, f).map(|v| (!v.is_empty() && v.len() <= 256).then_some(v));
+    let (user, team, models) = (field("user"), field("team"), field("models"));
+    let put: Vec<IssuedKey> = app
+        .issued_keys
+        .list()
+        .into_iter()
+        .filter(|k| k.name == name && !k.expired(now))
+        .map(|mut k| {
+            if let Some(u) = &user {
+                k.user = u.clone();
+            }
+            if let Some(t) = &team {
+                k.team = t.clone();
+            }
+            if let Some(m) = &models {
+                k.models = m
+                    .as_ref()
+                    .map(|m| m.split(',').map(str::to_owned).collect());
+            }
+            if let Some(e) = expires_at {
+                k.expires_at = e;
+            }
+            k
+        })
+        .collect();
+    if put.is_empty() {
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!("no live runtime key named {name:?}"),
+        ));
+    }
+    Ok(put)
 }
