@@ -96,6 +96,11 @@ main() {
     START=$(date +%s)
     FAILED=()
     export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+    # A fresh clone (CI) gains nothing from incremental caches, which would double the
+    # footprint of target/ on disk.
+    if [[ -n ${CI:-} ]]; then
+        export CARGO_INCREMENTAL=0
+    fi
 
     system_packages
     python_env
@@ -124,6 +129,8 @@ main() {
     fi
 
     banner "summary"
+    # The build's footprint: CI runs on a machine with limited free disk.
+    du -sh target 2>/dev/null || true
     if ((${#FAILED[@]})); then
         printf 'FAILED: %s\n' "${FAILED[@]}"
         exit 1
