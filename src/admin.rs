@@ -12,6 +12,7 @@ use crate::app::App;
 use crate::body::ProxyBody;
 use crate::config::OnUnavailable;
 
+mod experiments;
 mod export;
 mod keys;
 mod kills;
@@ -59,6 +60,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
         (_, p) if p.starts_with("/admin/") => {
             if let Some(denied) = reject(&app, &req) {
                 return denied;
+            }
+            if p == "/admin/experiments" || p.starts_with("/admin/experiments/") {
+                return experiments::handle(&app, &req).await;
             }
             if p == "/admin/kills" {
                 return kills::handle(&app, &req).await;

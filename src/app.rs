@@ -17,6 +17,7 @@ use crate::cache::model_lists::ModelLists;
 use crate::cache::shared::SharedCache;
 use crate::cache::{Flights, ResponseCache};
 use crate::config::{Config, ConfigError, OnUnavailable};
+use crate::experiment::Experiments;
 use crate::fleet::{Fleet, LocalLimits};
 use crate::key_store::KeyStore;
 use crate::kill::KillSwitches;
@@ -41,6 +42,15 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The experiment splitting this public model name, if any.
+    pub fn experiment(&self, model: &str) -> Option<&crate::config::Experiment> {
+        let all = &self.config.experiments;
+        if all.is_empty() {
+            return None;
+        }
+        all.iter().find(|e| e.model == model)
+    }
+
     /// Builds clients, key table and routes; fails on anything a request
     /// could otherwise trip over later.
     pub fn build(config: Config) -> Result<Snapshot, ConfigError> {
@@ -98,6 +108,7 @@ pub struct Stores {
     pub fleet: Option<Arc<Fleet>>,
     pub shared_cache: Option<SharedCache>,
     pub owners: Arc<Owners>,
+    pub experiments: Arc<Experiments>,
 }
 
 /// Shared state of the running proxy.
@@ -133,6 +144,8 @@ pub struct App {
     pub kills: Arc<KillSwitches>,
     /// Virtual keys issued at runtime (persisted like the kill switches).
     pub issued_keys: Arc<KeyStore>,
+    /// Experiments' per-arm statistics and rollout state, by name.
+    pub experiments: Arc<Experiments>,
     shutting_down: AtomicBool,
     id_seed: u64,
     id_counter: AtomicU64,
@@ -153,6 +166,7 @@ impl App {
             fleet,
             shared_cache,
             owners,
+            experiments,
         } = stores;
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -179,6 +193,7 @@ impl App {
             loops: LoopDetector::default(),
             kills,
             issued_keys,
+            experiments,
             shutting_down: AtomicBool::new(false),
             id_seed: seed,
             id_counter: AtomicU64::new(0),
@@ -214,6 +229,7 @@ impl App {
                 "[state] backend, url or key_prefix changed; they take effect on restart"
             );
         }
+        self.experiments.sync(&snap.config.experiments);
         self.live.store(Arc::new(snap));
         tracing::info!(path = %path.display(), "config reloaded");
         Ok(())

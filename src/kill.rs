@@ -96,13 +96,21 @@ impl KillSwitches {
         self.find(config, |t| match t {
             Target::Key(k) => id.key.as_deref() == Some(k.as_str()),
             Target::Feature(f) => id.feature.as_deref() == Some(f.as_str()),
-            Target::Model(_) => false,
+            Target::Model(_) | Target::Arm(_) => false,
         })
     }
 
     /// The switch on `model`, if any.
     pub fn for_model(&self, config: &[Switch], model: &str) -> Option<Switch> {
         self.find(config, |t| matches!(t, Target::Model(m) if m == model))
+    }
+
+    /// The switch on arm `arm` of experiment `experiment`, if any.
+    pub fn for_arm(&self, config: &[Switch], experiment: &str, arm: &str) -> Option<Switch> {
+        self.find(
+            config,
+            |t| matches!(t, Target::Arm(v) if v.split_once('/') == Some((experiment, arm))),
+        )
     }
 
     fn find(&self, config: &[Switch], hit: impl Fn(&Target) -> bool) -> Option<Switch> {

@@ -8,7 +8,7 @@
 //! (`python3 scripts/module-deps.py` checks it, and the test suite runs it):
 //!
 //! - leaves: [`vocab`] (API shape, endpoint, identity, scope dimensions,
-//!   refusals), [`glob`], [`pricing`], [`window`], [`usage`];
+//!   refusals), [`glob`], [`pricing`], [`window`], [`usage`], [`webhook`];
 //! - [`error`] depends only on leaves and [`headers`]: no domain module;
 //! - [`config`] on the leaves, [`path`] and [`sniff`];
 //! - domain modules ([`auth`], [`route`], [`limits`], [`budget`], [`cache`],
@@ -27,6 +27,7 @@ pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod experiment;
 pub mod fleet;
 pub mod glob;
 pub mod headers;
@@ -51,4 +52,5 @@ pub mod upstream;
 pub mod usage;
 pub mod usage_log;
 pub mod vocab;
+pub mod webhook;
 pub mod window;

@@ -44,6 +44,18 @@ fn describe() {
     );
     describe_gauge!("sluice_cache_entries", "Entries in the response cache.");
     describe_counter!("sluice_cache_hits_total", "Response cache hits.");
+    describe_counter!(
+        "sluice_experiment_requests_total",
+        "Finished requests per experiment arm, by outcome (error: 5xx, timeout, broken stream)."
+    );
+    describe_gauge!(
+        "sluice_experiment_candidate_percent",
+        "The candidate arm's share of an experiment's traffic, in percent."
+    );
+    describe_counter!(
+        "sluice_experiment_rollbacks_total",
+        "Experiments rolled back by a guard."
+    );
     describe_counter!("sluice_cache_misses_total", "Response cache misses.");
     describe_counter!(
         "sluice_cache_evictions_total",
@@ -343,6 +355,30 @@ pub fn killed(kind: &'static str) {
 /// Kill switches in force (config and runtime).
 pub fn kill_switches(n: usize) {
     gauge!("sluice_kill_switches").set(n as f64);
+}
+
+/// A finished request of an experiment arm (names come from the config,
+/// so the label set is bounded by it).
+pub fn experiment_request(experiment: &str, arm: &str, error: bool) {
+    counter!(
+        "sluice_experiment_requests_total",
+        "experiment" => label_value(experiment),
+        "arm" => label_value(arm),
+        "outcome" => if error { "error" } else { "ok" }
+    )
+    .increment(1);
+}
+
+/// An experiment's candidate share changed (ramp step, rollback, promotion).
+pub fn experiment_share(experiment: &str, percent: f64) {
+    gauge!("sluice_experiment_candidate_percent", "experiment" => label_value(experiment))
+        .set(percent);
+}
+
+/// A guard rolled an experiment back.
+pub fn experiment_rollback(experiment: &str) {
+    counter!("sluice_experiment_rollbacks_total", "experiment" => label_value(experiment))
+        .increment(1);
 }
 
 /// A usage record dropped because its sink was not keeping up.

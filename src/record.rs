@@ -84,6 +84,8 @@ pub struct Facts {
     pub breakpoints: u32,
     /// `[loop_detection]` found this request repeated past its limit.
     pub loop_detected: bool,
+    /// The experiment arm the request was given.
+    pub arm: Option<crate::experiment::Pick>,
 }
 
 /// What a request holds and must release when it ends: each is settled or
@@ -174,6 +176,7 @@ impl RequestRecord {
                 deadline: tokio::time::Instant::from_std(started) + Duration::from_secs(900),
                 breakpoints: 0,
                 loop_detected: false,
+                arm: None,
             },
             holds: Holds::default(),
             outcome: Outcome {
@@ -296,6 +299,21 @@ impl RequestRecord {
             metrics::stream_end(end.label());
         }
 
+        if let Some(pick) = &self.facts.arm {
+            let error = self.outcome.status >= 500
+                || observed.stream_error
+                || !matches!(end, StreamEnd::Complete | StreamEnd::ClientGone);
+            pick.live.observe(&crate::experiment::Observation {
+                error,
+                latency_ms: ms(duration),
+                ttft_ms: ttft.map(ms),
+                input_tokens: usage.map_or(0, |u| u.input),
+                output_tokens: usage.map_or(0, |u| u.output),
+                cost_nanos: cost.unwrap_or(0),
+                cache_hit: self.outcome.cache == CacheState::Hit,
+            });
+            metrics::experiment_request(&pick.experiment, &pick.arm, error);
+        }
         let line = UsageLine {
             ts: humantime::format_rfc3339_millis(self.started_at).to_string(),
             request_id: &self.facts.id,
@@ -338,6 +356,9 @@ impl RequestRecord {
             cost_saved_usd: cost_saved.map(nanos_to_usd),
             prompt_cache_breakpoints: self.facts.breakpoints,
             loop_detected: self.facts.loop_detected,
+            experiment: self.facts.arm.as_ref().map(|p| &*p.experiment),
+            arm: self.facts.arm.as_ref().map(|p| &*p.arm),
+            config_version: self.snap.as_ref().map(|s| s.config.version.as_str()),
         };
         if let (Some(fleet), Some(snap), Some(c)) = (self.holds.owed_to.take(), &self.snap, cost) {
             let subject = crate::limits::rate::Subject {
@@ -518,4 +539,7 @@ pub struct UsageLine<'a> {
     pub cost_saved_usd: Option<f64>,
     pub prompt_cache_breakpoints: u32,
     pub loop_detected: bool,
+    pub experiment: Option<&'a str>,
+    pub arm: Option<&'a str>,
+    pub config_version: Option<&'a str>,
 }

@@ -50,6 +50,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         crate::kill::KillSwitches::open(&kills_path)
             .map_err(|e| anyhow::anyhow!("kill switches {}: {e}", kills_path.display()))?,
     );
+    let experiments_path = crate::experiment::file_beside(&snapshot.config.state_path);
+    let experiments = crate::experiment::Experiments::open(&experiments_path)
+        .map_err(|e| anyhow::anyhow!("experiments {}: {e}", experiments_path.display()))?;
+    experiments.sync(&snapshot.config.experiments);
     let (ledger, fleet) = match &snapshot.config.redis {
         // Fleet mode: budgets and rate windows live in Redis; the local
         // ledger only counts what this replica serves while Redis is away.
@@ -88,10 +92,12 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             fleet,
             shared_cache,
             owners: Arc::new(owners),
+            experiments: Arc::new(experiments),
         },
     );
     let stop_sweeper = CancellationToken::new();
     let sweeper = spawn_sweeper(app.clone(), stop_sweeper.clone());
+    let watcher = spawn_experiment_watch(app.clone(), stop_sweeper.clone());
     // Handlers go in before the listeners open, so an early SIGHUP reloads
     // instead of killing the process.
     let signals = Signals::install()?;
@@ -148,6 +154,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let _ = admin_task.await;
     stop_sweeper.cancel();
     let _ = sweeper.await;
+    let _ = watcher.await;
     if let Some(fleet) = &app.fleet {
         // Settlements finish (and write their usage records) before exit.
         fleet.drain(SETTLE_DRAIN).await;
@@ -199,6 +206,76 @@ fn spawn_sweeper(app: Arc<App>, stop: CancellationToken) -> tokio::task::JoinHan
             }
         }
     })
+}
+
+/// Every second: experiments' guards and ramps (see `experiment::watch`).
+fn spawn_experiment_watch(app: Arc<App>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => watch_experiments(&app),
+            }
+        }
+    })
+}
+
+fn watch_experiments(app: &App) {
+    use crate::experiment::watch::{tick, Event};
+    let snap = app.snapshot();
+    let experiments = &snap.config.experiments;
+    if experiments.is_empty() {
+        return;
+    }
+    let now = crate::experiment::ramp_now();
+    let events = tick(experiments, &app.experiments, now);
+    for ev in &events {
+        match ev {
+            Event::RolledBack { experiment, reason } => {
+                tracing::warn!(%experiment, %reason, "experiment rolled back by a guard");
+                metrics::experiment_rollback(experiment);
+                let hook = experiments
+                    .iter()
+                    .find(|e| &e.name == experiment)
+                    .and_then(|e| e.guards.as_ref()?.webhook.clone());
+                if let Some(url) = hook {
+                    let body = serde_json::json!({
+                        "experiment": experiment,
+                        "event": "rolled_back",
+                        "reason": reason,
+                        "at": now,
+                    });
+                    crate::webhook::post(url, body.to_string().into_bytes(), "experiment rollback");
+                }
+            }
+            Event::Advanced { experiment, share } => {
+                tracing::info!(%experiment, share, "experiment ramp moved to the next step");
+            }
+        }
+    }
+    for e in experiments {
+        if let Some(l) = app.experiments.get(&e.name) {
+            if let Some(c) = e.candidate() {
+                let killed = |arm: &str| {
+                    app.kills
+                        .for_arm(&snap.config.kill_switches, &e.name, arm)
+                        .is_some()
+                };
+                let w = l.weights(e, &killed);
+                let total: f64 = w.iter().sum();
+                if total > 0.0 {
+                    metrics::experiment_share(&e.name, w[c] / total * 100.0);
+                }
+            }
+        }
+    }
+    if !events.is_empty() {
+        if let Err(e) = app.experiments.persist() {
+            tracing::error!(error = %e, "could not save experiment state");
+        }
+    }
 }
 
 fn sweep(app: &App) {

@@ -89,6 +89,20 @@ pub struct Identity {
     pub run: Option<Arc<str>>,
 }
 
+impl Identity {
+    /// The value of an identity dimension (`Dim::Model` is not one).
+    pub fn value(&self, d: Dim) -> Option<&str> {
+        match d {
+            Dim::Key => self.key.as_deref(),
+            Dim::User => self.user.as_deref(),
+            Dim::Team => self.team.as_deref(),
+            Dim::Feature => self.feature.as_deref(),
+            Dim::Run => self.run.as_deref(),
+            Dim::Model => None,
+        }
+    }
+}
+
 /// What a rate limit is counted per.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dim {

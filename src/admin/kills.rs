@@ -20,7 +20,7 @@ pub(super) async fn handle(app: &App, req: &Request<Incoming>) -> Response<Proxy
     let bad_target = |t: &str| {
         json_response(
             StatusCode::BAD_REQUEST,
-            &json!({"error": format!("target {t:?} is not model=NAME, key=NAME or feature=NAME")}),
+            &json!({"error": format!("target {t:?} is not model=NAME, key=NAME, feature=NAME or arm=EXPERIMENT/ARM")}),
         )
     };
     match (req.method(), target) {

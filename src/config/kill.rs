@@ -24,6 +24,9 @@ pub enum Target {
     Key(String),
     /// Requests attributed to this feature.
     Feature(String),
+    /// An experiment's arm (`experiment/arm`): its share goes to the
+    /// control.
+    Arm(String),
 }
 
 impl Target {
@@ -38,6 +41,13 @@ impl Target {
             "model" => Target::Model(value),
             "key" => Target::Key(value),
             "feature" => Target::Feature(value),
+            "arm"
+                if value
+                    .split_once('/')
+                    .is_some_and(|(e, a)| !e.is_empty() && !a.is_empty()) =>
+            {
+                Target::Arm(value)
+            }
             _ => return None,
         })
     }
@@ -47,12 +57,13 @@ impl Target {
             Target::Model(_) => "model",
             Target::Key(_) => "key",
             Target::Feature(_) => "feature",
+            Target::Arm(_) => "arm",
         }
     }
 
     pub fn value(&self) -> &str {
         match self {
-            Target::Model(v) | Target::Key(v) | Target::Feature(v) => v,
+            Target::Model(v) | Target::Key(v) | Target::Feature(v) | Target::Arm(v) => v,
         }
     }
 }
@@ -79,7 +90,10 @@ impl Validator<'_> {
             let Some(target) = Target::parse(&k.target) else {
                 self.err(
                     &format!("{field}.target"),
-                    format!("{:?} is not model=NAME, key=NAME or feature=NAME", k.target),
+                    format!(
+                        "{:?} is not model=NAME, key=NAME, feature=NAME or arm=EXPERIMENT/ARM",
+                        k.target
+                    ),
                 );
                 continue;
             };

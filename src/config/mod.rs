@@ -4,6 +4,7 @@
 mod bounds;
 mod budget;
 mod cache;
+mod experiments;
 mod jwt;
 mod kill;
 mod limits;
@@ -22,6 +23,7 @@ use std::time::Duration;
 pub use bounds::Bounds;
 pub use budget::{applies, applies_any, BudgetAction, BudgetRule, Permille};
 pub use cache::{CacheConfig, CacheMode, CacheScope, SharedCacheConfig};
+pub use experiments::{Arm, Experiment, Guards, Pin, Ramp, Sticky, MAX_ARMS, MAX_EXPERIMENTS};
 pub use jwt::JwtConfig;
 pub use kill::{Switch, Target};
 pub use limits::{Dim, RateRule, TokenLimits};
@@ -86,6 +88,11 @@ pub struct Config {
     pub kill_switches: Vec<Switch>,
     /// `[jwt]`: verified tokens as credentials.
     pub jwt: Option<JwtConfig>,
+    /// `[[experiments]]`: public model names split between arms.
+    pub experiments: Vec<Experiment>,
+    /// The first 12 hex digits of the config text's SHA-256: every usage
+    /// record names the config it was served under.
+    pub version: String,
 }
 
 /// The data-plane listener and its request limits.
@@ -255,12 +262,21 @@ impl Config {
             origin,
             errors: Vec::new(),
         };
-        let config = v.config(raw, env);
+        let config = v.config(raw, env).map(|mut c| {
+            c.version = version_of(text);
+            c
+        });
         match config {
             Some(c) if v.errors.is_empty() => Ok(c),
             _ => Err(ConfigError { errors: v.errors }),
         }
     }
+}
+
+/// The first 12 hex digits of the SHA-256 of a config's text.
+fn version_of(text: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    hex::encode(&digest.as_ref()[..6])
 }
 
 struct Validator<'a> {
@@ -424,6 +440,7 @@ impl Validator<'_> {
         let loop_detection = self.loop_detection(raw.loop_detection.as_ref());
         let kill_switches = self.kill_switches(&raw);
         let jwt = self.jwt(raw.jwt.as_ref(), env);
+        let experiments = self.experiments(&raw, &models, &routing);
         let max_request_cost = raw.limits.max_request_cost_usd.map(|usd| {
             if usd <= 0.0 {
                 self.err("limits.max_request_cost_usd", "must be greater than zero");
@@ -455,6 +472,8 @@ impl Validator<'_> {
             loop_detection,
             kill_switches,
             jwt,
+            experiments,
+            version: String::new(),
         })
     }
 

@@ -42,6 +42,8 @@ pub struct RawConfig {
     pub kill_switches: Vec<super::kill::RawKillSwitch>,
     pub jwt: Option<super::jwt::RawJwt>,
     #[serde(default)]
+    pub experiments: Vec<super::experiments::RawExperiment>,
+    #[serde(default)]
     pub cache: RawCache,
 }
 

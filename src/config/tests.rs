@@ -268,3 +268,110 @@ fn overrides_name_one_scope_value_and_only_limits_the_rule_has() {
         "{all}"
     );
 }
+
+const EXPERIMENT_BASE: &str = r#"
+[[providers]]
+name = "p"
+kind = "openai-compatible"
+base_url = "http://127.0.0.1:1/v1"
+[[models]]
+name = "gpt-*"
+provider = "p"
+[[routing]]
+model = "auto"
+default = "gpt-4o"
+"#;
+
+#[test]
+fn experiments_are_validated() {
+    let ok = format!(
+        "{EXPERIMENT_BASE}{}",
+        r#"
+[[experiments]]
+name = "canary"
+model = "agent"
+sticky = "header:x-session"
+control = "old"
+pinned = { "feature=search" = "new" }
+[[experiments.arms]]
+name = "old"
+model = "gpt-4o"
+weight = 95
+[[experiments.arms]]
+name = "new"
+model = "gpt-4o-mini"
+weight = 5
+params = { temperature = 0.2 }
+[experiments.ramp]
+steps = [1, 5, 25, 100]
+min_duration = "10m"
+[experiments.guards]
+max_error_rate = 0.05
+cost_ratio = 1.2
+"#
+    );
+    let c = Config::parse(&ok, "t.toml", &env).expect("valid");
+    let e = &c.experiments[0];
+    assert_eq!(e.control, 0);
+    assert_eq!(e.candidate(), Some(1));
+    assert!(matches!(&e.sticky, Sticky::Header(h) if h == "x-session"));
+    assert_eq!(e.pinned, vec![(Pin::Feature("search".into()), 1)]);
+    assert_eq!(e.ramp.as_ref().map(|r| r.min_samples), Some(500));
+    assert_eq!(c.version.len(), 12);
+
+    let bad = format!(
+        "{EXPERIMENT_BASE}{}",
+        r#"
+[[experiments]]
+name = "bad name!"
+model = "auto"
+sticky = "planet"
+control = "nobody"
+pinned = { "colour=red" = "a" }
+[[experiments.arms]]
+name = "a"
+model = "claude-3"
+params = { model = "x", stream = true }
+[[experiments.arms]]
+name = "a"
+model = "gpt-4o"
+[[experiments.arms]]
+name = "c"
+model = "gpt-4o"
+[experiments.ramp]
+steps = [50, 10]
+"#
+    );
+    let all = Config::parse(&bad, "t.toml", &env)
+        .expect_err("invalid")
+        .to_string();
+    for needle in [
+        "experiments[0].name: 1–64 characters",
+        "experiments[0].model: \"auto\" is a routing model",
+        "experiments[0].arms[0].model: \"claude-3\" matches no [[models]] rule",
+        "experiments[0].arms[0].params.model: an arm may not set this field",
+        "experiments[0].arms[0].params.stream: an arm may not set this field",
+        "experiments[0].arms[1].name: \"a\" used twice",
+        "experiments[0].control: no arm named \"nobody\"",
+        "experiments[0].sticky: \"planet\" is not",
+        "expected \"feature=NAME\" or \"header:NAME=VALUE\"",
+        "experiments[0].ramp: a ramp needs exactly two arms",
+        "experiments[0].ramp.steps: increasing percentages",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+}
+
+#[test]
+fn the_config_version_follows_the_text() {
+    let a = Config::parse(EXPERIMENT_BASE, "t.toml", &env).expect("valid");
+    let b =
+        Config::parse(&format!("{EXPERIMENT_BASE}\n# changed\n"), "t.toml", &env).expect("valid");
+    assert_ne!(a.version, b.version);
+    assert_eq!(
+        a.version,
+        Config::parse(EXPERIMENT_BASE, "t.toml", &env)
+            .expect("valid")
+            .version
+    );
+}

@@ -82,6 +82,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
         ),
     };
     let cache_state = rec.outcome.cache;
+    let arm = rec
+        .facts
+        .arm
+        .as_ref()
+        .map(|p| (value(&p.experiment), value(&p.arm)));
     let has_model = rec.facts.endpoint.has_model();
     let shape = rec.facts.shape;
     let mut resp = match result {
@@ -123,6 +128,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
     }
     if let Some(p) = provider {
         h.insert("x-sluice-provider", p);
+    }
+    if let Some((experiment, arm)) = arm {
+        h.insert("x-sluice-experiment", experiment);
+        h.insert("x-sluice-arm", arm);
     }
     if attempts > 0 {
         h.insert("x-sluice-attempts", HeaderValue::from(attempts));
@@ -195,6 +204,8 @@ async fn pipeline(
         .flatten();
     // Tier routing and budget downgrades pick the model; the allow-list holds for it.
     let chosen = model::choose(app, snap, &cred, &parts.headers, &body, &s, rec)?;
+    // An experiment arm's parameters and system prefix (sniffed again: limits see the body sent).
+    let (body, s) = model::arm_overrides(snap, chosen.arm, body, s, rec.facts.endpoint)?;
     // Where it goes: the model's route (first deployment: limits, tokenizer).
     let route = snap
         .router

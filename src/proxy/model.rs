@@ -19,6 +19,9 @@ use super::stages::choose_tier;
 pub(super) struct Chosen {
     pub model: String,
     pub counted: Option<(Family, u64)>,
+    /// The experiment arm serving the request (its index in the config):
+    /// its parameters and system prefix apply.
+    pub arm: Option<usize>,
 }
 
 /// The allow-list holds for the model asked for (for a routing model, for
@@ -59,8 +62,18 @@ pub(super) fn choose(
     } else {
         &no_headers
     };
+    let mut arm = None;
     let model = match snap.router.tier(&s.model) {
-        None => s.model.clone(),
+        None => match snap.experiment(&s.model) {
+            None => s.model.clone(),
+            Some(e) => {
+                let index = split(app, snap, e, headers, rec);
+                arm = Some(index);
+                let to = e.arms[index].model.clone();
+                rec.facts.routed_to = Some(to.clone());
+                to
+            }
+        },
         Some(tier) => {
             let chosen = choose_tier(snap, tier, cred, tier_headers, rec, body, s, &mut counted);
             rec.facts.routed_to = Some(chosen.clone());
@@ -86,10 +99,43 @@ pub(super) fn choose(
         _ => model,
     };
     let model = killed(app, snap, &s.model, model, rec)?;
-    if vk.is_some_and(|k| !k.allows(&model)) {
+    // An arm's model is allowed wherever the experiment's name is.
+    let arm_model = arm
+        .and_then(|i| snap.experiment(&s.model)?.arms.get(i))
+        .is_some_and(|a| a.model == model);
+    if !arm_model && vk.is_some_and(|k| !k.allows(&model)) {
         return Err(ProxyError::ModelNotAllowed { model });
     }
-    Ok(Chosen { model, counted })
+    Ok(Chosen {
+        model,
+        counted,
+        arm,
+    })
+}
+
+/// The arm of experiment `e` this request lands in (recorded when the
+/// caller takes part; one without a sticky id gets the control, outside
+/// the experiment's statistics).
+fn split(
+    app: &App,
+    snap: &Snapshot,
+    e: &crate::config::Experiment,
+    headers: &HeaderMap,
+    rec: &mut RequestRecord,
+) -> usize {
+    let switches = &snap.config.kill_switches;
+    let killed = |arm: &str| app.kills.for_arm(switches, &e.name, arm).is_some();
+    match app
+        .experiments
+        .pick(e, &rec.facts.identity, headers, &killed)
+    {
+        Some(pick) => {
+            let index = pick.index;
+            rec.facts.arm = Some(pick);
+            index
+        }
+        None => e.control,
+    }
 }
 
 /// A kill switch on the model asked for or chosen refuses the request, or
@@ -125,4 +171,24 @@ fn killed(
             })
         }
     }
+}
+
+/// The body as the arm sends it (unchanged outside experiments, or for an
+/// arm without parameters or prefix), sniffed again when it changed.
+pub(super) fn arm_overrides(
+    snap: &Snapshot,
+    arm: Option<usize>,
+    body: Bytes,
+    s: Sniffed,
+    endpoint: crate::vocab::Endpoint,
+) -> Result<(Bytes, Sniffed), ProxyError> {
+    let Some(arm) = arm.and_then(|i| snap.experiment(&s.model)?.arms.get(i)) else {
+        return Ok((body, s));
+    };
+    if !crate::experiment::overrides::changes(arm) {
+        return Ok((body, s));
+    }
+    let body = crate::experiment::overrides::apply(body, arm, endpoint)?;
+    let s = crate::sniff::sniff(&body, endpoint)?;
+    Ok((body, s))
 }

@@ -124,6 +124,22 @@ async fn visible(
             });
         }
     }
+    // Experiments' public names, when their control is served for this API.
+    for e in &snap.config.experiments {
+        let name = e.model.as_str();
+        if wanted.is_some_and(|w| w != name) || !allowed(name) || seen.contains(name) {
+            continue;
+        }
+        let control = &e.arms[e.control].model;
+        if router.resolve(control, shape, upstreams).is_some() {
+            let id: Arc<str> = Arc::from(name);
+            seen.insert(id.clone());
+            out.push(Listed {
+                id,
+                owner: owner.clone(),
+            });
+        }
+    }
     if wanted.is_some() && !out.is_empty() {
         return out;
     }
