@@ -8,7 +8,8 @@
 //! (`python3 scripts/module-deps.py` checks it, and the test suite runs it):
 //!
 //! - leaves: [`vocab`] (API shape, endpoint, identity, scope dimensions,
-//!   refusals), [`glob`], [`pricing`], [`window`], [`usage`], [`webhook`];
+//!   refusals), [`glob`], [`pricing`], [`window`], [`usage`], [`webhook`],
+//!   [`stats`] (experiment statistics);
 //! - [`error`] depends only on leaves and [`headers`]: no domain module;
 //! - [`config`] on the leaves, [`path`] and [`sniff`];
 //! - domain modules ([`auth`], [`route`], [`limits`], [`budget`], [`cache`],
@@ -47,6 +48,7 @@ pub mod route;
 pub mod run;
 pub mod server;
 pub mod sniff;
+pub mod stats;
 pub mod stream;
 pub mod upstream;
 pub mod usage;
