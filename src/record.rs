@@ -309,7 +309,7 @@ impl RequestRecord {
                 ttft_ms: ttft.map(ms),
                 input_tokens: usage.map_or(0, |u| u.input),
                 output_tokens: usage.map_or(0, |u| u.output),
-                cost_nanos: cost.unwrap_or(0),
+                cost_nanodollars: cost.unwrap_or(0),
                 cache_hit: self.outcome.cache == CacheState::Hit,
             });
             metrics::experiment_request(&pick.experiment, &pick.arm, error);

@@ -9,7 +9,8 @@ use super::{json_response, query_param};
 use crate::app::App;
 use crate::body::ProxyBody;
 use crate::config::Experiment;
-use crate::experiment::Live;
+use crate::experiment::{ArmStats, Live};
+use crate::stats::{self, Effect, Metric, TestConfig};
 
 /// `GET /admin/experiments` (all), `GET /admin/experiments/{name}` (one,
 /// with its statistics), `POST /admin/experiments/{name}/{pause|resume|
@@ -61,7 +62,7 @@ pub(super) async fn handle(app: &App, req: &Request<Incoming>) -> Response<Proxy
             }
             let by = super::operator(req);
             let reason = query_param(req.uri().query().unwrap_or(""), "reason");
-            let counts: Vec<u64> = live.arms.iter().map(|a| a.stats().requests).collect();
+            let counts: Vec<u64> = live.arms.iter().map(|a| a.stats().requests()).collect();
             {
                 let mut state = live.state();
                 match action {
@@ -96,26 +97,82 @@ pub(super) async fn handle(app: &App, req: &Request<Incoming>) -> Response<Proxy
     }
 }
 
+/// The minimum effects "can we decide yet?" is answered for: +2 points of
+/// error rate, +10 % mean latency (on log latency) and +10 % cost per request.
+const EFFECTS: [(Metric, Effect); 3] = [
+    (Metric::ErrorRate, Effect::Absolute(0.02)),
+    (Metric::LogLatency, Effect::Relative(0.1)),
+    (Metric::CostUsd, Effect::Relative(0.1)),
+];
+
+/// A candidate against the control: each metric's sequential comparison
+/// (difference, always-valid interval and p-value, decision) and how many
+/// more requests per arm would detect the minimum effect at 80 % power.
+fn against(control: &ArmStats, candidate: &ArmStats, test: &TestConfig) -> Value {
+    let mut out = serde_json::Map::new();
+    for metric in [
+        Metric::ErrorRate,
+        Metric::LogLatency,
+        Metric::TtftMs,
+        Metric::CostUsd,
+    ] {
+        let c = stats::compare(metric, control, candidate, test);
+        out.insert(metric_name(metric).into(), json!(c));
+    }
+    let plans: serde_json::Map<String, Value> = EFFECTS
+        .iter()
+        .map(|(metric, effect)| {
+            let p = stats::plan(
+                *metric,
+                control.sample(*metric),
+                candidate.sample(*metric),
+                *effect,
+                0.8,
+                test,
+            );
+            (metric_name(*metric).to_owned(), json!(p))
+        })
+        .collect();
+    out.insert("to_decide".into(), Value::Object(plans));
+    Value::Object(out)
+}
+
+fn metric_name(m: Metric) -> &'static str {
+    match m {
+        Metric::ErrorRate => "error_rate",
+        Metric::LatencyMs => "latency_ms",
+        Metric::LogLatency => "log_latency",
+        Metric::TtftMs => "ttft_ms",
+        Metric::CostUsd => "cost_usd",
+    }
+}
+
 /// One experiment as the admin API shows it.
 fn view(e: &Experiment, live: &Live, killed: &dyn Fn(&str) -> bool) -> Value {
     let weights = live.weights(e, killed);
     let total: f64 = weights.iter().sum();
     let state = live.state().clone();
+    let stats: Vec<ArmStats> = live.arms.iter().map(|a| a.stats()).collect();
+    let test = e.guards.as_ref().map(|g| g.stats.test).unwrap_or_default();
     let arms: Vec<Value> = e
         .arms
         .iter()
-        .zip(&live.arms)
+        .zip(&stats)
         .zip(&weights)
         .enumerate()
-        .map(|(i, ((arm, l), w))| {
-            json!({
+        .map(|(i, ((arm, s), w))| {
+            let mut v = json!({
                 "name": arm.name,
                 "model": arm.model,
                 "control": i == e.control,
                 "share_percent": if total > 0.0 { w / total * 100.0 } else { 0.0 },
                 "killed": killed(&arm.name),
-                "stats": l.stats(),
-            })
+                "stats": s.snapshot(),
+            });
+            if let (false, Some(control)) = (i == e.control, stats.get(e.control)) {
+                v["vs_control"] = against(control, s, &test);
+            }
+            v
         })
         .collect();
     json!({

@@ -72,10 +72,11 @@ pub struct RawRamp {
 #[serde(deny_unknown_fields)]
 pub struct RawGuards {
     pub max_error_rate: Option<f64>,
-    pub error_rate: Option<bool>,
+    pub max_error_rate_increase: Option<f64>,
     pub latency_p95_ratio: Option<f64>,
     pub cost_ratio: Option<f64>,
     pub min_samples: Option<u64>,
+    pub alpha: Option<f64>,
     pub webhook: Option<String>,
 }
 
@@ -122,20 +123,11 @@ pub struct Ramp {
     pub min_samples: u64,
 }
 
-/// When the candidate is rolled back at once.
-#[derive(Debug, Clone, PartialEq)]
+/// When the candidate is rolled back at once: thresholds, and the
+/// sequential test (α, minimum sample) that decides "worse".
+#[derive(Debug, Clone)]
 pub struct Guards {
-    /// The candidate's error rate may not exceed this (0–1).
-    pub max_error_rate: Option<f64>,
-    /// Roll back when the sequential test finds the candidate's error rate
-    /// worse than the control's.
-    pub error_rate: bool,
-    /// Candidate p95 latency over control p95 latency.
-    pub latency_p95_ratio: Option<f64>,
-    /// Candidate cost per request over the control's.
-    pub cost_ratio: Option<f64>,
-    /// No guard fires before each arm has this many requests.
-    pub min_samples: u64,
+    pub stats: crate::stats::GuardConfig,
     /// POSTed a JSON description of a rollback.
     pub webhook: Option<http::Uri>,
 }
@@ -401,10 +393,28 @@ impl Validator<'_> {
                 "guards need exactly two arms (the control and one candidate)",
             );
         }
-        if let Some(r) = raw.max_error_rate {
-            if !(0.0..=1.0).contains(&r) {
-                self.err(&format!("{f}.max_error_rate"), "a fraction from 0 to 1");
+        for (name, v) in [
+            ("max_error_rate", raw.max_error_rate),
+            ("max_error_rate_increase", raw.max_error_rate_increase),
+        ] {
+            if v.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+                self.err(&format!("{f}.{name}"), "a fraction from 0 to 1");
             }
+        }
+        let alpha = raw.alpha.unwrap_or(0.05);
+        if !(alpha > 0.0 && alpha < 0.5) {
+            self.err(&format!("{f}.alpha"), "between 0 and 0.5");
+        }
+        if [
+            raw.max_error_rate,
+            raw.max_error_rate_increase,
+            raw.latency_p95_ratio,
+            raw.cost_ratio,
+        ]
+        .iter()
+        .all(Option::is_none)
+        {
+            self.err(&f, "no guard set (max_error_rate, max_error_rate_increase, latency_p95_ratio or cost_ratio)");
         }
         for (name, v) in [
             ("latency_p95_ratio", raw.latency_p95_ratio),
@@ -424,11 +434,17 @@ impl Validator<'_> {
             uri
         });
         Guards {
-            max_error_rate: raw.max_error_rate,
-            error_rate: raw.error_rate.unwrap_or(true),
-            latency_p95_ratio: raw.latency_p95_ratio,
-            cost_ratio: raw.cost_ratio,
-            min_samples: raw.min_samples.unwrap_or(200),
+            stats: crate::stats::GuardConfig {
+                max_error_rate: raw.max_error_rate,
+                max_error_rate_increase: raw.max_error_rate_increase,
+                max_p95_latency_ratio: raw.latency_p95_ratio,
+                max_cost_ratio: raw.cost_ratio,
+                test: crate::stats::TestConfig {
+                    alpha,
+                    min_samples: raw.min_samples.unwrap_or(200),
+                    ..crate::stats::TestConfig::default()
+                },
+            },
             webhook,
         }
     }

@@ -7,7 +7,6 @@
 //! beside the state file so a rollback holds across restarts.
 
 pub mod assign;
-mod observe;
 pub mod overrides;
 mod ramp;
 pub mod watch;
@@ -21,7 +20,7 @@ use http::HeaderMap;
 use crate::config::{Experiment, Pin, Sticky};
 use crate::vocab::Identity;
 
-pub use observe::{ArmStats, Observation};
+pub use crate::stats::{ArmStats, Observation};
 pub use ramp::{now as ramp_now, Phase, RampState};
 
 /// The arm a request was given.

@@ -27,7 +27,7 @@ pub fn tick(config: &[Experiment], live: &Experiments, now: u64) -> Vec<Event> {
             continue;
         };
         let (control, candidate) = (control.stats(), candidate.stats());
-        let counts: Vec<u64> = l.arms.iter().map(|a| a.stats().requests).collect();
+        let counts: Vec<u64> = l.arms.iter().map(|a| a.stats().requests()).collect();
         let mut state = l.state();
         if matches!(state.phase, Phase::RolledBack | Phase::Promoted) {
             continue;
@@ -60,23 +60,13 @@ pub fn tick(config: &[Experiment], live: &Experiments, now: u64) -> Vec<Event> {
     events
 }
 
-/// Why the candidate must be rolled back, if it must.
+/// Why the candidate must be rolled back, if it must: every breached
+/// guard's reason ("worse" is decided by the sequential test, never by a
+/// point estimate, and nothing fires below the guards' minimum sample).
 pub fn breached(g: &Guards, control: &ArmStats, candidate: &ArmStats) -> Option<String> {
-    if candidate.requests < g.min_samples || control.requests < g.min_samples {
-        return None;
-    }
-    let rate = |s: &ArmStats| s.errors as f64 / s.requests.max(1) as f64;
-    if let Some(max) = g.max_error_rate {
-        let r = rate(candidate);
-        if r > max {
-            return Some(format!(
-                "candidate error rate {:.2}% is above the guard's {:.2}% ({} of {} requests)",
-                r * 100.0,
-                max * 100.0,
-                candidate.errors,
-                candidate.requests
-            ));
-        }
-    }
-    None
+    let reasons: Vec<String> = crate::stats::check_guards(control, candidate, &g.stats)
+        .into_iter()
+        .map(|b| b.reason)
+        .collect();
+    (!reasons.is_empty()).then(|| reasons.join("; "))
 }
