@@ -22,7 +22,10 @@ fn chat(model: &str) -> Value {
 /// The harness config with `experiments` appended and, when `bad` is set,
 /// a provider `bad` at that URL serving model `cand-bad` (ahead of `*`).
 fn cfg(mock: &str, bad: Option<&str>, experiments: &str) -> String {
-    let mut extra = "[retry]\nmax_retries = 0\n\n".to_owned();
+    let mut extra = format!(
+        "[retry]\nmax_retries = 0\n\n[[keys]]\nname = \"anon\"\nsha256 = \"{}\"\n\n",
+        sha256_hex(ANON)
+    );
     if let Some(url) = bad {
         extra.push_str(&format!(
             "[[providers]]\nname = \"bad\"\nkind = \"openai-compatible\"\nbase_url = \"{url}/v1\"\napi_key_env = \"SLUICE_TEST_OPENAI_KEY\"\n\n"
@@ -71,13 +74,21 @@ name = "candidate"
 model = "arm-candidate"
 "#;
 
+/// A key naming no user: the user comes from `x-sluice-user`.
+const ANON: &str = "sk-anon-test";
+
 /// The arm a user's request landed in, from the response header.
 async fn arm_of(s: &Sluice, user: &str) -> String {
-    let (st, h, b) = post(
-        s,
-        "/v1/chat/completions",
-        &[("x-sluice-user", user)],
-        &chat("agent"),
+    let auth = format!("Bearer {ANON}");
+    let (st, h, b) = call(
+        Method::POST,
+        &s.url("/v1/chat/completions"),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+            ("x-sluice-user", user),
+        ],
+        chat("agent").to_string(),
     )
     .await;
     assert_eq!(st, StatusCode::OK, "{}", String::from_utf8_lossy(&b));

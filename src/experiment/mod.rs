@@ -109,6 +109,9 @@ impl Live {
 pub struct Experiments {
     live: RwLock<HashMap<String, Arc<Live>>>,
     path: Option<PathBuf>,
+    /// One writer at a time (the watcher and admin calls both save): each
+    /// save reads the states under it, so the last write is the newest.
+    saving: Mutex<()>,
 }
 
 /// The file ramp states are kept in, beside the state file.
@@ -123,6 +126,7 @@ impl Experiments {
         let exp = Experiments {
             live: RwLock::default(),
             path: Some(path.to_owned()),
+            saving: Mutex::new(()),
         };
         let mut live = exp.write();
         for s in saved {
@@ -185,6 +189,7 @@ impl Experiments {
         let Some(path) = &self.path else {
             return Ok(());
         };
+        let _one = self.saving.lock().unwrap_or_else(|e| e.into_inner());
         let mut states: Vec<RampState> = self.read().values().map(|l| l.state().clone()).collect();
         states.sort_by(|a, b| a.name.cmp(&b.name));
         crate::json_file::save(path, &states)
