@@ -13,6 +13,7 @@ use crate::body::ProxyBody;
 use crate::config::OnUnavailable;
 
 mod export;
+mod faults;
 mod keys;
 mod kills;
 
@@ -59,6 +60,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
         (_, p) if p.starts_with("/admin/") => {
             if let Some(denied) = reject(&app, &req) {
                 return denied;
+            }
+            if p == "/admin/faults" {
+                return faults::handle(&app, req).await;
             }
             if p == "/admin/kills" {
                 return kills::handle(&app, &req).await;

@@ -93,6 +93,7 @@ impl Snapshot {
 /// What `run` opened at start for state that outlives config snapshots.
 pub struct Stores {
     pub issued_keys: Arc<KeyStore>,
+    pub faults: Arc<crate::fault::Faults>,
     pub kills: Arc<KillSwitches>,
     pub ledger: Arc<Ledger>,
     pub fleet: Option<Arc<Fleet>>,
@@ -133,6 +134,8 @@ pub struct App {
     pub kills: Arc<KillSwitches>,
     /// Virtual keys issued at runtime (persisted like the kill switches).
     pub issued_keys: Arc<KeyStore>,
+    /// Chaos faults set at runtime (persisted, always expiring).
+    pub faults: Arc<crate::fault::Faults>,
     shutting_down: AtomicBool,
     id_seed: u64,
     id_counter: AtomicU64,
@@ -148,6 +151,7 @@ impl App {
     ) -> Arc<App> {
         let Stores {
             issued_keys,
+            faults,
             kills,
             ledger,
             fleet,
@@ -179,6 +183,7 @@ impl App {
             loops: LoopDetector::default(),
             kills,
             issued_keys,
+            faults,
             shutting_down: AtomicBool::new(false),
             id_seed: seed,
             id_counter: AtomicU64::new(0),

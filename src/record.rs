@@ -84,6 +84,10 @@ pub struct Facts {
     pub breakpoints: u32,
     /// `[loop_detection]` found this request repeated past its limit.
     pub loop_detected: bool,
+    /// The chaos fault injected at the client's edge, by name.
+    pub fault: Option<Arc<str>>,
+    /// That fault, when it spoils the streamed answer.
+    pub stream_fault: Option<crate::config::FaultKind>,
 }
 
 /// What a request holds and must release when it ends: each is settled or
@@ -174,6 +178,8 @@ impl RequestRecord {
                 deadline: tokio::time::Instant::from_std(started) + Duration::from_secs(900),
                 breakpoints: 0,
                 loop_detected: false,
+                fault: None,
+                stream_fault: None,
             },
             holds: Holds::default(),
             outcome: Outcome {
@@ -338,6 +344,11 @@ impl RequestRecord {
             cost_saved_usd: cost_saved.map(nanos_to_usd),
             prompt_cache_breakpoints: self.facts.breakpoints,
             loop_detected: self.facts.loop_detected,
+            fault: self
+                .facts
+                .fault
+                .as_deref()
+                .or(self.outcome.upstream.fault.as_deref()),
         };
         if let (Some(fleet), Some(snap), Some(c)) = (self.holds.owed_to.take(), &self.snap, cost) {
             let subject = crate::limits::rate::Subject {
@@ -518,4 +529,8 @@ pub struct UsageLine<'a> {
     pub cost_saved_usd: Option<f64>,
     pub prompt_cache_breakpoints: u32,
     pub loop_detected: bool,
+    /// The chaos fault injected into this request (`[[faults]]` or
+    /// `/admin/faults` name), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<&'a str>,
 }

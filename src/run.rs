@@ -50,6 +50,11 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         crate::kill::KillSwitches::open(&kills_path)
             .map_err(|e| anyhow::anyhow!("kill switches {}: {e}", kills_path.display()))?,
     );
+    let faults_path = crate::fault::file_beside(&snapshot.config.state_path);
+    let faults = Arc::new(
+        crate::fault::Faults::open(&faults_path)
+            .map_err(|e| anyhow::anyhow!("faults {}: {e}", faults_path.display()))?,
+    );
     let (ledger, fleet) = match &snapshot.config.redis {
         // Fleet mode: budgets and rate windows live in Redis; the local
         // ledger only counts what this replica serves while Redis is away.
@@ -83,6 +88,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         Some(metrics),
         Stores {
             issued_keys,
+            faults,
             kills,
             ledger,
             fleet,

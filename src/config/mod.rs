@@ -4,6 +4,7 @@
 mod bounds;
 mod budget;
 mod cache;
+mod faults;
 mod jwt;
 mod kill;
 mod limits;
@@ -22,6 +23,10 @@ use std::time::Duration;
 pub use bounds::Bounds;
 pub use budget::{applies, applies_any, BudgetAction, BudgetRule, Permille};
 pub use cache::{CacheConfig, CacheMode, CacheScope, SharedCacheConfig};
+pub use faults::{
+    FaultAt, FaultKind, FaultMatch, FaultRule, RawFault, MAX_CHUNK_DELAY, MAX_FAULT_DELAY,
+    MAX_FAULT_NAME,
+};
 pub use jwt::JwtConfig;
 pub use kill::{Switch, Target};
 pub use limits::{Dim, RateRule, TokenLimits};
@@ -86,6 +91,8 @@ pub struct Config {
     pub kill_switches: Vec<Switch>,
     /// `[jwt]`: verified tokens as credentials.
     pub jwt: Option<JwtConfig>,
+    /// `[[faults]]`: chaos injection (none unless configured).
+    pub faults: Vec<FaultRule>,
 }
 
 /// The data-plane listener and its request limits.
@@ -423,6 +430,7 @@ impl Validator<'_> {
         let (cache, shared_cache) = self.cache(&raw.cache, env);
         let loop_detection = self.loop_detection(raw.loop_detection.as_ref());
         let kill_switches = self.kill_switches(&raw);
+        let faults = self.faults(&raw);
         let jwt = self.jwt(raw.jwt.as_ref(), env);
         let max_request_cost = raw.limits.max_request_cost_usd.map(|usd| {
             if usd <= 0.0 {
@@ -455,6 +463,7 @@ impl Validator<'_> {
             loop_detection,
             kill_switches,
             jwt,
+            faults,
         })
     }
 

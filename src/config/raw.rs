@@ -43,6 +43,8 @@ pub struct RawConfig {
     pub jwt: Option<super::jwt::RawJwt>,
     #[serde(default)]
     pub cache: RawCache,
+    #[serde(default)]
+    pub faults: Vec<super::faults::RawFault>,
 }
 
 #[derive(Debug, Default, Deserialize)]
