@@ -380,8 +380,8 @@ mod tests {
             ["name"]
         );
         assert_eq!(fields("name = \"a b\"\nstatus = 429"), ["name"]);
-        assert_eq!(fields("name = \"a\"\nstatus = 418"), ["status", "name"]);
-        assert_eq!(fields("name = \"a\"\ndelay = \"1h\""), ["delay", "name"]);
+        assert_eq!(fields("name = \"a\"\nstatus = 418"), ["status"]);
+        assert_eq!(fields("name = \"a\"\ndelay = \"1h\""), ["delay"]);
         assert_eq!(
             fields("name = \"a\"\nstatus = 500\npercent = 101.0"),
             ["percent"]
