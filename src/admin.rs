@@ -272,6 +272,7 @@ async fn admin(app: &App, method: &Method, path: &str, query: &str) -> Response<
                     "keys": c.keys.iter().map(|k| json!({
                         "name": k.name, "user": k.user, "team": k.team, "models": k.models,
                     })).collect::<Vec<_>>(),
+                    "faults": c.faults.iter().map(|f| &f.raw).collect::<Vec<_>>(),
                 }),
             )
         }

@@ -119,6 +119,16 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         open_files_limit = nofile.map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
         "sluice listening"
     );
+    let runtime_faults = app.faults.list(crate::fault::now_secs()).len();
+    let config_faults = app.snapshot().config.faults.len();
+    if config_faults + runtime_faults > 0 {
+        // Chaos on purpose should never be a surprise in the logs.
+        tracing::warn!(
+            config = config_faults,
+            runtime = runtime_faults,
+            "chaos faults are on: matching requests will fail on purpose"
+        );
+    }
 
     let stop_data = CancellationToken::new();
     let stop_admin = CancellationToken::new();
