@@ -32,6 +32,8 @@ pub struct FaultyBody {
     paused_for: u32,
     pause: Option<Pin<Box<Sleep>>>,
     injected: bool,
+    /// A reset has let the server flush what was sent before it.
+    flushed: bool,
     inner_done: bool,
     finished: bool,
 }
@@ -71,6 +73,7 @@ impl FaultyBody {
             paused_for: 0,
             pause: None,
             injected: false,
+            flushed: false,
             inner_done: false,
             finished: false,
         }
@@ -82,7 +85,14 @@ impl FaultyBody {
         }
     }
 
-    fn reset(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn reset(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        // Pending once first: the server writes out the events already
+        // handed over (it flushes when a body has nothing ready), so the
+        // client sees them before the connection drops.
+        if self.sent > 0 && !std::mem::replace(&mut self.flushed, true) {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         self.finished = true;
         Poll::Ready(Some(Err("connection reset (injected fault)".into())))
     }
@@ -107,7 +117,7 @@ impl Body for FaultyBody {
                         this.finished = true;
                         return Poll::Ready(None);
                     }
-                    Step::Reset => return this.reset(),
+                    Step::Reset => return this.reset(cx),
                     Step::Malformed => {
                         this.injected = true;
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
@@ -144,7 +154,7 @@ impl Body for FaultyBody {
                 }
                 // A stream shorter than the fault's count still fails.
                 if matches!(this.kind, FaultKind::Reset { .. }) {
-                    return this.reset();
+                    return this.reset(cx);
                 }
                 this.finished = true;
                 return Poll::Ready(None);
