@@ -128,6 +128,12 @@ impl Faults {
         })
     }
 
+    /// No runtime fault is set (expired ones may still count until the
+    /// next change): the request path's quick way out.
+    pub fn is_idle(&self) -> bool {
+        self.len.load(Ordering::Relaxed) == 0
+    }
+
     /// The runtime faults still in force.
     pub fn list(&self, now: u64) -> Vec<Stored> {
         let active = self.active.read().unwrap_or_else(|e| e.into_inner());

@@ -366,6 +366,8 @@ mod tests {
         );
         assert_eq!(r.at, FaultAt::Client);
         assert_eq!(r.percent, 100.0);
+        let whole = FaultRule::from_raw(&raw("name = \"a\"\nstatus = 500\npercent = 20"));
+        assert_eq!(whole.map(|r| r.percent), Ok(20.0), "an integer percent");
         let fields = |t: &str| -> Vec<&'static str> {
             FaultRule::from_raw(&raw(t))
                 .err()

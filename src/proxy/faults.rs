@@ -35,6 +35,9 @@ pub(super) async fn pick(
     upstream_model: &str,
 ) -> Chaos {
     let config = &snap.config.faults;
+    if config.is_empty() && app.faults.is_idle() {
+        return Chaos::default();
+    }
     let subject = Subject {
         identity: &rec.facts.identity,
         model: &rec.facts.model,
