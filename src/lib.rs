@@ -13,8 +13,7 @@
 //! - [`config`] on the leaves, [`path`] and [`sniff`];
 //! - domain modules ([`auth`], [`route`], [`limits`], [`budget`], [`cache`],
 //!   [`resilience`], [`upstream`], [`ownership`], [`stream`], [`fault`]) on
-//!   config,
-//!   error and the leaves, and on each other only downwards;
+//!   config, error and the leaves, and on each other only downwards;
 //! - [`app`] (one config snapshot plus the long-lived state) on the domain;
 //! - [`record`], [`attempt`] and [`body`] on app;
 //! - [`proxy`], [`admin`], [`server`] and [`run`] at the top.
