@@ -14,6 +14,7 @@ use crate::config::OnUnavailable;
 
 mod experiments;
 mod export;
+mod faults;
 mod keys;
 mod kills;
 
@@ -63,6 +64,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
             }
             if p == "/admin/experiments" || p.starts_with("/admin/experiments/") {
                 return experiments::handle(&app, &req).await;
+            }
+            if p == "/admin/faults" {
+                return faults::handle(&app, req).await;
             }
             if p == "/admin/kills" {
                 return kills::handle(&app, &req).await;
@@ -272,6 +276,7 @@ async fn admin(app: &App, method: &Method, path: &str, query: &str) -> Response<
                     "keys": c.keys.iter().map(|k| json!({
                         "name": k.name, "user": k.user, "team": k.team, "models": k.models,
                     })).collect::<Vec<_>>(),
+                    "faults": c.faults.iter().map(|f| &f.raw).collect::<Vec<_>>(),
                 }),
             )
         }

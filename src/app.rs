@@ -103,6 +103,7 @@ impl Snapshot {
 /// What `run` opened at start for state that outlives config snapshots.
 pub struct Stores {
     pub issued_keys: Arc<KeyStore>,
+    pub faults: Arc<crate::fault::Faults>,
     pub kills: Arc<KillSwitches>,
     pub ledger: Arc<Ledger>,
     pub fleet: Option<Arc<Fleet>>,
@@ -146,6 +147,8 @@ pub struct App {
     pub issued_keys: Arc<KeyStore>,
     /// Experiments' per-arm statistics and rollout state, by name.
     pub experiments: Arc<Experiments>,
+    /// Chaos faults set at runtime (persisted, always expiring).
+    pub faults: Arc<crate::fault::Faults>,
     shutting_down: AtomicBool,
     id_seed: u64,
     id_counter: AtomicU64,
@@ -161,6 +164,7 @@ impl App {
     ) -> Arc<App> {
         let Stores {
             issued_keys,
+            faults,
             kills,
             ledger,
             fleet,
@@ -194,6 +198,7 @@ impl App {
             kills,
             issued_keys,
             experiments,
+            faults,
             shutting_down: AtomicBool::new(false),
             id_seed: seed,
             id_counter: AtomicU64::new(0),

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::app::Snapshot;
 use crate::auth::Credential;
-use crate::config::Balance;
+use crate::config::{Balance, FaultKind, ProviderKind};
 use crate::error::{ApiShape, ProxyError};
 use crate::headers::upstream_request_headers;
 use crate::metrics;
@@ -91,6 +91,8 @@ pub struct Progress {
     pub awaiting: bool,
     /// Counts the request in flight on the deployment that answered.
     pub inflight: Option<InflightGuard>,
+    /// An upstream chaos fault replaced an attempt's answer (its name).
+    pub fault: Option<Arc<str>>,
 }
 
 /// Where attempts go: the providers' pooled clients in production (the
@@ -153,6 +155,10 @@ pub struct Call<'a> {
     /// Sluice reads a passthrough answer (to record who owns the objects it
     /// names): ask for it uncompressed.
     pub reads_answer: bool,
+    /// A chaos fault (`at = "upstream"`) rolled for every attempt: when it
+    /// fires it replaces that attempt's answer, so retries, breakers and
+    /// fallbacks treat it as the provider's.
+    pub fault: Option<crate::fault::Hit>,
 }
 
 /// The upstream answer that goes to the client.
@@ -167,6 +173,8 @@ pub enum Answered<B = Incoming> {
 enum Failed<B> {
     /// A response that may be retried (kept to pass through if nothing better comes).
     Status(Response<B>),
+    /// An injected failure's answer (read already).
+    Injected(http::response::Parts, Bytes),
     Transport(ProxyError),
 }
 
@@ -246,7 +254,20 @@ pub async fn run_with<T: Transport + ?Sized>(
             let upstream = &call.snap.upstreams[cand.provider];
             let started = Instant::now();
             let guard = InflightGuard::new(cand.state.clone());
-            let result = attempt(transport, call, upstream, cand, progress).await;
+            let fault = fire_fault(call, progress);
+            let result = match fault {
+                Some(FaultKind::Status {
+                    status,
+                    retry_after,
+                }) => Err(injected_status(
+                    upstream,
+                    cand,
+                    status,
+                    retry_after,
+                    progress,
+                )),
+                _ => Ok(attempt(transport, call, upstream, cand, progress, fault).await),
+            };
             let ms = started.elapsed().as_secs_f64() * 1e3;
             let log = |status: u16, outcome: &'static str| AttemptInfo {
                 // The model actually sent (the breaker's name for a glob
@@ -259,6 +280,36 @@ pub async fn run_with<T: Transport + ?Sized>(
                 status,
                 outcome,
                 ms: (ms * 1e3).round() / 1e3,
+            };
+            let result = match result {
+                Ok(result) => result,
+                // The injected status goes where the provider's would.
+                Err((parts, body)) => {
+                    let status = parts.status;
+                    let ok = !breaker_failure(status);
+                    if counts(ok) {
+                        record_breaker(cand, &breaker_cfg, ok, permit);
+                    }
+                    answered_by(progress, upstream, cand, guard);
+                    if retryable_status(status) {
+                        progress.log.push(log(status.as_u16(), "retryable"));
+                        asked_wait = retry::retry_after(&parts.headers);
+                        failed.push(cand.state.name.clone());
+                        last = Some(Failed::Injected(parts, body));
+                        continue;
+                    }
+                    progress.log.push(log(status.as_u16(), "client_error"));
+                    if let Some(g) = group
+                        .context_fallback
+                        .as_deref()
+                        .filter(|_| is_context_length_error(&body))
+                        .and_then(|f| fallback_group(call, f))
+                    {
+                        groups.push_front(g);
+                        continue 'chain;
+                    }
+                    return Ok(Answered::Buffered(parts, body));
+                }
             };
             match result {
                 Ok(resp) if !retryable_status(resp.status()) => {
@@ -323,6 +374,7 @@ pub async fn run_with<T: Transport + ?Sized>(
     match last {
         // The provider's own last error passes through unchanged.
         Some(Failed::Status(resp)) => Ok(Answered::Stream(resp)),
+        Some(Failed::Injected(parts, body)) => Ok(Answered::Buffered(parts, body)),
         Some(Failed::Transport(e)) => Err(e),
         None => Err(ProxyError::NoHealthyDeployment),
     }
@@ -402,17 +454,63 @@ fn fallback_group(call: &Call<'_>, model: &str) -> Option<Group> {
     (!group.candidates.is_empty()).then_some(group)
 }
 
+/// Whether this attempt gets the call's upstream fault (rolled per
+/// attempt); counted and noted when it does.
+fn fire_fault(call: &Call<'_>, progress: &mut Progress) -> Option<FaultKind> {
+    let hit = call.fault.as_ref().filter(|h| h.fires(fastrand::f64()))?;
+    hit.counted();
+    progress.fault = Some(hit.name.clone());
+    Some(hit.kind)
+}
+
+/// An injected status, as the deployment's provider would have sent it.
+fn injected_status(
+    upstream: &Upstream,
+    cand: &Candidate,
+    status: u16,
+    retry_after: Option<u64>,
+    progress: &mut Progress,
+) -> (http::response::Parts, Bytes) {
+    progress.attempts += 1;
+    metrics::upstream_attempt(&upstream.name, outcome_label(status));
+    let shape = match upstream.kind {
+        ProviderKind::Anthropic => ApiShape::Anthropic,
+        _ => ApiShape::OpenAi,
+    };
+    let id = format!("fault{:016x}", fastrand::u64(..));
+    crate::fault::status_response(status, retry_after, shape, &cand.upstream_model, &id)
+        .into_parts()
+}
+
+fn outcome_label(status: u16) -> &'static str {
+    match status {
+        200..=399 => "ok",
+        429 => "rate_limited",
+        400..=499 => "client_error",
+        _ => "server_error",
+    }
+}
+
 /// One request to one deployment, bounded by the first-byte timeout and the
-/// request deadline.
+/// request deadline (an injected delay waits inside those bounds; an
+/// injected reset fails it before anything is sent).
 async fn attempt<T: Transport + ?Sized>(
     transport: &T,
     call: &Call<'_>,
     upstream: &Upstream,
     cand: &Candidate,
     progress: &mut Progress,
+    fault: Option<FaultKind>,
 ) -> Result<Response<T::Body>, ProxyError> {
     let req = build_request(call, upstream, cand)?;
     progress.attempts += 1;
+    if let Some(FaultKind::Reset { .. }) = fault {
+        metrics::upstream_attempt(&upstream.name, "connect_error");
+        return Err(ProxyError::UpstreamConnect {
+            provider: upstream.name.to_string(),
+            detail: "connection reset before the response head (injected fault)".into(),
+        });
+    }
     let sent = Instant::now();
     let first_byte = sent + upstream.timeouts.first_byte;
     let (limit, phase) = if first_byte < call.deadline {
@@ -421,7 +519,13 @@ async fn attempt<T: Transport + ?Sized>(
         (call.deadline, "total")
     };
     progress.awaiting = true;
-    let result = tokio::time::timeout_at(limit, transport.send(cand.provider, req)).await;
+    let send = async {
+        if let Some(FaultKind::Delay(d)) = fault {
+            tokio::time::sleep(d).await;
+        }
+        transport.send(cand.provider, req).await
+    };
+    let result = tokio::time::timeout_at(limit, send).await;
     progress.awaiting = false;
     progress.wait += sent.elapsed();
     let provider = upstream.name.to_string();
@@ -442,13 +546,7 @@ async fn attempt<T: Transport + ?Sized>(
             Err(ProxyError::UpstreamConnect { provider, detail })
         }
         Ok(Ok(resp)) => {
-            let outcome = match resp.status().as_u16() {
-                200..=399 => "ok",
-                429 => "rate_limited",
-                400..=499 => "client_error",
-                _ => "server_error",
-            };
-            metrics::upstream_attempt(&upstream.name, outcome);
+            metrics::upstream_attempt(&upstream.name, outcome_label(resp.status().as_u16()));
             Ok(resp)
         }
     }

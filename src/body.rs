@@ -20,6 +20,14 @@ use crate::cache::Capture;
 use crate::record::{RequestRecord, StreamEnd};
 use crate::stream::observe::Observer;
 
+mod fault;
+pub use fault::FaultyBody;
+
+/// Marks a response the server must not send: it drops the connection
+/// instead (a chaos fault's reset before the response head).
+#[derive(Debug, Clone, Copy)]
+pub struct ResetConnection;
+
 /// Errors a response body can end with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -34,6 +42,8 @@ pub enum ProxyBody {
     /// Chunks produced off the async workers (the admin usage export),
     /// through a bounded channel: the producer waits while the client is slow.
     Channel(tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>),
+    /// A streamed answer with a chaos fault applied.
+    Faulty(Box<FaultyBody>),
 }
 
 impl ProxyBody {
@@ -59,6 +69,7 @@ impl Body for ProxyBody {
             ProxyBody::Tap(t) => Pin::new(t.as_mut()).poll_frame(cx),
             ProxyBody::Frames(f) => Poll::Ready(f.pop_front().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Channel(rx) => rx.poll_recv(cx).map(|b| b.map(|b| b.map(Frame::data))),
+            ProxyBody::Faulty(f) => Pin::new(f.as_mut()).poll_frame(cx),
         }
     }
 
@@ -69,6 +80,7 @@ impl Body for ProxyBody {
             ProxyBody::Tap(t) => t.is_end_stream(),
             ProxyBody::Frames(f) => f.is_empty(),
             ProxyBody::Channel(_) => false,
+            ProxyBody::Faulty(f) => f.is_end_stream(),
         }
     }
 
@@ -79,7 +91,7 @@ impl Body for ProxyBody {
             ProxyBody::Tap(t) if t.passthrough_size => t.inner.size_hint(),
             ProxyBody::Tap(_) => SizeHint::default(),
             ProxyBody::Frames(f) => SizeHint::with_exact(f.iter().map(|b| b.len() as u64).sum()),
-            ProxyBody::Channel(_) => SizeHint::default(),
+            ProxyBody::Channel(_) | ProxyBody::Faulty(_) => SizeHint::default(),
         }
     }
 }

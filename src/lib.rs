@@ -13,8 +13,8 @@
 //! - [`error`] depends only on leaves and [`headers`]: no domain module;
 //! - [`config`] on the leaves, [`path`] and [`sniff`];
 //! - domain modules ([`auth`], [`route`], [`limits`], [`budget`], [`cache`],
-//!   [`resilience`], [`upstream`], [`ownership`], [`stream`]) on config,
-//!   error and the leaves, and on each other only downwards;
+//!   [`resilience`], [`upstream`], [`ownership`], [`stream`], [`fault`]) on
+//!   config, error and the leaves, and on each other only downwards;
 //! - [`app`] (one config snapshot plus the long-lived state) on the domain;
 //! - [`record`], [`attempt`] and [`body`] on app;
 //! - [`proxy`], [`admin`], [`server`] and [`run`] at the top.
@@ -29,6 +29,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod experiment;
+pub mod fault;
 pub mod fleet;
 pub mod glob;
 pub mod headers;

@@ -69,6 +69,10 @@ fn describe() {
         "sluice_killed_requests_total",
         "Requests a kill switch refused or sent to its replacement, by kind (key, feature, model, model_replaced)."
     );
+    describe_counter!(
+        "sluice_faults_injected_total",
+        "Chaos faults injected, by fault (a [[faults]] name, or \"runtime\" for every fault set through /admin/faults) and kind (delay, slow_chunks, status_429, status_500, status_503, status_529, context_length, truncate, malformed, reset)."
+    );
     describe_gauge!(
         "sluice_kill_switches",
         "Kill switches in force (from the config and the admin API)."
@@ -350,6 +354,13 @@ pub fn circuit(deployment: &str, state: &'static str) {
 /// model, model_replaced).
 pub fn killed(kind: &'static str) {
     counter!("sluice_killed_requests_total", "kind" => kind).increment(1);
+}
+
+/// A chaos fault injected (`fault`: a configured name or "runtime";
+/// `kind`: `FaultKind::label`).
+pub fn fault_injected(fault: &str, kind: &'static str) {
+    counter!("sluice_faults_injected_total", "fault" => label_value(fault), "kind" => kind)
+        .increment(1);
 }
 
 /// Kill switches in force (config and runtime).

@@ -86,6 +86,10 @@ pub struct Facts {
     pub loop_detected: bool,
     /// The experiment arm the request was given.
     pub arm: Option<crate::experiment::Pick>,
+    /// The chaos fault injected at the client's edge, by name.
+    pub fault: Option<Arc<str>>,
+    /// That fault, when it spoils the streamed answer.
+    pub stream_fault: Option<crate::config::FaultKind>,
 }
 
 /// What a request holds and must release when it ends: each is settled or
@@ -177,6 +181,8 @@ impl RequestRecord {
                 breakpoints: 0,
                 loop_detected: false,
                 arm: None,
+                fault: None,
+                stream_fault: None,
             },
             holds: Holds::default(),
             outcome: Outcome {
@@ -359,6 +365,11 @@ impl RequestRecord {
             experiment: self.facts.arm.as_ref().map(|p| &*p.experiment),
             arm: self.facts.arm.as_ref().map(|p| &*p.arm),
             config_version: self.snap.as_ref().map(|s| s.config.version.as_str()),
+            fault: self
+                .facts
+                .fault
+                .as_deref()
+                .or(self.outcome.upstream.fault.as_deref()),
         };
         if let (Some(fleet), Some(snap), Some(c)) = (self.holds.owed_to.take(), &self.snap, cost) {
             let subject = crate::limits::rate::Subject {
@@ -542,4 +553,8 @@ pub struct UsageLine<'a> {
     pub experiment: Option<&'a str>,
     pub arm: Option<&'a str>,
     pub config_version: Option<&'a str>,
+    /// The chaos fault injected into this request (`[[faults]]` or
+    /// `/admin/faults` name), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<&'a str>,
 }

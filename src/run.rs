@@ -54,6 +54,11 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let experiments = crate::experiment::Experiments::open(&experiments_path)
         .map_err(|e| anyhow::anyhow!("experiments {}: {e}", experiments_path.display()))?;
     experiments.sync(&snapshot.config.experiments);
+    let faults_path = crate::fault::file_beside(&snapshot.config.state_path);
+    let faults = Arc::new(
+        crate::fault::Faults::open(&faults_path)
+            .map_err(|e| anyhow::anyhow!("faults {}: {e}", faults_path.display()))?,
+    );
     let (ledger, fleet) = match &snapshot.config.redis {
         // Fleet mode: budgets and rate windows live in Redis; the local
         // ledger only counts what this replica serves while Redis is away.
@@ -87,6 +92,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         Some(metrics),
         Stores {
             issued_keys,
+            faults,
             kills,
             ledger,
             fleet,
@@ -119,6 +125,16 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         open_files_limit = nofile.map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
         "sluice listening"
     );
+    let runtime_faults = app.faults.list(crate::fault::now_secs()).len();
+    let config_faults = app.snapshot().config.faults.len();
+    if config_faults + runtime_faults > 0 {
+        // Chaos on purpose should never be a surprise in the logs.
+        tracing::warn!(
+            config = config_faults,
+            runtime = runtime_faults,
+            "chaos faults are on: matching requests will fail on purpose"
+        );
+    }
 
     let stop_data = CancellationToken::new();
     let stop_admin = CancellationToken::new();

@@ -166,6 +166,7 @@ base_url = "http://127.0.0.1:9/v1"
             header: AUTHORIZATION,
             value: HeaderValue::from_static("Bearer sk-client"),
         },
+        fault: None,
     }
 }
 
@@ -174,6 +175,8 @@ struct Env {
     registry: Deployments,
     headers: HeaderMap,
     cred: Credential,
+    /// An upstream chaos fault for every request.
+    fault: Option<crate::fault::Hit>,
 }
 
 type Outcome = Result<Answered<Full<Bytes>>, ProxyError>;
@@ -213,6 +216,7 @@ impl Env {
             shape: ApiShape::OpenAi,
             deadline: Instant::now() + self.snap.upstreams[first].timeouts.total,
             reads_answer: false,
+            fault: self.fault.clone(),
         };
         let mut progress = Progress::default();
         let out = run_with(script, &call, groups, &mut progress).await;
@@ -643,4 +647,58 @@ fn context_length_errors() {
     assert!(!is_context_length_error(
         br#"{"error":{"code":"invalid_value"}}"#
     ));
+}
+
+fn fault(kind: FaultKind, percent: f64) -> Option<crate::fault::Hit> {
+    Some(crate::fault::Hit {
+        name: "drill".into(),
+        kind,
+        percent,
+        runtime: false,
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_injected_upstream_failure_is_handled_like_the_providers_own() {
+    let mut e = env(&format!(
+        "[retry]\nmax_retries = 2\nbase_backoff = \"100ms\"\nmax_backoff = \"5s\"\n{SOLO}"
+    ));
+    let s = Script::new();
+    // A 503 on every attempt: retried with backoff, never sent, the last one answers.
+    let unavailable = FaultKind::Status {
+        status: 503,
+        retry_after: None,
+    };
+    e.fault = fault(unavailable, 100.0);
+    let (out, p) = e.run(&s, "solo").await;
+    assert_eq!(answered(&out), 503);
+    assert!(s.take().is_empty(), "nothing reached the provider");
+    assert_eq!(outcomes(&p), [(503, "retryable"); 3]);
+    assert_eq!(p.fault.as_deref(), Some("drill"));
+    // A reset before the head is a connection error, retried the same way.
+    e.fault = fault(FaultKind::Reset { after: 0 }, 100.0);
+    let (out, p) = e.run(&s, "solo").await;
+    assert!(matches!(out, Err(ProxyError::UpstreamConnect { .. })));
+    assert_eq!(outcomes(&p), [(0, "connect_error"); 3]);
+    // 0 %: the provider answers.
+    e.fault = fault(unavailable, 0.0);
+    let (out, p) = e.run(&s, "solo").await;
+    assert_eq!(answered(&out), 200);
+    assert_eq!(s.take().len(), 1);
+    assert_eq!(p.fault, None);
+
+    // A context-length 400 takes the context fallback (whose attempt rolls too).
+    let mut e = env(&format!("[retry]\nmax_retries = 2\n{CHAIN}"));
+    e.fault = fault(
+        FaultKind::Status {
+            status: 400,
+            retry_after: None,
+        },
+        100.0,
+    );
+    let (out, p) = e.run(&s, "primary").await;
+    assert_eq!(answered(&out), 400);
+    assert_eq!(outcomes(&p), [(400, "client_error"), (400, "client_error")]);
+    assert_eq!(p.model, "b-long");
+    assert!(s.take().is_empty());
 }

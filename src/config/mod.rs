@@ -5,6 +5,7 @@ mod bounds;
 mod budget;
 mod cache;
 mod experiments;
+mod faults;
 mod jwt;
 mod kill;
 mod limits;
@@ -24,6 +25,10 @@ pub use bounds::Bounds;
 pub use budget::{applies, applies_any, BudgetAction, BudgetRule, Permille};
 pub use cache::{CacheConfig, CacheMode, CacheScope, SharedCacheConfig};
 pub use experiments::{Arm, Experiment, Guards, Pin, Ramp, Sticky, MAX_ARMS, MAX_EXPERIMENTS};
+pub use faults::{
+    FaultAt, FaultKind, FaultMatch, FaultRule, RawFault, MAX_CHUNK_DELAY, MAX_FAULT_DELAY,
+    MAX_FAULT_NAME,
+};
 pub use jwt::JwtConfig;
 pub use kill::{Switch, Target};
 pub use limits::{Dim, RateRule, TokenLimits};
@@ -93,6 +98,8 @@ pub struct Config {
     /// The first 12 hex digits of the config text's SHA-256: every usage
     /// record names the config it was served under.
     pub version: String,
+    /// `[[faults]]`: chaos injection (none unless configured).
+    pub faults: Vec<FaultRule>,
 }
 
 /// The data-plane listener and its request limits.
@@ -439,6 +446,7 @@ impl Validator<'_> {
         let (cache, shared_cache) = self.cache(&raw.cache, env);
         let loop_detection = self.loop_detection(raw.loop_detection.as_ref());
         let kill_switches = self.kill_switches(&raw);
+        let faults = self.faults(&raw);
         let jwt = self.jwt(raw.jwt.as_ref(), env);
         let experiments = self.experiments(&raw, &models, &routing);
         let max_request_cost = raw.limits.max_request_cost_usd.map(|usd| {
@@ -474,6 +482,7 @@ impl Validator<'_> {
             jwt,
             experiments,
             version: String::new(),
+            faults,
         })
     }
 

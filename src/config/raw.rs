@@ -45,6 +45,8 @@ pub struct RawConfig {
     pub experiments: Vec<super::experiments::RawExperiment>,
     #[serde(default)]
     pub cache: RawCache,
+    #[serde(default)]
+    pub faults: Vec<super::faults::RawFault>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -23,6 +23,7 @@ mod answer;
 mod cache_stage;
 mod cost;
 mod count;
+mod faults;
 mod holds;
 mod loops;
 mod model;
@@ -89,9 +90,18 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
         .map(|p| (value(&p.experiment), value(&p.arm)));
     let has_model = rec.facts.endpoint.has_model();
     let shape = rec.facts.shape;
-    let mut resp = match result {
+    let stream_fault = rec.facts.stream_fault;
+    let resp = match result {
         Ok(Answer::Local(mut resp, observed)) => {
             rec.outcome.status = resp.status().as_u16();
+            if resp
+                .extensions()
+                .get::<crate::body::ResetConnection>()
+                .is_some()
+            {
+                // The client gets no answer at all.
+                rec.outcome.status = 0;
+            }
             if let Some(cost) = rec.cost_of(&observed) {
                 let usd = format!("{:.9}", crate::pricing::nanos_to_usd(cost));
                 resp.headers_mut().insert("x-sluice-cost-usd", value(&usd));
@@ -121,6 +131,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
             resp
         }
     };
+    let mut resp = faults::spoil(resp, stream_fault);
     let h = resp.headers_mut();
     h.insert("x-sluice-request-id", id);
     if let Some(m) = model {
@@ -216,6 +227,12 @@ async fn pipeline(
     let upstream = &snap.upstreams[route.provider];
     rec.outcome.upstream.provider = upstream.name.clone();
     rec.outcome.upstream.model = route.upstream_model.clone();
+    // Chaos: an injected failure at the client's edge answers here (before
+    // the cache, limits and budgets); an upstream one goes to the attempts.
+    let chaos = faults::pick(app, snap, &parts.headers, rec, &route.upstream_model).await;
+    if let Some(answer) = chaos.answer {
+        return Ok(answer);
+    }
     // Token limits: cap the output, bound the input (counted only when the bound cannot decide).
     let tokens = token_plan(snap, vk, &route, upstream.kind, rec.facts.endpoint, &s)?;
     let anthropic = upstream.kind == ProviderKind::Anthropic;
@@ -275,6 +292,7 @@ async fn pipeline(
         shape: rec.facts.shape,
         deadline,
         reads_answer: false,
+        fault: chaos.upstream,
     };
     let run = attempt::run(&call, groups, &mut rec.outcome.upstream);
     let answer = count::with_context_check(run, deferred_count, &tokens.plan).await?;

@@ -11,7 +11,6 @@
 //! response body is dropped. Headers still arriving are time without a
 //! request in flight.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -31,7 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::ConnLimits;
-use crate::body::{BoxError, ProxyBody};
+use crate::body::{BoxError, ProxyBody, ResetConnection};
 
 /// Requests in flight on one connection, and since when it has had none.
 struct Activity {
@@ -239,7 +238,15 @@ where
             let answer = handler(req);
             async move {
                 let resp = answer.await;
-                Ok::<_, Infallible>(resp.map(|inner| ConnBody::new(inner, inflight)))
+                // A service error makes hyper drop the connection without
+                // an answer (HTTP/1) or reset the stream (h2).
+                if resp.extensions().get::<ResetConnection>().is_some() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "connection reset (injected fault)",
+                    ));
+                }
+                Ok::<_, std::io::Error>(resp.map(|inner| ConnBody::new(inner, inflight)))
             }
         })
     };
