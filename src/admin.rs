@@ -17,6 +17,7 @@ mod export;
 mod faults;
 mod keys;
 mod kills;
+mod shadows;
 
 /// Serves one admin request.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -82,6 +83,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
 
 async fn admin(app: &App, method: &Method, path: &str, query: &str) -> Response<ProxyBody> {
     match (method, path) {
+        (&Method::GET, p) if p == "/admin/shadows" || p.starts_with("/admin/shadows/") => {
+            shadows::handle(app, p)
+        }
         (&Method::POST, "/admin/reload") => match app.reload() {
             Ok(()) => json_response(StatusCode::OK, &json!({"reloaded": true})),
             Err(e) => {

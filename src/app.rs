@@ -147,6 +147,8 @@ pub struct App {
     pub issued_keys: Arc<KeyStore>,
     /// Experiments' per-arm statistics and rollout state, by name.
     pub experiments: Arc<Experiments>,
+    /// Shadows' copies in flight, spend and comparisons, by name.
+    pub shadows: crate::shadow::Shadows,
     /// Chaos faults set at runtime (persisted, always expiring).
     pub faults: Arc<crate::fault::Faults>,
     shutting_down: AtomicBool,
@@ -177,6 +179,8 @@ impl App {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
             ^ (u64::from(std::process::id()) << 32);
+        let shadows = crate::shadow::Shadows::default();
+        shadows.sync(&snapshot.config.shadows);
         let cache = Arc::new(
             ResponseCache::new(snapshot.config.cache.max_bytes, snapshot.config.cache.ttl)
                 .with_shared(shared_cache),
@@ -199,6 +203,7 @@ impl App {
             issued_keys,
             experiments,
             faults,
+            shadows,
             shutting_down: AtomicBool::new(false),
             id_seed: seed,
             id_counter: AtomicU64::new(0),
@@ -235,6 +240,7 @@ impl App {
             );
         }
         self.experiments.sync(&snap.config.experiments);
+        self.shadows.sync(&snap.config.shadows);
         self.live.store(Arc::new(snap));
         tracing::info!(path = %path.display(), "config reloaded");
         Ok(())

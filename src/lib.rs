@@ -48,6 +48,7 @@ pub mod resilience;
 pub mod route;
 pub mod run;
 pub mod server;
+pub mod shadow;
 pub mod sniff;
 pub mod stats;
 pub mod stream;

@@ -53,6 +53,14 @@ fn describe() {
         "The candidate arm's share of an experiment's traffic, in percent."
     );
     describe_counter!(
+        "sluice_shadow_requests_total",
+        "Shadow copies by outcome (sent, dropped_full, dropped_budget, error)."
+    );
+    describe_counter!(
+        "sluice_shadow_cost_nanodollars_total",
+        "What shadow copies cost, in nano-dollars (never charged to a client's budgets)."
+    );
+    describe_counter!(
         "sluice_experiment_rollbacks_total",
         "Experiments rolled back by a guard."
     );
@@ -390,6 +398,18 @@ pub fn experiment_share(experiment: &str, percent: f64) {
 pub fn experiment_rollback(experiment: &str) {
     counter!("sluice_experiment_rollbacks_total", "experiment" => label_value(experiment))
         .increment(1);
+}
+
+/// A shadow copy's fate (`outcome`: sent, dropped_full, dropped_budget,
+/// error); `shadow` is a configured name.
+pub fn shadow(shadow: &str, outcome: &'static str) {
+    counter!("sluice_shadow_requests_total", "shadow" => label_value(shadow), "outcome" => outcome)
+        .increment(1);
+}
+
+/// What a shadow's copies cost (never charged to a client's budgets).
+pub fn shadow_cost(shadow: &str, nanos: u64) {
+    counter!("sluice_shadow_cost_nanodollars_total", "shadow" => label_value(shadow)).increment(nanos);
 }
 
 /// A usage record dropped because its sink was not keeping up.

@@ -86,6 +86,8 @@ pub struct Facts {
     pub loop_detected: bool,
     /// The experiment arm the request was given.
     pub arm: Option<crate::experiment::Pick>,
+    /// A shadow copy waiting for this answer, to compare.
+    pub shadow: Option<tokio::sync::oneshot::Sender<crate::shadow::Primary>>,
     /// The chaos fault injected at the client's edge, by name.
     pub fault: Option<Arc<str>>,
     /// That fault, when it spoils the streamed answer.
@@ -181,6 +183,7 @@ impl RequestRecord {
                 breakpoints: 0,
                 loop_detected: false,
                 arm: None,
+                shadow: None,
                 fault: None,
                 stream_fault: None,
             },
@@ -319,6 +322,16 @@ impl RequestRecord {
                 cache_hit: self.outcome.cache == CacheState::Hit,
             });
             metrics::experiment_request(&pick.experiment, &pick.arm, error);
+        }
+        if let Some(tx) = self.facts.shadow.take() {
+            let _ = tx.send(crate::shadow::Primary {
+                status: self.outcome.status,
+                latency_ms: ms(duration),
+                ttft_ms: ttft.map(ms),
+                output_tokens: usage.map(|u| u.output),
+                cost_nanos: cost,
+                text: observed.text.clone(),
+            });
         }
         let line = UsageLine {
             ts: humantime::format_rfc3339_millis(self.started_at).to_string(),

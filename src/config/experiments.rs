@@ -153,7 +153,7 @@ impl Experiment {
     }
 }
 
-fn label_ok(s: &str) -> bool {
+pub(super) fn label_ok(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes()

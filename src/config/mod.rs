@@ -5,6 +5,7 @@ mod bounds;
 mod budget;
 mod cache;
 mod experiments;
+mod shadows;
 mod faults;
 mod jwt;
 mod kill;
@@ -30,6 +31,7 @@ pub use faults::{
     MAX_FAULT_NAME,
 };
 pub use jwt::JwtConfig;
+pub use shadows::{Shadow, MAX_SHADOWS, MAX_SHADOW_IN_FLIGHT};
 pub use kill::{Switch, Target};
 pub use limits::{Dim, RateRule, TokenLimits};
 pub use loops::{LoopAction, LoopDetection};
@@ -95,6 +97,8 @@ pub struct Config {
     pub jwt: Option<JwtConfig>,
     /// `[[experiments]]`: public model names split between arms.
     pub experiments: Vec<Experiment>,
+    /// `[[shadows]]`: requests mirrored to shadow models.
+    pub shadows: Vec<Shadow>,
     /// The first 12 hex digits of the config text's SHA-256: every usage
     /// record names the config it was served under.
     pub version: String,
@@ -449,6 +453,7 @@ impl Validator<'_> {
         let faults = self.faults(&raw);
         let jwt = self.jwt(raw.jwt.as_ref(), env);
         let experiments = self.experiments(&raw, &models, &routing);
+        let shadows = self.shadows(&raw, &models);
         let max_request_cost = raw.limits.max_request_cost_usd.map(|usd| {
             if usd <= 0.0 {
                 self.err("limits.max_request_cost_usd", "must be greater than zero");
@@ -481,6 +486,7 @@ impl Validator<'_> {
             kill_switches,
             jwt,
             experiments,
+            shadows,
             version: String::new(),
             faults,
         })

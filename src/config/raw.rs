@@ -44,6 +44,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub experiments: Vec<super::experiments::RawExperiment>,
     #[serde(default)]
+    pub shadows: Vec<super::shadows::RawShadow>,
+    #[serde(default)]
     pub cache: RawCache,
     #[serde(default)]
     pub faults: Vec<super::faults::RawFault>,

@@ -52,6 +52,10 @@ pub(super) async fn upstream_answer(
                 .iter()
                 .find(|u| u.name == rec.outcome.upstream.provider)
                 .map_or(snap.config.server.drain_timeout, |u| u.timeouts.idle);
+            if rec.facts.shadow.is_some() {
+                // A shadow compares its answer with this one's text.
+                observer = observer.with_text();
+            }
             if let Some(sink) = ids.clone().filter(|_| head.status.is_success()) {
                 observer = observer.with_ids(sink);
             }
@@ -118,18 +122,18 @@ pub(super) async fn upstream_answer(
 
 /// Bounds on reading an upstream body in full.
 #[derive(Debug, Clone, Copy)]
-struct ReadLimits {
+pub(super) struct ReadLimits {
     /// Most bytes.
-    max: usize,
+    pub max: usize,
     /// Longest wait for the next chunk.
-    idle: Duration,
+    pub idle: Duration,
     /// When the whole request must be over.
-    deadline: tokio::time::Instant,
+    pub deadline: tokio::time::Instant,
 }
 
 /// Why a body could not be read in full.
 #[derive(Debug, PartialEq, Eq)]
-enum ReadError {
+pub(super) enum ReadError {
     TooLarge,
     Idle,
     Total,
@@ -139,7 +143,7 @@ enum ReadError {
 /// Reads a whole body: at most `max` bytes (a larger declared length is
 /// refused before reading), no gap between chunks longer than `idle`, done
 /// by `deadline`.
-async fn read_bounded<B>(
+pub(super) async fn read_bounded<B>(
     mut body: B,
     headers: &http::HeaderMap,
     limits: ReadLimits,

@@ -29,6 +29,7 @@ mod loops;
 mod model;
 mod models;
 mod passthrough;
+mod shadow;
 mod stages;
 
 use answer::upstream_answer;
@@ -167,8 +168,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
 /// what the earlier ones produced; what it learns goes into `rec.facts`, what
 /// it reserves into `rec.holds` (released when the record finishes).
 async fn pipeline(
-    app: &App,
-    snap: &Snapshot,
+    app: &Arc<App>,
+    snap: &Arc<Snapshot>,
     req: Request<Incoming>,
     rec: &mut RequestRecord,
 ) -> Result<Answer, ProxyError> {
@@ -278,12 +279,16 @@ async fn pipeline(
     if rec.facts.endpoint.generates() {
         rec.facts.request_body = Some(body.clone());
     }
+    // A shadow copy, in a task of its own (bounded: dropped when its slots are full).
+    let path_and_query = target.path_and_query(parts.uri.query());
+    let (method, headers) = (&parts.method, &parts.headers);
+    shadow::mirror(app, snap, method, &path_and_query, headers, &cred, &s, &body, rec);
     // The attempts, while a long prompt is counted against the context window beside them.
     let call = attempt::Call {
         snap,
         registry: &app.deployments,
         method: &parts.method,
-        path_and_query: &target.path_and_query(parts.uri.query()),
+        path_and_query: &path_and_query,
         client_headers: &parts.headers,
         cred: &cred,
         body,

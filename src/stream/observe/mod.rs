@@ -51,6 +51,8 @@ pub enum Observer {
         chunks: Vec<Bytes>,
         len: usize,
         anthropic: bool,
+        /// Keep the answer's text (for a shadow's comparison).
+        keep_text: bool,
     },
     /// Not inspected.
     None,
@@ -68,6 +70,9 @@ pub struct SseState {
     /// Where the first JSON event's object id goes (a stored response or
     /// chat completion), before that event reaches the client.
     ids: Option<IdSink>,
+    /// Keep the answer's text even when usage is reported (for a shadow's
+    /// comparison).
+    keep_text: bool,
 }
 
 impl Observer {
@@ -81,6 +86,7 @@ impl Observer {
                 raw: Vec::new(),
                 raw_ends: Vec::new(),
                 ids: None,
+                keep_text: false,
             }),
         }
     }
@@ -90,7 +96,18 @@ impl Observer {
             chunks: Vec::new(),
             len: 0,
             anthropic,
+            keep_text: false,
         }
+    }
+
+    /// Keeps the answer's text in [`Observed::text`] whatever the usage.
+    pub fn with_text(mut self) -> Self {
+        match &mut self {
+            Observer::Sse { state, .. } => state.keep_text = true,
+            Observer::Json { keep_text, .. } => *keep_text = true,
+            Observer::None => {}
+        }
+        self
     }
 
     /// Bounds the size of one SSE event (see [`SseSplitter::with_max_event`]).
@@ -202,7 +219,7 @@ impl Observer {
             Observer::Sse { state, .. } => {
                 let mut out = std::mem::take(&mut state.out);
                 out.usage = state.acc.get();
-                if out.usage.is_none() {
+                if out.usage.is_none() || state.keep_text {
                     out.text = state.text();
                 }
                 out
@@ -211,6 +228,7 @@ impl Observer {
                 chunks,
                 len,
                 anthropic,
+                keep_text,
             } => {
                 let mut out = Observed::default();
                 if *len <= MAX_JSON {
@@ -226,6 +244,9 @@ impl Observer {
                             }
                         }
                         out.complete = true;
+                    }
+                    if *keep_text && out.text.is_empty() {
+                        out.text = answer_text(&body);
                     }
                 }
                 out

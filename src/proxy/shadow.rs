@@ -1,0 +1,282 @@
+//! Shadow copies: a request matching a `[[shadows]]` rule is also sent to
+//! the shadow model, in a task of its own, never on the client's path. The
+//! copy takes one of the shadow's bounded slots or is dropped (counted);
+//! its answer is read to the end, waits for the primary's, and the two are
+//! compared and recorded (a usage line joined by request id, the shadow's
+//! totals). Its cost counts against the shadow's own daily cap, never
+//! against a client's budgets; a client's own key never pays for a copy
+//! (passthrough requests are not mirrored).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::json;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+
+use crate::app::{App, Snapshot};
+use crate::attempt::{self, Answered, Progress};
+use crate::auth::Credential;
+use crate::config::Shadow;
+use crate::error::ApiShape;
+use crate::metrics;
+use crate::record::RequestRecord;
+use crate::shadow::{compare, Answer, Primary, ShadowLive};
+use crate::sniff::{Endpoint, Sniffed};
+
+use super::answer::{observer_for, read_bounded, ReadLimits};
+
+/// The longest a shadow's answer may pause between chunks.
+const SHADOW_IDLE: Duration = Duration::from_secs(120);
+
+/// Starts a shadow copy of this request when a rule matches and a slot is
+/// free.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn mirror(
+    app: &Arc<App>,
+    snap: &Arc<Snapshot>,
+    method: &http::Method,
+    path_and_query: &str,
+    headers: &http::HeaderMap,
+    cred: &Credential,
+    s: &Sniffed,
+    body: &Bytes,
+    rec: &mut RequestRecord,
+) {
+    let rules = &snap.config.shadows;
+    if rules.is_empty() || matches!(cred, Credential::Passthrough { .. }) {
+        return;
+    }
+    let id = &rec.facts.identity;
+    let among = |list: &Option<Vec<String>>, v: Option<&str>| {
+        list.as_ref()
+            .is_none_or(|l| v.is_some_and(|v| l.iter().any(|x| x == v)))
+    };
+    let Some(rule) = rules.iter().find(|r| {
+        crate::glob::glob_match(&r.model, &s.model)
+            && among(&r.features, id.feature.as_deref())
+            && among(&r.keys, id.key.as_deref())
+    }) else {
+        return;
+    };
+    if rule.percent < 100.0 && fastrand::f64() * 100.0 >= rule.percent {
+        return;
+    }
+    let Some(live) = app.shadows.get(&rule.name) else {
+        return;
+    };
+    if !live.under_cap(rule.max_per_day) {
+        metrics::shadow(&rule.name, "dropped_budget");
+        live.update(|t| t.dropped_budget += 1);
+        return;
+    }
+    let Ok(permit) = live.slots.clone().try_acquire_owned() else {
+        metrics::shadow(&rule.name, "dropped_full");
+        live.update(|t| t.dropped_full += 1);
+        return;
+    };
+    let shape = rec.facts.shape;
+    let Some(route) = snap
+        .router
+        .resolve(&rule.shadow_model, shape, &snap.upstreams)
+    else {
+        metrics::shadow(&rule.name, "error");
+        return;
+    };
+    // The shadow model's first group only, one try: a copy adds no retries.
+    let groups: VecDeque<attempt::Group> = snap
+        .router
+        .chain(route, shape, &snap.upstreams)
+        .into_iter()
+        .take(1)
+        .map(|r| attempt::Group {
+            candidates: r.candidates(&snap.upstreams, &app.deployments),
+            balance: r.rule.balance,
+            tries: 1,
+            context_fallback: None,
+        })
+        .filter(|g| !g.candidates.is_empty())
+        .collect();
+    if groups.is_empty() {
+        metrics::shadow(&rule.name, "error");
+        return;
+    }
+    let (tx, rx) = oneshot::channel();
+    rec.facts.shadow = Some(tx);
+    live.update(|t| t.mirrored += 1);
+    metrics::shadow(&rule.name, "sent");
+    let copy = Copy {
+        app: app.clone(),
+        snap: snap.clone(),
+        rule: rule.clone(),
+        live,
+        method: method.clone(),
+        path_and_query: path_and_query.to_owned(),
+        headers: headers.clone(),
+        cred: cred.clone(),
+        body: body.clone(),
+        model: s.model.clone(),
+        endpoint: rec.facts.endpoint,
+        shape,
+        primary_id: rec.facts.id.clone(),
+        deadline: rec.facts.deadline,
+    };
+    tokio::spawn(copy.run(groups, rx, permit));
+}
+
+/// One shadow copy, owned by its task.
+struct Copy {
+    app: Arc<App>,
+    snap: Arc<Snapshot>,
+    rule: Shadow,
+    live: Arc<ShadowLive>,
+    method: http::Method,
+    path_and_query: String,
+    headers: http::HeaderMap,
+    cred: Credential,
+    body: Bytes,
+    model: String,
+    endpoint: Endpoint,
+    shape: ApiShape,
+    primary_id: Arc<str>,
+    deadline: tokio::time::Instant,
+}
+
+impl Copy {
+    async fn run(
+        self,
+        groups: VecDeque<attempt::Group>,
+        primary: oneshot::Receiver<Primary>,
+        _slot: OwnedSemaphorePermit,
+    ) {
+        let started = Instant::now();
+        let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let mut progress = Progress::default();
+        let (answer, usage) = self.send(groups, &mut progress, started).await;
+        let cost = usage
+            .as_ref()
+            .and_then(|u| Some(self.snap.config.prices.get(&progress.model)?.cost(u)));
+        if let Some(c) = cost {
+            self.live.spent(c);
+            metrics::shadow_cost(&self.rule.name, c);
+        }
+        let answer = Answer { cost_nanos: cost, ..answer };
+        if !(200..300).contains(&answer.status) {
+            metrics::shadow(&self.rule.name, "error");
+        }
+        // The primary's answer, once it is finished (or never: the client
+        // went away and the record was dropped without one).
+        let primary = tokio::time::timeout_at(self.deadline, primary)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        let comparison = primary.as_ref().map(|p| compare(p, &answer));
+        self.live.update(|t| {
+            if !(200..300).contains(&answer.status) {
+                t.shadow_errors += 1;
+            }
+            t.shadow_cost_nanos = t.shadow_cost_nanos.saturating_add(cost.unwrap_or(0));
+            let (Some(p), Some(c)) = (&primary, &comparison) else {
+                return;
+            };
+            t.compared += 1;
+            t.status_match += u64::from(c.status_match);
+            t.exact_match += u64::from(c.exact_match);
+            t.similarity.push(c.similarity);
+            t.latency_delta_ms.push(c.latency_delta_ms);
+            if let Some(d) = c.ttft_delta_ms {
+                t.ttft_delta_ms.push(d);
+            }
+            t.primary_cost_nanos = t
+                .primary_cost_nanos
+                .saturating_add(p.cost_nanos.unwrap_or(0));
+        });
+        let usd = crate::pricing::nanos_to_usd;
+        self.app.usage.write(&json!({
+            "ts": ts,
+            "request_id": format!("{}-shadow", self.primary_id),
+            "shadow": self.rule.name,
+            "shadow_of": &*self.primary_id,
+            "endpoint": self.endpoint.label(),
+            "model": self.rule.shadow_model,
+            "upstream_model": (!progress.model.is_empty()).then_some(&progress.model),
+            "provider": (!progress.provider.is_empty()).then_some(&*progress.provider),
+            "status": answer.status,
+            "latency_ms": answer.latency_ms,
+            "ttft_ms": answer.ttft_ms,
+            "input_tokens": usage.map(|u| u.input),
+            "output_tokens": answer.output_tokens,
+            "cost_usd": cost.map(usd),
+            "comparison": comparison,
+            "primary": primary.map(|p| json!({
+                "status": p.status,
+                "latency_ms": p.latency_ms,
+                "ttft_ms": p.ttft_ms,
+                "output_tokens": p.output_tokens,
+                "cost_usd": p.cost_nanos.map(usd),
+            })),
+        }));
+    }
+
+    /// Sends the copy and reads its answer to the end.
+    async fn send(
+        &self,
+        groups: VecDeque<attempt::Group>,
+        progress: &mut Progress,
+        started: Instant,
+    ) -> (Answer, Option<crate::usage::Usage>) {
+        let call = attempt::Call {
+            snap: &self.snap,
+            registry: &self.app.deployments,
+            method: &self.method,
+            path_and_query: &self.path_and_query,
+            client_headers: &self.headers,
+            cred: &self.cred,
+            body: self.body.clone(),
+            client_model: Some(&self.model),
+            endpoint: self.endpoint,
+            shape: self.shape,
+            deadline: self.deadline,
+            reads_answer: true,
+            fault: None,
+        };
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let (status, observed, ttft) = match attempt::run(&call, groups, progress).await {
+            Ok(Answered::Stream(resp)) => {
+                let head_at = started.elapsed();
+                let (head, body) = resp.into_parts();
+                let limits = ReadLimits {
+                    max: self.snap.config.server.bounds.max_response_body,
+                    idle: SHADOW_IDLE,
+                    deadline: self.deadline,
+                };
+                let streamed = head
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+                match read_bounded(body, &head.headers, limits).await {
+                    Ok(bytes) => {
+                        let mut observer = observer_for(self.endpoint, &head, false).with_text();
+                        observer.observe(&bytes);
+                        let observed = observer.finish();
+                        (head.status.as_u16(), observed, streamed.then(|| ms(head_at)))
+                    }
+                    Err(_) => (502, Default::default(), None),
+                }
+            }
+            Ok(Answered::Buffered(head, _)) => (head.status.as_u16(), Default::default(), None),
+            Err(e) => (e.status().as_u16(), Default::default(), None),
+        };
+        let observed: crate::stream::observe::Observed = observed;
+        let answer = Answer {
+            status,
+            latency_ms: ms(started.elapsed()),
+            ttft_ms: ttft,
+            output_tokens: observed.usage.map(|u| u.output),
+            cost_nanos: None,
+            text: observed.text,
+        };
+        (answer, observed.usage)
+    }
+}
