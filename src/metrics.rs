@@ -409,7 +409,8 @@ pub fn shadow(shadow: &str, outcome: &'static str) {
 
 /// What a shadow's copies cost (never charged to a client's budgets).
 pub fn shadow_cost(shadow: &str, nanos: u64) {
-    counter!("sluice_shadow_cost_nanodollars_total", "shadow" => label_value(shadow)).increment(nanos);
+    counter!("sluice_shadow_cost_nanodollars_total", "shadow" => label_value(shadow))
+        .increment(nanos);
 }
 
 /// A usage record dropped because its sink was not keeping up.

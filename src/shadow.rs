@@ -146,7 +146,10 @@ impl ShadowLive {
     }
 
     pub fn totals(&self) -> Totals {
-        self.totals.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.totals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn update(&self, f: impl FnOnce(&mut Totals)) {

@@ -37,7 +37,8 @@ max_in_flight = {max_in_flight}
 [[budgets]]
 name = "per-user"
 scope = ["user"]
-window = "1d"
+window = "day"
+models = ["gpt-4o"]
 limit_usd = 1.0
 
 [[pricing]]
@@ -90,7 +91,9 @@ async fn copies_are_compared_recorded_and_never_charged_to_the_client() {
         assert_eq!(c["primary"]["status"], 200, "{c}");
     }
     // The streamed copy has a time to first token on both sides.
-    assert!(copies.iter().any(|c| c["comparison"]["ttft_delta_ms"].is_number()));
+    assert!(copies
+        .iter()
+        .any(|c| c["comparison"]["ttft_delta_ms"].is_number()));
     // The user's $1 budget holds exactly the primary requests' cost, though
     // each copy cost several dollars.
     let primary_cost: f64 = originals
@@ -101,16 +104,25 @@ async fn copies_are_compared_recorded_and_never_charged_to_the_client() {
         .iter()
         .map(|c| c["cost_usd"].as_f64().unwrap_or(0.0))
         .sum();
-    assert!(shadow_cost > 1.0, "the shadow is priced dearer on purpose: {shadow_cost}");
+    assert!(
+        shadow_cost > 1.0,
+        "the shadow is priced dearer on purpose: {shadow_cost}"
+    );
     let (_, budgets) = admin_as(&s, Method::GET, "/admin/budgets").await;
     let bucket = &budgets["budgets"][0];
     assert_eq!(bucket["bucket"], "per-user|user=alice", "{budgets}");
     let spent = bucket["spent_usd"].as_f64().expect("spent");
-    assert!((spent - primary_cost).abs() < 1e-9, "{spent} vs {primary_cost}");
+    assert!(
+        (spent - primary_cost).abs() < 1e-9,
+        "{spent} vs {primary_cost}"
+    );
     let v = shadows(&s).await;
     assert_eq!(v["totals"]["mirrored"], 6, "{v}");
     assert_eq!(v["totals"]["compared"], 6, "{v}");
-    assert!(v["totals"]["shadow_cost_usd"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
+    assert!(
+        v["totals"]["shadow_cost_usd"].as_f64().unwrap_or(0.0) > 0.0,
+        "{v}"
+    );
     // Other models are not mirrored.
     post(&s, "/v1/chat/completions", &[], &chat("gpt-4o-mini")).await;
     assert_eq!(shadows(&s).await["totals"]["mirrored"], 6);
@@ -149,10 +161,9 @@ async fn a_stalled_shadow_stays_off_the_client_path_and_full_slots_drop_copies()
     let v = shadows(&s).await;
     assert_eq!(v["totals"]["mirrored"], 1, "{v}");
     assert_eq!(v["totals"]["dropped_queue_full"], 3, "{v}");
-    let metrics = String::from_utf8_lossy(
-        &get(&s.admin_url("/metrics"), &[]).await.expect("metrics").1,
-    )
-    .into_owned();
+    let metrics =
+        String::from_utf8_lossy(&get(&s.admin_url("/metrics"), &[]).await.expect("metrics").1)
+            .into_owned();
     assert!(
         metrics.contains(
             "sluice_shadow_requests_total{shadow=\"try-mini\",outcome=\"dropped_full\"} 3"

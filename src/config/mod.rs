@@ -5,7 +5,6 @@ mod bounds;
 mod budget;
 mod cache;
 mod experiments;
-mod shadows;
 mod faults;
 mod jwt;
 mod kill;
@@ -14,6 +13,7 @@ mod loops;
 mod overrides;
 mod raw;
 mod routing;
+mod shadows;
 mod state;
 mod values;
 
@@ -31,7 +31,6 @@ pub use faults::{
     MAX_FAULT_NAME,
 };
 pub use jwt::JwtConfig;
-pub use shadows::{Shadow, MAX_SHADOWS, MAX_SHADOW_IN_FLIGHT};
 pub use kill::{Switch, Target};
 pub use limits::{Dim, RateRule, TokenLimits};
 pub use loops::{LoopAction, LoopDetection};
@@ -39,6 +38,7 @@ pub use overrides::{Overrides, RateLimits};
 pub use routing::{
     Balance, BreakerConfig, Deployment, HeaderMatch, ModelRule, RetryConfig, TierRoute, TierRule,
 };
+pub use shadows::{Shadow, MAX_SHADOWS, MAX_SHADOW_IN_FLIGHT};
 pub use state::{beside_state, redact, OnUnavailable, RedisState, MAX_REDIS_NANOS};
 pub use values::parse_duration;
 use values::parse_size;

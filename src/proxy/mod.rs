@@ -282,7 +282,17 @@ async fn pipeline(
     // A shadow copy, in a task of its own (bounded: dropped when its slots are full).
     let path_and_query = target.path_and_query(parts.uri.query());
     let (method, headers) = (&parts.method, &parts.headers);
-    shadow::mirror(app, snap, method, &path_and_query, headers, &cred, &s, &body, rec);
+    shadow::mirror(
+        app,
+        snap,
+        method,
+        &path_and_query,
+        headers,
+        &cred,
+        &s,
+        &body,
+        rec,
+    );
     // The attempts, while a long prompt is counted against the context window beside them.
     let call = attempt::Call {
         snap,

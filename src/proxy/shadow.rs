@@ -161,7 +161,10 @@ impl Copy {
             self.live.spent(c);
             metrics::shadow_cost(&self.rule.name, c);
         }
-        let answer = Answer { cost_nanos: cost, ..answer };
+        let answer = Answer {
+            cost_nanos: cost,
+            ..answer
+        };
         if !(200..300).contains(&answer.status) {
             metrics::shadow(&self.rule.name, "error");
         }
@@ -260,7 +263,11 @@ impl Copy {
                         let mut observer = observer_for(self.endpoint, &head, false).with_text();
                         observer.observe(&bytes);
                         let observed = observer.finish();
-                        (head.status.as_u16(), observed, streamed.then(|| ms(head_at)))
+                        (
+                            head.status.as_u16(),
+                            observed,
+                            streamed.then(|| ms(head_at)),
+                        )
                     }
                     Err(_) => (502, Default::default(), None),
                 }
