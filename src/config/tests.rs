@@ -375,3 +375,43 @@ fn the_config_version_follows_the_text() {
             .version
     );
 }
+
+#[test]
+fn shadows_are_validated() {
+    let ok = format!(
+        "{EXPERIMENT_BASE}{}",
+        r#"
+[[shadows]]
+name = "try-mini"
+model = "gpt-4o"
+shadow_model = "gpt-4o-mini"
+percent = 10
+max_usd_per_day = 5.0
+"#
+    );
+    let c = Config::parse(&ok, "t.toml", &env).expect("valid");
+    assert_eq!(c.shadows[0].max_in_flight, 16);
+    assert_eq!(c.shadows[0].max_per_day, Some(5_000_000_000));
+    let bad = format!(
+        "{EXPERIMENT_BASE}{}",
+        r#"
+[[shadows]]
+name = "x y"
+model = "gpt-4o"
+shadow_model = "claude-3"
+percent = 150
+max_in_flight = 0
+"#
+    );
+    let all = Config::parse(&bad, "t.toml", &env)
+        .expect_err("invalid")
+        .to_string();
+    for needle in [
+        "shadows[0].name: 1–64 characters",
+        "shadows[0].shadow_model: \"claude-3\" matches no [[models]] rule",
+        "shadows[0].percent: from 0 to 100",
+        "shadows[0].max_in_flight: from 1 to 256",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+}
