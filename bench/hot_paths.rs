@@ -516,6 +516,62 @@ fn bench_tenants(c: &mut Criterion) {
     g.finish();
 }
 
+/// Issue 12: what an experiment adds to a request: the arm pick (a
+/// SHA-256 bucket, the quotas, the range walk) and an arm's body changes.
+fn bench_experiment(c: &mut Criterion) {
+    use sluice::experiment::{overrides, Experiments};
+    use sluice::vocab::{Endpoint, Identity};
+    let text = r#"
+[[providers]]
+name = "p"
+kind = "openai-compatible"
+base_url = "http://127.0.0.1:1/v1"
+[[models]]
+name = "gpt-*"
+provider = "p"
+[[experiments]]
+name = "canary"
+model = "agent"
+[[experiments.arms]]
+name = "control"
+model = "gpt-4o"
+weight = 95
+[[experiments.arms]]
+name = "candidate"
+model = "gpt-4o-mini"
+weight = 5
+params = { temperature = 0.2 }
+system_prefix = "[v2] "
+"#;
+    let config = sluice::config::Config::parse(text, "bench", &|_| None).expect("config");
+    let e = &config.experiments[0];
+    let live = Experiments::default();
+    live.sync(&config.experiments);
+    let identity = Identity {
+        user: Some("user-12345".into()),
+        ..Identity::default()
+    };
+    let headers = http::HeaderMap::new();
+    assert!(live.pick(e, &identity, &headers, &|_| false).is_some());
+    let body = bytes::Bytes::from_static(
+        br#"{"model":"agent","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"hello"}]}"#,
+    );
+    let mut g = c.benchmark_group("experiment");
+    g.bench_function("pick_sticky_user", |b| {
+        b.iter(|| live.pick(e, black_box(&identity), &headers, &|_| false))
+    });
+    g.bench_function("arm_overrides_chat", |b| {
+        b.iter(|| {
+            overrides::apply(
+                black_box(body.clone()),
+                &e.arms[1],
+                Endpoint::ChatCompletions,
+            )
+        })
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -526,6 +582,7 @@ fn config() -> Criterion {
 criterion_group! {
     name = hot_paths;
     config = config();
-    targets = bench_sniff, bench_rewrite, bench_stream, bench_auth, bench_route, bench_tenants
+    targets = bench_sniff, bench_rewrite, bench_stream, bench_auth, bench_route, bench_tenants,
+        bench_experiment
 }
 criterion_main!(hot_paths);

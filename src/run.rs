@@ -51,8 +51,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("kill switches {}: {e}", kills_path.display()))?,
     );
     let experiments_path = crate::experiment::file_beside(&snapshot.config.state_path);
-    let experiments = crate::experiment::Experiments::open(&experiments_path)
-        .map_err(|e| anyhow::anyhow!("experiments {}: {e}", experiments_path.display()))?;
+    let experiments = Arc::new(
+        crate::experiment::Experiments::open(&experiments_path)
+            .map_err(|e| anyhow::anyhow!("experiments {}: {e}", experiments_path.display()))?,
+    );
     experiments.sync(&snapshot.config.experiments);
     let faults_path = crate::fault::file_beside(&snapshot.config.state_path);
     let faults = Arc::new(
@@ -63,8 +65,13 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         // Fleet mode: budgets and rate windows live in Redis; the local
         // ledger only counts what this replica serves while Redis is away.
         Some(redis) => {
-            let fleet = Fleet::start(redis, kills.clone(), issued_keys.clone())
-                .map_err(|e| anyhow::anyhow!("[state] redis: {e}"))?;
+            let fleet = Fleet::start(
+                redis,
+                kills.clone(),
+                issued_keys.clone(),
+                experiments.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("[state] redis: {e}"))?;
             tracing::info!(url = %crate::config::redact(&redis.url), prefix = %redis.key_prefix, "fleet state in redis");
             (
                 Ledger::unjournaled(usage.clone(), system_clock()),
@@ -98,7 +105,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             fleet,
             shared_cache,
             owners: Arc::new(owners),
-            experiments: Arc::new(experiments),
+            experiments,
         },
     );
     let stop_sweeper = CancellationToken::new();
@@ -288,9 +295,23 @@ fn watch_experiments(app: &App) {
         }
     }
     if !events.is_empty() {
-        if let Err(e) = app.experiments.persist() {
-            tracing::error!(error = %e, "could not save experiment state");
-        }
+        save_experiments(app);
+    }
+}
+
+/// Saves every rollout state: to the file, and in fleet mode to Redis for
+/// every replica (in a task: the watcher never waits on Redis).
+pub fn save_experiments(app: &App) {
+    if let Err(e) = app.experiments.persist() {
+        tracing::error!(error = %e, "could not save experiment state");
+    }
+    if let Some(fleet) = app.fleet.clone() {
+        let states = app.experiments.states();
+        tokio::spawn(async move {
+            if let Err(e) = fleet.save_experiments(&states).await {
+                tracing::warn!(error = %e, "could not share experiment state with the fleet");
+            }
+        });
     }
 }
 

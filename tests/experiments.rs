@@ -6,6 +6,8 @@
 
 #[path = "support/harness.rs"]
 mod harness;
+#[path = "support/redis.rs"]
+mod redis;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -391,4 +393,66 @@ async fn an_arm_switched_off_sends_its_users_to_the_control() {
         .expect("data")
         .iter()
         .any(|m| m["id"] == "agent"));
+}
+
+#[tokio::test]
+async fn in_fleet_mode_a_rollback_on_one_replica_holds_on_every_replica() {
+    let mock = MockProvider::start().await.expect("mock");
+    let redis = redis::RedisServer::start();
+    let experiments = r#"
+[[experiments]]
+name = "canary"
+model = "agent"
+sticky = "random"
+[[experiments.arms]]
+name = "control"
+model = "arm-control"
+[[experiments.arms]]
+name = "candidate"
+model = "arm-candidate"
+"#;
+    let config = cfg(&mock.url(), None, experiments).replacen(
+        "[state]\n",
+        &format!(
+            "[state]\nbackend = \"redis\"\nurl = \"{}\"\ntimeout = \"2s\"\n",
+            redis.url()
+        ),
+        1,
+    );
+    let a = Sluice::start(&config).await;
+    let b = Sluice::start(&config).await;
+    let (st, v) = admin_as(
+        &a,
+        Method::POST,
+        "/admin/experiments/canary/rollback?reason=bad",
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let mut followed = false;
+    for _ in 0..100 {
+        let (_, v) = admin_as(&b, Method::GET, "/admin/experiments/canary").await;
+        if v["rollout"]["phase"] == "rolled_back" {
+            assert_eq!(v["rollout"]["reason"], "bad", "{v}");
+            followed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(followed, "replica b never saw the rollback");
+    for _ in 0..20 {
+        let (_, h, _) = post(&b, "/v1/chat/completions", &[], &chat("agent")).await;
+        assert_eq!(h["x-sluice-arm"], "control");
+    }
+    // A new replica starts rolled back too.
+    let c = Sluice::start(&config).await;
+    let mut held = false;
+    for _ in 0..100 {
+        let (_, v) = admin_as(&c, Method::GET, "/admin/experiments/canary").await;
+        if v["rollout"]["phase"] == "rolled_back" {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(held);
 }

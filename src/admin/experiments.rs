@@ -88,6 +88,16 @@ pub(super) async fn handle(app: &App, req: &Request<Incoming>) -> Response<Proxy
             if let Err(err) = app.experiments.persist() {
                 return json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({"error": err}));
             }
+            if let Some(fleet) = &app.fleet {
+                // Every replica follows within a second (its probe reads it).
+                let state = live.state().clone();
+                if let Err(err) = fleet.save_experiments(&[state]).await {
+                    return json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &json!({"error": format!("saved here, not shared with the fleet: {err}")}),
+                    );
+                }
+            }
             json_response(StatusCode::OK, &view(e, &live, &|a| killed(e, a)))
         }
         _ => json_response(

@@ -184,14 +184,45 @@ impl Experiments {
         self.read().get(name).cloned()
     }
 
+    /// Every rollout state, by name.
+    pub fn states(&self) -> Vec<RampState> {
+        let mut states: Vec<RampState> = self.read().values().map(|l| l.state().clone()).collect();
+        states.sort_by(|a, b| a.name.cmp(&b.name));
+        states
+    }
+
+    /// Takes the fleet's rollout states (read from Redis): a state newer
+    /// than this replica's (a later `since`) replaces it; experiments this
+    /// replica does not run are ignored.
+    pub fn adopt(&self, states: Vec<RampState>) {
+        let live = self.read();
+        let mut changed = false;
+        for s in states {
+            let Some(l) = live.get(&s.name) else { continue };
+            let mut mine = l.state();
+            let differs = (mine.phase, mine.step) != (s.phase, s.step);
+            // A state nobody changed yet (`by` unset) always yields.
+            if differs && (mine.by.is_none() || s.since >= mine.since) {
+                let base = std::mem::take(&mut mine.base);
+                *mine = RampState { base, ..s };
+                changed = true;
+            }
+        }
+        drop(live);
+        if changed {
+            if let Err(e) = self.persist() {
+                tracing::error!(error = %e, "could not save experiment state");
+            }
+        }
+    }
+
     /// Writes every ramp state (called after each change).
     pub fn persist(&self) -> Result<(), String> {
         let Some(path) = &self.path else {
             return Ok(());
         };
         let _one = self.saving.lock().unwrap_or_else(|e| e.into_inner());
-        let mut states: Vec<RampState> = self.read().values().map(|l| l.state().clone()).collect();
-        states.sort_by(|a, b| a.name.cmp(&b.name));
+        let states = self.states();
         crate::json_file::save(path, &states)
     }
 

@@ -16,6 +16,7 @@
 //! local counters scaled to `fail_open_share` (`fail_open`). A probe task
 //! pings Redis every `PROBE_INTERVAL`; the client reconnects by itself.
 
+mod experiments;
 mod health;
 mod hold;
 mod keys;
@@ -78,6 +79,8 @@ pub struct Fleet {
     stop: CancellationToken,
     /// This replica's kill switches, whose fleet part the probe refreshes.
     kills: Arc<crate::kill::KillSwitches>,
+    /// This replica's experiments, whose rollout states the probe refreshes.
+    experiments: Arc<crate::experiment::Experiments>,
     /// This replica's copy of the runtime keys (the probe refreshes it).
     issued_keys: Arc<crate::key_store::KeyStore>,
     runtime: tokio::runtime::Handle,
@@ -123,6 +126,7 @@ impl Fleet {
         cfg: &RedisState,
         kills: Arc<crate::kill::KillSwitches>,
         issued_keys: Arc<crate::key_store::KeyStore>,
+        experiments: Arc<crate::experiment::Experiments>,
     ) -> Result<Arc<Fleet>, redis::RedisError> {
         let client = match &cfg.ca_file {
             None => redis::Client::open(cfg.url.as_str())?,
@@ -161,6 +165,7 @@ impl Fleet {
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
             kills,
+            experiments,
             issued_keys,
             runtime: tokio::runtime::Handle::current(),
         });
@@ -407,6 +412,7 @@ async fn probe(fleet: std::sync::Weak<Fleet>) {
                     f.repay().await;
                 }
                 f.refresh_kills().await;
+                f.refresh_experiments().await;
                 f.refresh_issued_keys().await;
             }
             Ok(Err(e)) => f.health.down("ping", &e.to_string()),

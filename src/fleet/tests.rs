@@ -150,7 +150,13 @@ async fn owed_spend_adds_up_and_stays_bounded() {
         fail_open_share: 100,
         ca_file: None,
     };
-    let fleet = Fleet::start(&cfg, Default::default(), Default::default()).expect("lazy client");
+    let fleet = Fleet::start(
+        &cfg,
+        Default::default(),
+        Default::default(),
+        Default::default(),
+    )
+    .expect("lazy client");
     let budgets = [budget("b", 1_000, BudgetAction::Reject)];
     let id = who("alice");
     let subject = Subject {
