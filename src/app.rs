@@ -25,6 +25,7 @@ use crate::limits::rate::RateLimiter;
 use crate::ownership::Owners;
 use crate::resilience::Deployments;
 use crate::route::Router;
+use crate::telemetry::Tracing;
 use crate::upstream::Upstream;
 use crate::usage_log::UsageLog;
 
@@ -98,6 +99,8 @@ pub struct Stores {
     pub fleet: Option<Arc<Fleet>>,
     pub shared_cache: Option<SharedCache>,
     pub owners: Arc<Owners>,
+    /// `[telemetry]`: the tracer and its exporter, when traces are on.
+    pub tracing: Option<Arc<Tracing>>,
 }
 
 /// Shared state of the running proxy.
@@ -133,6 +136,8 @@ pub struct App {
     pub kills: Arc<KillSwitches>,
     /// Virtual keys issued at runtime (persisted like the kill switches).
     pub issued_keys: Arc<KeyStore>,
+    /// OpenTelemetry traces (`[telemetry]`, fixed at start); `None` when off.
+    pub tracing: Option<Arc<Tracing>>,
     shutting_down: AtomicBool,
     id_seed: u64,
     id_counter: AtomicU64,
@@ -153,6 +158,7 @@ impl App {
             fleet,
             shared_cache,
             owners,
+            tracing,
         } = stores;
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -179,6 +185,7 @@ impl App {
             loops: LoopDetector::default(),
             kills,
             issued_keys,
+            tracing,
             shutting_down: AtomicBool::new(false),
             id_seed: seed,
             id_counter: AtomicU64::new(0),
@@ -213,6 +220,9 @@ impl App {
             tracing::warn!(
                 "[state] backend, url or key_prefix changed; they take effect on restart"
             );
+        }
+        if snap.config.telemetry != old.config.telemetry {
+            tracing::warn!("[telemetry] changed; it takes effect on restart");
         }
         self.live.store(Arc::new(snap));
         tracing::info!(path = %path.display(), "config reloaded");

@@ -31,6 +31,7 @@ use crate::resilience::breaker::Permit;
 use crate::resilience::retry::{self, breaker_failure, retryable_status};
 use crate::resilience::{Deployments, InflightGuard};
 use crate::sniff::{self, Endpoint, Rewrite};
+use crate::telemetry::{self, AttemptEnd, AttemptStart, RequestTrace};
 use crate::upstream::{SendError, Upstream};
 
 /// Anthropic API version sent when a client names none.
@@ -153,6 +154,9 @@ pub struct Call<'a> {
     /// Sluice reads a passthrough answer (to record who owns the objects it
     /// names): ask for it uncompressed.
     pub reads_answer: bool,
+    /// The request's span: each attempt gets a child span, whose context
+    /// goes upstream in `traceparent`.
+    pub trace: &'a RequestTrace,
 }
 
 /// The upstream answer that goes to the client.
@@ -246,19 +250,38 @@ pub async fn run_with<T: Transport + ?Sized>(
             let upstream = &call.snap.upstreams[cand.provider];
             let started = Instant::now();
             let guard = InflightGuard::new(cand.state.clone());
-            let result = attempt(transport, call, upstream, cand, progress).await;
+            let span = call.trace.attempt(|| AttemptStart {
+                deployment: deployment_name(upstream, cand),
+                provider: &upstream.name,
+                system: telemetry::system(upstream.kind),
+                model: &cand.upstream_model,
+                number: progress.attempts + 1,
+                retry_reason: progress.log.last().map(|p| match p.status {
+                    0 => p.outcome.to_owned(),
+                    s => format!("status {s}"),
+                }),
+            });
+            let result = attempt(
+                transport,
+                call,
+                upstream,
+                cand,
+                progress,
+                span.traceparent(),
+            )
+            .await;
             let ms = started.elapsed().as_secs_f64() * 1e3;
-            let log = |status: u16, outcome: &'static str| AttemptInfo {
-                // The model actually sent (the breaker's name for a glob
-                // rule is its pattern).
-                deployment: if cand.upstream_model.is_empty() {
-                    cand.state.name.clone()
-                } else {
-                    format!("{}/{}", upstream.name, cand.upstream_model)
-                },
-                status,
-                outcome,
-                ms: (ms * 1e3).round() / 1e3,
+            let mut span = Some(span);
+            let mut log = |status: u16, outcome: &'static str| {
+                if let Some(s) = span.take() {
+                    s.end(&AttemptEnd { status, outcome });
+                }
+                AttemptInfo {
+                    deployment: deployment_name(upstream, cand),
+                    status,
+                    outcome,
+                    ms: (ms * 1e3).round() / 1e3,
+                }
             };
             match result {
                 Ok(resp) if !retryable_status(resp.status()) => {
@@ -303,7 +326,11 @@ pub async fn run_with<T: Transport + ?Sized>(
                     answered_by(progress, upstream, cand, guard);
                     last = Some(Failed::Status(resp));
                 }
-                Err(e) if !e.retryable() => return Err(e),
+                Err(e) if !e.retryable() => {
+                    // Ends the attempt's span (not an attempt to log).
+                    let _ = log(0, e.kind());
+                    return Err(e);
+                }
                 Err(e) => {
                     if counts(false) {
                         record_breaker(cand, &breaker_cfg, false, permit);
@@ -325,6 +352,16 @@ pub async fn run_with<T: Transport + ?Sized>(
         Some(Failed::Status(resp)) => Ok(Answered::Stream(resp)),
         Some(Failed::Transport(e)) => Err(e),
         None => Err(ProxyError::NoHealthyDeployment),
+    }
+}
+
+/// The model actually sent, as `provider/model` (the breaker's name for a
+/// glob rule is its pattern).
+fn deployment_name(upstream: &Upstream, cand: &Candidate) -> String {
+    if cand.upstream_model.is_empty() {
+        cand.state.name.clone()
+    } else {
+        format!("{}/{}", upstream.name, cand.upstream_model)
     }
 }
 
@@ -410,8 +447,14 @@ async fn attempt<T: Transport + ?Sized>(
     upstream: &Upstream,
     cand: &Candidate,
     progress: &mut Progress,
+    traceparent: Option<HeaderValue>,
 ) -> Result<Response<T::Body>, ProxyError> {
-    let req = build_request(call, upstream, cand)?;
+    let mut req = build_request(call, upstream, cand)?;
+    if let Some(tp) = traceparent {
+        // The attempt span is the upstream's parent (the client's own
+        // `traceparent` names the request span's parent instead).
+        req.headers_mut().insert("traceparent", tp);
+    }
     progress.attempts += 1;
     let sent = Instant::now();
     let first_byte = sent + upstream.timeouts.first_byte;

@@ -12,8 +12,8 @@
 //! - [`error`] depends only on leaves and [`headers`]: no domain module;
 //! - [`config`] on the leaves, [`path`] and [`sniff`];
 //! - domain modules ([`auth`], [`route`], [`limits`], [`budget`], [`cache`],
-//!   [`resilience`], [`upstream`], [`ownership`], [`stream`]) on config,
-//!   error and the leaves, and on each other only downwards;
+//!   [`resilience`], [`upstream`], [`ownership`], [`stream`], [`telemetry`])
+//!   on config, error and the leaves, and on each other only downwards;
 //! - [`app`] (one config snapshot plus the long-lived state) on the domain;
 //! - [`record`], [`attempt`] and [`body`] on app;
 //! - [`proxy`], [`admin`], [`server`] and [`run`] at the top.
@@ -47,6 +47,7 @@ pub mod run;
 pub mod server;
 pub mod sniff;
 pub mod stream;
+pub mod telemetry;
 pub mod upstream;
 pub mod usage;
 pub mod usage_log;

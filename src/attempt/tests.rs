@@ -213,6 +213,7 @@ impl Env {
             shape: ApiShape::OpenAi,
             deadline: Instant::now() + self.snap.upstreams[first].timeouts.total,
             reads_answer: false,
+            trace: &crate::telemetry::RequestTrace::default(),
         };
         let mut progress = Progress::default();
         let out = run_with(script, &call, groups, &mut progress).await;

@@ -12,6 +12,7 @@ mod overrides;
 mod raw;
 mod routing;
 mod state;
+mod telemetry;
 mod values;
 
 use std::collections::HashSet;
@@ -31,6 +32,7 @@ pub use routing::{
     Balance, BreakerConfig, Deployment, HeaderMatch, ModelRule, RetryConfig, TierRoute, TierRule,
 };
 pub use state::{beside_state, redact, OnUnavailable, RedisState, MAX_REDIS_NANOS};
+pub use telemetry::TelemetryConfig;
 pub use values::parse_duration;
 use values::parse_size;
 
@@ -86,6 +88,9 @@ pub struct Config {
     pub kill_switches: Vec<Switch>,
     /// `[jwt]`: verified tokens as credentials.
     pub jwt: Option<JwtConfig>,
+    /// `[telemetry]`: OTLP trace export, when `otlp_endpoint` is set (read
+    /// at start; a reload does not change it).
+    pub telemetry: Option<TelemetryConfig>,
 }
 
 /// The data-plane listener and its request limits.
@@ -424,6 +429,7 @@ impl Validator<'_> {
         let loop_detection = self.loop_detection(raw.loop_detection.as_ref());
         let kill_switches = self.kill_switches(&raw);
         let jwt = self.jwt(raw.jwt.as_ref(), env);
+        let telemetry = self.telemetry(raw.telemetry.as_ref());
         let max_request_cost = raw.limits.max_request_cost_usd.map(|usd| {
             if usd <= 0.0 {
                 self.err("limits.max_request_cost_usd", "must be greater than zero");
@@ -455,6 +461,7 @@ impl Validator<'_> {
             loop_detection,
             kill_switches,
             jwt,
+            telemetry,
         })
     }
 

@@ -61,6 +61,14 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
     let mut rec = RequestRecord::new(app.next_id(), started, app.usage.clone());
     rec.snap = Some(snap.clone());
     rec.ledger = Some(app.ledger.clone());
+    // The request span (continuing the client's traceparent); nothing but
+    // the client's trace id when tracing is off.
+    rec.trace = crate::telemetry::RequestTrace::start(
+        app.tracing.as_deref(),
+        req.method(),
+        req.headers(),
+        &rec.facts.id,
+    );
     let result = if app.is_shutting_down() {
         Err(ProxyError::ShuttingDown)
     } else {
@@ -264,6 +272,7 @@ async fn pipeline(
         shape: rec.facts.shape,
         deadline,
         reads_answer: false,
+        trace: &rec.trace,
     };
     let run = attempt::run(&call, groups, &mut rec.outcome.upstream);
     let answer = count::with_context_check(run, deferred_count, &tokens.plan).await?;

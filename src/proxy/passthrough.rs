@@ -59,6 +59,7 @@ pub(super) async fn serve(
         shape: rec.facts.shape,
         deadline: deadline(rec, snap, &group),
         reads_answer: owner.is_some(),
+        trace: &rec.trace,
     };
     let mut answer =
         attempt::run(&call, VecDeque::from([group]), &mut rec.outcome.upstream).await?;
