@@ -116,7 +116,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
             rec.outcome.status = e.status().as_u16();
             rec.outcome.error = Some(e.kind());
             if e.origin() != crate::error::Origin::Client {
-                tracing::warn!(request_id = %rec.facts.id, error = %e, "request failed");
+                let trace_id = rec.trace.trace_id();
+                tracing::warn!(request_id = %rec.facts.id, trace_id, error = %e, "request failed");
             }
             let resp = e.into_response(rec.facts.shape).map(ProxyBody::full);
             let len = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
