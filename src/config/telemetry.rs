@@ -25,7 +25,8 @@ pub struct RawTelemetry {
 /// Where and how traces are exported (present only when `otlp_endpoint` is set).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TelemetryConfig {
-    /// The collector's OTLP/HTTP traces URL (`http://host:4318/v1/traces`).
+    /// The collector's OTLP/HTTP traces URL (`http://host:4318/v1/traces`;
+    /// a bare `http://host:4318` gets `/v1/traces` added).
     pub otlp_endpoint: String,
     /// The share of new traces (no sampled client parent) that are recorded;
     /// a client's `traceparent` sampling decision is always honoured.
@@ -106,8 +107,16 @@ impl Validator<'_> {
                 self.err(&format!("{field}.{name}"), "must be greater than zero");
             }
         }
+        // A bare collector address gets OTLP/HTTP's traces path, as the
+        // `OTEL_EXPORTER_OTLP_ENDPOINT` convention does.
+        let bare = uri.as_ref().is_ok_and(|u| matches!(u.path(), "" | "/"));
+        let otlp_endpoint = if bare {
+            format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+        } else {
+            endpoint.to_owned()
+        };
         Some(TelemetryConfig {
-            otlp_endpoint: endpoint.to_owned(),
+            otlp_endpoint,
             sampling_ratio,
             service_name,
             resource_attributes: raw

@@ -287,6 +287,14 @@ fn telemetry_is_off_unless_an_endpoint_is_set_and_has_defaults() {
     assert_eq!(t.max_export_batch, 512);
     assert_eq!(t.export_interval, Duration::from_secs(5));
     assert_eq!(t.resource_attributes, vec![("team".into(), "infra".into())]);
+    let bare = "[telemetry]\notlp_endpoint = \"http://collector:4318/\"\n";
+    let t = Config::parse(bare, "t.toml", &env)
+        .expect("valid")
+        .telemetry;
+    assert_eq!(
+        t.map(|t| t.otlp_endpoint).as_deref(),
+        Some("http://collector:4318/v1/traces")
+    );
     let bad =
         "[telemetry]\notlp_endpoint = \"collector:4318\"\nsampling_ratio = -1\ntimeout = \"0s\"\n";
     let e = Config::parse(bad, "t.toml", &env).expect_err("invalid");
