@@ -572,6 +572,86 @@ system_prefix = "[v2] "
     g.finish();
 }
 
+/// The request path's tracing work for one request with one attempt (start the request span,
+/// start and end an attempt span with its traceparent, end the request span): off (no
+/// `[telemetry]`: only the client's traceparent is read), on with every request sampled, and
+/// on with none sampled. With tracing on, finished spans go to the export queue (the exporter
+/// points at a closed port, so the queue fills and later spans are dropped: the same
+/// `try_send` either way).
+fn bench_tracing(c: &mut Criterion) {
+    use sluice::telemetry::{AttemptEnd, AttemptStart, RequestEnd, RequestTrace, Tracing};
+    use sluice::usage::Usage;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _in_runtime = rt.enter();
+    let tracing = |ratio: f64| {
+        let text = format!(
+            "[telemetry]\notlp_endpoint = \"http://127.0.0.1:9/v1/traces\"\n\
+             sampling_ratio = {ratio:?}\ntimeout = \"50ms\"\nexport_interval = \"1h\"\n"
+        );
+        let cfg = Config::parse(&text, "bench", &|_| None).unwrap();
+        Tracing::start(cfg.telemetry.as_ref().unwrap()).unwrap()
+    };
+    let mut h = HeaderMap::new();
+    h.insert(
+        "traceparent",
+        HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    );
+    let one = |t: Option<&Tracing>, h: &HeaderMap| {
+        let rt = RequestTrace::start(t, &http::Method::POST, h, "req_0123456789abcdef");
+        let a = rt.attempt(|| AttemptStart {
+            deployment: "mock/mock-model".to_owned(),
+            provider: "mock",
+            system: "openai",
+            model: "mock-model",
+            number: 1,
+            retry_reason: None,
+        });
+        black_box(a.traceparent());
+        a.end(&AttemptEnd {
+            status: 200,
+            outcome: "ok",
+        });
+        rt.finish(&RequestEnd {
+            endpoint: Endpoint::ChatCompletions,
+            status: 200,
+            system: Some("openai"),
+            request_model: Some("gpt-4o-mini"),
+            response_model: Some("mock-model"),
+            provider: Some("mock"),
+            usage: Some(Usage {
+                input: 12,
+                output: 20,
+                ..Usage::default()
+            }),
+            cost_usd: Some(0.0001),
+            cache: "bypass",
+            attempts: 1,
+            budget_remaining_usd: None,
+            error: None,
+            stream: false,
+            end: "complete",
+        });
+        black_box(rt.trace_id())
+    };
+    let mut g = c.benchmark_group("tracing");
+    g.bench_function("off", |b| b.iter(|| one(None, black_box(&h))));
+    let sampled = tracing(1.0);
+    g.bench_function("on_sampled", |b| {
+        b.iter(|| one(Some(&sampled), black_box(&h)))
+    });
+    let unsampled = tracing(0.0);
+    let none = HeaderMap::new();
+    g.bench_function("on_unsampled", |b| {
+        b.iter(|| one(Some(&unsampled), black_box(&none)))
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -583,6 +663,7 @@ criterion_group! {
     name = hot_paths;
     config = config();
     targets = bench_sniff, bench_rewrite, bench_stream, bench_auth, bench_route, bench_tenants,
-        bench_experiment
+        bench_experiment,
+        bench_tracing
 }
 criterion_main!(hot_paths);

@@ -26,6 +26,7 @@ use crate::limits::rate::RateLimiter;
 use crate::ownership::Owners;
 use crate::resilience::Deployments;
 use crate::route::Router;
+use crate::telemetry::Tracing;
 use crate::upstream::Upstream;
 use crate::usage_log::UsageLog;
 
@@ -110,6 +111,8 @@ pub struct Stores {
     pub shared_cache: Option<SharedCache>,
     pub owners: Arc<Owners>,
     pub experiments: Arc<Experiments>,
+    /// `[telemetry]`: the tracer and its exporter, when traces are on.
+    pub tracing: Option<Arc<Tracing>>,
 }
 
 /// Shared state of the running proxy.
@@ -151,6 +154,8 @@ pub struct App {
     pub shadows: crate::shadow::Shadows,
     /// Chaos faults set at runtime (persisted, always expiring).
     pub faults: Arc<crate::fault::Faults>,
+    /// OpenTelemetry traces (`[telemetry]`, fixed at start); `None` when off.
+    pub tracing: Option<Arc<Tracing>>,
     shutting_down: AtomicBool,
     id_seed: u64,
     id_counter: AtomicU64,
@@ -173,6 +178,7 @@ impl App {
             shared_cache,
             owners,
             experiments,
+            tracing,
         } = stores;
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -204,6 +210,7 @@ impl App {
             experiments,
             faults,
             shadows,
+            tracing,
             shutting_down: AtomicBool::new(false),
             id_seed: seed,
             id_counter: AtomicU64::new(0),
@@ -241,6 +248,9 @@ impl App {
         }
         self.experiments.sync(&snap.config.experiments);
         self.shadows.sync(&snap.config.shadows);
+        if snap.config.telemetry != old.config.telemetry {
+            tracing::warn!("[telemetry] changed; it takes effect on restart");
+        }
         self.live.store(Arc::new(snap));
         tracing::info!(path = %path.display(), "config reloaded");
         Ok(())

@@ -31,6 +31,7 @@ use crate::resilience::breaker::Permit;
 use crate::resilience::retry::{self, breaker_failure, retryable_status};
 use crate::resilience::{Deployments, InflightGuard};
 use crate::sniff::{self, Endpoint, Rewrite};
+use crate::telemetry::{self, AttemptEnd, AttemptStart, RequestTrace};
 use crate::upstream::{SendError, Upstream};
 
 /// Anthropic API version sent when a client names none.
@@ -159,6 +160,9 @@ pub struct Call<'a> {
     /// fires it replaces that attempt's answer, so retries, breakers and
     /// fallbacks treat it as the provider's.
     pub fault: Option<crate::fault::Hit>,
+    /// The request's span: each attempt gets a child span, whose context
+    /// goes upstream in `traceparent`.
+    pub trace: &'a RequestTrace,
 }
 
 /// The upstream answer that goes to the client.
@@ -254,6 +258,17 @@ pub async fn run_with<T: Transport + ?Sized>(
             let upstream = &call.snap.upstreams[cand.provider];
             let started = Instant::now();
             let guard = InflightGuard::new(cand.state.clone());
+            let span = call.trace.attempt(|| AttemptStart {
+                deployment: deployment_name(upstream, cand),
+                provider: &upstream.name,
+                system: telemetry::system(upstream.kind),
+                model: &cand.upstream_model,
+                number: progress.attempts + 1,
+                retry_reason: progress.log.last().map(|p| match p.status {
+                    0 => p.outcome.to_owned(),
+                    s => format!("status {s}"),
+                }),
+            });
             let fault = fire_fault(call, progress);
             let result = match fault {
                 Some(FaultKind::Status {
@@ -266,20 +281,29 @@ pub async fn run_with<T: Transport + ?Sized>(
                     retry_after,
                     progress,
                 )),
-                _ => Ok(attempt(transport, call, upstream, cand, progress, fault).await),
+                _ => Ok(attempt(
+                    transport,
+                    call,
+                    upstream,
+                    cand,
+                    progress,
+                    fault,
+                    span.traceparent(),
+                )
+                .await),
             };
             let ms = started.elapsed().as_secs_f64() * 1e3;
-            let log = |status: u16, outcome: &'static str| AttemptInfo {
-                // The model actually sent (the breaker's name for a glob
-                // rule is its pattern).
-                deployment: if cand.upstream_model.is_empty() {
-                    cand.state.name.clone()
-                } else {
-                    format!("{}/{}", upstream.name, cand.upstream_model)
-                },
-                status,
-                outcome,
-                ms: (ms * 1e3).round() / 1e3,
+            let mut span = Some(span);
+            let mut log = |status: u16, outcome: &'static str| {
+                if let Some(s) = span.take() {
+                    s.end(&AttemptEnd { status, outcome });
+                }
+                AttemptInfo {
+                    deployment: deployment_name(upstream, cand),
+                    status,
+                    outcome,
+                    ms: (ms * 1e3).round() / 1e3,
+                }
             };
             let result = match result {
                 Ok(result) => result,
@@ -354,7 +378,11 @@ pub async fn run_with<T: Transport + ?Sized>(
                     answered_by(progress, upstream, cand, guard);
                     last = Some(Failed::Status(resp));
                 }
-                Err(e) if !e.retryable() => return Err(e),
+                Err(e) if !e.retryable() => {
+                    // Ends the attempt's span (not an attempt to log).
+                    let _ = log(0, e.kind());
+                    return Err(e);
+                }
                 Err(e) => {
                     if counts(false) {
                         record_breaker(cand, &breaker_cfg, false, permit);
@@ -377,6 +405,16 @@ pub async fn run_with<T: Transport + ?Sized>(
         Some(Failed::Injected(parts, body)) => Ok(Answered::Buffered(parts, body)),
         Some(Failed::Transport(e)) => Err(e),
         None => Err(ProxyError::NoHealthyDeployment),
+    }
+}
+
+/// The model actually sent, as `provider/model` (the breaker's name for a
+/// glob rule is its pattern).
+fn deployment_name(upstream: &Upstream, cand: &Candidate) -> String {
+    if cand.upstream_model.is_empty() {
+        cand.state.name.clone()
+    } else {
+        format!("{}/{}", upstream.name, cand.upstream_model)
     }
 }
 
@@ -501,8 +539,14 @@ async fn attempt<T: Transport + ?Sized>(
     cand: &Candidate,
     progress: &mut Progress,
     fault: Option<FaultKind>,
+    traceparent: Option<HeaderValue>,
 ) -> Result<Response<T::Body>, ProxyError> {
-    let req = build_request(call, upstream, cand)?;
+    let mut req = build_request(call, upstream, cand)?;
+    if let Some(tp) = traceparent {
+        // The attempt span is the upstream's parent (the client's own
+        // `traceparent` names the request span's parent instead).
+        req.headers_mut().insert("traceparent", tp);
+    }
     progress.attempts += 1;
     if let Some(FaultKind::Reset { .. }) = fault {
         metrics::upstream_attempt(&upstream.name, "connect_error");

@@ -15,6 +15,8 @@
 //! - domain modules ([`auth`], [`route`], [`limits`], [`budget`], [`cache`],
 //!   [`resilience`], [`upstream`], [`ownership`], [`stream`], [`fault`]) on
 //!   config, error and the leaves, and on each other only downwards;
+//!   [`resilience`], [`upstream`], [`ownership`], [`stream`], [`telemetry`])
+//!   on config, error and the leaves, and on each other only downwards;
 //! - [`app`] (one config snapshot plus the long-lived state) on the domain;
 //! - [`record`], [`attempt`] and [`body`] on app;
 //! - [`proxy`], [`admin`], [`server`] and [`run`] at the top.
@@ -52,6 +54,7 @@ pub mod shadow;
 pub mod sniff;
 pub mod stats;
 pub mod stream;
+pub mod telemetry;
 pub mod upstream;
 pub mod usage;
 pub mod usage_log;

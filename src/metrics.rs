@@ -90,6 +90,14 @@ fn describe() {
         "Usage records dropped because 64 MiB of records were already waiting for the sink."
     );
     describe_counter!(
+        "sluice_trace_spans_dropped_total",
+        "Finished spans dropped because [telemetry] max_queue_spans were already waiting for export."
+    );
+    describe_counter!(
+        "sluice_trace_spans_exported_total",
+        "Spans sent to the OTLP collector, by result (ok, error)."
+    );
+    describe_counter!(
         "sluice_usage_write_errors_total",
         "Failed usage-log writes (the record is lost; the error is logged)."
     );
@@ -416,6 +424,17 @@ pub fn shadow_cost(shadow: &str, nanos: u64) {
 /// A usage record dropped because its sink was not keeping up.
 pub fn usage_dropped() {
     counter!("sluice_usage_dropped_total").increment(1);
+}
+
+/// A finished span dropped because the export queue was full.
+pub fn trace_span_dropped() {
+    counter!("sluice_trace_spans_dropped_total").increment(1);
+}
+
+/// Spans in one OTLP export request, by whether the collector took them.
+pub fn trace_spans_exported(n: usize, ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    counter!("sluice_trace_spans_exported_total", "result" => result).increment(n as u64);
 }
 
 /// A failed usage-log write.

@@ -22,6 +22,7 @@ use crate::metrics::{self, Inflight, RequestLabels};
 use crate::pricing::{nanos_to_usd, Price};
 use crate::sniff::Endpoint;
 use crate::stream::observe::Observed;
+use crate::telemetry::{RequestEnd, RequestTrace};
 use crate::usage::Usage;
 use crate::usage_log::UsageLog;
 
@@ -158,6 +159,9 @@ pub struct RequestRecord {
     pub snap: Option<Arc<Snapshot>>,
     /// Where spend is attributed.
     pub ledger: Option<Arc<Ledger>>,
+    /// The request's span (open until the record finishes, so a streamed
+    /// answer is inside it) and its trace id.
+    pub trace: RequestTrace,
     /// The record was finished (metrics, settlement, usage line).
     done: bool,
     sink: UsageLog,
@@ -199,6 +203,7 @@ impl RequestRecord {
             started_at: SystemTime::now(),
             snap: None,
             ledger: None,
+            trace: RequestTrace::default(),
             done: false,
             sink,
             _inflight: Inflight::start(),
@@ -383,7 +388,9 @@ impl RequestRecord {
                 .fault
                 .as_deref()
                 .or(self.outcome.upstream.fault.as_deref()),
+            trace_id: self.trace.trace_id(),
         };
+        self.end_span(&end, usage, cost, line.error);
         if let (Some(fleet), Some(snap), Some(c)) = (self.holds.owed_to.take(), &self.snap, cost) {
             let subject = crate::limits::rate::Subject {
                 identity: &self.facts.identity,
@@ -445,6 +452,45 @@ fn fire_alerts(budgets: &[crate::config::BudgetRule], settled: &[Settled]) {
 }
 
 impl RequestRecord {
+    /// Ends the request span with what the request came to.
+    fn end_span(
+        &self,
+        end: &StreamEnd,
+        usage: Option<Usage>,
+        cost: Option<u64>,
+        error: Option<&'static str>,
+    ) {
+        if !self.trace.is_open() {
+            return;
+        }
+        let up = &self.outcome.upstream;
+        let system = self.snap.as_ref().and_then(|snap| {
+            let u = snap.upstreams.iter().find(|u| u.name == up.provider)?;
+            Some(crate::telemetry::system(u.kind))
+        });
+        let budget_remaining = match &self.holds.fleet {
+            Some(f) => f.remaining,
+            None => self.holds.budget.as_ref().and_then(|b| b.remaining),
+        };
+        let span_end = RequestEnd {
+            endpoint: self.facts.endpoint,
+            status: self.outcome.status,
+            system,
+            request_model: (!self.facts.model.is_empty()).then_some(self.facts.model.as_str()),
+            response_model: (!up.model.is_empty()).then_some(up.model.as_str()),
+            provider: (!up.provider.is_empty()).then_some(&*up.provider),
+            usage,
+            cost_usd: cost.map(nanos_to_usd),
+            cache: self.outcome.cache.label(),
+            attempts: up.attempts,
+            budget_remaining_usd: budget_remaining.map(nanos_to_usd),
+            error,
+            stream: self.facts.stream,
+            end: end.label(),
+        };
+        self.trace.finish(&span_end);
+    }
+
     /// The identity's (dimension, value) pairs spend is attributed to.
     fn attribution(&self) -> Vec<(&'static str, String)> {
         let id = &self.facts.identity;
@@ -570,4 +616,6 @@ pub struct UsageLine<'a> {
     /// `/admin/faults` name), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<&'a str>,
+    /// The W3C trace id (the request span's, or the client's `traceparent`).
+    pub trace_id: Option<String>,
 }

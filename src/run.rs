@@ -89,6 +89,15 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let tracing = match &snapshot.config.telemetry {
+        Some(t) => {
+            let tracing = crate::telemetry::Tracing::start(t)
+                .map_err(|e| anyhow::anyhow!("[telemetry]: {e}"))?;
+            tracing::info!(endpoint = %t.otlp_endpoint, sampling_ratio = t.sampling_ratio, "traces exported over OTLP");
+            Some(Arc::new(tracing))
+        }
+        None => None,
+    };
     let owners_path = ownership::file_beside(&snapshot.config.state_path);
     let owners = ownership::Owners::open(&owners_path, ownership::MAX_IDS)
         .map_err(|e| anyhow::anyhow!("owners file {}: {e}", owners_path.display()))?;
@@ -106,6 +115,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             shared_cache,
             owners: Arc::new(owners),
             experiments,
+            tracing,
         },
     );
     let stop_sweeper = CancellationToken::new();
@@ -185,6 +195,10 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     app.ledger.close().await;
     app.owners.close().await;
     app.usage.flush().await;
+    if let Some(t) = &app.tracing {
+        // The drained requests' spans are queued: they go out before exit.
+        t.shutdown().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -125,6 +125,9 @@ pub(crate) enum MatrixConfig {
     /// The plain config with `[cache] mode = "deterministic"`; every request is the same
     /// `temperature: 0` body, so all but the first are hits.
     Cache,
+    /// The plain config with `[telemetry]` on, every request sampled (two spans each),
+    /// exported to the mock (which answers any other path 200: a sink that takes OTLP).
+    Tracing,
 }
 
 /// Virtual keys of the many-keys config (the limits config has one: the last of them).
@@ -133,12 +136,13 @@ pub(crate) const MATRIX_KEYS: usize = 10_000;
 pub(crate) const MATRIX_GLOB_RULES: usize = 2_000;
 
 impl MatrixConfig {
-    pub(crate) const ALL: [MatrixConfig; 5] = [
+    pub(crate) const ALL: [MatrixConfig; 6] = [
         MatrixConfig::Plain,
         MatrixConfig::LimitsBudget,
         MatrixConfig::LimitsBudgetRedis,
         MatrixConfig::ManyKeys,
         MatrixConfig::Cache,
+        MatrixConfig::Tracing,
     ];
 
     /// The name in scenario names and the report.
@@ -149,6 +153,7 @@ impl MatrixConfig {
             MatrixConfig::LimitsBudgetRedis => "limits+budget (redis)",
             MatrixConfig::ManyKeys => "10k keys + 2k rules",
             MatrixConfig::Cache => "cache on",
+            MatrixConfig::Tracing => "tracing on",
         }
     }
 
@@ -159,13 +164,16 @@ impl MatrixConfig {
             MatrixConfig::LimitsBudgetRedis => "limits-redis",
             MatrixConfig::ManyKeys => "many-keys",
             MatrixConfig::Cache => "cache",
+            MatrixConfig::Tracing => "tracing",
         }
     }
 
     /// The `Authorization` value the client sends: a passthrough key, or the last virtual key.
     pub(crate) fn client_key(self) -> String {
         match self {
-            MatrixConfig::Plain | MatrixConfig::Cache => PASSTHROUGH_KEY.to_owned(),
+            MatrixConfig::Plain | MatrixConfig::Cache | MatrixConfig::Tracing => {
+                PASSTHROUGH_KEY.to_owned()
+            }
             MatrixConfig::LimitsBudget
             | MatrixConfig::LimitsBudgetRedis
             | MatrixConfig::ManyKeys => format!("Bearer {}", matrix_key(MATRIX_KEYS - 1)),
@@ -246,11 +254,22 @@ base_url = "http://{mock}/v1"
 api_key_env = "{UPSTREAM_KEY_ENV}"
 "#,
         label = config.label(),
-        passthrough = matches!(config, MatrixConfig::Plain | MatrixConfig::Cache),
+        passthrough = matches!(
+            config,
+            MatrixConfig::Plain | MatrixConfig::Cache | MatrixConfig::Tracing
+        ),
         state = state.display(),
     );
     let keys = match config {
         MatrixConfig::Plain => {
+            o.push_str("\n[[models]]\nname = \"*\"\nprovider = \"mock\"\n");
+            return o;
+        }
+        MatrixConfig::Tracing => {
+            let _ = write!(
+                o,
+                "\n[telemetry]\notlp_endpoint = \"http://{mock}/v1/traces\"\n"
+            );
             o.push_str("\n[[models]]\nname = \"*\"\nprovider = \"mock\"\n");
             return o;
         }

@@ -290,6 +290,12 @@ pub(crate) fn matrix_report(matrix: &[MatrixRun], skipped: &[String]) -> String 
             1.3,
         ),
         (
+            "tracing on (every request sampled) CPU/req vs plain (no goal; reported)",
+            MatrixConfig::Tracing,
+            MatrixConfig::Plain,
+            f64::INFINITY,
+        ),
+        (
             "10k keys + 2k rules CPU/req ≤ 1.1× limits+budget (1 key, 1 rule)",
             MatrixConfig::ManyKeys,
             MatrixConfig::LimitsBudget,

@@ -217,6 +217,7 @@ impl Env {
             deadline: Instant::now() + self.snap.upstreams[first].timeouts.total,
             reads_answer: false,
             fault: self.fault.clone(),
+            trace: &crate::telemetry::RequestTrace::default(),
         };
         let mut progress = Progress::default();
         let out = run_with(script, &call, groups, &mut progress).await;

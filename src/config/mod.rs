@@ -15,6 +15,7 @@ mod raw;
 mod routing;
 mod shadows;
 mod state;
+mod telemetry;
 mod values;
 
 use std::collections::HashSet;
@@ -40,6 +41,7 @@ pub use routing::{
 };
 pub use shadows::{Shadow, MAX_SHADOWS, MAX_SHADOW_IN_FLIGHT};
 pub use state::{beside_state, redact, OnUnavailable, RedisState, MAX_REDIS_NANOS};
+pub use telemetry::TelemetryConfig;
 pub use values::parse_duration;
 use values::parse_size;
 
@@ -104,6 +106,9 @@ pub struct Config {
     pub version: String,
     /// `[[faults]]`: chaos injection (none unless configured).
     pub faults: Vec<FaultRule>,
+    /// `[telemetry]`: OTLP trace export, when `otlp_endpoint` is set (read
+    /// at start; a reload does not change it).
+    pub telemetry: Option<TelemetryConfig>,
 }
 
 /// The data-plane listener and its request limits.
@@ -454,6 +459,7 @@ impl Validator<'_> {
         let jwt = self.jwt(raw.jwt.as_ref(), env);
         let experiments = self.experiments(&raw, &models, &routing);
         let shadows = self.shadows(&raw, &models);
+        let telemetry = self.telemetry(raw.telemetry.as_ref());
         let max_request_cost = raw.limits.max_request_cost_usd.map(|usd| {
             if usd <= 0.0 {
                 self.err("limits.max_request_cost_usd", "must be greater than zero");
@@ -489,6 +495,7 @@ impl Validator<'_> {
             shadows,
             version: String::new(),
             faults,
+            telemetry,
         })
     }
 

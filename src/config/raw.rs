@@ -41,6 +41,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub kill_switches: Vec<super::kill::RawKillSwitch>,
     pub jwt: Option<super::jwt::RawJwt>,
+    pub telemetry: Option<super::telemetry::RawTelemetry>,
     #[serde(default)]
     pub experiments: Vec<super::experiments::RawExperiment>,
     #[serde(default)]

@@ -415,3 +415,42 @@ max_in_flight = 0
         assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
     }
 }
+
+#[test]
+fn telemetry_is_off_unless_an_endpoint_is_set_and_has_defaults() {
+    let c = Config::parse("", "t.toml", &env).expect("valid");
+    assert_eq!(c.telemetry, None);
+    let c = Config::parse("[telemetry]\nservice_name = \"x\"\n", "t.toml", &env).expect("valid");
+    assert_eq!(c.telemetry, None, "no endpoint: off");
+    let text = "[telemetry]\notlp_endpoint = \"http://collector:4318/v1/traces\"\n\
+                resource_attributes = { team = \"infra\" }\n";
+    let t = Config::parse(text, "t.toml", &env)
+        .expect("valid")
+        .telemetry
+        .expect("on");
+    assert_eq!(t.service_name, "sluice");
+    assert_eq!(t.sampling_ratio, 1.0);
+    assert_eq!(t.max_queue_spans, 8192);
+    assert_eq!(t.max_export_batch, 512);
+    assert_eq!(t.export_interval, Duration::from_secs(5));
+    assert_eq!(t.resource_attributes, vec![("team".into(), "infra".into())]);
+    let bare = "[telemetry]\notlp_endpoint = \"http://collector:4318/\"\n";
+    let t = Config::parse(bare, "t.toml", &env)
+        .expect("valid")
+        .telemetry;
+    assert_eq!(
+        t.map(|t| t.otlp_endpoint).as_deref(),
+        Some("http://collector:4318/v1/traces")
+    );
+    let bad =
+        "[telemetry]\notlp_endpoint = \"collector:4318\"\nsampling_ratio = -1\ntimeout = \"0s\"\n";
+    let e = Config::parse(bad, "t.toml", &env).expect_err("invalid");
+    let all = e.errors.join("\n");
+    for f in [
+        "telemetry.otlp_endpoint",
+        "telemetry.sampling_ratio",
+        "telemetry.timeout",
+    ] {
+        assert!(all.contains(f), "{f}: {all}");
+    }
+}

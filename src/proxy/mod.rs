@@ -63,6 +63,14 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
     let mut rec = RequestRecord::new(app.next_id(), started, app.usage.clone());
     rec.snap = Some(snap.clone());
     rec.ledger = Some(app.ledger.clone());
+    // The request span (continuing the client's traceparent); nothing but
+    // the client's trace id when tracing is off.
+    rec.trace = crate::telemetry::RequestTrace::start(
+        app.tracing.as_deref(),
+        req.method(),
+        req.headers(),
+        &rec.facts.id,
+    );
     let result = if app.is_shutting_down() {
         Err(ProxyError::ShuttingDown)
     } else {
@@ -124,7 +132,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
             rec.outcome.status = e.status().as_u16();
             rec.outcome.error = Some(e.kind());
             if e.origin() != crate::error::Origin::Client {
-                tracing::warn!(request_id = %rec.facts.id, error = %e, "request failed");
+                let trace_id = rec.trace.trace_id();
+                tracing::warn!(request_id = %rec.facts.id, trace_id, error = %e, "request failed");
             }
             let resp = e.into_response(rec.facts.shape).map(ProxyBody::full);
             let len = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
@@ -308,6 +317,7 @@ async fn pipeline(
         deadline,
         reads_answer: false,
         fault: chaos.upstream,
+        trace: &rec.trace,
     };
     let run = attempt::run(&call, groups, &mut rec.outcome.upstream);
     let answer = count::with_context_check(run, deferred_count, &tokens.plan).await?;

@@ -60,6 +60,7 @@ pub(super) async fn serve(
         deadline: deadline(rec, snap, &group),
         reads_answer: owner.is_some(),
         fault: None,
+        trace: &rec.trace,
     };
     let mut answer =
         attempt::run(&call, VecDeque::from([group]), &mut rec.outcome.upstream).await?;

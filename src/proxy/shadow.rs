@@ -243,6 +243,8 @@ impl Copy {
             deadline: self.deadline,
             reads_answer: true,
             fault: None,
+            // A copy is not part of the client's trace.
+            trace: &crate::telemetry::RequestTrace::default(),
         };
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let (status, observed, ttft) = match attempt::run(&call, groups, progress).await {
