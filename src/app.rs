@@ -143,6 +143,8 @@ pub struct App {
     pub owners: Arc<Owners>,
     /// Recent requests per sender, for `[loop_detection]`.
     pub loops: LoopDetector,
+    /// Requests and tokens per agent run, for `[runs]`.
+    pub runs: Arc<crate::limits::runs::RunTotals>,
     /// Kill switches set at runtime (persisted: the file, or Redis in
     /// fleet mode).
     pub kills: Arc<KillSwitches>,
@@ -205,6 +207,7 @@ impl App {
             fleet,
             owners,
             loops: LoopDetector::default(),
+            runs: Arc::default(),
             kills,
             issued_keys,
             experiments,

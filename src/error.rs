@@ -117,6 +117,8 @@ pub enum ProxyError {
         within_secs: u64,
         scope: &'static str,
     },
+    #[error("this agent run reached its limit of {limit} {what} ([runs]); start a new run")]
+    RunLimit { what: &'static str, limit: u64 },
     #[error("the shared budget and rate-limit state is unreachable; retry shortly")]
     StateUnavailable,
     #[error("{} {:?} is disabled by an operator: {}", .kind, Clip(.value, MAX_ECHO_CHARS), Clip(.reason, MAX_MESSAGE_CHARS))]
@@ -142,9 +144,10 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidRequest(_) | Self::InputTooLong { .. } => StatusCode::BAD_REQUEST,
-            Self::RateLimited(_) | Self::BudgetExhausted(_) | Self::LoopDetected { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::RateLimited(_)
+            | Self::BudgetExhausted(_)
+            | Self::LoopDetected { .. }
+            | Self::RunLimit { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ModelNotPriced { .. } | Self::RequestTooExpensive { .. } => {
                 StatusCode::BAD_REQUEST
             }
@@ -204,6 +207,7 @@ impl ProxyError {
             Self::BudgetExhausted(e) if e.per_run => "run_budget_exceeded",
             Self::BudgetExhausted(_) => "budget_exhausted",
             Self::LoopDetected { .. } => "loop_detected",
+            Self::RunLimit { .. } => "run_budget_exceeded",
             Self::ModelNotPriced { .. } => "model_not_priced",
             Self::RequestTooExpensive { .. } => "request_too_expensive",
             Self::BodyTooLarge { .. } => "body_too_large",
@@ -240,6 +244,7 @@ impl ProxyError {
             Self::BudgetExhausted(e) if e.per_run => "run_budget_exceeded",
             Self::BudgetExhausted(_) => "insufficient_quota",
             Self::LoopDetected { .. } => "loop_detected",
+            Self::RunLimit { .. } => "run_budget_exceeded",
             Self::ModelNotPriced { .. } => "model_not_priced",
             Self::RequestTooExpensive { .. } => "request_too_expensive",
             Self::MissingKey => "missing_api_key",
@@ -328,7 +333,10 @@ impl ProxyError {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if let Self::BudgetExhausted(_) | Self::LoopDetected { .. } | Self::Disabled { .. } = &self
+        if let Self::BudgetExhausted(_)
+        | Self::LoopDetected { .. }
+        | Self::RunLimit { .. }
+        | Self::Disabled { .. } = &self
         {
             // Waiting will not help until the window rolls over (or the
             // same request stops being sent).

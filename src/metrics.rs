@@ -53,6 +53,14 @@ fn describe() {
         "The candidate arm's share of an experiment's traffic, in percent."
     );
     describe_counter!(
+        "sluice_runs_untracked_total",
+        "Agent runs not tracked by [runs] because its map was full (served)."
+    );
+    describe_counter!(
+        "sluice_run_limited_total",
+        "Requests refused by [runs] totals, by limit (requests, tokens)."
+    );
+    describe_counter!(
         "sluice_shadow_requests_total",
         "Shadow copies by outcome (sent, dropped_full, dropped_budget, error)."
     );
@@ -419,6 +427,16 @@ pub fn shadow(shadow: &str, outcome: &'static str) {
 pub fn shadow_cost(shadow: &str, nanos: u64) {
     counter!("sluice_shadow_cost_nanodollars_total", "shadow" => label_value(shadow))
         .increment(nanos);
+}
+
+/// A run not tracked by `[runs]` (its map was full): served, not counted.
+pub fn runs_untracked() {
+    counter!("sluice_runs_untracked_total").increment(1);
+}
+
+/// A run refused by `[runs]` (`what`: requests, tokens).
+pub fn run_limited(what: &'static str) {
+    counter!("sluice_run_limited_total", "limit" => what).increment(1);
 }
 
 /// A usage record dropped because its sink was not keeping up.

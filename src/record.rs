@@ -111,6 +111,8 @@ pub struct Holds {
     pub owed_to: Option<Arc<Fleet>>,
     /// Tees the upstream answer into the cache (a miss that may be stored).
     pub capture: Option<Capture>,
+    /// `[runs]`: the run's totals, which this request's tokens join.
+    pub run: Option<Arc<crate::limits::runs::RunTotals>>,
 }
 
 /// Whether the response cache took part.
@@ -255,6 +257,9 @@ impl RequestRecord {
                 None => (None, "none"),
             },
         };
+        if let (Some(runs), Some(run)) = (self.holds.run.take(), &self.facts.identity.run) {
+            runs.add_tokens(run, usage.map_or(0, |u| u.input + u.output));
+        }
         if let Some(adm) = self.holds.admission.take() {
             adm.settle(usage.map_or(0, |u| u.input + u.output));
         }

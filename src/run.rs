@@ -343,6 +343,13 @@ fn sweep(app: &App) {
     metrics::state_entries("spend_identities", app.ledger.spend.sweep(unix_now));
     app.loops.set_max_entries(cap);
     metrics::kill_switches(snap.config.kill_switches.len() + app.kills.list().len());
+    if let Some(r) = &snap.config.runs {
+        app.runs.set_max_entries(cap);
+        metrics::state_entries(
+            "runs",
+            app.runs.sweep(std::time::Instant::now(), r.idle_expiry),
+        );
+    }
     if let Some(l) = &snap.config.loop_detection {
         metrics::state_entries(
             "loop_requests",

@@ -180,3 +180,52 @@ async fn run_ids_are_bounded_and_can_come_from_traceparent() {
     let records = s.wait_usage(3).await;
     assert_eq!(records[2]["run"], "4bf92f3577b34da6a3ce929d0e0e4736");
 }
+
+#[tokio::test]
+async fn a_run_past_its_request_or_token_totals_is_refused_and_others_go_on() {
+    let (mock, s) = start("", "[runs]\nmax_requests = 3\nidle_expiry = \"1h\"\n").await;
+    let run = [("x-sluice-run", "run-a")];
+    for i in 0..3 {
+        let (st, _, _) = post(&s, "/v1/chat/completions", &run, &chat(&format!("q{i}"))).await;
+        assert_eq!(st, StatusCode::OK);
+    }
+    let before = upstream_calls(&mock);
+    let (st, h, b) = post(&s, "/v1/chat/completions", &run, &chat("one more")).await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        json(&b)["error"]["code"],
+        "run_budget_exceeded",
+        "{}",
+        json(&b)
+    );
+    assert_eq!(h["x-should-retry"], "false");
+    assert_eq!(upstream_calls(&mock), before, "refused before the provider");
+    // Another run, and a request with no run, are untouched.
+    let (st, _, _) = post(
+        &s,
+        "/v1/chat/completions",
+        &[("x-sluice-run", "run-b")],
+        &chat("x"),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _, _) = post(&s, "/v1/chat/completions", &[], &chat("x")).await;
+    assert_eq!(st, StatusCode::OK);
+
+    // Tokens: the first answer's tokens spend a 5-token total.
+    let (_mock, s) = start("", "[runs]\nmax_tokens = 5\n").await;
+    let run = [("x-sluice-run", "run-t")];
+    let (st, _, _) = post(&s, "/v1/chat/completions", &run, &chat("hello there")).await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _, b) = post(&s, "/v1/chat/completions", &run, &chat("again")).await;
+    assert_eq!(
+        st,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    assert!(json(&b)["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("5 tokens"));
+}

@@ -16,6 +16,24 @@ pub struct RawLoopDetection {
     pub action: Option<String>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuns {
+    pub max_requests: Option<u64>,
+    pub max_tokens: Option<u64>,
+    pub idle_expiry: Option<String>,
+}
+
+/// `[runs]`: totals over one agent run's life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunLimits {
+    pub max_requests: Option<u64>,
+    /// Input plus output tokens.
+    pub max_tokens: Option<u64>,
+    /// A run idle this long is forgotten (its totals start again).
+    pub idle_expiry: Duration,
+}
+
 /// What a detected loop gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoopAction {
@@ -45,6 +63,29 @@ pub struct LoopDetection {
 }
 
 impl Validator<'_> {
+    pub(super) fn runs(&mut self, raw: Option<&RawRuns>) -> Option<RunLimits> {
+        let raw = raw?;
+        if raw.max_requests == Some(0) || raw.max_tokens == Some(0) {
+            self.err("runs", "max_requests and max_tokens must be at least 1");
+        }
+        if raw.max_requests.is_none() && raw.max_tokens.is_none() {
+            self.err("runs", "set max_requests, max_tokens or both");
+        }
+        let idle_expiry = self.duration(
+            "runs.idle_expiry",
+            raw.idle_expiry.as_deref(),
+            Duration::from_secs(3600),
+        );
+        if idle_expiry.is_zero() {
+            self.err("runs.idle_expiry", "must be greater than zero");
+        }
+        Some(RunLimits {
+            max_requests: raw.max_requests,
+            max_tokens: raw.max_tokens,
+            idle_expiry,
+        })
+    }
+
     pub(super) fn loop_detection(
         &mut self,
         raw: Option<&RawLoopDetection>,

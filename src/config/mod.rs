@@ -34,7 +34,7 @@ pub use faults::{
 pub use jwt::JwtConfig;
 pub use kill::{Switch, Target};
 pub use limits::{Dim, RateRule, TokenLimits};
-pub use loops::{LoopAction, LoopDetection};
+pub use loops::{LoopAction, LoopDetection, RunLimits};
 pub use overrides::{Overrides, RateLimits};
 pub use routing::{
     Balance, BreakerConfig, Deployment, HeaderMatch, ModelRule, RetryConfig, TierRoute, TierRule,
@@ -93,6 +93,8 @@ pub struct Config {
     pub shared_cache: Option<SharedCacheConfig>,
     /// `[loop_detection]`, when present.
     pub loop_detection: Option<LoopDetection>,
+    /// `[runs]`: totals per agent run, when present.
+    pub runs: Option<RunLimits>,
     /// `[[kill_switches]]`: what the config turns off.
     pub kill_switches: Vec<Switch>,
     /// `[jwt]`: verified tokens as credentials.
@@ -454,6 +456,7 @@ impl Validator<'_> {
         };
         let (cache, shared_cache) = self.cache(&raw.cache, env);
         let loop_detection = self.loop_detection(raw.loop_detection.as_ref());
+        let runs = self.runs(raw.runs.as_ref());
         let kill_switches = self.kill_switches(&raw);
         let faults = self.faults(&raw);
         let jwt = self.jwt(raw.jwt.as_ref(), env);
@@ -489,6 +492,7 @@ impl Validator<'_> {
             cache,
             shared_cache,
             loop_detection,
+            runs,
             kill_switches,
             jwt,
             experiments,

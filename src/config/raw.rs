@@ -38,6 +38,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub state: RawState,
     pub loop_detection: Option<super::loops::RawLoopDetection>,
+    pub runs: Option<super::loops::RawRuns>,
     #[serde(default)]
     pub kill_switches: Vec<super::kill::RawKillSwitch>,
     pub jwt: Option<super::jwt::RawJwt>,

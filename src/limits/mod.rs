@@ -5,5 +5,6 @@ pub mod loops;
 pub use crate::headers::ratelimit as headers;
 pub mod rate;
 pub mod request;
+pub mod runs;
 pub mod tokens;
 pub mod window;

@@ -173,6 +173,32 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
     resp
 }
 
+/// `[runs]`: counts this request in its run, or refuses a run past a total.
+fn runs_admit(app: &App, snap: &Snapshot, rec: &mut RequestRecord) -> Result<(), ProxyError> {
+    let (Some(cfg), Some(run)) = (&snap.config.runs, &rec.facts.identity.run) else {
+        return Ok(());
+    };
+    let now = Instant::now();
+    match app
+        .runs
+        .admit(run, now, cfg.max_requests, cfg.max_tokens, cfg.idle_expiry)
+    {
+        Ok(true) => {
+            rec.holds.run = Some(app.runs.clone());
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        Err(over) => {
+            let (what, limit) = match over {
+                limits::runs::Over::Requests(n) => ("requests", n),
+                limits::runs::Over::Tokens(n) => ("tokens", n),
+            };
+            crate::metrics::run_limited(what);
+            Err(ProxyError::RunLimit { what, limit })
+        }
+    }
+}
+
 /// The request path, one line per stage. Each stage is a plain function of
 /// what the earlier ones produced; what it learns goes into `rec.facts`, what
 /// it reserves into `rec.holds` (released when the record finishes).
@@ -203,6 +229,8 @@ async fn pipeline(
             reason: k.reason,
         });
     }
+    // An agent run past its totals goes no further.
+    runs_admit(app, snap, rec)?;
     // The body, bounded in size and time.
     let body = read_body(body, &parts.headers, &snap.config.server).await?;
     rec.facts.request_bytes = body.len() as u64;
