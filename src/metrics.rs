@@ -45,6 +45,22 @@ fn describe() {
     describe_gauge!("sluice_cache_entries", "Entries in the response cache.");
     describe_counter!("sluice_cache_hits_total", "Response cache hits.");
     describe_counter!(
+        "sluice_cost_nanodollars_total",
+        "Spend by model, in nano-dollars (1e-9 USD; a cache hit costs nothing)."
+    );
+    describe_counter!(
+        "sluice_retries_total",
+        "Upstream retries (a further attempt after a failed one)."
+    );
+    describe_gauge!(
+        "sluice_circuit_open",
+        "1 while a deployment's circuit breaker is open, else 0."
+    );
+    describe_counter!(
+        "sluice_rate_limited_total",
+        "Requests refused by a rate limit, by rule."
+    );
+    describe_counter!(
         "sluice_experiment_requests_total",
         "Finished requests per experiment arm, by outcome (error: 5xx, timeout, broken stream)."
     );
@@ -144,10 +160,6 @@ fn describe() {
     describe_counter!(
         "sluice_budget_alerts_total",
         "Budget alert thresholds crossed, by budget and threshold."
-    );
-    describe_counter!(
-        "sluice_cost_usd_total",
-        "Spend by model, in nano-dollars (divide by 1e9 for USD)."
     );
     describe_counter!(
         "sluice_requests_total",
@@ -537,7 +549,7 @@ fn threshold_label(permille: u32) -> String {
 /// Spend in nano-dollars (Prometheus counters are integers here).
 pub fn cost(model: &str, nanos: u64) {
     if nanos > 0 {
-        counter!("sluice_cost_usd_total", "model" => label_value(model)).increment(nanos);
+        counter!("sluice_cost_nanodollars_total", "model" => label_value(model)).increment(nanos);
     }
 }
 
