@@ -428,31 +428,25 @@ model = "arm-candidate"
     )
     .await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    let mut followed = false;
-    for _ in 0..100 {
-        let (_, v) = admin_as(&b, Method::GET, "/admin/experiments/canary").await;
-        if v["rollout"]["phase"] == "rolled_back" {
-            assert_eq!(v["rollout"]["reason"], "bad", "{v}");
-            followed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(followed, "replica b never saw the rollback");
+    let v = wait_rolled_back(&b).await;
+    assert_eq!(v["rollout"]["reason"], "bad", "{v}");
     for _ in 0..20 {
         let (_, h, _) = post(&b, "/v1/chat/completions", &[], &chat("agent")).await;
         assert_eq!(h["x-sluice-arm"], "control");
     }
     // A new replica starts rolled back too.
     let c = Sluice::start(&config).await;
-    let mut held = false;
+    wait_rolled_back(&c).await;
+}
+
+/// Polls replica `s` (bounded: 5 s) until experiment `canary` is rolled back.
+async fn wait_rolled_back(s: &Sluice) -> Value {
     for _ in 0..100 {
-        let (_, v) = admin_as(&c, Method::GET, "/admin/experiments/canary").await;
+        let (_, v) = admin_as(s, Method::GET, "/admin/experiments/canary").await;
         if v["rollout"]["phase"] == "rolled_back" {
-            held = true;
-            break;
+            return v;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(held);
+    panic!("the replica never saw the rollback");
 }
