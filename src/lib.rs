@@ -13,13 +13,13 @@
 //! - [`error`] depends only on leaves and [`headers`]: no domain module;
 //! - [`config`] on the leaves, [`path`] and [`sniff`];
 //! - domain modules ([`auth`], [`route`], [`limits`], [`budget`], [`cache`],
-//!   [`resilience`], [`upstream`], [`ownership`], [`stream`], [`fault`]) on
-//!   config, error and the leaves, and on each other only downwards;
-//!   [`resilience`], [`upstream`], [`ownership`], [`stream`], [`telemetry`])
-//!   on config, error and the leaves, and on each other only downwards;
+//!   [`resilience`], [`upstream`], [`ownership`], [`stream`], [`fault`],
+//!   [`telemetry`]) on config, error and the leaves, and on each other only
+//!   downwards;
 //! - [`app`] (one config snapshot plus the long-lived state) on the domain;
 //! - [`record`], [`attempt`] and [`body`] on app;
-//! - [`proxy`], [`admin`], [`server`] and [`run`] at the top.
+//! - [`proxy`], [`admin`], [`server`] and [`run`] at the top; [`cli`] (the
+//!   binary's subcommands that call a running Sluice) on config alone.
 
 pub mod admin;
 pub mod app;
@@ -28,6 +28,7 @@ pub mod auth;
 pub mod body;
 pub mod budget;
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod experiment;

@@ -9,7 +9,7 @@ use sluice::config::{Config, LogConfig};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const USAGE: &str = "\
+const USAGE_HEAD: &str = "\
 usage:
   sluice [--config FILE]          run the proxy (default FILE: proxy.toml)
   sluice check [--config FILE]    validate FILE, list every error, exit non-zero if any
@@ -17,9 +17,15 @@ usage:
   sluice state repair [--config FILE]
                                   drop the bad lines of the budget journal (state.path),
                                   keeping a backup copy; run it while sluice is stopped
+{KEYS}
   sluice --version";
 
+fn usage() -> String {
+    USAGE_HEAD.replace("{KEYS}", sluice::cli::keys::USAGE)
+}
+
 enum Command {
+    Keys(sluice::cli::keys::KeysCommand),
     Run(PathBuf),
     Check(PathBuf),
     HashKey(String),
@@ -29,7 +35,11 @@ enum Command {
 }
 
 fn parse_args() -> Result<Command, String> {
-    let mut args = std::env::args().skip(1);
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    if all.first().map(String::as_str) == Some("keys") {
+        return sluice::cli::keys::parse(&all[1..]).map(Command::Keys);
+    }
+    let mut args = all.into_iter();
     let mut sub: Option<String> = None;
     let mut config = PathBuf::from("proxy.toml");
     let mut positional = Vec::new();
@@ -83,13 +93,13 @@ fn main() -> ExitCode {
     let cmd = match parse_args() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("sluice: {e}\n{USAGE}");
+            eprintln!("sluice: {e}\n{}", usage());
             return ExitCode::from(2);
         }
     };
     match cmd {
         Command::Help => {
-            println!("{USAGE}");
+            println!("{}", usage());
             ExitCode::SUCCESS
         }
         Command::Version => {
@@ -124,6 +134,7 @@ fn main() -> ExitCode {
             }
         },
         Command::StateRepair(path) => state_repair(&path),
+        Command::Keys(cmd) => keys(cmd),
         Command::Run(path) => {
             let log = match Config::load(&path) {
                 Ok(c) => c.log,
@@ -152,6 +163,36 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `sluice keys …`: one admin call; its answer on stdout, exit 1 unless 2xx.
+#[expect(clippy::print_stdout, reason = "command output, not logs")]
+fn keys(cmd: sluice::cli::keys::KeysCommand) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(sluice::cli::keys::run(cmd)) {
+        Ok((status, body)) => {
+            println!("{body}");
+            if status.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("sluice: admin answered {status}");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            ExitCode::FAILURE
         }
     }
 }

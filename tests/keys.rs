@@ -140,3 +140,74 @@ async fn a_rotated_key_keeps_the_old_one_only_for_its_grace() {
         StatusCode::BAD_REQUEST
     );
 }
+
+/// Runs `sluice keys ARGS` against `s` and returns (success, stdout).
+async fn keys_cli(s: &Sluice, args: &[&str], env_token: bool) -> (bool, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.arg("keys")
+        .args(args)
+        .arg("--config")
+        .arg(&s.config_path)
+        .arg("--admin")
+        .arg(s.admin.to_string())
+        .arg("--operator")
+        .arg("cli-carol")
+        .env("SLUICE_TEST_OPENAI_KEY", "unused")
+        .env("SLUICE_TEST_ANTHROPIC_KEY", "unused")
+        .env("SLUICE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env_remove("SLUICE_ADMIN_TOKEN");
+    if env_token {
+        // The override wins over the config's token_env.
+        cmd.env("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("SLUICE_TEST_ADMIN_TOKEN", "wrong");
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("run sluice keys");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_keys_command_issues_lists_rotates_and_revokes() {
+    let mock = MockProvider::start().await.expect("mock");
+    let s = Sluice::start(&config(&mock.url(), "", "")).await;
+    let (ok, out) = keys_cli(
+        &s,
+        &["create", "cli-bot", "--user", "u 1", "--models", "gpt-4o*"],
+        false,
+    )
+    .await;
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let key = v["key"].as_str().expect("key").to_owned();
+    let (st, h) = chat_with_key(&s, &key).await;
+    assert_eq!(st, StatusCode::OK);
+    let rec = s
+        .usage_for(h["x-sluice-request-id"].to_str().expect("id"))
+        .await;
+    assert_eq!(rec["user"], "u 1", "the value reached the admin API intact");
+
+    let (ok, out) = keys_cli(&s, &["list"], true).await;
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["keys"][0]["created_by"], "cli-carol");
+    assert!(!out.contains(&key[10..]), "no secret in a listing");
+
+    let (ok, out) = keys_cli(&s, &["rotate", "cli-bot", "--grace", "0s"], false).await;
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let new = v["key"].as_str().expect("key").to_owned();
+    assert_eq!(chat_with_key(&s, &new).await.0, StatusCode::OK);
+
+    let (ok, _) = keys_cli(&s, &["revoke", "cli-bot"], false).await;
+    assert!(ok);
+    assert_eq!(chat_with_key(&s, &new).await.0, StatusCode::UNAUTHORIZED);
+    // A refusal from the admin API is a failed command with its reason.
+    let (ok, out) = keys_cli(&s, &["revoke", "cli-bot"], false).await;
+    assert!(!ok);
+    assert!(out.contains("no runtime key"), "{out}");
+}
