@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-pub use crate::config::{Switch, Target};
+pub use crate::config::{Switch, Target, TARGET_FORMS};
 use crate::vocab::Identity;
 
 /// The most runtime switches kept (each names a configured or sent value).
@@ -96,7 +96,7 @@ impl KillSwitches {
         self.find(config, |t| match t {
             Target::Key(k) => id.key.as_deref() == Some(k.as_str()),
             Target::Feature(f) => id.feature.as_deref() == Some(f.as_str()),
-            Target::Model(_) | Target::Arm(_) => false,
+            Target::Model(_) | Target::Arm(_) | Target::Deployment(_) => false,
         })
     }
 
@@ -111,6 +111,12 @@ impl KillSwitches {
             config,
             |t| matches!(t, Target::Arm(v) if v.split_once('/') == Some((experiment, arm))),
         )
+    }
+
+    /// The switch on `provider`'s deployment of `model` (the name sent to
+    /// it), if any.
+    pub fn for_deployment(&self, config: &[Switch], provider: &str, model: &str) -> Option<Switch> {
+        self.find(config, |t| t.covers_deployment(provider, model))
     }
 
     fn find(&self, config: &[Switch], hit: impl Fn(&Target) -> bool) -> Option<Switch> {
@@ -165,5 +171,12 @@ mod tests {
         assert_eq!(KillSwitches::open(&path).expect("reopen").list().len(), 1);
         assert!(Target::parse("team=x").is_none());
         assert!(Target::parse("model=").is_none());
+        k.set(switch("deployment=azure-east")).expect("set");
+        k.set(switch("deployment=openai/gpt-4o")).expect("set");
+        assert!(k.for_deployment(&[], "azure-east", "anything").is_some());
+        assert!(k.for_deployment(&[], "openai", "gpt-4o").is_some());
+        assert!(k.for_deployment(&[], "openai", "gpt-4o-mini").is_none());
+        assert!(k.for_model(&[], "azure-east").is_none());
+        assert!(Target::parse("deployment=/gpt-4o").is_none());
     }
 }

@@ -115,3 +115,84 @@ async fn config_switches_turn_off_a_key_or_a_feature_in_each_apis_shape() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn a_deployment_switched_off_shifts_its_share_to_the_others() {
+    let mock = MockProvider::start().await.expect("mock");
+    let rule = r#"[[models]]
+name = "shifted"
+[[models.deployments]]
+provider = "mock-east"
+upstream_model = "east-model"
+[[models.deployments]]
+provider = "mock-openai"
+upstream_model = "west-model"
+
+[[models]]
+name = "*""#;
+    let cfg = config(
+        &mock.url(),
+        "",
+        &format!(
+            "[[providers]]\nname = \"mock-east\"\nkind = \"openai-compatible\"\nbase_url = \"{}/v1\"\napi_key_env = \"SLUICE_TEST_OPENAI_KEY\"\n",
+            mock.url()
+        ),
+    )
+    .replacen("[[models]]\nname = \"*\"", rule, 1);
+    let s = Sluice::start(&cfg).await;
+    let sent_to = |mock: &MockProvider, model: &str| {
+        mock.requests()
+            .iter()
+            .filter(|r| String::from_utf8_lossy(&r.body).contains(model))
+            .count()
+    };
+    let (st, v) = admin_as(
+        &s,
+        Method::POST,
+        "/admin/kills?target=deployment%3Dmock-east&reason=region+down",
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    for _ in 0..6 {
+        let (st, _, _) = post(&s, "/v1/chat/completions", &[], &chat("shifted")).await;
+        assert_eq!(st, StatusCode::OK);
+    }
+    assert_eq!(
+        sent_to(&mock, "east-model"),
+        0,
+        "the killed deployment sees nothing"
+    );
+    assert_eq!(sent_to(&mock, "west-model"), 6);
+
+    // With every deployment off, the request is refused in the API's shape.
+    let (st, _) = admin_as(
+        &s,
+        Method::POST,
+        "/admin/kills?target=deployment%3Dmock-openai%2Fwest-model&reason=both+down",
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _, b) = post(&s, "/v1/chat/completions", &[], &chat("shifted")).await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json(&b)["error"]["code"], "disabled", "{}", json(&b));
+    let (st, _, _) = post(&s, "/v1/chat/completions", &[], &chat("other")).await;
+    assert_eq!(st, StatusCode::OK, "other models of that provider go on");
+
+    // Back on: the share returns.
+    let (st, _) = admin_as(
+        &s,
+        Method::DELETE,
+        "/admin/kills?target=deployment%3Dmock-east",
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _, _) = post(&s, "/v1/chat/completions", &[], &chat("shifted")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(sent_to(&mock, "east-model"), 1);
+    let (st, _) = admin_as(&s, Method::POST, "/admin/kills?target=deployment%3Dnowhere").await;
+    assert_eq!(
+        st,
+        StatusCode::BAD_REQUEST,
+        "an unknown provider is refused"
+    );
+}

@@ -20,7 +20,7 @@ pub(super) async fn handle(app: &App, req: &Request<Incoming>) -> Response<Proxy
     let bad_target = |t: &str| {
         json_response(
             StatusCode::BAD_REQUEST,
-            &json!({"error": format!("target {t:?} is not model=NAME, key=NAME, feature=NAME or arm=EXPERIMENT/ARM")}),
+            &json!({"error": format!("target {t:?} is not {}", crate::kill::TARGET_FORMS)}),
         )
     };
     match (req.method(), target) {
@@ -40,6 +40,16 @@ pub(super) async fn handle(app: &App, req: &Request<Incoming>) -> Response<Proxy
             json_response(
                 StatusCode::OK,
                 &json!({ "switches": config.into_iter().chain(runtime).collect::<Vec<_>>() }),
+            )
+        }
+        (&Method::POST, Some((Some(target), _)))
+            if target
+                .provider()
+                .is_some_and(|p| !snap.upstreams.iter().any(|u| &*u.name == p)) =>
+        {
+            json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": format!("no provider named {:?}", target.provider())}),
             )
         }
         (&Method::POST, Some((Some(target), _))) => {

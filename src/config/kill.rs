@@ -27,10 +27,19 @@ pub enum Target {
     /// An experiment's arm (`experiment/arm`): its share goes to the
     /// control.
     Arm(String),
+    /// A provider's deployments (`provider`), or one of them
+    /// (`provider/model`, the model name sent to it): skipped by routing, so
+    /// its share goes to the rule's other deployments and fallbacks.
+    Deployment(String),
 }
 
+/// The forms a target is written in, for error messages.
+pub const TARGET_FORMS: &str =
+    "model=NAME, key=NAME, feature=NAME, deployment=PROVIDER[/MODEL] or arm=EXPERIMENT/ARM";
+
 impl Target {
-    /// `model=gpt-4o`, `key=ci`, `feature=search`.
+    /// `model=gpt-4o`, `key=ci`, `feature=search`, `arm=exp/b`,
+    /// `deployment=azure-east` or `deployment=azure-east/gpt-4o`.
     pub fn parse(text: &str) -> Option<Target> {
         let (kind, value) = text.split_once('=')?;
         if value.is_empty() || value.len() > 256 || value.chars().any(char::is_control) {
@@ -48,6 +57,9 @@ impl Target {
             {
                 Target::Arm(value)
             }
+            "deployment" if !value.starts_with('/') && !value.ends_with('/') => {
+                Target::Deployment(value)
+            }
             _ => return None,
         })
     }
@@ -58,12 +70,36 @@ impl Target {
             Target::Key(_) => "key",
             Target::Feature(_) => "feature",
             Target::Arm(_) => "arm",
+            Target::Deployment(_) => "deployment",
+        }
+    }
+
+    /// The provider a deployment target names.
+    pub fn provider(&self) -> Option<&str> {
+        match self {
+            Target::Deployment(v) => Some(v.split_once('/').map_or(v.as_str(), |(p, _)| p)),
+            _ => None,
+        }
+    }
+
+    /// True if this is a deployment target covering `model` at `provider`.
+    pub fn covers_deployment(&self, provider: &str, model: &str) -> bool {
+        match self {
+            Target::Deployment(v) => match v.split_once('/') {
+                Some((p, m)) => p == provider && m == model,
+                None => v == provider,
+            },
+            _ => false,
         }
     }
 
     pub fn value(&self) -> &str {
         match self {
-            Target::Model(v) | Target::Key(v) | Target::Feature(v) | Target::Arm(v) => v,
+            Target::Model(v)
+            | Target::Key(v)
+            | Target::Feature(v)
+            | Target::Arm(v)
+            | Target::Deployment(v) => v,
         }
     }
 }
@@ -90,13 +126,18 @@ impl Validator<'_> {
             let Some(target) = Target::parse(&k.target) else {
                 self.err(
                     &format!("{field}.target"),
-                    format!(
-                        "{:?} is not model=NAME, key=NAME, feature=NAME or arm=EXPERIMENT/ARM",
-                        k.target
-                    ),
+                    format!("{:?} is not {TARGET_FORMS}", k.target),
                 );
                 continue;
             };
+            if let Some(provider) = target.provider() {
+                if !raw.providers.iter().any(|p| p.name == provider) {
+                    self.err(
+                        &format!("{field}.target"),
+                        format!("no provider named {provider:?}"),
+                    );
+                }
+            }
             if k.replacement.is_some() && !matches!(target, Target::Model(_)) {
                 self.err(
                     &format!("{field}.replacement"),
@@ -115,5 +156,24 @@ impl Validator<'_> {
             });
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deployment_target_names_a_provider_and_maybe_its_model() {
+        let all = Target::parse("deployment=azure-east").expect("provider");
+        assert_eq!(all.provider(), Some("azure-east"));
+        assert!(all.covers_deployment("azure-east", "gpt-4o"));
+        assert!(!all.covers_deployment("azure-west", "gpt-4o"));
+        let one = Target::parse("deployment=openai/org/model-x").expect("one");
+        assert_eq!(one.provider(), Some("openai"));
+        assert!(one.covers_deployment("openai", "org/model-x"));
+        assert!(!one.covers_deployment("openai", "model-x"));
+        assert!(Target::parse("deployment=east/").is_none());
+        assert_eq!(Target::parse("model=x").expect("model").provider(), None);
     }
 }

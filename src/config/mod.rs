@@ -32,7 +32,7 @@ pub use faults::{
     MAX_FAULT_NAME,
 };
 pub use jwt::JwtConfig;
-pub use kill::{Switch, Target};
+pub use kill::{Switch, Target, TARGET_FORMS};
 pub use limits::{Dim, RateRule, TokenLimits};
 pub use loops::{LoopAction, LoopDetection, RunLimits};
 pub use overrides::{Overrides, RateLimits};

@@ -454,3 +454,24 @@ fn telemetry_is_off_unless_an_endpoint_is_set_and_has_defaults() {
         assert!(all.contains(f), "{f}: {all}");
     }
 }
+
+#[test]
+fn a_deployment_kill_switch_must_name_a_provider() {
+    let ok = format!(
+        "{EXPERIMENT_BASE}{}",
+        "\n[[kill_switches]]\ntarget = \"deployment=p/gpt-4o\"\n"
+    );
+    let c = Config::parse(&ok, "t.toml", &env).expect("valid");
+    assert_eq!(c.kill_switches[0].target.provider(), Some("p"));
+    let bad = format!(
+        "{EXPERIMENT_BASE}{}",
+        "\n[[kill_switches]]\ntarget = \"deployment=nowhere\"\n"
+    );
+    let all = Config::parse(&bad, "t.toml", &env)
+        .expect_err("invalid")
+        .to_string();
+    assert!(
+        all.contains("kill_switches[0].target: no provider named \"nowhere\""),
+        "{all}"
+    );
+}

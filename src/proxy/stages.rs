@@ -418,6 +418,9 @@ pub(super) fn attempt_groups(
     rec: &RequestRecord,
 ) -> Result<VecDeque<attempt::Group>, ProxyError> {
     let model = route.upstream_model.clone();
+    // A deployment turned off by a kill switch is skipped: its share goes to
+    // the rule's other deployments, then to the fallbacks.
+    let mut killed = None;
     let groups: VecDeque<attempt::Group> = snap
         .router
         .chain(route, rec.facts.shape, &snap.upstreams)
@@ -429,9 +432,33 @@ pub(super) fn attempt_groups(
             context_fallback: r.rule.context_fallback.clone(),
         })
         .map(|g| attempt::keep_for_credential(g, cred, &snap.upstreams))
+        .map(|mut g| {
+            g.candidates.retain(|c| {
+                let Some(u) = snap.upstreams.get(c.provider) else {
+                    return true;
+                };
+                let switch = app.kills.for_deployment(
+                    &snap.config.kill_switches,
+                    &u.name,
+                    &c.upstream_model,
+                );
+                let live = switch.is_none();
+                killed = killed.take().or(switch);
+                live
+            });
+            g
+        })
         .filter(|g| !g.candidates.is_empty())
         .collect();
     if groups.is_empty() {
+        if let Some(switch) = killed {
+            crate::metrics::killed("deployment");
+            return Err(ProxyError::Disabled {
+                kind: "deployment",
+                value: switch.target.value().to_owned(),
+                reason: switch.reason,
+            });
+        }
         return Err(ProxyError::Forbidden(format!(
             "model {model:?} is served only by providers that do not accept client keys; use a \
              virtual key"
