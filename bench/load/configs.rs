@@ -128,6 +128,9 @@ pub(crate) enum MatrixConfig {
     /// The plain config with `[telemetry]` on, every request sampled (two spans each),
     /// exported to the mock (which answers any other path 200: a sink that takes OTLP).
     Tracing,
+    /// LimitsBudget with a `[[shadows]]` rule mirroring 100 % of the requests to another model
+    /// on the same mock (issue 12): what a full shadow costs the primary path.
+    Shadow,
 }
 
 /// Virtual keys of the many-keys config (the limits config has one: the last of them).
@@ -136,13 +139,14 @@ pub(crate) const MATRIX_KEYS: usize = 10_000;
 pub(crate) const MATRIX_GLOB_RULES: usize = 2_000;
 
 impl MatrixConfig {
-    pub(crate) const ALL: [MatrixConfig; 6] = [
+    pub(crate) const ALL: [MatrixConfig; 7] = [
         MatrixConfig::Plain,
         MatrixConfig::LimitsBudget,
         MatrixConfig::LimitsBudgetRedis,
         MatrixConfig::ManyKeys,
         MatrixConfig::Cache,
         MatrixConfig::Tracing,
+        MatrixConfig::Shadow,
     ];
 
     /// The name in scenario names and the report.
@@ -154,6 +158,7 @@ impl MatrixConfig {
             MatrixConfig::ManyKeys => "10k keys + 2k rules",
             MatrixConfig::Cache => "cache on",
             MatrixConfig::Tracing => "tracing on",
+            MatrixConfig::Shadow => "limits+budget + 100% shadow",
         }
     }
 
@@ -165,6 +170,7 @@ impl MatrixConfig {
             MatrixConfig::ManyKeys => "many-keys",
             MatrixConfig::Cache => "cache",
             MatrixConfig::Tracing => "tracing",
+            MatrixConfig::Shadow => "shadow",
         }
     }
 
@@ -176,7 +182,8 @@ impl MatrixConfig {
             }
             MatrixConfig::LimitsBudget
             | MatrixConfig::LimitsBudgetRedis
-            | MatrixConfig::ManyKeys => format!("Bearer {}", matrix_key(MATRIX_KEYS - 1)),
+            | MatrixConfig::ManyKeys
+            | MatrixConfig::Shadow => format!("Bearer {}", matrix_key(MATRIX_KEYS - 1)),
         }
     }
 
@@ -279,6 +286,25 @@ api_key_env = "{UPSTREAM_KEY_ENV}"
             return o;
         }
         MatrixConfig::LimitsBudget | MatrixConfig::LimitsBudgetRedis => {
+            MATRIX_KEYS - 1..MATRIX_KEYS
+        }
+        MatrixConfig::Shadow => {
+            // Every copy gets a slot (256, the most a shadow may hold) unless the mock falls
+            // that far behind; the copies are priced (gpt-4o) against the shadow's own cap.
+            o.push_str(
+                r#"
+[[models]]
+name = "gpt-4o"
+provider = "mock"
+
+[[shadows]]
+name = "bench"
+model = "gpt-4o-mini"
+shadow_model = "gpt-4o"
+percent = 100
+max_in_flight = 256
+"#,
+            );
             MATRIX_KEYS - 1..MATRIX_KEYS
         }
         MatrixConfig::ManyKeys => {

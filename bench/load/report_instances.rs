@@ -327,7 +327,63 @@ pub(crate) fn matrix_report(matrix: &[MatrixRun], skipped: &[String]) -> String 
         }
     }
     fleet_report(w, matrix);
+    shadow_report(w, matrix);
     o
+}
+
+/// A 100 % shadow (issue 12): limits+budget with and without a `[[shadows]]` rule mirroring
+/// every request, at each concurrency both ran at. The goal: no measurable change to the
+/// primary's latency (the copies run off the client's path; they share the machine).
+fn shadow_report(w: &mut String, matrix: &[MatrixRun]) {
+    let rows: Vec<_> = [1, 16]
+        .into_iter()
+        .filter_map(|c| {
+            let at = |config| {
+                matrix
+                    .iter()
+                    .find(|m| m.config == config && m.scenario.concurrency == c)
+                    .and_then(|m| find(&m.runs, "sluice"))
+            };
+            Some((
+                c,
+                at(MatrixConfig::LimitsBudget)?,
+                at(MatrixConfig::Shadow)?,
+            ))
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(w, "\n### A 100 % shadow on the primary path (issue 12)\n");
+    let _ = writeln!(
+        w,
+        "limits+budget vs the same with every request mirrored to a shadow model on the same \
+         mock. Latency is the primary's (the client's); CPU is Sluice's per primary request, \
+         copies included.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| c | req/s without / with | p50 µs without / with (added) | p99 µs without / with | Sluice CPU ms/req without / with | errors / non-200 (with) |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|---|");
+    for (c, a, b) in rows {
+        let added = pct(&b.s.lat, 0.5) as i64 - pct(&a.s.lat, 0.5) as i64;
+        let _ = writeln!(
+            w,
+            "| {c} | {:.0} / {:.0} | {} / {} ({}) | {} / {} | {:.3} / {:.3} | {} / {} |",
+            a.rps(),
+            b.rps(),
+            pct(&a.s.lat, 0.5),
+            pct(&b.s.lat, 0.5),
+            signed(added),
+            pct(&a.s.lat, 0.99),
+            pct(&b.s.lat, 0.99),
+            a.proxy_cpu.unwrap_or(0.0) / 1000.0,
+            b.proxy_cpu.unwrap_or(0.0) / 1000.0,
+            b.s.errors + b.s.incomplete,
+            b.s.non200,
+        );
+    }
 }
 
 /// Fleet mode (issue 11): limits+budget with `[state] backend = "redis"` against the same

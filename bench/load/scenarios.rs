@@ -306,7 +306,11 @@ pub(crate) fn matrix_scenarios(quick: bool) -> Vec<(MatrixConfig, Scenario)> {
         .into_iter()
         .map(|config| (config, scenario(config, 16, requests)))
         .collect();
-    for config in [MatrixConfig::LimitsBudget, MatrixConfig::LimitsBudgetRedis] {
+    for config in [
+        MatrixConfig::LimitsBudget,
+        MatrixConfig::LimitsBudgetRedis,
+        MatrixConfig::Shadow,
+    ] {
         v.push((config, scenario(config, 1, serial)));
     }
     v
