@@ -19,52 +19,128 @@ pub fn nanos_to_usd(n: Nanos) -> f64 {
     n as f64 / 1e9
 }
 
-/// A model's price, in nano-dollars per token.
+/// One set of per-token rates, in nano-dollars per token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Price {
+pub struct Rates {
     pub input: Nanos,
     pub cached_input: Nanos,
+    /// Prompt-cache writes with the provider's short lifetime (Anthropic's
+    /// 5 minutes).
     pub cache_write: Nanos,
+    /// Prompt-cache writes kept an hour (Anthropic's `ttl: "1h"`).
+    pub cache_write_1h: Nanos,
     pub output: Nanos,
 }
 
-impl Price {
+impl Rates {
     /// From USD per 1M tokens (what price lists show): USD/1M tokens ×
-    /// 1e9 nano/USD ÷ 1e6 tokens = × 1000 nano-dollars per token.
+    /// 1e9 nano/USD ÷ 1e6 tokens = × 1000 nano-dollars per token. A cache
+    /// rate not given is the input rate; the hour-long write rate not given
+    /// is the short one.
+    pub fn from_per_million(
+        input: f64,
+        cached: Option<f64>,
+        write: Option<f64>,
+        write_1h: Option<f64>,
+        output: f64,
+    ) -> Rates {
+        let per_token = |usd_per_m: f64| (usd_per_m * 1000.0).round().max(0.0) as Nanos;
+        let cache_write = per_token(write.unwrap_or(input));
+        Rates {
+            input: per_token(input),
+            cached_input: per_token(cached.unwrap_or(input)),
+            cache_write,
+            cache_write_1h: write_1h.map_or(cache_write, per_token),
+            output: per_token(output),
+        }
+    }
+
+    /// The cost of a request's usage at these rates.
+    /// Saturating: absurd counts cost `u64::MAX`, never a wrapped small sum.
+    fn cost(&self, u: &Usage) -> Nanos {
+        let fresh = u
+            .input
+            .saturating_sub(u.cached_input.saturating_add(u.cache_write));
+        let long_writes = u.cache_write_1h.min(u.cache_write);
+        fresh
+            .saturating_mul(self.input)
+            .saturating_add(u.cached_input.saturating_mul(self.cached_input))
+            .saturating_add((u.cache_write - long_writes).saturating_mul(self.cache_write))
+            .saturating_add(long_writes.saturating_mul(self.cache_write_1h))
+            .saturating_add(u.output.saturating_mul(self.output))
+    }
+
+    /// The dearest rate an input token can be billed at.
+    fn dearest_input(&self) -> Nanos {
+        self.input.max(self.cache_write).max(self.cache_write_1h)
+    }
+}
+
+/// A model's price: its rates, the rates above a long-context threshold,
+/// and its batch discount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Price {
+    pub base: Rates,
+    /// Above this many input tokens (all of them, cached or not), the whole
+    /// request is billed at these rates (e.g. Claude Sonnet 4 over 200k).
+    pub long_context: Option<(u64, Rates)>,
+    /// A batch API's result costs this many thousandths of the list price.
+    pub batch_permille: u32,
+}
+
+/// The batch discount when an entry names none: half price, as OpenAI's and
+/// Anthropic's batch APIs charge.
+pub const DEFAULT_BATCH_PERMILLE: u32 = 500;
+
+impl Price {
+    /// A price without tiers (the rates as in [`Rates::from_per_million`]).
     pub fn from_per_million(
         input: f64,
         cached: Option<f64>,
         write: Option<f64>,
         output: f64,
     ) -> Price {
-        let per_token = |usd_per_m: f64| (usd_per_m * 1000.0).round().max(0.0) as Nanos;
         Price {
-            input: per_token(input),
-            cached_input: per_token(cached.unwrap_or(input)),
-            cache_write: per_token(write.unwrap_or(input)),
-            output: per_token(output),
+            base: Rates::from_per_million(input, cached, write, None, output),
+            long_context: None,
+            batch_permille: DEFAULT_BATCH_PERMILLE,
+        }
+    }
+
+    /// The rates a request with `input` prompt tokens is billed at.
+    pub fn rates(&self, input: u64) -> &Rates {
+        match &self.long_context {
+            Some((above, long)) if input > *above => long,
+            _ => &self.base,
         }
     }
 
     /// The cost of a request's usage.
     /// Saturating: absurd counts cost `u64::MAX`, never a wrapped small sum.
     pub fn cost(&self, u: &Usage) -> Nanos {
-        let fresh = u
-            .input
-            .saturating_sub(u.cached_input.saturating_add(u.cache_write));
-        fresh
-            .saturating_mul(self.input)
-            .saturating_add(u.cached_input.saturating_mul(self.cached_input))
-            .saturating_add(u.cache_write.saturating_mul(self.cache_write))
-            .saturating_add(u.output.saturating_mul(self.output))
+        self.rates(u.input).cost(u)
     }
 
-    /// The most a request can cost: every input token at full price and the
-    /// whole output cap.
+    /// The cost of a request's usage run through a batch API.
+    pub fn batch_cost(&self, u: &Usage) -> Nanos {
+        let list = self.cost(u);
+        // u128: a saturated list price times the permille must not wrap.
+        let discounted = u128::from(list) * u128::from(self.batch_permille) / 1000;
+        Nanos::try_from(discounted).unwrap_or(Nanos::MAX)
+    }
+
+    /// The most a request can cost: every input token at the dearest input
+    /// rate and the whole output cap, at the rates its input size selects.
     pub fn worst_case(&self, input_tokens: u64, max_output: u64) -> Nanos {
+        let r = self.rates(input_tokens);
         input_tokens
-            .saturating_mul(self.input.max(self.cache_write))
-            .saturating_add(max_output.saturating_mul(self.output))
+            .saturating_mul(r.dearest_input())
+            .saturating_add(max_output.saturating_mul(r.output))
+    }
+
+    /// The output rate at the rates `input_tokens` selects.
+    pub fn output_rate(&self, input_tokens: u64) -> Nanos {
+        self.rates(input_tokens).output
     }
 }
 
@@ -114,19 +190,94 @@ struct File {
 }
 
 /// One price entry (also the shape of `[[pricing]]` in proxy.toml).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Entry {
     pub model: String,
     pub input: f64,
     pub cached_input: Option<f64>,
     pub cache_write: Option<f64>,
+    pub cache_write_1h: Option<f64>,
+    pub output: f64,
+    /// Rates for requests over a long-context threshold.
+    pub long_context: Option<LongContextEntry>,
+    /// The batch APIs' price as a fraction of the list price (default 0.5).
+    pub batch: Option<f64>,
+}
+
+/// `long_context = { above = 200000, input = 6.0, output = 22.5, … }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LongContextEntry {
+    /// Input tokens beyond which these rates apply to the whole request.
+    pub above: u64,
+    pub input: f64,
+    pub cached_input: Option<f64>,
+    pub cache_write: Option<f64>,
+    pub cache_write_1h: Option<f64>,
     pub output: f64,
 }
 
 impl Entry {
     pub fn price(&self) -> Price {
-        Price::from_per_million(self.input, self.cached_input, self.cache_write, self.output)
+        Price {
+            base: Rates::from_per_million(
+                self.input,
+                self.cached_input,
+                self.cache_write,
+                self.cache_write_1h,
+                self.output,
+            ),
+            long_context: self.long_context.as_ref().map(|l| {
+                let rates = Rates::from_per_million(
+                    l.input,
+                    l.cached_input,
+                    l.cache_write,
+                    l.cache_write_1h,
+                    l.output,
+                );
+                (l.above, rates)
+            }),
+            batch_permille: self.batch.map_or(DEFAULT_BATCH_PERMILLE, |b| {
+                (b * 1000.0).round().clamp(0.0, 1000.0) as u32
+            }),
+        }
+    }
+
+    /// What is wrong with this entry, if anything (for `sluice check`).
+    pub fn problem(&self) -> Option<String> {
+        let rates = [
+            Some(self.input),
+            self.cached_input,
+            self.cache_write,
+            self.cache_write_1h,
+            Some(self.output),
+        ];
+        let long = self.long_context.as_ref();
+        let long_rates = long.map_or(Vec::new(), |l| {
+            vec![
+                Some(l.input),
+                l.cached_input,
+                l.cache_write,
+                l.cache_write_1h,
+                Some(l.output),
+            ]
+        });
+        if rates
+            .iter()
+            .chain(&long_rates)
+            .flatten()
+            .any(|r| !r.is_finite() || *r < 0.0)
+        {
+            return Some("prices are USD per 1M tokens, finite and not negative".into());
+        }
+        if self.batch.is_some_and(|b| !(0.0..=1.0).contains(&b)) {
+            return Some("batch: a fraction of the list price, from 0 to 1".into());
+        }
+        if long.is_some_and(|l| l.above == 0) {
+            return Some("long_context.above: a number of input tokens above 0".into());
+        }
+        None
     }
 }
 
@@ -171,12 +322,13 @@ mod tests {
     fn defaults_parse_and_match_longest_prefix() {
         let t = PriceTable::with_overrides(&[]);
         let mini = t.get("gpt-4o-mini-2024-07-18").expect("priced");
-        assert_eq!(mini.input, 150);
-        assert_eq!(mini.output, 600);
-        assert_eq!(t.get("gpt-4o-2024-08-06").expect("priced").input, 2500);
+        assert_eq!(mini.base.input, 150);
+        assert_eq!(mini.base.output, 600);
+        assert_eq!(t.get("gpt-4o-2024-08-06").expect("priced").base.input, 2500);
         assert_eq!(
             t.get("claude-sonnet-4-5-20250929")
                 .expect("priced")
+                .base
                 .cache_write,
             3750
         );
@@ -186,7 +338,7 @@ mod tests {
     #[test]
     fn only_dates_and_latest_extend_an_entry() {
         let t = PriceTable::with_overrides(&[]);
-        let input = |m: &str| t.get(m).map(|p| p.input);
+        let input = |m: &str| t.get(m).map(|p| p.base.input);
         // Dated snapshots and aliases share their model's price.
         assert_eq!(input("gpt-4o-2024-08-06"), Some(2500), "-YYYY-MM-DD");
         assert_eq!(input("claude-sonnet-4-20250514"), Some(3000), "-YYYYMMDD");
@@ -195,13 +347,16 @@ mod tests {
         assert_eq!(input("openai/gpt-4o"), Some(2500), "provider prefix");
         // Other variants are not their base model.
         assert_eq!(input("o3-pro"), Some(20_000));
-        assert_eq!(t.get("o3-pro").map(|p| p.output), Some(80_000));
+        assert_eq!(t.get("o3-pro").map(|p| p.base.output), Some(80_000));
         assert_eq!(input("o3-pro-2025-06-10"), Some(20_000));
         assert_eq!(input("o1-pro"), Some(150_000));
-        assert_eq!(t.get("o1-pro").map(|p| p.output), Some(600_000));
+        assert_eq!(t.get("o1-pro").map(|p| p.base.output), Some(600_000));
         assert_eq!(input("gpt-5-pro"), Some(15_000));
         assert_eq!(input("gpt-4o-2024-05-13"), Some(5000));
-        assert_eq!(t.get("gpt-4o-2024-05-13").map(|p| p.output), Some(15_000));
+        assert_eq!(
+            t.get("gpt-4o-2024-05-13").map(|p| p.base.output),
+            Some(15_000)
+        );
         for unpriced in [
             "gpt-4o-realtime-preview",
             "gpt-4o-audio-preview-2024-12-17",
@@ -230,14 +385,13 @@ mod tests {
         let t = PriceTable::with_overrides(&[Entry {
             model: "gpt-4o".into(),
             input: 1.0,
-            cached_input: None,
-            cache_write: None,
             output: 2.0,
+            ..Entry::default()
         }]);
-        assert_eq!(t.get("gpt-4o").expect("p").input, 1000);
-        assert_eq!(t.get("gpt-4o").expect("p").cached_input, 1000);
+        assert_eq!(t.get("gpt-4o").expect("p").base.input, 1000);
+        assert_eq!(t.get("gpt-4o").expect("p").base.cached_input, 1000);
         assert_eq!(
-            t.get("gpt-4o-mini").expect("p").input,
+            t.get("gpt-4o-mini").expect("p").base.input,
             150,
             "longer prefix still wins"
         );
@@ -251,7 +405,7 @@ mod tests {
             cached_input: 6_000,
             cache_write: 1_000,
             output: 500,
-            reasoning: 0,
+            ..Usage::default()
         };
         // 3000 fresh × 3000 + 6000 × 300 + 1000 × 3750 + 500 × 15000 nano-dollars
         assert_eq!(p.cost(&u), 9_000_000 + 1_800_000 + 3_750_000 + 7_500_000);
@@ -276,5 +430,101 @@ mod tests {
             ..Usage::default()
         };
         assert_eq!(p.cost(&odd), u64::MAX);
+    }
+
+    #[test]
+    fn a_long_prompt_is_billed_wholly_at_the_long_context_rates() {
+        let t = PriceTable::with_overrides(&[]);
+        let sonnet = t.get("claude-sonnet-4-5-20250929").expect("priced");
+        let at = |input: u64| Usage {
+            input,
+            output: 1_000,
+            ..Usage::default()
+        };
+        // $3 / $15 up to 200k input tokens, then $6 / $22.50 for every token.
+        assert_eq!(sonnet.cost(&at(200_000)), 200_000 * 3_000 + 1_000 * 15_000);
+        assert_eq!(sonnet.cost(&at(200_001)), 200_001 * 6_000 + 1_000 * 22_500);
+        assert_eq!(
+            sonnet.worst_case(200_001, 1_000),
+            200_001 * 12_000 + 1_000 * 22_500
+        );
+        let gpt = t.get("gpt-4.1").expect("priced");
+        assert_eq!(
+            gpt.cost(&at(900_000)),
+            900_000 * 2_000 + 1_000 * 8_000,
+            "no tier"
+        );
+    }
+
+    #[test]
+    fn hour_long_cache_writes_have_their_own_rate() {
+        let t = PriceTable::with_overrides(&[]);
+        let sonnet = t.get("claude-sonnet-4-5").expect("priced");
+        let u = Usage {
+            input: 10_000,
+            cache_write: 4_000,
+            cache_write_1h: 1_000,
+            ..Usage::default()
+        };
+        // 6000 fresh × $3, 3000 5-minute writes × $3.75, 1000 1-hour writes × $6.
+        assert_eq!(
+            sonnet.cost(&u),
+            6_000 * 3_000 + 3_000 * 3_750 + 1_000 * 6_000
+        );
+        // An entry without the hour rate bills those writes at the short one.
+        let plain = Price::from_per_million(3.0, Some(0.3), Some(3.75), 15.0);
+        assert_eq!(plain.cost(&u), 6_000 * 3_000 + 4_000 * 3_750);
+    }
+
+    #[test]
+    fn a_batch_costs_its_discount_of_the_list_price() {
+        let t = PriceTable::with_overrides(&[Entry {
+            model: "cheap-batch".into(),
+            input: 1.0,
+            output: 2.0,
+            batch: Some(0.25),
+            ..Entry::default()
+        }]);
+        let u = Usage {
+            input: 1_000,
+            output: 1_000,
+            ..Usage::default()
+        };
+        let mini = t.get("gpt-4o-mini").expect("priced");
+        assert_eq!(mini.batch_cost(&u), (1_000 * 150 + 1_000 * 600) / 2);
+        assert_eq!(t.get("cheap-batch").expect("p").batch_cost(&u), 750_000);
+        let huge = Usage {
+            input: u64::MAX,
+            ..Usage::default()
+        };
+        assert_eq!(mini.batch_cost(&huge), u64::MAX / 2, "no wrap");
+    }
+
+    #[test]
+    fn the_shipped_table_is_valid_and_bad_entries_are_named() {
+        let file: File = toml::from_str(DEFAULTS).expect("shipped table parses");
+        for e in &file.price {
+            assert_eq!(e.problem(), None, "{}", e.model);
+        }
+        let bad = |e: Entry| e.problem().expect("a problem");
+        assert!(bad(Entry {
+            input: -1.0,
+            ..Entry::default()
+        })
+        .contains("not negative"));
+        assert!(bad(Entry {
+            batch: Some(2.0),
+            ..Entry::default()
+        })
+        .contains("batch"));
+        let long = LongContextEntry {
+            above: 0,
+            ..LongContextEntry::default()
+        };
+        assert!(bad(Entry {
+            long_context: Some(long),
+            ..Entry::default()
+        })
+        .contains("above"));
     }
 }

@@ -16,8 +16,16 @@ pub struct Usage {
     pub input: u64,
     pub cached_input: u64,
     pub cache_write: u64,
+    /// The part of `cache_write` kept an hour (Anthropic's `ttl: "1h"`),
+    /// billed at its own rate.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_write_1h: u64,
     pub output: u64,
     pub reasoning: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The `usage` object of any supported API (OpenAI chat/completions/embeddings,
@@ -34,6 +42,13 @@ pub struct UsageFields {
     output_tokens_details: Option<Details>,
     cache_read_input_tokens: Option<u64>,
     cache_creation_input_tokens: Option<u64>,
+    /// Anthropic's split of the cache writes by lifetime.
+    cache_creation: Option<CacheCreation>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct CacheCreation {
+    ephemeral_1h_input_tokens: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -54,6 +69,7 @@ pub struct UsageAcc {
     output: Option<u64>,
     cached: Option<u64>,
     cache_write: Option<u64>,
+    cache_write_1h: Option<u64>,
     reasoning: Option<u64>,
 }
 
@@ -86,6 +102,12 @@ impl UsageAcc {
                 .or(f.cache_read_input_tokens),
         );
         later(&mut self.cache_write, f.cache_creation_input_tokens);
+        later(
+            &mut self.cache_write_1h,
+            f.cache_creation
+                .as_ref()
+                .and_then(|c| c.ephemeral_1h_input_tokens),
+        );
         let details_out = f
             .completion_tokens_details
             .as_ref()
@@ -111,6 +133,7 @@ impl UsageAcc {
             input,
             cached_input: cached,
             cache_write,
+            cache_write_1h: self.cache_write_1h.unwrap_or(0).min(cache_write),
             output: self.output.unwrap_or(0),
             reasoning: self.reasoning.unwrap_or(0),
         };
@@ -169,10 +192,28 @@ mod tests {
                 input: 100,
                 cached_input: 64,
                 cache_write: 0,
+                cache_write_1h: 0,
                 output: 20,
                 reasoning: 5
             }
         );
+    }
+
+    #[test]
+    fn anthropic_cache_writes_are_split_by_lifetime() {
+        let mut acc = UsageAcc::new(true);
+        acc.add(&fields(
+            r#"{"input_tokens":10,"output_tokens":1,"cache_creation_input_tokens":50,
+                "cache_creation":{"ephemeral_5m_input_tokens":20,"ephemeral_1h_input_tokens":30}}"#,
+        ));
+        let u = acc.get().expect("seen");
+        assert_eq!((u.input, u.cache_write, u.cache_write_1h), (60, 50, 30));
+        // A provider claiming more hour-long writes than writes is held to the writes.
+        let mut acc = UsageAcc::new(true);
+        acc.add(&fields(
+            r#"{"input_tokens":1,"cache_creation_input_tokens":5,"cache_creation":{"ephemeral_1h_input_tokens":9}}"#,
+        ));
+        assert_eq!(acc.get().expect("seen").cache_write_1h, 5);
     }
 
     #[test]

@@ -443,6 +443,11 @@ impl Validator<'_> {
         let retry = self.retry(&raw.retry);
         let breaker = self.breaker(&raw.circuit_breaker);
         let routing = self.routing(&raw, &models);
+        for (i, entry) in raw.pricing.iter().enumerate() {
+            if let Some(problem) = entry.problem() {
+                self.err(&format!("pricing[{i}]"), problem);
+            }
+        }
         let prices = crate::pricing::PriceTable::with_overrides(&raw.pricing);
         let budgets = self.budgets(&raw, &models, &providers, &prices);
         let (state_path, redis) = self.state(&raw, env);

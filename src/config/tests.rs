@@ -475,3 +475,15 @@ fn a_deployment_kill_switch_must_name_a_provider() {
         "{all}"
     );
 }
+
+#[test]
+fn a_bad_pricing_entry_is_named() {
+    let bad = format!(
+        "{EXPERIMENT_BASE}{}",
+        "\n[[pricing]]\nmodel = \"m\"\ninput = 1.0\noutput = 2.0\nbatch = 1.5\n"
+    );
+    let all = Config::parse(&bad, "t.toml", &env)
+        .expect_err("invalid")
+        .to_string();
+    assert!(all.contains("pricing[0]: batch"), "{all}");
+}

@@ -51,7 +51,8 @@ pub fn price(plan: &Plan, price: &Price, ask: Ask) -> Result<Priced, ProxyError>
     if let Some(cap) = ask.cost_cap {
         if worst > cap {
             let input_cost = price.worst_case(ask.input, 0);
-            let affordable = cap.saturating_sub(input_cost) / price.output.max(1) / choices;
+            let affordable =
+                cap.saturating_sub(input_cost) / price.output_rate(ask.input).max(1) / choices;
             match ask.field {
                 Some(f) if affordable > 0 && ask.generates => {
                     output_cap = Some((f, affordable));
@@ -109,8 +110,11 @@ mod tests {
 
     fn p() -> Price {
         Price {
-            input: 1_000,
-            output: 4_000,
+            base: crate::pricing::Rates {
+                input: 1_000,
+                output: 4_000,
+                ..Default::default()
+            },
             ..Price::default()
         }
     }
