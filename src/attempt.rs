@@ -602,8 +602,11 @@ fn build_request(
     upstream: &Upstream,
     cand: &Candidate,
 ) -> Result<Request<Full<Bytes>>, ProxyError> {
+    let model = call
+        .client_model
+        .map_or("", |_| cand.upstream_model.as_str());
     let uri = upstream
-        .uri(call.path_and_query)
+        .uri_for(call.path_and_query, model)
         .map_err(|e| ProxyError::Internal(format!("building upstream URL: {e}")))?;
     let body = match call.client_model {
         Some(m) if m != cand.upstream_model => sniff::rewrite(
@@ -640,7 +643,20 @@ fn build_request(
                     upstream.name
                 )));
             }
-            headers.insert(header.clone(), value.clone());
+            match (upstream.kind, value.to_str().ok()) {
+                // Azure takes the key itself in `api-key`, not a bearer token.
+                (ProviderKind::Azure, Some(v)) if *header == header::AUTHORIZATION => {
+                    let key = v.strip_prefix("Bearer ").unwrap_or(v);
+                    let mut key = HeaderValue::from_str(key).map_err(|_| {
+                        ProxyError::Internal("client key is not a header value".into())
+                    })?;
+                    key.set_sensitive(true);
+                    headers.insert("api-key", key);
+                }
+                _ => {
+                    headers.insert(header.clone(), value.clone());
+                }
+            }
         }
     }
     if call.endpoint != Endpoint::Other || call.reads_answer {

@@ -12,6 +12,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use percent_encoding::utf8_percent_encode;
 
 use crate::config::{ProviderConfig, ProviderKind, Timeouts};
 use crate::error::ApiShape;
@@ -39,6 +40,8 @@ pub struct Upstream {
     billing: Vec<(HeaderName, HeaderValue)>,
     /// `anthropic-beta` values a virtual-key client may ask for.
     anthropic_beta: Vec<String>,
+    /// Azure OpenAI's `api-version`.
+    api_version: Option<String>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -71,6 +74,7 @@ impl Upstream {
             Some(key) => {
                 let (name, text) = match p.kind {
                     ProviderKind::Anthropic => (HeaderName::from_static("x-api-key"), key.clone()),
+                    ProviderKind::Azure => (HeaderName::from_static("api-key"), key.clone()),
                     _ => (http::header::AUTHORIZATION, format!("Bearer {key}")),
                 };
                 let mut v = HeaderValue::from_str(&text).map_err(|_| {
@@ -95,6 +99,7 @@ impl Upstream {
             client_keys: p.client_keys,
             billing,
             anthropic_beta: p.anthropic_beta.clone(),
+            api_version: p.api_version.clone(),
             name: p.name.as_str().into(),
             kind: p.kind,
             timeouts: p.timeouts,
@@ -121,13 +126,23 @@ impl Upstream {
     /// so the client's `/v1` is replaced by the base path; Anthropic base URLs
     /// are bare origins and the path is kept.
     pub fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        let rest = match self.kind {
-            ProviderKind::Anthropic => path_and_query,
-            _ => path_and_query.strip_prefix("/v1").unwrap_or(path_and_query),
+        self.uri_for(path_and_query, "")
+    }
+
+    /// [`Upstream::uri`] for a request routed to `model`: Azure OpenAI puts
+    /// the deployment (the model name sent to it) in the path and its
+    /// `api-version` in the query.
+    pub fn uri_for(&self, path_and_query: &str, model: &str) -> Result<Uri, http::Error> {
+        let pq = match (self.kind, &self.api_version) {
+            (ProviderKind::Azure, Some(version)) => {
+                azure_path(&self.prefix, path_and_query, model, version)
+            }
+            (ProviderKind::Anthropic, _) => format!("{}{path_and_query}", self.prefix),
+            _ => {
+                let rest = path_and_query.strip_prefix("/v1").unwrap_or(path_and_query);
+                format!("{}{rest}", self.prefix)
+            }
         };
-        let mut pq = String::with_capacity(self.prefix.len() + rest.len());
-        pq.push_str(&self.prefix);
-        pq.push_str(rest);
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
@@ -167,6 +182,52 @@ impl Upstream {
         self.auth.as_ref()
     }
 }
+
+/// An Azure OpenAI path: `/v1/chat/completions?x=1` for deployment `d` is
+/// `/openai/deployments/d/chat/completions?x=1&api-version=V`; paths that
+/// name no deployment (files, batches, responses) are `/openai/…`. The
+/// client's own `api-version`, if any, is replaced by the configured one.
+fn azure_path(prefix: &str, path_and_query: &str, model: &str, version: &str) -> String {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let rest = path.strip_prefix("/v1").unwrap_or(path);
+    let per_deployment = [
+        "/chat/completions",
+        "/completions",
+        "/embeddings",
+        "/audio/",
+        "/images/",
+    ]
+    .iter()
+    .any(|p| rest == *p || (p.ends_with('/') && rest.starts_with(p)));
+    let mut out = String::with_capacity(prefix.len() + path_and_query.len() + model.len() + 48);
+    out.push_str(prefix);
+    out.push_str("/openai");
+    if per_deployment && !model.is_empty() {
+        out.push_str("/deployments/");
+        out.extend(utf8_percent_encode(model, PATH_SEGMENT));
+    }
+    out.push_str(rest);
+    out.push('?');
+    for pair in query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("api-version="))
+    {
+        out.push_str(pair);
+        out.push('&');
+    }
+    out.push_str("api-version=");
+    out.push_str(version);
+    out
+}
+
+/// What a deployment name escapes in a path segment.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 fn build_client(p: &ProviderConfig) -> Result<HttpClient, String> {
     let mut roots = rustls::RootCertStore::empty();
@@ -288,6 +349,24 @@ mod tests {
             "https://api.anthropic.com/v1/messages"
         );
         assert_eq!(a.auth_header().map(|(n, _)| n.as_str()), Some("x-api-key"));
+        let z = upstream("azure", "https://acme.openai.azure.com");
+        assert_eq!(
+            z.uri_for("/v1/chat/completions?api-version=1&x=2", "gpt-4o prod")
+                .expect("uri")
+                .to_string(),
+            "https://acme.openai.azure.com/openai/deployments/gpt-4o%20prod/chat/completions?x=2&api-version=2024-10-21"
+        );
+        assert_eq!(
+            z.uri_for("/v1/files/file-1/content", "")
+                .expect("uri")
+                .to_string(),
+            "https://acme.openai.azure.com/openai/files/file-1/content?api-version=2024-10-21"
+        );
+        assert_eq!(
+            z.uri_for("/v1/audio/transcriptions", "whisper").expect("uri").to_string(),
+            "https://acme.openai.azure.com/openai/deployments/whisper/audio/transcriptions?api-version=2024-10-21"
+        );
+        assert_eq!(z.auth_header().map(|(n, _)| n.as_str()), Some("api-key"));
         assert!(format!("{a:?}").contains("redacted") && !format!("{a:?}").contains("sk-1"));
     }
 }

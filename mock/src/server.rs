@@ -284,6 +284,15 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Moc
         "" => "/".to_owned(),
         p => p.to_owned(),
     };
+    // Azure OpenAI: `/openai/deployments/{d}/…?api-version=V` (or `/openai/…`)
+    // is served as the OpenAI path; without an api-version Azure answers 404.
+    let azure = path.starts_with("/openai/");
+    let path = if azure { azure_path(&path) } else { path };
+    let azure_versionless = azure
+        && !parts
+            .uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p.starts_with("api-version=")));
     let recorded = RecordedRequest {
         method: parts.method.as_str().to_owned(),
         path: path_and_query.clone(),
@@ -314,6 +323,14 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Moc
         shared,
     };
 
+    if azure_versionless {
+        let mut reply = Reply::json(
+            serde_json::json!({"error": {"code": "404", "message": "Resource not found"}}),
+        );
+        reply.status = StatusCode::NOT_FOUND;
+        return ctx.respond(reply);
+    }
+
     // Queued faults, `x-mock-*` faults and the bad-key check, in that order.
     if let Some(reply) = faults::injected(&mut ctx).await {
         return ctx.respond(reply);
@@ -321,6 +338,16 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Moc
 
     let reply = route(&ctx);
     ctx.respond(reply)
+}
+
+/// The OpenAI path an Azure OpenAI path stands for.
+fn azure_path(path: &str) -> String {
+    let rest = path.strip_prefix("/openai").unwrap_or(path);
+    let rest = match rest.strip_prefix("/deployments/") {
+        Some(r) => r.find('/').map_or("", |i| &r[i..]),
+        None => rest,
+    };
+    format!("/v1{rest}")
 }
 
 fn route(ctx: &Ctx) -> Reply {

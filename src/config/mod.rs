@@ -169,12 +169,19 @@ pub enum ProviderKind {
     OpenAi,
     Anthropic,
     OpenAiCompatible,
+    /// Azure OpenAI: the OpenAI wire format at deployment URLs, with an
+    /// `api-version` query parameter and an `api-key` header.
+    Azure,
 }
+
+/// The Azure OpenAI `api-version` used when a provider names none (the
+/// newest GA version when this was written).
+pub const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
 
 impl ProviderKind {
     /// True for providers that speak the OpenAI wire format.
     pub fn is_openai_shaped(self) -> bool {
-        matches!(self, Self::OpenAi | Self::OpenAiCompatible)
+        matches!(self, Self::OpenAi | Self::OpenAiCompatible | Self::Azure)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -182,6 +189,7 @@ impl ProviderKind {
             Self::OpenAi => "openai",
             Self::Anthropic => "anthropic",
             Self::OpenAiCompatible => "openai-compatible",
+            Self::Azure => "azure",
         }
     }
 }
@@ -226,6 +234,8 @@ pub struct ProviderConfig {
     pub project: Option<String>,
     /// `anthropic-beta` values a virtual-key client may ask for.
     pub anthropic_beta: Vec<String>,
+    /// Azure OpenAI's `api-version` (only for kind `azure`).
+    pub api_version: Option<String>,
 }
 
 /// A virtual key, stored by its SHA-256.
@@ -528,25 +538,47 @@ impl Validator<'_> {
                 "openai" => ProviderKind::OpenAi,
                 "anthropic" => ProviderKind::Anthropic,
                 "openai-compatible" => ProviderKind::OpenAiCompatible,
+                "azure" => ProviderKind::Azure,
                 other => {
                     self.err(
                         &format!("{field}.kind"),
                         format!(
-                            "unknown kind {other:?} (expected openai|anthropic|openai-compatible)"
+                            "unknown kind {other:?} (expected openai|anthropic|openai-compatible|azure)"
                         ),
                     );
                     continue;
                 }
             };
+            let api_version = match (&p.api_version, kind) {
+                (Some(v), ProviderKind::Azure) => {
+                    let ok = !v.is_empty()
+                        && v.len() <= 64
+                        && v.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+                    if !ok {
+                        self.err(
+                            &format!("{field}.api_version"),
+                            format!("{v:?} is not an api-version such as 2024-10-21"),
+                        );
+                    }
+                    Some(v.clone())
+                }
+                (None, ProviderKind::Azure) => Some(DEFAULT_AZURE_API_VERSION.to_owned()),
+                (Some(_), _) => {
+                    self.err(&format!("{field}.api_version"), "only for kind azure");
+                    None
+                }
+                (None, _) => None,
+            };
             let default_url = match kind {
                 ProviderKind::OpenAi => Some("https://api.openai.com/v1"),
                 ProviderKind::Anthropic => Some("https://api.anthropic.com"),
-                ProviderKind::OpenAiCompatible => None,
+                ProviderKind::OpenAiCompatible | ProviderKind::Azure => None,
             };
             let Some(url_text) = p.base_url.as_deref().or(default_url) else {
                 self.err(
                     &format!("{field}.base_url"),
-                    "required for kind openai-compatible",
+                    format!("required for kind {}", kind.as_str()),
                 );
                 continue;
             };
@@ -586,6 +618,7 @@ impl Validator<'_> {
                 organization: self.header_text(&format!("{field}.organization"), &p.organization),
                 project: self.header_text(&format!("{field}.project"), &p.project),
                 anthropic_beta: p.anthropic_beta.clone().unwrap_or_default(),
+                api_version,
             });
         }
         out

@@ -245,6 +245,7 @@ pub struct RawProvider {
     pub organization: Option<String>,
     pub project: Option<String>,
     pub anthropic_beta: Option<Vec<String>>,
+    pub api_version: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

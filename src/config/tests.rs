@@ -487,3 +487,49 @@ fn a_bad_pricing_entry_is_named() {
         .to_string();
     assert!(all.contains("pricing[0]: batch"), "{all}");
 }
+
+#[test]
+fn an_azure_provider_takes_an_api_version_and_others_do_not() {
+    let text = |kind: &str, version: &str| {
+        format!(
+            "[[providers]]\nname = \"az\"\nkind = \"{kind}\"\nbase_url = \"https://x.openai.azure.com\"\n{version}\n[[models]]\nname = \"*\"\nprovider = \"az\"\n"
+        )
+    };
+    let c = Config::parse(&text("azure", ""), "t.toml", &env).expect("valid");
+    assert_eq!(c.providers[0].api_version.as_deref(), Some("2024-10-21"));
+    let c = Config::parse(
+        &text("azure", "api_version = \"2025-01-01-preview\""),
+        "t.toml",
+        &env,
+    )
+    .expect("valid");
+    assert_eq!(
+        c.providers[0].api_version.as_deref(),
+        Some("2025-01-01-preview")
+    );
+    for (kind, version, needle) in [
+        (
+            "azure",
+            "api_version = \"x&y\"",
+            "providers[0].api_version: \"x&y\" is not",
+        ),
+        (
+            "openai",
+            "api_version = \"2024-10-21\"",
+            "providers[0].api_version: only for kind azure",
+        ),
+    ] {
+        let all = Config::parse(&text(kind, version), "t.toml", &env)
+            .expect_err("invalid")
+            .to_string();
+        assert!(all.contains(needle), "{all}");
+    }
+    let all = Config::parse(
+        "[[providers]]\nname = \"az\"\nkind = \"azure\"\n",
+        "t.toml",
+        &env,
+    )
+    .expect_err("no url")
+    .to_string();
+    assert!(all.contains("base_url: required for kind azure"), "{all}");
+}

@@ -12,6 +12,7 @@ use crate::vocab::Endpoint;
 pub fn system(kind: ProviderKind) -> &'static str {
     match kind {
         ProviderKind::Anthropic => "anthropic",
+        ProviderKind::Azure => "az.ai.openai",
         // An OpenAI-compatible server speaks OpenAI's API; which one it is
         // shows in `sluice.provider`.
         _ => "openai",
