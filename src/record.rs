@@ -369,6 +369,7 @@ impl RequestRecord {
             input_tokens: usage.map(|u| u.input),
             cached_input_tokens: usage.map(|u| u.cached_input),
             cache_write_tokens: usage.map(|u| u.cache_write),
+            cache_write_1h_tokens: usage.map(|u| u.cache_write_1h).filter(|n| *n > 0),
             output_tokens: usage.map(|u| u.output),
             reasoning_tokens: usage.map(|u| u.reasoning),
             usage_source,
@@ -599,6 +600,10 @@ pub struct UsageLine<'a> {
     pub input_tokens: Option<u64>,
     pub cached_input_tokens: Option<u64>,
     pub cache_write_tokens: Option<u64>,
+    /// The part of `cache_write_tokens` kept an hour (Anthropic); absent
+    /// when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_write_1h_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
     pub reasoning_tokens: Option<u64>,
     pub usage_source: &'static str,

@@ -346,3 +346,29 @@ async fn anthropic_breakpoints_are_added_counted_and_priced() {
         own.to_string().as_bytes()
     );
 }
+
+#[tokio::test]
+async fn hour_long_cache_writes_are_recorded_and_priced_at_their_rate() {
+    let mock = MockProvider::start().await.expect("mock");
+    let extra =
+        "[[pricing]]\nmodel = \"claude-x\"\ninput = 3.0\ncached_input = 0.3\ncache_write = 3.75\n\
+                 cache_write_1h = 6.0\noutput = 15.0\n";
+    let s = Sluice::start(&config(&mock.url(), "", extra)).await;
+    let system = "You are a careful assistant. ".repeat(40);
+    let body = json!({"model": "claude-x", "max_tokens": 20,
+        "system": [{"type": "text", "text": system, "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+        "messages": [{"role": "user", "content": "q"}]});
+    let h = [("x-api-key", KEY), ("anthropic-version", "2023-06-01")];
+    let (st, h1, _) = call(Method::POST, &s.url("/v1/messages"), &h, body.to_string()).await;
+    assert_eq!(st, StatusCode::OK);
+    let rec = s
+        .usage_for(h1["x-sluice-request-id"].to_str().expect("id"))
+        .await;
+    let n = |f: &str| rec[f].as_u64().unwrap_or(0);
+    assert!(n("cache_write_tokens") > 0, "{rec}");
+    assert_eq!(n("cache_write_1h_tokens"), n("cache_write_tokens"), "{rec}");
+    // Nano-dollars per token: 3,000 fresh input, 6,000 per hour-long write, 15,000 output.
+    let fresh = n("input_tokens") - n("cache_write_tokens");
+    let nanos = fresh * 3_000 + n("cache_write_tokens") * 6_000 + n("output_tokens") * 15_000;
+    assert_eq!(rec["cost_usd"].as_f64(), Some(nanos as f64 / 1e9), "{rec}");
+}

@@ -20,11 +20,17 @@ use crate::server::lock;
 struct PromptUnit {
     tokens: u64,
     marked: bool,
+    /// The marker asks for the hour-long lifetime (`"ttl": "1h"`).
+    hour: bool,
     key: String,
 }
 
 fn has_cache_control(value: &Value) -> bool {
     value.get("cache_control").is_some_and(|c| !c.is_null())
+}
+
+fn hour_long(value: &Value) -> bool {
+    value.pointer("/cache_control/ttl").and_then(Value::as_str) == Some("1h")
 }
 
 fn push_content_units(units: &mut Vec<PromptUnit>, role: &str, content: &Value) {
@@ -36,6 +42,7 @@ fn push_content_units(units: &mut Vec<PromptUnit>, role: &str, content: &Value) 
                     // The +3 per message is attributed to its first block.
                     tokens: words + if i == 0 { 3 } else { 0 },
                     marked: has_cache_control(block),
+                    hour: hour_long(block),
                     key: format!("{role}:{block}"),
                 });
             }
@@ -43,6 +50,7 @@ fn push_content_units(units: &mut Vec<PromptUnit>, role: &str, content: &Value) 
         other => units.push(PromptUnit {
             tokens: 3 + count_words(&content_text(other)),
             marked: false,
+            hour: false,
             key: format!("{role}:{other}"),
         }),
     }
@@ -56,6 +64,7 @@ fn anthropic_units(request: &Value) -> Vec<PromptUnit> {
             units.push(PromptUnit {
                 tokens: 0,
                 marked: has_cache_control(tool),
+                hour: hour_long(tool),
                 key: format!("tool:{tool}"),
             });
         }
@@ -77,6 +86,8 @@ fn anthropic_units(request: &Value) -> Vec<PromptUnit> {
 struct AnthropicUsage {
     input: u64,
     cache_creation: u64,
+    /// The part of `cache_creation` written with the hour-long lifetime.
+    cache_creation_1h: u64,
     cache_read: u64,
 }
 
@@ -90,6 +101,7 @@ fn anthropic_usage(ctx: &Ctx, request: &Value) -> AnthropicUsage {
         return AnthropicUsage {
             input: total,
             cache_creation: 0,
+            cache_creation_1h: 0,
             cache_read: 0,
         };
     };
@@ -104,6 +116,11 @@ fn anthropic_usage(ctx: &Ctx, request: &Value) -> AnthropicUsage {
     AnthropicUsage {
         input: total - prefix_tokens,
         cache_creation: if first_sight { prefix_tokens } else { 0 },
+        cache_creation_1h: if first_sight && units[last_marker].hour {
+            prefix_tokens
+        } else {
+            0
+        },
         cache_read: if first_sight { 0 } else { prefix_tokens },
     }
 }
@@ -157,7 +174,11 @@ pub(crate) fn messages(ctx: &Ctx, request: &Value) -> Reply {
             "input_tokens": usage.input,
             "output_tokens": output,
             "cache_creation_input_tokens": usage.cache_creation,
-            "cache_read_input_tokens": usage.cache_read
+            "cache_read_input_tokens": usage.cache_read,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": usage.cache_creation - usage.cache_creation_1h,
+                "ephemeral_1h_input_tokens": usage.cache_creation_1h
+            }
         })
     };
 
