@@ -2,6 +2,8 @@
 //! webpki roots plus an optional extra CA; h2 where the upstream offers it),
 //! URL building and provider authentication.
 
+pub mod bedrock;
+
 use std::sync::Arc;
 use std::time::Duration;
 
