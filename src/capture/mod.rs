@@ -70,6 +70,16 @@ impl Capturer {
         let Some(cfg) = cfg else {
             return Ok(Capturer::off());
         };
+        // A path that cannot be written is a start-up error, not a stream of
+        // dropped records.
+        if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&cfg.path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", cfg.path.display())))?;
         let (tx, rx) = mpsc::channel(cfg.queue);
         let c = Arc::new(Capturer {
             tx: Some(tx),
