@@ -19,7 +19,9 @@
 //!   on config, error and the leaves, and on each other only downwards;
 //! - [`app`] (one config snapshot plus the long-lived state) on the domain;
 //! - [`record`], [`attempt`] and [`body`] on app;
-//! - [`proxy`], [`admin`], [`server`] and [`run`] at the top.
+//! - [`capture`] (rules, redaction, the capture file) on config and the
+//!   leaves, used by [`record`];
+//! - [`proxy`], [`admin`], [`server`], [`run`] and [`replay`] at the top.
 
 pub mod admin;
 pub mod app;
