@@ -12,6 +12,7 @@ use crate::app::App;
 use crate::body::ProxyBody;
 use crate::config::OnUnavailable;
 
+mod capture;
 mod experiments;
 mod export;
 mod faults;
@@ -68,6 +69,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
             }
             if p == "/admin/faults" {
                 return faults::handle(&app, req).await;
+            }
+            if p == "/admin/capture" {
+                return capture::handle(&app, req).await;
             }
             if p == "/admin/kills" {
                 return kills::handle(&app, &req).await;

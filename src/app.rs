@@ -113,6 +113,8 @@ pub struct Stores {
     pub experiments: Arc<Experiments>,
     /// `[telemetry]`: the tracer and its exporter, when traces are on.
     pub tracing: Option<Arc<Tracing>>,
+    /// `[capture]`: the writer (started at start) and the admin triggers.
+    pub capture: Arc<crate::capture::Capturer>,
 }
 
 /// Shared state of the running proxy.
@@ -158,6 +160,8 @@ pub struct App {
     pub faults: Arc<crate::fault::Faults>,
     /// OpenTelemetry traces (`[telemetry]`, fixed at start); `None` when off.
     pub tracing: Option<Arc<Tracing>>,
+    /// Request/response capture (`[capture]`; its file is fixed at start).
+    pub capture: Arc<crate::capture::Capturer>,
     shutting_down: AtomicBool,
     id_seed: u64,
     id_counter: AtomicU64,
@@ -181,6 +185,7 @@ impl App {
             owners,
             experiments,
             tracing,
+            capture,
         } = stores;
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -214,6 +219,7 @@ impl App {
             faults,
             shadows,
             tracing,
+            capture,
             shutting_down: AtomicBool::new(false),
             id_seed: seed,
             id_counter: AtomicU64::new(0),
@@ -253,6 +259,10 @@ impl App {
         self.shadows.sync(&snap.config.shadows);
         if snap.config.telemetry != old.config.telemetry {
             tracing::warn!("[telemetry] changed; it takes effect on restart");
+        }
+        let capture_file = |c: &Config| c.capture.as_ref().map(|c| (c.path.clone(), c.queue));
+        if capture_file(&snap.config) != capture_file(&old.config) {
+            tracing::warn!("[capture] path, queue or on/off changed; they take effect on restart (rules, bounds and redaction apply now)");
         }
         self.live.store(Arc::new(snap));
         tracing::info!(path = %path.display(), "config reloaded");

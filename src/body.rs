@@ -285,6 +285,9 @@ impl Body for TapBody {
                         }
                     }
                     this.bytes += data.len() as u64;
+                    if let Some(r) = this.record.as_mut() {
+                        r.tee(&data);
+                    }
                     if let Some(c) = this.capture.as_mut() {
                         c.feed(&data);
                     }

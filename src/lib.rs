@@ -18,8 +18,11 @@
 //!   downwards;
 //! - [`app`] (one config snapshot plus the long-lived state) on the domain;
 //! - [`record`], [`attempt`] and [`body`] on app;
-//! - [`proxy`], [`admin`], [`server`] and [`run`] at the top; [`cli`] (the
-//!   binary's subcommands that call a running Sluice) on config alone.
+//! - [`capture`] (rules, redaction, the capture file) on config and the
+//!   leaves, used by [`record`];
+//! - [`proxy`], [`admin`], [`server`], [`run`] and [`replay`] at the top;
+//!   [`cli`] (the binary's subcommands that call a running Sluice) on config
+//!   alone.
 
 pub mod admin;
 pub mod app;
@@ -28,6 +31,7 @@ pub mod auth;
 pub mod body;
 pub mod budget;
 pub mod cache;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -47,6 +51,7 @@ pub mod path;
 pub mod pricing;
 pub mod proxy;
 pub mod record;
+pub mod replay;
 pub mod resilience;
 pub mod route;
 pub mod run;

@@ -17,6 +17,9 @@ usage:
   sluice state repair [--config FILE]
                                   drop the bad lines of the budget journal (state.path),
                                   keeping a backup copy; run it while sluice is stopped
+  sluice replay FILE [--config FILE] [--json] [--concurrency N] [--limit N]
+                                  re-send the requests of a capture file through the
+                                  config FILE (a candidate) and compare the answers
 {KEYS}
   sluice --version";
 
@@ -30,6 +33,7 @@ enum Command {
     Check(PathBuf),
     HashKey(String),
     StateRepair(PathBuf),
+    Replay(sluice::replay::Options, bool),
     Help,
     Version,
 }
@@ -43,8 +47,17 @@ fn parse_args() -> Result<Command, String> {
     let mut sub: Option<String> = None;
     let mut config = PathBuf::from("proxy.toml");
     let mut positional = Vec::new();
+    let (mut json, mut concurrency, mut limit) = (false, 4, None);
+    let number = |name: &str, v: Option<String>| -> Result<usize, String> {
+        v.and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{name} needs a number above zero"))
+    };
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--json" => json = true,
+            "--concurrency" => concurrency = number("--concurrency", args.next())?.min(64),
+            "--limit" => limit = Some(number("--limit", args.next())?),
             "-c" | "--config" => {
                 config = PathBuf::from(args.next().ok_or("--config needs a file")?);
             }
@@ -68,6 +81,18 @@ fn parse_args() -> Result<Command, String> {
         Some("state") => match positional.as_slice() {
             [a] if a == "repair" => Ok(Command::StateRepair(config)),
             _ => Err("state takes one action: repair".into()),
+        },
+        Some("replay") => match positional.as_slice() {
+            [file] => Ok(Command::Replay(
+                sluice::replay::Options {
+                    file: PathBuf::from(file),
+                    config,
+                    concurrency,
+                    limit,
+                },
+                json,
+            )),
+            _ => Err("replay takes one capture FILE".into()),
         },
         Some(other) => Err(format!("unknown command {other}")),
     }
@@ -135,6 +160,7 @@ fn main() -> ExitCode {
         },
         Command::StateRepair(path) => state_repair(&path),
         Command::Keys(cmd) => keys(cmd),
+        Command::Replay(opts, json) => replay(&opts, json),
         Command::Run(path) => {
             let log = match Config::load(&path) {
                 Ok(c) => c.log,
@@ -238,6 +264,46 @@ fn state_repair(config: &std::path::Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("sluice: {}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `sluice replay`: the comparison table (or JSON) on stdout.
+#[expect(clippy::print_stdout, reason = "command output, not logs")]
+fn replay(opts: &sluice::replay::Options, json: bool) -> ExitCode {
+    init_tracing(&LogConfig {
+        level: "warn".into(),
+        json: false,
+        usage: sluice::config::UsageSink::Off,
+    });
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(sluice::replay::replay(opts)) {
+        Ok(report) if json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            print!(
+                "{}",
+                sluice::replay::render(&report.requests, &report.totals)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sluice: replay: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -233,6 +233,24 @@ fn describe() {
         "Provider model list fetches (for GET /v1/models) that failed, by provider; the list is answered without them."
     );
     describe_counter!("sluice_stream_ends_total", "How response bodies ended (complete, client_gone, upstream_error, idle_timeout, total_timeout).");
+    describe_counter!(
+        "sluice_capture_records_total",
+        "Requests captured to the [capture] file, by reason (error, sample, match, trigger)."
+    );
+    describe_counter!(
+        "sluice_capture_dropped_total",
+        "Capture records not written, by why (queue_full: the writer fell behind; write_error)."
+    );
+}
+
+/// A capture record written.
+pub fn captured(reason: &'static str) {
+    counter!("sluice_capture_records_total", "reason" => reason).increment(1);
+}
+
+/// A capture record dropped.
+pub fn capture_dropped(why: &'static str) {
+    counter!("sluice_capture_dropped_total", "why" => why).increment(1);
 }
 
 /// The longest label value; longer ones are cut.

@@ -93,6 +93,9 @@ pub struct Facts {
     pub fault: Option<Arc<str>>,
     /// That fault, when it spoils the streamed answer.
     pub stream_fault: Option<crate::config::FaultKind>,
+    /// `[capture]` is armed for this request: its body and the answer's
+    /// first bytes, handed to the writer when the record finishes.
+    pub capture: Option<Box<crate::capture::Pending>>,
 }
 
 /// What a request holds and must release when it ends: each is settled or
@@ -192,6 +195,7 @@ impl RequestRecord {
                 shadow: None,
                 fault: None,
                 stream_fault: None,
+                capture: None,
             },
             holds: Holds::default(),
             outcome: Outcome {
@@ -218,6 +222,14 @@ impl RequestRecord {
 
     pub fn first_byte(&mut self, at: Instant) {
         self.outcome.first_byte_at.get_or_insert(at);
+    }
+
+    /// Answer bytes as they pass, for `[capture]` (a bounded copy, only
+    /// when capture is armed).
+    pub fn tee(&mut self, chunk: &[u8]) {
+        if let Some(c) = &mut self.facts.capture {
+            c.tee(chunk);
+        }
     }
 
     /// A terminal SSE error event in the client's API shape.
@@ -343,6 +355,9 @@ impl RequestRecord {
                 text: observed.text.clone(),
             });
         }
+        if let Some(c) = self.facts.capture.take() {
+            c.finish(self.capture_outcome(&end, &observed, usage, cost, duration, ttft));
+        }
         let line = UsageLine {
             ts: humantime::format_rfc3339_millis(self.started_at).to_string(),
             request_id: &self.facts.id,
@@ -458,6 +473,50 @@ fn fire_alerts(budgets: &[crate::config::BudgetRule], settled: &[Settled]) {
 }
 
 impl RequestRecord {
+    /// What `[capture]` writes beside the bodies.
+    fn capture_outcome(
+        &self,
+        end: &StreamEnd,
+        observed: &Observed,
+        usage: Option<Usage>,
+        cost: Option<u64>,
+        duration: Duration,
+        ttft: Option<Duration>,
+    ) -> crate::capture::Outcome {
+        let f = &self.facts;
+        let up = &self.outcome.upstream;
+        crate::capture::Outcome {
+            ts: humantime::format_rfc3339_millis(self.started_at).to_string(),
+            request_id: f.id.clone(),
+            identity: f.identity.clone(),
+            endpoint: f.endpoint.label(),
+            stream: f.stream,
+            model: f.model.clone(),
+            routed_to: f.routed_to.clone(),
+            upstream_model: up.model.clone(),
+            provider: up.provider.to_string(),
+            status: self.outcome.status,
+            error: self
+                .outcome
+                .error
+                .or(observed.stream_error.then_some("upstream_stream_error")),
+            end: end.label(),
+            failed: self.outcome.status >= 400
+                || observed.stream_error
+                || !matches!(end, StreamEnd::Complete | StreamEnd::ClientGone),
+            latency_ms: ms(duration),
+            ttft_ms: ttft.map(ms),
+            usage,
+            cost_nanos: cost,
+            fault: f
+                .fault
+                .as_deref()
+                .or(up.fault.as_deref())
+                .map(str::to_owned),
+            trace_id: self.trace.trace_id(),
+        }
+    }
+
     /// Ends the request span with what the request came to.
     fn end_span(
         &self,

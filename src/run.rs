@@ -98,6 +98,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let capture = crate::capture::Capturer::start(snapshot.config.capture.as_deref())
+        .map_err(|e| anyhow::anyhow!("[capture]: {e}"))?;
     let owners_path = ownership::file_beside(&snapshot.config.state_path);
     let owners = ownership::Owners::open(&owners_path, ownership::MAX_IDS)
         .map_err(|e| anyhow::anyhow!("owners file {}: {e}", owners_path.display()))?;
@@ -116,6 +118,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             owners: Arc::new(owners),
             experiments,
             tracing,
+            capture,
         },
     );
     let stop_sweeper = CancellationToken::new();
@@ -195,6 +198,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     app.ledger.close().await;
     app.owners.close().await;
     app.usage.flush().await;
+    app.capture.flush().await;
     if let Some(t) = &app.tracing {
         // The drained requests' spans are queued: they go out before exit.
         t.shutdown().await;

@@ -105,7 +105,7 @@ pub(super) async fn handle(app: &App, req: Request<Incoming>) -> Response<ProxyB
     }
 }
 
-async fn read(body: Incoming) -> Result<bytes::Bytes, String> {
+pub(super) async fn read(body: Incoming) -> Result<bytes::Bytes, String> {
     let read = tokio::time::timeout(
         Duration::from_secs(10),
         Limited::new(body, MAX_BODY).collect(),

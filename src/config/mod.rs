@@ -4,6 +4,7 @@
 mod bounds;
 mod budget;
 mod cache;
+mod capture;
 mod experiments;
 mod faults;
 mod jwt;
@@ -26,6 +27,10 @@ use std::time::Duration;
 pub use bounds::Bounds;
 pub use budget::{applies, applies_any, BudgetAction, BudgetRule, Permille};
 pub use cache::{CacheConfig, CacheMode, CacheScope, SharedCacheConfig};
+pub use capture::{
+    Builtin, CaptureConfig, CaptureRule, JsonPath, Redact, Secrets, Step, DEFAULT_HEADERS,
+    SECRET_HEADERS,
+};
 pub use experiments::{Arm, Experiment, Guards, Pin, Ramp, Sticky, MAX_ARMS, MAX_EXPERIMENTS};
 pub use faults::{
     FaultAt, FaultKind, FaultMatch, FaultRule, RawFault, MAX_CHUNK_DELAY, MAX_FAULT_DELAY,
@@ -111,6 +116,9 @@ pub struct Config {
     /// `[telemetry]`: OTLP trace export, when `otlp_endpoint` is set (read
     /// at start; a reload does not change it).
     pub telemetry: Option<TelemetryConfig>,
+    /// `[capture]`: requests and answers written (redacted) to a file,
+    /// when configured.
+    pub capture: Option<std::sync::Arc<CaptureConfig>>,
 }
 
 /// The data-plane listener and its request limits.
@@ -478,6 +486,9 @@ impl Validator<'_> {
         let experiments = self.experiments(&raw, &models, &routing);
         let shadows = self.shadows(&raw, &models);
         let telemetry = self.telemetry(raw.telemetry.as_ref());
+        let capture = self
+            .capture(raw.capture.as_ref(), &providers)
+            .map(std::sync::Arc::new);
         let max_request_cost = raw.limits.max_request_cost_usd.map(|usd| {
             if usd <= 0.0 {
                 self.err("limits.max_request_cost_usd", "must be greater than zero");
@@ -515,6 +526,7 @@ impl Validator<'_> {
             version: String::new(),
             faults,
             telemetry,
+            capture,
         })
     }
 

@@ -51,6 +51,7 @@ pub struct RawConfig {
     pub cache: RawCache,
     #[serde(default)]
     pub faults: Vec<super::faults::RawFault>,
+    pub capture: Option<super::capture::RawCapture>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -116,6 +116,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
                 resp.headers_mut().insert("x-sluice-cost-usd", value(&usd));
             }
             let len = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
+            tee_local(&mut rec, resp.body());
             rec.finish(StreamEnd::Complete, *observed, len);
             resp
         }
@@ -137,6 +138,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
             }
             let resp = e.into_response(rec.facts.shape).map(ProxyBody::full);
             let len = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
+            tee_local(&mut rec, resp.body());
             rec.finish(StreamEnd::Complete, Observed::default(), len);
             resp
         }
@@ -171,6 +173,19 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
         h.insert("x-sluice-budget-remaining-usd", value(&usd));
     }
     resp
+}
+
+/// A complete answer's bytes, for `[capture]` (streamed ones are teed by
+/// the tap as they pass).
+fn tee_local(rec: &mut RequestRecord, body: &ProxyBody) {
+    if rec.facts.capture.is_none() {
+        return;
+    }
+    match body {
+        ProxyBody::Full(Some(b)) => rec.tee(b),
+        ProxyBody::Frames(frames) => frames.iter().for_each(|f| rec.tee(f)),
+        _ => {}
+    }
 }
 
 /// `[runs]`: counts this request in its run, or refuses a run past a total.
@@ -242,6 +257,19 @@ async fn pipeline(
     // Sniffed once (duplicate keys refused) for what routing and accounting need.
     let s = sniff::sniff(&body, rec.facts.endpoint)?;
     note_sniffed(rec, snap, &s);
+    // Capture is armed here, with the client's body in hand, when a rule or
+    // an admin trigger may want this request.
+    if snap.config.capture.is_some() {
+        rec.facts.capture = app.capture.arm(
+            snap.config.capture.as_ref(),
+            &rec.facts.identity,
+            &s.model,
+            &parts.method,
+            &target.path_and_query(parts.uri.query()),
+            &parts.headers,
+            &body,
+        );
+    }
     let vk = cred.virtual_key();
     model::check_asked(snap, vk, &s)?;
     // The same request again and again from one run (or key, or user) is a loop.
