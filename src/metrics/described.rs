@@ -6,6 +6,7 @@
 //! wraps the recorder, keeps what `describe_*` said, and appends `# HELP` /
 //! `# TYPE` lines (no sample) for the described metrics not yet written.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
@@ -80,10 +81,16 @@ impl Exporter {
     /// ones without any yet (their `# HELP` and `# TYPE` only).
     pub fn render(&self) -> String {
         let mut out = self.handle.render();
+        // One pass over the output for the names it already has.
+        let written: HashSet<String> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .map(str::to_owned)
+            .collect();
         let described = self.described.lock().unwrap_or_else(|e| e.into_inner());
         for (name, kind, help) in described.iter() {
-            let typed = format!("# TYPE {name} ");
-            if !out.contains(&typed) {
+            if !written.contains(name) {
                 write_help_line(&mut out, name, help);
                 write_type_line(&mut out, name, kind);
                 out.push('\n');
