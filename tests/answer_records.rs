@@ -75,16 +75,15 @@ impl Api {
 
     fn tools(self) -> Value {
         let params = json!({"type": "object", "properties": {"city": {"type": "string"}}});
-        match self {
+        let names = ["get_weather", "get_time"];
+        let tool = |name: &str| match self {
             Api::Chat => {
-                json!([{"type": "function", "function": {"name": "get_weather", "parameters": params}},
-                                {"type": "function", "function": {"name": "get_time", "parameters": params}}])
+                json!({"type": "function", "function": {"name": name, "parameters": params}})
             }
-            Api::Responses => {
-                json!([{"type": "function", "name": "get_weather", "parameters": params}])
-            }
-            Api::Messages => json!([{"name": "get_weather", "input_schema": params}]),
-        }
+            Api::Responses => json!({"type": "function", "name": name, "parameters": params}),
+            Api::Messages => json!({"name": name, "input_schema": params}),
+        };
+        Value::Array(names.iter().map(|n| tool(n)).collect())
     }
 }
 
@@ -166,6 +165,14 @@ async fn tool_calls_are_counted_with_their_names() {
             assert_eq!(r["tool_calls"], 1, "{what}: {r}");
             assert_eq!(r["tool_names"], json!(["get_weather"]), "{what}: {r}");
             assert_eq!(r["output_capped"], false, "{what}: {r}");
+            // Three parallel calls of two tools: every call counted, each name once.
+            let r = record(&s, api, &body, &[("x-mock-tool-calls", "3")]).await;
+            assert_eq!(r["tool_calls"], 3, "{what}: {r}");
+            assert_eq!(
+                r["tool_names"],
+                json!(["get_weather", "get_time"]),
+                "{what}: {r}"
+            );
             // No tools asked for: none counted.
             let r = record(&s, api, &api.body("hello", stream), &[]).await;
             assert_eq!(
