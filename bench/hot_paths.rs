@@ -635,6 +635,7 @@ fn bench_tracing(c: &mut Criterion) {
             error: None,
             stream: false,
             end: "complete",
+            finish_reason: Some("stop"),
         });
         black_box(rt.trace_id())
     };

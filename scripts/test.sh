@@ -67,6 +67,16 @@ system_packages() {
     # The fleet tests (tests/fleet.rs, tests/redis_fixture.rs) start private redis-server
     # instances on free loopback ports; nothing else on the machine is touched.
     need_pkg redis-server
+    # promtool validates deploy/prometheus/sluice-alerts.yml in tests/deploy_assets.rs
+    # (which skips that check, saying so, without it); Debian ships it in `prometheus`.
+    # Optional: a missing promtool never fails this stage.
+    if ! command -v promtool >/dev/null 2>&1; then
+        if ((EUID == 0)); then
+            apt_install prometheus || echo "promtool not installed: its check will be skipped"
+        else
+            echo "promtool missing and not root: its check will be skipped"
+        fi
+    fi
     echo "ok"
 }
 

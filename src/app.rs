@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::auth::Keys;
 use crate::budget::ledger::Ledger;
@@ -122,7 +121,7 @@ pub struct App {
     live: ArcSwap<Snapshot>,
     config_path: Option<PathBuf>,
     pub usage: UsageLog,
-    pub metrics: Option<PrometheusHandle>,
+    pub metrics: Option<crate::metrics::Exporter>,
     /// Rate-limit counters; they outlive config snapshots.
     pub rate: Arc<RateLimiter>,
     /// Breakers, retry budgets and load stats per deployment; they outlive
@@ -172,7 +171,7 @@ impl App {
         snapshot: Snapshot,
         config_path: Option<PathBuf>,
         usage: UsageLog,
-        metrics: Option<PrometheusHandle>,
+        metrics: Option<crate::metrics::Exporter>,
         stores: Stores,
     ) -> Arc<App> {
         let Stores {

@@ -246,6 +246,7 @@ pub async fn run_with<T: Transport + ?Sized>(
                 }
                 if !cand.state.budget.try_retry(&cfg, now) {
                     tracing::debug!(deployment = %cand.state.name, "retry budget exhausted");
+                    metrics::retry_budget_exhausted(&cand.state.name);
                     continue 'chain;
                 }
                 if !wait.is_zero() {

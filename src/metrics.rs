@@ -14,10 +14,13 @@ use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, SharedString,
     Unit,
 };
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+mod described;
+pub use described::Exporter;
 
 /// Installs the global recorder and describes every metric.
-pub fn install() -> Result<PrometheusHandle, String> {
+pub fn install() -> Result<Exporter, String> {
     let latency = [
         0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -26,14 +29,15 @@ pub fn install() -> Result<PrometheusHandle, String> {
         0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.0025, 0.005, 0.01,
         0.025, 0.05, 0.1,
     ];
-    let handle = PrometheusBuilder::new()
+    let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full("sluice_overhead_seconds".into()), &overhead)
         .and_then(|b| b.set_buckets(&latency))
         .map_err(|e| e.to_string())?
-        .install_recorder()
-        .map_err(|e| e.to_string())?;
+        .build_recorder();
+    let (recorder, exporter) = described::Describing::new(recorder);
+    metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
     describe();
-    Ok(handle)
+    Ok(exporter)
 }
 
 fn describe() {
@@ -51,6 +55,10 @@ fn describe() {
     describe_counter!(
         "sluice_retries_total",
         "Upstream retries (a further attempt after a failed one)."
+    );
+    describe_counter!(
+        "sluice_retry_budget_exhausted_total",
+        "Retries not made because the deployment's retry budget was spent, by deployment."
     );
     describe_gauge!(
         "sluice_circuit_open",
@@ -168,7 +176,7 @@ fn describe() {
     describe_histogram!(
         "sluice_request_duration_seconds",
         Unit::Seconds,
-        "Time from request arrival to the end of the response body."
+        "Time from request arrival to the end of the response body, by endpoint and model."
     );
     describe_histogram!(
         "sluice_overhead_seconds",
@@ -178,7 +186,7 @@ fn describe() {
     describe_histogram!(
         "sluice_ttft_seconds",
         Unit::Seconds,
-        "Time from request arrival to the first response body byte."
+        "Time from request arrival to the first response body byte, by endpoint and model."
     );
     describe_counter!(
         "sluice_tokens_total",
@@ -323,25 +331,30 @@ pub struct RequestLabels<'a> {
     pub cache: &'static str,
 }
 
-pub fn request_done(l: &RequestLabels<'_>, duration: Duration) {
+/// A finished request: its count, its duration and (when a byte came) its
+/// time to first byte, the latencies by endpoint and model.
+pub fn request_done(l: &RequestLabels<'_>, duration: Duration, ttft: Option<Duration>) {
+    // One lookup of the shared model value for all three metrics.
+    let model = label_value(l.model);
     counter!(
         "sluice_requests_total",
-        "model" => label_value(l.model),
+        "model" => model.clone(),
         "provider" => label_value(l.provider),
         "endpoint" => l.endpoint,
         "status_class" => status_class(l.status),
         "cache" => l.cache
     )
     .increment(1);
-    histogram!("sluice_request_duration_seconds", "endpoint" => l.endpoint).record(duration);
+    if let Some(t) = ttft {
+        histogram!("sluice_ttft_seconds", "endpoint" => l.endpoint, "model" => model.clone())
+            .record(t);
+    }
+    histogram!("sluice_request_duration_seconds", "endpoint" => l.endpoint, "model" => model)
+        .record(duration);
 }
 
 pub fn overhead(d: Duration) {
     histogram!("sluice_overhead_seconds").record(d);
-}
-
-pub fn ttft(endpoint: &'static str, d: Duration) {
-    histogram!("sluice_ttft_seconds", "endpoint" => endpoint).record(d);
 }
 
 pub fn tokens(model: &str, kind: &'static str, n: u64) {
@@ -395,6 +408,12 @@ pub fn connection_closed(plane: &'static str, reason: &'static str) {
 
 pub fn retry() {
     counter!("sluice_retries_total").increment(1);
+}
+
+/// A retry not made: the deployment's retry budget was spent.
+pub fn retry_budget_exhausted(deployment: &str) {
+    counter!("sluice_retry_budget_exhausted_total", "deployment" => label_value(deployment))
+        .increment(1);
 }
 
 /// 1 while a deployment's circuit is not closed.

@@ -96,6 +96,8 @@ pub struct Facts {
     /// `[capture]` is armed for this request: its body and the answer's
     /// first bytes, handed to the writer when the record finishes.
     pub capture: Option<Box<crate::capture::Pending>>,
+    /// Sluice set or lowered the output cap the request was sent with.
+    pub output_capped: bool,
 }
 
 /// What a request holds and must release when it ends: each is settled or
@@ -196,6 +198,7 @@ impl RequestRecord {
                 fault: None,
                 stream_fault: None,
                 capture: None,
+                output_capped: false,
             },
             holds: Holds::default(),
             outcome: Outcome {
@@ -302,10 +305,8 @@ impl RequestRecord {
                 cache: self.outcome.cache.label(),
             },
             duration,
+            ttft,
         );
-        if let Some(t) = ttft {
-            metrics::ttft(self.facts.endpoint.label(), t);
-        }
         metrics::overhead(
             self.outcome
                 .first_byte_at
@@ -410,8 +411,13 @@ impl RequestRecord {
                 .as_deref()
                 .or(self.outcome.upstream.fault.as_deref()),
             trace_id: self.trace.trace_id(),
+            finish_reason: observed.answer.finish_reason.as_deref(),
+            output_capped: self.facts.output_capped,
+            stopped_at_cap: self.facts.output_capped && observed.answer.hit_output_cap(),
+            tool_calls: observed.answer.tool_calls,
+            tool_names: &observed.answer.tool_names,
         };
-        self.end_span(&end, usage, cost, line.error);
+        self.end_span(&end, usage, cost, &line);
         if let (Some(fleet), Some(snap), Some(c)) = (self.holds.owed_to.take(), &self.snap, cost) {
             let subject = crate::limits::rate::Subject {
                 identity: &self.facts.identity,
@@ -508,6 +514,7 @@ impl RequestRecord {
             ttft_ms: ttft.map(ms),
             usage,
             cost_nanos: cost,
+            finish_reason: observed.answer.finish_reason.clone(),
             fault: f
                 .fault
                 .as_deref()
@@ -523,7 +530,7 @@ impl RequestRecord {
         end: &StreamEnd,
         usage: Option<Usage>,
         cost: Option<u64>,
-        error: Option<&'static str>,
+        line: &UsageLine<'_>,
     ) {
         if !self.trace.is_open() {
             return;
@@ -549,9 +556,10 @@ impl RequestRecord {
             cache: self.outcome.cache.label(),
             attempts: up.attempts,
             budget_remaining_usd: budget_remaining.map(nanos_to_usd),
-            error,
+            error: line.error,
             stream: self.facts.stream,
             end: end.label(),
+            finish_reason: line.finish_reason,
         };
         self.trace.finish(&span_end);
     }
@@ -687,4 +695,16 @@ pub struct UsageLine<'a> {
     pub fault: Option<&'a str>,
     /// The W3C trace id (the request span's, or the client's `traceparent`).
     pub trace_id: Option<String>,
+    /// How the answer ended, in the provider's words (`stop`, `length`,
+    /// `tool_calls`, `end_turn`, `max_tokens`, `completed`, …).
+    pub finish_reason: Option<&'a str>,
+    /// Sluice set or lowered the output cap (a limit, a budget, the cost cap).
+    pub output_capped: bool,
+    /// Capped by Sluice, and the answer stopped at that cap.
+    pub stopped_at_cap: bool,
+    /// Tool calls in the answer.
+    pub tool_calls: u32,
+    /// Distinct names of the tools called (bounded, see
+    /// `stream::observe::answer`).
+    pub tool_names: &'a [String],
 }

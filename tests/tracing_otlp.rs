@@ -48,6 +48,19 @@ impl Got {
             _ => None,
         }
     }
+    fn strs(&self, k: &str) -> Vec<&str> {
+        match self.attrs.get(k) {
+            Some(Any::ArrayValue(a)) => a
+                .values
+                .iter()
+                .filter_map(|v| match &v.value {
+                    Some(Any::StringValue(s)) => Some(s.as_str()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
     fn bool(&self, k: &str) -> Option<bool> {
         match self.attrs.get(k)? {
             Any::BoolValue(b) => Some(*b),
@@ -241,6 +254,9 @@ async fn a_client_trace_is_continued_with_genai_attributes() {
         rec["output_tokens"].as_i64()
     );
     assert!(req.int("gen_ai.usage.output_tokens").unwrap_or(0) > 0);
+    // The usage record's finish reason.
+    assert_eq!(req.strs("gen_ai.response.finish_reasons"), ["stop"]);
+    assert_eq!(rec["finish_reason"], "stop");
     assert_eq!(req.int("http.response.status_code"), Some(200));
     assert_eq!(req.str("http.request.method"), Some("POST"));
     assert_eq!(req.str("sluice.provider"), Some("mock-openai"));
@@ -333,6 +349,7 @@ async fn a_retried_stream_has_one_span_per_attempt_under_a_new_trace() {
         rec["output_tokens"].as_i64()
     );
     assert!(req.int("gen_ai.usage.output_tokens").unwrap_or(0) > 0);
+    assert_eq!(req.strs("gen_ai.response.finish_reasons"), ["end_turn"]);
     s.stop().await;
 }
 

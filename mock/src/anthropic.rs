@@ -7,7 +7,8 @@ use serde_json::{json, Value};
 
 use crate::content::{
     bool_at, content_text, count_words, generate, last_user_text, messages_of, model_of, part_text,
-    tool_to_call, tool_trigger_text, u64_field, CREATED_RFC3339, DEFAULT_MODEL, TOOL_ARG_FRAGMENTS,
+    tool_trigger_text, tools_to_call, u64_field, CREATED_RFC3339, DEFAULT_MODEL,
+    TOOL_ARG_FRAGMENTS,
 };
 use crate::error::error_reply;
 use crate::reply::{sse_event, Ctx, Reply};
@@ -135,39 +136,52 @@ pub(crate) fn messages(ctx: &Ctx, request: &Value) -> Reply {
     let usage = anthropic_usage(ctx, request);
     let stream = bool_at(request, "/stream");
 
-    let (content_block, start_block, deltas, stop_reason, output_tokens) = if let Some(tool_name) =
-        tool_to_call(request, &tool_trigger_text(messages))
-    {
-        let deltas: Vec<Value> = TOOL_ARG_FRAGMENTS
-            .iter()
-            .map(|f| json!({"type": "input_json_delta", "partial_json": f}))
-            .collect();
-        (
-            json!({"type": "tool_use", "id": "toolu_mock_1", "name": tool_name, "input": {"city": "Paris"}}),
-            json!({"type": "tool_use", "id": "toolu_mock_1", "name": tool_name, "input": {}}),
-            deltas,
-            "tool_use",
-            TOOL_ARG_FRAGMENTS.len() as u64,
-        )
-    } else {
-        let generated = generate(ctx, &user_text, u64_field(request, &["max_tokens"]));
-        let deltas = generated
-            .pieces
-            .iter()
-            .map(|p| json!({"type": "text_delta", "text": p}))
-            .collect();
-        (
-            json!({"type": "text", "text": generated.text}),
-            json!({"type": "text", "text": ""}),
-            deltas,
-            if generated.truncated {
-                "max_tokens"
-            } else {
-                "end_turn"
-            },
-            generated.completion_tokens(),
-        )
-    };
+    // Each block: as it ends up in the message, as its stream opens it, its deltas.
+    let tool_names = tools_to_call(request, &tool_trigger_text(messages), ctx.opts.tool_calls);
+    let (blocks, stop_reason, output_tokens): (Vec<(Value, Value, Vec<Value>)>, _, _) =
+        if !tool_names.is_empty() {
+            let blocks = tool_names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let id = format!("toolu_mock_{}", i + 1);
+                    let deltas = TOOL_ARG_FRAGMENTS
+                        .iter()
+                        .map(|f| json!({"type": "input_json_delta", "partial_json": f}))
+                        .collect();
+                    (
+                        json!({"type": "tool_use", "id": id, "name": name, "input": {"city": "Paris"}}),
+                        json!({"type": "tool_use", "id": id, "name": name, "input": {}}),
+                        deltas,
+                    )
+                })
+                .collect();
+            (
+                blocks,
+                "tool_use",
+                (TOOL_ARG_FRAGMENTS.len() * tool_names.len()) as u64,
+            )
+        } else {
+            let generated = generate(ctx, &user_text, u64_field(request, &["max_tokens"]));
+            let deltas = generated
+                .pieces
+                .iter()
+                .map(|p| json!({"type": "text_delta", "text": p}))
+                .collect();
+            (
+                vec![(
+                    json!({"type": "text", "text": generated.text}),
+                    json!({"type": "text", "text": ""}),
+                    deltas,
+                )],
+                if generated.truncated {
+                    "max_tokens"
+                } else {
+                    "end_turn"
+                },
+                generated.completion_tokens(),
+            )
+        };
 
     let usage_json = |output: u64| {
         json!({
@@ -188,39 +202,42 @@ pub(crate) fn messages(ctx: &Ctx, request: &Value) -> Reply {
             "type": "message",
             "role": "assistant",
             "model": model,
-            "content": [content_block],
+            "content": blocks.iter().map(|(whole, _, _)| whole.clone()).collect::<Vec<_>>(),
             "stop_reason": stop_reason,
             "stop_sequence": null,
             "usage": usage_json(output_tokens)
         }));
     }
-    let mut events = vec![
-        sse_event(&json!({
-            "type": "message_start",
-            "message": {
-                "id": id,
-                "type": "message",
-                "role": "assistant",
-                "model": model,
-                "content": [],
-                "stop_reason": null,
-                "stop_sequence": null,
-                "usage": usage_json(1)
-            }
-        })),
-        sse_event(
-            &json!({"type": "content_block_start", "index": 0, "content_block": start_block}),
-        ),
-        sse_event(&json!({"type": "ping"})),
-    ];
-    for delta in deltas {
+    let mut events = vec![sse_event(&json!({
+        "type": "message_start",
+        "message": {
+            "id": id,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": null,
+            "stop_sequence": null,
+            "usage": usage_json(1)
+        }
+    }))];
+    for (index, (_, start, deltas)) in blocks.into_iter().enumerate() {
         events.push(sse_event(
-            &json!({"type": "content_block_delta", "index": 0, "delta": delta}),
+            &json!({"type": "content_block_start", "index": index, "content_block": start}),
+        ));
+        if index == 0 {
+            // As the API does: a ping after the first block opens.
+            events.push(sse_event(&json!({"type": "ping"})));
+        }
+        for delta in deltas {
+            events.push(sse_event(
+                &json!({"type": "content_block_delta", "index": index, "delta": delta}),
+            ));
+        }
+        events.push(sse_event(
+            &json!({"type": "content_block_stop", "index": index}),
         ));
     }
-    events.push(sse_event(
-        &json!({"type": "content_block_stop", "index": 0}),
-    ));
     events.push(sse_event(&json!({
         "type": "message_delta",
         "delta": {"stop_reason": stop_reason, "stop_sequence": null},

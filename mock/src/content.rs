@@ -207,17 +207,26 @@ pub(crate) fn bool_at(request: &Value, pointer: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// The name of the tool to call: the first tool, when the request has tools and `trigger_text`
-/// (see [`tool_trigger_text`]) mentions the weather.
-pub(crate) fn tool_to_call(request: &Value, trigger_text: &str) -> Option<String> {
-    let tool = request.get("tools")?.as_array()?.first()?;
+/// The names of the tools to call, when the request has tools and `trigger_text` (see
+/// [`tool_trigger_text`]) mentions the weather: `calls` parallel calls, of the request's tools
+/// in order and round again when there are fewer tools than calls (`x-mock-tool-calls`;
+/// default one call, of the first tool). Empty: answer with text.
+pub(crate) fn tools_to_call(request: &Value, trigger_text: &str, calls: usize) -> Vec<String> {
+    let tools = match request.get("tools").and_then(Value::as_array) {
+        Some(t) if !t.is_empty() => t,
+        _ => return Vec::new(),
+    };
     if !trigger_text.to_lowercase().contains("weather") {
-        return None;
+        return Vec::new();
     }
-    let name = tool
-        .pointer("/function/name")
-        .or_else(|| tool.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or("get_weather");
-    Some(name.to_owned())
+    let name = |tool: &Value| {
+        tool.pointer("/function/name")
+            .or_else(|| tool.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or("get_weather")
+            .to_owned()
+    };
+    (0..calls.max(1))
+        .map(|i| name(&tools[i % tools.len()]))
+        .collect()
 }

@@ -52,6 +52,8 @@ pub(crate) struct Opts {
     pub(crate) large_kb: Option<usize>,
     pub(crate) endless_event_kb: Option<usize>,
     pub(crate) stall_after_bytes: Option<usize>,
+    /// Tool calls in one answer that calls tools (at least 1).
+    pub(crate) tool_calls: usize,
 }
 
 impl Opts {
@@ -71,6 +73,9 @@ impl Opts {
             large_kb: header_num(headers, "x-mock-large-response-kb"),
             endless_event_kb: header_num(headers, "x-mock-endless-event-kb"),
             stall_after_bytes: header_num(headers, "x-mock-stall-after-bytes"),
+            tool_calls: header_num(headers, "x-mock-tool-calls")
+                .unwrap_or(1)
+                .clamp(1, 64),
         }
     }
 }

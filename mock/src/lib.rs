@@ -43,7 +43,9 @@
 //!
 //! Tool calls: when the request has `tools` and its last message is a user turn (without tool
 //! results) mentioning "weather", the mock calls the first tool with `{"city":"Paris"}`; after a
-//! tool result it answers with text again.
+//! tool result it answers with text again. `x-mock-tool-calls: N` makes it N parallel calls
+//! (the request's tools in order, round again past the last), each in its own block / item /
+//! `tool_calls` entry as the real APIs send them.
 //!
 //! Response ids embed the 1-based sequence number N of the request (`chatcmpl-mock-N`,
 //! `msg_mock_N`, ...), which is also its index + 1 in [`MockProvider::requests`] when recording
@@ -65,6 +67,7 @@
 //! | `x-mock-large-response-kb: N` | text is N KiB of ASCII words |
 //! | `x-mock-endless-event-kb: N` | stream: after the first event, one `data:` line of N KiB that never ends (no newline), then silence until the client goes away |
 //! | `x-mock-stall-after-bytes: N` | non-stream 2xx: send the first N bytes of the body, then nothing until the client goes away |
+//! | `x-mock-tool-calls: N` | an answer that calls tools makes N parallel calls (default 1) |
 //!
 //! `authorization: Bearer bad-key` or `x-api-key: bad-key` gets a 401.
 //!

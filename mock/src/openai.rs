@@ -4,8 +4,9 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use crate::content::{
-    bool_at, count_words, generate, last_user_text, messages_prompt_tokens, model_of, tool_to_call,
-    tool_trigger_text, u64_field, CREATED, DEFAULT_MODEL, TOOL_ARGS, TOOL_ARG_FRAGMENTS,
+    bool_at, count_words, generate, last_user_text, messages_prompt_tokens, model_of,
+    tool_trigger_text, tools_to_call, u64_field, CREATED, DEFAULT_MODEL, TOOL_ARGS,
+    TOOL_ARG_FRAGMENTS,
 };
 use crate::error::error_reply;
 use crate::reply::{sse_data, Ctx, Reply};
@@ -65,9 +66,22 @@ pub(crate) fn chat_completions(ctx: &Ctx, request: &Value) -> Reply {
         })
     };
 
-    if let Some(tool_name) = tool_to_call(request, &tool_trigger_text(messages)) {
-        let completion_tokens = TOOL_ARG_FRAGMENTS.len() as u64;
+    let tool_names = tools_to_call(request, &tool_trigger_text(messages), ctx.opts.tool_calls);
+    if !tool_names.is_empty() {
+        let completion_tokens = (TOOL_ARG_FRAGMENTS.len() * tool_names.len()) as u64;
+        let call_id = |i: usize| format!("call_mock_{}", i + 1);
         if !stream {
+            let calls: Vec<Value> = tool_names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    json!({
+                        "id": call_id(i),
+                        "type": "function",
+                        "function": {"name": name, "arguments": TOOL_ARGS}
+                    })
+                })
+                .collect();
             return Reply::json(json!({
                 "id": id,
                 "object": "chat.completion",
@@ -78,11 +92,7 @@ pub(crate) fn chat_completions(ctx: &Ctx, request: &Value) -> Reply {
                     "message": {
                         "role": "assistant",
                         "content": null,
-                        "tool_calls": [{
-                            "id": "call_mock_1",
-                            "type": "function",
-                            "function": {"name": tool_name, "arguments": TOOL_ARGS}
-                        }],
+                        "tool_calls": calls,
                         "refusal": null
                     },
                     "logprobs": null,
@@ -91,24 +101,27 @@ pub(crate) fn chat_completions(ctx: &Ctx, request: &Value) -> Reply {
                 "usage": openai_usage(prompt_tokens, completion_tokens)
             }));
         }
-        let mut events = vec![sse_data(&chunk(
-            json!({
-                "role": "assistant",
-                "content": null,
-                "tool_calls": [{
-                    "index": 0,
-                    "id": "call_mock_1",
-                    "type": "function",
-                    "function": {"name": tool_name, "arguments": ""}
-                }]
-            }),
-            Value::Null,
-        ))];
-        for fragment in TOOL_ARG_FRAGMENTS {
-            events.push(sse_data(&chunk(
-                json!({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}),
-                Value::Null,
-            )));
+        let mut events = Vec::new();
+        for (i, name) in tool_names.iter().enumerate() {
+            // Each call opens with its id and name, then streams its arguments.
+            let opening = json!([{
+                "index": i,
+                "id": call_id(i),
+                "type": "function",
+                "function": {"name": name, "arguments": ""}
+            }]);
+            let delta = if i == 0 {
+                json!({"role": "assistant", "content": null, "tool_calls": opening})
+            } else {
+                json!({"tool_calls": opening})
+            };
+            events.push(sse_data(&chunk(delta, Value::Null)));
+            for fragment in TOOL_ARG_FRAGMENTS {
+                events.push(sse_data(&chunk(
+                    json!({"tool_calls": [{"index": i, "function": {"arguments": fragment}}]}),
+                    Value::Null,
+                )));
+            }
         }
         events.push(sse_data(&chunk(json!({}), json!("tool_calls"))));
         if include_usage {

@@ -3,7 +3,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::content::{
-    bool_at, content_text, count_words, generate, model_of, tool_to_call, u64_field, CREATED,
+    bool_at, content_text, count_words, generate, model_of, tools_to_call, u64_field, CREATED,
     TOOL_ARGS, TOOL_ARG_FRAGMENTS,
 };
 use crate::reply::{sse_event, Ctx, Reply};
@@ -131,28 +131,34 @@ pub(crate) fn responses(ctx: &Ctx, request: &Value) -> Reply {
         sse_event(&value)
     };
 
-    if let Some(tool_name) = tool_to_call(request, &trigger_text) {
-        let item_id = format!("fc_mock_{}", ctx.seq);
-        let item = |status: &str, arguments: &str| {
+    let tool_names = tools_to_call(request, &trigger_text, ctx.opts.tool_calls);
+    if !tool_names.is_empty() {
+        let item_id = |i: usize| match i {
+            0 => format!("fc_mock_{}", ctx.seq),
+            _ => format!("fc_mock_{}_{}", ctx.seq, i + 1),
+        };
+        let item = |i: usize, status: &str, arguments: &str| {
             json!({
-                "id": item_id,
+                "id": item_id(i),
                 "type": "function_call",
                 "status": status,
                 "arguments": arguments,
-                "call_id": "call_mock_1",
-                "name": tool_name
+                "call_id": format!("call_mock_{}", i + 1),
+                "name": tool_names[i]
             })
         };
-        let completion_tokens = TOOL_ARG_FRAGMENTS.len() as u64;
+        let completion_tokens = (TOOL_ARG_FRAGMENTS.len() * tool_names.len()) as u64;
         let usage = responses_usage(prompt_tokens, completion_tokens);
-        let done = item("completed", TOOL_ARGS);
+        let done: Vec<Value> = (0..tool_names.len())
+            .map(|i| item(i, "completed", TOOL_ARGS))
+            .collect();
         if !stream {
             return Reply::json(response_object(
                 &id,
                 request,
                 "completed",
                 None,
-                vec![done],
+                done,
                 usage,
             ));
         }
@@ -160,33 +166,35 @@ pub(crate) fn responses(ctx: &Ctx, request: &Value) -> Reply {
         let mut events = vec![
             event(json!({"type": "response.created", "response": pending})),
             event(json!({"type": "response.in_progress", "response": pending})),
-            event(json!({
-                "type": "response.output_item.added",
-                "output_index": 0,
-                "item": item("in_progress", "")
-            })),
         ];
-        for fragment in TOOL_ARG_FRAGMENTS {
+        for (i, name) in tool_names.iter().enumerate() {
             events.push(event(json!({
-                "type": "response.function_call_arguments.delta",
-                "item_id": item_id,
-                "output_index": 0,
-                "delta": fragment
+                "type": "response.output_item.added",
+                "output_index": i,
+                "item": item(i, "in_progress", "")
+            })));
+            for fragment in TOOL_ARG_FRAGMENTS {
+                events.push(event(json!({
+                    "type": "response.function_call_arguments.delta",
+                    "item_id": item_id(i),
+                    "output_index": i,
+                    "delta": fragment
+                })));
+            }
+            events.push(event(json!({
+                "type": "response.function_call_arguments.done",
+                "item_id": item_id(i),
+                "output_index": i,
+                "name": name,
+                "arguments": TOOL_ARGS
+            })));
+            events.push(event(json!({
+                "type": "response.output_item.done",
+                "output_index": i,
+                "item": done[i]
             })));
         }
-        events.push(event(json!({
-            "type": "response.function_call_arguments.done",
-            "item_id": item_id,
-            "output_index": 0,
-            "name": tool_name,
-            "arguments": TOOL_ARGS
-        })));
-        events.push(event(json!({
-            "type": "response.output_item.done",
-            "output_index": 0,
-            "item": done
-        })));
-        let final_response = response_object(&id, request, "completed", None, vec![done], usage);
+        let final_response = response_object(&id, request, "completed", None, done, usage);
         events.push(event(
             json!({"type": "response.completed", "response": final_response}),
         ));

@@ -1,28 +1,12 @@
 //! One capture record as a JSON line, redacted: built on the writer thread,
 //! never on the request path.
 
-use std::sync::OnceLock;
-
 use bytes::Bytes;
-use regex::bytes::Regex;
 use serde_json::{json, Value};
 
 use super::redact::Redactor;
 use super::Finished;
 use crate::stream::observe::{Observed, Observer};
-
-/// The answer's finish (stop) reason: the last `finish_reason` or
-/// `stop_reason` in a JSON body or a stream of events.
-pub fn finish_reason(body: &[u8]) -> Option<String> {
-    static RE: OnceLock<Option<Regex>> = OnceLock::new();
-    let re = RE
-        .get_or_init(|| {
-            Regex::new(r#""(?:finish_reason|stop_reason)"\s*:\s*"([A-Za-z0-9_\-]{1,40})""#).ok()
-        })
-        .as_ref()?;
-    let m = re.captures_iter(body).last()?;
-    Some(String::from_utf8_lossy(m.get(1)?.as_bytes()).into_owned())
-}
 
 /// Whether a body is a stream of server-sent events.
 fn is_sse(body: &[u8]) -> bool {
@@ -118,7 +102,7 @@ pub(super) fn build(f: &Finished) -> Value {
         "input_tokens": o.usage.map(|u| u.input),
         "output_tokens": o.usage.map(|u| u.output),
         "cost_usd": o.cost_nanos.map(crate::pricing::nanos_to_usd),
-        "finish_reason": finish_reason(&p.response),
+        "finish_reason": o.finish_reason,
         "fault": o.fault,
         "trace_id": o.trace_id,
         "request_headers": headers,
@@ -139,15 +123,24 @@ mod tests {
     #[test]
     fn finish_reasons_and_text() {
         let json = br#"{"choices":[{"message":{"content":"hello there"},"finish_reason":"stop"}]}"#;
-        assert_eq!(finish_reason(json).as_deref(), Some("stop"));
+        assert_eq!(
+            observe(json, false).answer.finish_reason.as_deref(),
+            Some("stop")
+        );
         assert_eq!(response_text(json, false).trim(), "hello there");
         let sse = b"data: {\"choices\":[{\"delta\":{\"content\":\"he\"},\"finish_reason\":null}]}\n\n\
 data: {\"choices\":[{\"delta\":{\"content\":\"llo\"},\"finish_reason\":\"length\"}]}\n\ndata: [DONE]\n\n";
-        assert_eq!(finish_reason(sse).as_deref(), Some("length"));
+        assert_eq!(
+            observe(sse, false).answer.finish_reason.as_deref(),
+            Some("length")
+        );
         assert_eq!(response_text(sse, false), "hello");
         let anthropic = br#"{"content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn"}"#;
-        assert_eq!(finish_reason(anthropic).as_deref(), Some("end_turn"));
-        assert_eq!(finish_reason(b"{}"), None);
+        assert_eq!(
+            observe(anthropic, true).answer.finish_reason.as_deref(),
+            Some("end_turn")
+        );
+        assert_eq!(observe(b"{}", false).answer.finish_reason, None);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::config::CaptureConfig;
 use crate::usage::Usage;
 use crate::vocab::Identity;
 
-pub use line::{finish_reason, observe, response_text};
+pub use line::{observe, response_text};
 pub use rules::Reason;
 pub use triggers::{Dim, Trigger, Triggers};
 
@@ -201,6 +201,8 @@ pub struct Outcome {
     pub ttft_ms: Option<f64>,
     pub usage: Option<Usage>,
     pub cost_nanos: Option<u64>,
+    /// The answer's finish (stop) reason, as the proxy's observer read it.
+    pub finish_reason: Option<String>,
     pub fault: Option<String>,
     pub trace_id: Option<String>,
 }

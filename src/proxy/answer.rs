@@ -274,6 +274,7 @@ pub(super) fn cache_hit(
     let observed = Observed {
         usage: hit.usage,
         complete: true,
+        answer: crate::stream::observe::answer::of_json(&hit.body),
         ..Observed::default()
     };
     Some(Answer::Local(resp, Box::new(observed)))

@@ -393,6 +393,9 @@ pub(super) fn rewrite(
     rec: &mut RequestRecord,
 ) -> Result<Bytes, ProxyError> {
     let output_cap = priced.map_or(tokens.plan.output_cap, |p| p.priced.output_cap);
+    // Sluice set or lowered the output cap (a limit, a budget's reserve, the
+    // cost cap): the usage record says so, and whether the answer hit it.
+    rec.facts.output_capped = output_cap.is_some();
     let body = sniff::rewrite(
         body,
         &Rewrite {

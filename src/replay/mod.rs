@@ -283,7 +283,7 @@ async fn send(
                 input_tokens: observed.usage.map(|u| u.input),
                 output_tokens: observed.usage.map(|u| u.output),
                 cost_usd,
-                finish_reason: crate::capture::finish_reason(&bytes),
+                finish_reason: observed.answer.finish_reason,
                 text: observed.text,
             }
         }

@@ -50,6 +50,8 @@ pub struct RequestEnd<'a> {
     pub stream: bool,
     /// How the response body ended (`complete`, `client_gone`, …).
     pub end: &'static str,
+    /// The answer's finish reason (as in the usage record).
+    pub finish_reason: Option<&'a str>,
 }
 
 impl RequestEnd<'_> {
@@ -77,6 +79,14 @@ impl RequestEnd<'_> {
             a.push(KeyValue::new(
                 "gen_ai.usage.output_tokens",
                 tokens(u.output),
+            ));
+        }
+        if let Some(r) = self.finish_reason {
+            a.push(KeyValue::new(
+                "gen_ai.response.finish_reasons",
+                opentelemetry::Value::Array(
+                    vec![opentelemetry::StringValue::from(r.to_owned())].into(),
+                ),
             ));
         }
         if let Some(p) = self.provider {
@@ -201,6 +211,7 @@ mod tests {
             error: None,
             stream: true,
             end: "complete",
+            finish_reason: Some("max_tokens"),
         };
         let a = end.attributes();
         assert_eq!(get(&a, "gen_ai.operation.name"), Some(&"chat".into()));
@@ -209,6 +220,12 @@ mod tests {
         assert_eq!(get(&a, "gen_ai.usage.output_tokens"), Some(&34i64.into()));
         assert_eq!(get(&a, "sluice.attempts"), Some(&2i64.into()));
         assert!(get(&a, "sluice.budget.remaining_usd").is_none());
+        assert_eq!(
+            get(&a, "gen_ai.response.finish_reasons"),
+            Some(&opentelemetry::Value::Array(
+                vec![opentelemetry::StringValue::from("max_tokens")].into()
+            ))
+        );
         assert_eq!(end.failure(), None);
     }
 
@@ -229,6 +246,7 @@ mod tests {
             error: Some("rate_limited"),
             stream: false,
             end: "complete",
+            finish_reason: None,
         };
         assert_eq!(end.failure(), None);
         end.status = 502;

@@ -1,5 +1,6 @@
 //! Watches a response as it passes: usage, end-of-stream markers, in-stream
-//! errors and the streamed text (for counting output when usage never comes).
+//! errors, how the answer ended and the tools it called (`answer`), and the
+//! streamed text (for counting output when usage never comes).
 //!
 //! For OpenAI streams where Sluice asked for `stream_options.include_usage`
 //! on the client's behalf, it also rewrites events so the client sees exactly
@@ -15,6 +16,9 @@ use serde_json::value::RawValue;
 use super::sse::{parse_block, SseSplitter};
 use crate::ownership::IdSink;
 use crate::usage::{Usage, UsageAcc, UsageFields};
+pub use answer::AnswerFacts;
+
+pub mod answer;
 
 /// Streamed output text kept for counting, at most this many bytes.
 const MAX_TEXT: usize = 4 << 20;
@@ -36,6 +40,8 @@ pub struct Observed {
     pub text: String,
     /// Number of SSE events seen.
     pub events: u64,
+    /// The finish reason and the tools called.
+    pub answer: AnswerFacts,
 }
 
 /// Per-response observer; one of three modes chosen from the response.
@@ -233,10 +239,11 @@ impl Observer {
                 let mut out = Observed::default();
                 if *len <= MAX_JSON {
                     let body: Vec<u8> = chunks.concat();
-                    if let Ok(top) = serde_json::from_slice::<TopLevel>(&body) {
-                        if let Some(u) = top.usage {
+                    if let Ok(top) = serde_json::from_slice::<answer::Whole<'_>>(&body) {
+                        out.answer = top.facts();
+                        if let Some(u) = &top.usage {
                             let mut acc = UsageAcc::new(*anthropic);
-                            acc.add(&u);
+                            acc.add(u);
                             out.usage = acc.get();
                             if out.usage.is_none() {
                                 // Implausible usage: count the answer instead.
@@ -289,6 +296,7 @@ impl SseState {
                 sink.owners.record(id, &sink.key);
             }
         }
+        self.out.answer.on_event(ev.event, data);
         if self.raw.len() + data.len() <= MAX_TEXT {
             self.raw.extend_from_slice(data);
             self.raw_ends.push(self.raw.len());
@@ -419,11 +427,6 @@ fn answer_text(body: &[u8]) -> String {
 
 fn nested(n: &Option<Nested>) -> Option<&UsageFields> {
     n.as_ref().and_then(|n| n.usage.as_ref())
-}
-
-#[derive(Deserialize)]
-struct TopLevel {
-    usage: Option<UsageFields>,
 }
 
 #[derive(Deserialize)]
