@@ -354,6 +354,7 @@ impl RequestRecord {
                 output_tokens: usage.map(|u| u.output),
                 cost_nanos: cost,
                 text: observed.text.clone(),
+                facts: observed.answer.clone(),
             });
         }
         if let Some(c) = self.facts.capture.take() {

@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Shadow;
 use crate::stats::Moments;
+use crate::stream::observe::AnswerFacts;
 
 /// What the primary answer was, for the comparison.
 #[derive(Debug, Clone, Default)]
@@ -21,6 +22,8 @@ pub struct Primary {
     pub cost_nanos: Option<u64>,
     /// The answer's text (content and tool arguments).
     pub text: String,
+    /// How the answer ended and the tools it called.
+    pub facts: AnswerFacts,
 }
 
 /// What the shadow answered.
@@ -32,6 +35,7 @@ pub struct Answer {
     pub output_tokens: Option<u64>,
     pub cost_nanos: Option<u64>,
     pub text: String,
+    pub facts: AnswerFacts,
 }
 
 /// The two answers side by side.
@@ -46,6 +50,11 @@ pub struct Comparison {
     /// Whether each answer's text parses as JSON (structured output).
     pub primary_json: bool,
     pub shadow_json: bool,
+    /// The same finish (stop) reason.
+    pub finish_match: bool,
+    /// The same tools called, in the same order (both none included): what
+    /// matters most for an agent's next step.
+    pub tool_names_match: bool,
     pub latency_delta_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttft_delta_ms: Option<f64>,
@@ -77,6 +86,8 @@ pub fn compare(p: &Primary, s: &Answer) -> Comparison {
         similarity,
         primary_json: is_json(&p.text),
         shadow_json: is_json(&s.text),
+        finish_match: p.facts.finish_reason == s.facts.finish_reason,
+        tool_names_match: p.facts.tool_names == s.facts.tool_names,
         latency_delta_ms: s.latency_ms - p.latency_ms,
         ttft_delta_ms: p.ttft_ms.zip(s.ttft_ms).map(|(p, s)| s - p),
     }
@@ -91,6 +102,10 @@ pub struct Totals {
     pub compared: u64,
     pub status_match: u64,
     pub exact_match: u64,
+    pub finish_match: u64,
+    pub tool_names_match: u64,
+    /// Comparisons where either side called a tool.
+    pub with_tools: u64,
     pub shadow_errors: u64,
     pub similarity: Moments,
     pub latency_delta_ms: Moments,
@@ -110,6 +125,9 @@ impl Totals {
             "shadow_errors": self.shadow_errors,
             "status_agreement": rate(self.status_match),
             "exact_match_rate": rate(self.exact_match),
+            "finish_reason_agreement": rate(self.finish_match),
+            "tool_names_agreement": rate(self.tool_names_match),
+            "compared_with_tools": self.with_tools,
             "similarity_mean": self.similarity.mean(),
             "latency_delta_ms_mean": self.latency_delta_ms.mean(),
             "ttft_delta_ms_mean": self.ttft_delta_ms.mean(),
@@ -258,6 +276,38 @@ mod tests {
         };
         assert!(compare(&p, &json).shadow_json);
         assert!(!compare(&p, &json).primary_json);
+    }
+
+    #[test]
+    fn tool_calls_and_finish_reasons_are_compared() {
+        let facts = |finish: &str, tools: &[&str]| AnswerFacts {
+            finish_reason: Some(finish.into()),
+            tool_calls: tools.len() as u32,
+            tool_names: tools.iter().map(|t| (*t).to_owned()).collect(),
+        };
+        let p = Primary {
+            facts: facts("tool_calls", &["search", "read"]),
+            ..Primary::default()
+        };
+        let same = Answer {
+            facts: facts("tool_calls", &["search", "read"]),
+            ..Answer::default()
+        };
+        let c = compare(&p, &same);
+        assert!(c.finish_match && c.tool_names_match);
+        let other = Answer {
+            facts: facts("tool_calls", &["read", "search"]),
+            ..Answer::default()
+        };
+        assert!(!compare(&p, &other).tool_names_match, "order matters");
+        let text = Answer {
+            facts: facts("stop", &[]),
+            ..Answer::default()
+        };
+        let c = compare(&p, &text);
+        assert!(!c.finish_match && !c.tool_names_match);
+        let none = Primary::default();
+        assert!(compare(&none, &Answer::default()).tool_names_match);
     }
 
     #[test]

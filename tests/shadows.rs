@@ -126,6 +126,28 @@ async fn copies_are_compared_recorded_and_never_charged_to_the_client() {
     // Other models are not mirrored.
     post(&s, "/v1/chat/completions", &[], &chat("gpt-4o-mini")).await;
     assert_eq!(shadows(&s).await["totals"]["mirrored"], 6);
+
+    // An agent's step: both sides call the same tool, and the comparison
+    // says so with the finish reasons.
+    let tools = json!({"model": "gpt-4o", "max_tokens": 50,
+        "messages": [{"role": "user", "content": "what is the weather in Paris?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]});
+    let (st, h, _) = post(&s, "/v1/chat/completions", &[], &tools).await;
+    assert_eq!(st, StatusCode::OK);
+    let id = h["x-sluice-request-id"].to_str().expect("id").to_owned();
+    let copy = s.usage_for(&format!("{id}-shadow")).await;
+    assert_eq!(copy["tool_names"], json!(["get_weather"]), "{copy}");
+    assert_eq!(
+        copy["primary"]["tool_names"],
+        json!(["get_weather"]),
+        "{copy}"
+    );
+    assert_eq!(copy["finish_reason"], "tool_calls", "{copy}");
+    assert_eq!(copy["comparison"]["tool_names_match"], true, "{copy}");
+    assert_eq!(copy["comparison"]["finish_match"], true, "{copy}");
+    let totals = &shadows(&s).await["totals"];
+    assert_eq!(totals["compared_with_tools"], 1, "{totals}");
+    assert_eq!(totals["tool_names_agreement"], 1.0, "{totals}");
 }
 
 #[tokio::test]

@@ -186,6 +186,10 @@ impl Copy {
             t.compared += 1;
             t.status_match += u64::from(c.status_match);
             t.exact_match += u64::from(c.exact_match);
+            t.finish_match += u64::from(c.finish_match);
+            t.tool_names_match += u64::from(c.tool_names_match);
+            t.with_tools +=
+                u64::from(!p.facts.tool_names.is_empty() || !answer.facts.tool_names.is_empty());
             t.similarity.push(c.similarity);
             t.latency_delta_ms.push(c.latency_delta_ms);
             if let Some(d) = c.ttft_delta_ms {
@@ -211,6 +215,8 @@ impl Copy {
             "input_tokens": usage.map(|u| u.input),
             "output_tokens": answer.output_tokens,
             "cost_usd": cost.map(usd),
+            "finish_reason": answer.facts.finish_reason,
+            "tool_names": (!answer.facts.tool_names.is_empty()).then_some(&answer.facts.tool_names),
             "comparison": comparison,
             "primary": primary.map(|p| json!({
                 "status": p.status,
@@ -218,6 +224,8 @@ impl Copy {
                 "ttft_ms": p.ttft_ms,
                 "output_tokens": p.output_tokens,
                 "cost_usd": p.cost_nanos.map(usd),
+                "finish_reason": p.facts.finish_reason,
+                "tool_names": (!p.facts.tool_names.is_empty()).then_some(&p.facts.tool_names),
             })),
         }));
     }
@@ -285,6 +293,7 @@ impl Copy {
             output_tokens: observed.usage.map(|u| u.output),
             cost_nanos: None,
             text: observed.text,
+            facts: observed.answer,
         };
         (answer, observed.usage)
     }

@@ -72,6 +72,7 @@ impl Row {
             output_tokens: old.output_tokens,
             cost_nanos: None,
             text: old.text.clone(),
+            ..Default::default()
         };
         let a = crate::shadow::Answer {
             status: new.status,
@@ -80,6 +81,7 @@ impl Row {
             output_tokens: new.output_tokens,
             cost_nanos: None,
             text: new.text.clone(),
+            ..Default::default()
         };
         let c = crate::shadow::compare(&p, &a);
         Row {
