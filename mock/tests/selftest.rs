@@ -369,7 +369,8 @@ async fn anthropic_messages_and_stream_order() {
     assert_eq!(
         v["usage"],
         json!({"input_tokens": 5, "output_tokens": 3,
-               "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0})
+               "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+               "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0}})
     );
 
     let (_, _, resp) = post_json(
