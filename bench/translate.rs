@@ -83,13 +83,14 @@ fn bench_translate(c: &mut Criterion) {
     g.bench_function("response_message_to_chat", |b| {
         b.iter(|| {
             let v: Value = serde_json::from_slice(black_box(&answer)).unwrap();
-            serde_json::to_vec(&response::message_to_chat(&v, 1).unwrap()).unwrap()
+            serde_json::to_vec(&response::message_to_chat(&v, Plan::default(), 1).unwrap()).unwrap()
         })
     });
     let sse = anthropic_stream();
     let plan = Plan {
         stream: true,
         include_usage: true,
+        json_tool: false,
     };
     // The first two events (message_start, the first text delta): what a translated stream
     // adds before its first byte reaches the client.

@@ -34,11 +34,12 @@ fn plan(case: &Value) -> Plan {
     Plan {
         stream: p["stream"].as_bool().unwrap_or(false),
         include_usage: p["include_usage"].as_bool().unwrap_or(false),
+        json_tool: p["json_tool"].as_bool().unwrap_or(false),
     }
 }
 
 fn plan_json(p: Plan) -> Value {
-    json!({"stream": p.stream, "include_usage": p.include_usage})
+    json!({"stream": p.stream, "include_usage": p.include_usage, "json_tool": p.json_tool})
 }
 
 /// A request translation: the body and plan, or `{"refused": message}`.
@@ -119,7 +120,7 @@ fn run(kind: &str, case: &Value) -> Value {
     let input = &case["input"];
     match kind {
         "chat_to_messages" | "messages_to_chat" => request_out(kind, input),
-        "message_to_chat" => match response::message_to_chat(input, CREATED) {
+        "message_to_chat" => match response::message_to_chat(input, plan(case), CREATED) {
             Ok(v) => v,
             Err(r) => json!({"refused": r.0}),
         },

@@ -26,7 +26,16 @@ pub struct Plan {
     /// The client asked for a usage chunk at the end of an OpenAI stream
     /// (`stream_options.include_usage`).
     pub include_usage: bool,
+    /// OpenAI JSON mode or structured output was asked of Anthropic: the
+    /// answer comes as the input of the forced tool [`JSON_TOOL`] and goes
+    /// back to the client as the message content.
+    pub json_tool: bool,
 }
+
+/// The tool an OpenAI `response_format` (`json_object`, `json_schema`) is
+/// sent to Anthropic as: forced with `tool_choice`, its input schema the
+/// requested one, its input the answer.
+pub const JSON_TOOL: &str = "json_response";
 
 /// The default `max_tokens` Anthropic requires when an OpenAI request sets no
 /// output cap (`max_tokens` / `max_completion_tokens`).

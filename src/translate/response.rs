@@ -4,6 +4,7 @@
 use serde_json::{Map, Value};
 
 use super::json::{object, str_at, u64_at, Refused};
+use super::{Plan, JSON_TOOL};
 
 /// Anthropic's `stop_reason` as OpenAI's `finish_reason`.
 pub(crate) fn finish_reason(stop_reason: &str) -> &'static str {
@@ -63,8 +64,9 @@ pub(crate) fn usage_to_anthropic(usage: &Value) -> Value {
 
 /// An Anthropic message as an OpenAI `chat.completion` (`created` is the
 /// Unix time the caller stamps it with). Thinking blocks are dropped: the
-/// OpenAI request had no way to ask for them.
-pub fn message_to_chat(message: &Value, created: u64) -> Result<Value, Refused> {
+/// OpenAI request had no way to ask for them. With `plan.json_tool`, the
+/// JSON tool's input is the content.
+pub fn message_to_chat(message: &Value, plan: Plan, created: u64) -> Result<Value, Refused> {
     let blocks = message
         .get("content")
         .and_then(Value::as_array)
@@ -76,6 +78,11 @@ pub fn message_to_chat(message: &Value, created: u64) -> Result<Value, Refused> 
             "text" => text
                 .get_or_insert_with(String::new)
                 .push_str(str_at(block, "text")),
+            "tool_use" if plan.json_tool && str_at(block, "name") == JSON_TOOL => text
+                .get_or_insert_with(String::new)
+                .push_str(&super::json::to_text(
+                    block.get("input").unwrap_or(&Value::Null),
+                )),
             "tool_use" => calls.push(object([
                 ("id", str_at(block, "id").into()),
                 ("type", "function".into()),
@@ -101,6 +108,7 @@ pub fn message_to_chat(message: &Value, created: u64) -> Result<Value, Refused> 
         reply.insert("tool_calls".into(), Value::Array(calls));
     }
     let finish = match message.get("stop_reason").and_then(Value::as_str) {
+        Some("tool_use") if plan.json_tool => Value::from("stop"),
         Some(r) => Value::from(finish_reason(r)),
         None => Value::Null,
     };

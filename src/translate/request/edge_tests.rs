@@ -25,14 +25,10 @@ fn refuses_what_anthropic_cannot_do() {
         ("logit_bias", json!({"1": 5}), "logit_bias"),
         (
             "response_format",
-            json!({"type":"json_object"}),
-            "json_object",
+            json!({"type":"json_schema","json_schema":{"schema":{"type":"array"}}}),
+            "must describe an object",
         ),
-        (
-            "response_format",
-            json!({"type":"json_schema","json_schema":{}}),
-            "json_schema",
-        ),
+        ("response_format", json!({"type":"grammar"}), "grammar"),
         ("modalities", json!(["text", "audio"]), "modalities"),
         ("reasoning_effort", json!("high"), "reasoning_effort"),
         ("store", json!(true), "store"),
@@ -83,7 +79,8 @@ fn plan_follows_stream_options() {
         plan,
         Plan {
             stream: true,
-            include_usage: true
+            include_usage: true,
+            json_tool: false
         }
     );
     let (body, plan) = messages_to_chat(&json!({"model":"m","max_tokens":5,"stream":true,
@@ -93,7 +90,8 @@ fn plan_follows_stream_options() {
         plan,
         Plan {
             stream: true,
-            include_usage: true
+            include_usage: true,
+            json_tool: false
         }
     );
     assert_eq!(body["stream_options"], json!({"include_usage": true}));
@@ -207,4 +205,25 @@ fn anthropic_tool_results_come_before_the_users_text() {
             {"role":"user","content":"and now?"}
         ])
     );
+}
+
+#[test]
+fn json_mode_is_a_forced_tool_and_refused_beside_tools() {
+    let (out, plan) = chat_to_messages(
+        &json!({"model":"m","messages":[{"role":"user","content":"hi"}],
+        "response_format":{"type":"json_object"}}),
+    )
+    .expect("ok");
+    assert!(plan.json_tool);
+    assert_eq!(
+        out["tool_choice"],
+        json!({"type":"tool","name":"json_response"})
+    );
+    assert_eq!(out["tools"][0]["input_schema"], json!({"type":"object"}));
+    let message = refused(
+        json!({"model":"m","messages":[{"role":"user","content":"hi"}],
+        "response_format":{"type":"json_object"},
+        "tools":[{"type":"function","function":{"name":"f"}}]}),
+    );
+    assert!(message.contains("together with tools"), "{message}");
 }

@@ -4,7 +4,7 @@ use serde_json::{Map, Value};
 
 use super::split_data_url;
 use crate::translate::json::{is_unset, object, str_at, to_text, Refused};
-use crate::translate::{Plan, DEFAULT_MAX_TOKENS};
+use crate::translate::{Plan, DEFAULT_MAX_TOKENS, JSON_TOOL};
 
 const ANTHROPIC: &str = "Anthropic messages";
 
@@ -46,6 +46,7 @@ pub fn chat_to_messages(req: &Value) -> Result<(Value, Plan), Refused> {
     let mut tool_choice = None;
     let mut parallel = true;
     let mut tools: Vec<Value> = Vec::new();
+    let mut json_schema = None;
 
     for (key, value) in req {
         match key.as_str() {
@@ -118,16 +119,7 @@ pub fn chat_to_messages(req: &Value) -> Result<(Value, Plan), Refused> {
                 tool_choice = Some(choice_to_anthropic(value)?);
             }
             "parallel_tool_calls" => parallel = value.as_bool().unwrap_or(true),
-            "response_format" => match str_at(value, "type") {
-                "" | "text" => {}
-                other => {
-                    return Err(Refused(format!(
-                        "`response_format` {other:?} has no equivalent on Anthropic messages \
-                         (no JSON mode); ask for JSON in the prompt, or route to an OpenAI \
-                         deployment"
-                    )))
-                }
-            },
+            "response_format" => json_schema = json_response_schema(value)?,
             "user" if !value.is_null() => {
                 out.insert("metadata".into(), object([("user_id", value.clone())]));
             }
@@ -174,6 +166,28 @@ pub fn chat_to_messages(req: &Value) -> Result<(Value, Plan), Refused> {
         Value::from(max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)),
     );
     body.extend(out);
+    if let Some(schema) = json_schema {
+        // JSON mode as a forced tool whose input is the answer.
+        if !tools.is_empty() || tool_choice.is_some() {
+            return Err(Refused(
+                "`response_format` together with tools has no equivalent on Anthropic messages"
+                    .into(),
+            ));
+        }
+        tools.push(object([
+            ("name", JSON_TOOL.into()),
+            (
+                "description",
+                "Respond with the answer as this tool's input.".into(),
+            ),
+            ("input_schema", schema),
+        ]));
+        tool_choice = Some(object([
+            ("type", "tool".into()),
+            ("name", JSON_TOOL.into()),
+        ]));
+        plan.json_tool = true;
+    }
     if !tools.is_empty() {
         body.insert("tools".into(), Value::Array(tools));
     }
@@ -192,6 +206,34 @@ pub fn chat_to_messages(req: &Value) -> Result<(Value, Plan), Refused> {
         body.insert("tool_choice".into(), c);
     }
     Ok((Value::Object(body), plan))
+}
+
+/// The input schema of the JSON tool for a `response_format`, or `None` for
+/// plain text. Anthropic tool inputs are objects, so a schema whose root is
+/// not an object is refused.
+fn json_response_schema(format: &Value) -> Result<Option<Value>, Refused> {
+    let schema = match str_at(format, "type") {
+        "" | "text" => return Ok(None),
+        "json_object" => object([("type", "object".into())]),
+        "json_schema" => format
+            .get("json_schema")
+            .and_then(|s| s.get("schema"))
+            .cloned()
+            .unwrap_or_else(|| object([("type", "object".into())])),
+        other => {
+            return Err(Refused(format!(
+                "`response_format` {other:?} has no equivalent on Anthropic messages"
+            )))
+        }
+    };
+    if str_at(&schema, "type") != "object" {
+        return Err(Refused(
+            "`response_format.json_schema.schema` must describe an object to cross to Anthropic \
+             messages"
+                .into(),
+        ));
+    }
+    Ok(Some(schema))
 }
 
 /// One OpenAI tool (or legacy function) as an Anthropic tool.

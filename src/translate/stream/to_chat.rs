@@ -6,7 +6,7 @@ use super::push_data;
 use crate::translate::error::anthropic_type_to_openai;
 use crate::translate::json::{object, str_at, to_text};
 use crate::translate::response::{finish_reason, usage_to_openai};
-use crate::translate::Plan;
+use crate::translate::{Plan, JSON_TOOL};
 
 /// Translates one Anthropic message stream into OpenAI chunks ending with
 /// `data: [DONE]`.
@@ -16,6 +16,9 @@ pub struct MessagesToChat {
     model: Value,
     created: u64,
     include_usage: bool,
+    json_tool: bool,
+    /// The block streaming the JSON tool's input (the content, in JSON mode).
+    json_block: Option<u64>,
     /// Anthropic usage so far (`message_start`, then `message_delta`s).
     usage: Map<String, Value>,
     /// Anthropic block index → OpenAI tool call index, per `tool_use` block.
@@ -33,6 +36,8 @@ impl MessagesToChat {
             model: Value::from(""),
             created,
             include_usage: plan.include_usage,
+            json_tool: plan.json_tool,
+            json_block: None,
             usage: Map::new(),
             tools: Vec::new(),
             finish: None,
@@ -79,6 +84,9 @@ impl MessagesToChat {
                 let block = event.get("content_block").unwrap_or(&Value::Null);
                 match str_at(block, "type") {
                     "text" => self.text(str_at(block, "text"), out),
+                    "tool_use" if self.json_tool && str_at(block, "name") == JSON_TOOL => {
+                        self.json_block = index;
+                    }
                     "tool_use" => {
                         let k = self.tools.len();
                         self.tools.push((index.unwrap_or(0), k));
@@ -112,6 +120,9 @@ impl MessagesToChat {
                 let delta = event.get("delta").unwrap_or(&Value::Null);
                 match str_at(delta, "type") {
                     "text_delta" => self.text(str_at(delta, "text"), out),
+                    "input_json_delta" if index.is_some() && index == self.json_block => {
+                        self.text(str_at(delta, "partial_json"), out);
+                    }
                     "input_json_delta" => {
                         let part = str_at(delta, "partial_json");
                         let tool = self.tools.iter().find(|(b, _)| Some(*b) == index);
@@ -136,7 +147,10 @@ impl MessagesToChat {
                     .and_then(|d| d.get("stop_reason"))
                     .and_then(Value::as_str)
                 {
-                    self.finish = Some(finish_reason(reason));
+                    self.finish = Some(match reason {
+                        "tool_use" if self.json_block.is_some() => "stop",
+                        _ => finish_reason(reason),
+                    });
                 }
                 if let Some(Value::Object(u)) = event.get("usage") {
                     for (k, v) in u {
