@@ -1,5 +1,6 @@
 //! Request bodies: OpenAI chat completions → Anthropic messages and back.
 
+mod content;
 mod to_chat;
 mod to_messages;
 
