@@ -33,6 +33,8 @@ fn refuses_what_anthropic_cannot_do() {
         ("reasoning_effort", json!("high"), "reasoning_effort"),
         ("store", json!(true), "store"),
         ("some_new_field", json!(1), "some_new_field"),
+        ("stop", json!("\n"), "whitespace"),
+        ("stop", json!(["END", " \t"]), "whitespace"),
     ] {
         let mut req = base.clone();
         req[field] = value;

@@ -82,12 +82,16 @@ pub fn chat_to_messages(req: &Value) -> Result<(Value, Plan), Refused> {
             "stop" => match value {
                 Value::Null => {}
                 Value::String(s) => {
+                    blank_stop(s)?;
                     out.insert(
                         "stop_sequences".into(),
                         Value::Array(vec![s.as_str().into()]),
                     );
                 }
                 Value::Array(list) if list.iter().all(Value::is_string) => {
+                    for s in list.iter().filter_map(Value::as_str) {
+                        blank_stop(s)?;
+                    }
                     if !list.is_empty() {
                         out.insert("stop_sequences".into(), value.clone());
                     }
@@ -206,6 +210,18 @@ pub fn chat_to_messages(req: &Value) -> Result<(Value, Plan), Refused> {
         body.insert("tool_choice".into(), c);
     }
     Ok((Value::Object(body), plan))
+}
+
+/// Anthropic refuses stop sequences made only of whitespace (`"\n"`), and
+/// dropping one would change where the answer stops.
+fn blank_stop(stop: &str) -> Result<(), Refused> {
+    if stop.trim().is_empty() {
+        return Err(Refused(format!(
+            "`stop` {stop:?} has no equivalent on Anthropic messages, which refuses stop \
+             sequences made only of whitespace"
+        )));
+    }
+    Ok(())
 }
 
 /// The input schema of the JSON tool for a `response_format`, or `None` for
