@@ -9,7 +9,8 @@
 //!
 //! - leaves: [`vocab`] (API shape, endpoint, identity, scope dimensions,
 //!   refusals), [`glob`], [`pricing`], [`window`], [`usage`], [`webhook`],
-//!   [`stats`] (experiment statistics);
+//!   [`stats`] (experiment statistics), [`translate`] (OpenAI ↔ Anthropic
+//!   requests, responses, streams and errors);
 //! - [`error`] depends only on leaves and [`headers`]: no domain module;
 //! - [`config`] on the leaves, [`path`] and [`sniff`];
 //! - domain modules ([`auth`], [`route`], [`limits`], [`budget`], [`cache`],
@@ -61,6 +62,7 @@ pub mod sniff;
 pub mod stats;
 pub mod stream;
 pub mod telemetry;
+pub mod translate;
 pub mod upstream;
 pub mod usage;
 pub mod usage_log;

@@ -146,7 +146,15 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check(path) => match Config::load(&path).and_then(sluice::app::Snapshot::build) {
-            Ok(_) => {
+            Ok(snap) => {
+                for (from, to) in snap.router.cross_api_targets(&snap.upstreams) {
+                    eprintln!(
+                        "{}: warning: model {from:?} routes to {to:?}, which only a provider of \
+                         the other API serves: requests are not translated between APIs on the \
+                         request path yet, so it is never used (README: Crossing providers)",
+                        path.display()
+                    );
+                }
                 println!("{}: ok", path.display());
                 ExitCode::SUCCESS
             }

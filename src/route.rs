@@ -191,6 +191,57 @@ impl Router {
         out
     }
 
+    /// Models a rule falls back to (`fallbacks`, `context_fallback`) or a
+    /// routing model picks (`default`, `use`) that only a provider of the
+    /// other API serves, as `(from, to)`: requests are not translated between
+    /// APIs on the request path yet, so such a fallback is never tried and
+    /// such a pick is a 404. `sluice check` prints them as warnings.
+    pub fn cross_api_targets(&self, upstreams: &[Upstream]) -> Vec<(String, String)> {
+        let shape_of = |rule: &ModelRule| {
+            let u = upstreams.get(rule.deployments.first()?.provider)?;
+            Some(if u.speaks(ApiShape::Anthropic) {
+                ApiShape::Anthropic
+            } else {
+                ApiShape::OpenAi
+            })
+        };
+        let other = |shape| match shape {
+            ApiShape::OpenAi => ApiShape::Anthropic,
+            ApiShape::Anthropic => ApiShape::OpenAi,
+        };
+        let crosses = |to: &str, shape: ApiShape| {
+            self.rule_for(to, shape, upstreams).is_none()
+                && self.rule_for(to, other(shape), upstreams).is_some()
+        };
+        let mut out = Vec::new();
+        for rule in &self.rules {
+            let Some(shape) = shape_of(rule) else {
+                continue;
+            };
+            for to in rule.fallbacks.iter().chain(rule.context_fallback.iter()) {
+                if crosses(to, shape) {
+                    out.push((rule.pattern.clone(), to.clone()));
+                }
+            }
+        }
+        // A routing model serves either API: its picks must agree with its
+        // default's.
+        for tier in &self.tiers {
+            let Some(shape) = [ApiShape::OpenAi, ApiShape::Anthropic]
+                .into_iter()
+                .find(|&s| self.rule_for(&tier.default, s, upstreams).is_some())
+            else {
+                continue;
+            };
+            for rule in &tier.rules {
+                if crosses(&rule.use_model, shape) {
+                    out.push((tier.model.clone(), rule.use_model.clone()));
+                }
+            }
+        }
+        out
+    }
+
     /// Exact (non-glob) public model names, for `GET /v1/models`.
     pub fn listed_models(&self) -> impl Iterator<Item = &str> {
         self.rules
@@ -372,6 +423,32 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[tokio::test]
+    async fn fallbacks_to_the_other_api_are_reported() {
+        let ups = upstreams();
+        let mut gpt = rule_on("gpt-4o", None, 0);
+        gpt.fallbacks = vec!["claude-x".into(), "gpt-mini".into()];
+        gpt.context_fallback = Some("claude-x".into());
+        let mut claude = rule_on("claude-x", None, 1);
+        claude.fallbacks = vec!["gpt-4o".into()];
+        let r = Router::new(
+            vec![gpt, claude, rule_on("gpt-mini", None, 0)],
+            vec![TierRoute {
+                model: "auto".into(),
+                default: "gpt-mini".into(),
+                rules: Vec::new(),
+            }],
+        );
+        assert_eq!(
+            r.cross_api_targets(&ups),
+            vec![
+                ("gpt-4o".to_owned(), "claude-x".to_owned()),
+                ("gpt-4o".to_owned(), "claude-x".to_owned()),
+                ("claude-x".to_owned(), "gpt-4o".to_owned()),
+            ]
+        );
     }
 
     #[tokio::test]

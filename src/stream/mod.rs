@@ -1,4 +1,6 @@
-//! The response side: SSE framing and the observing tap.
+//! The response side: SSE framing, the observing tap, and streams translated
+//! between APIs (`translate`).
 
 pub mod observe;
 pub mod sse;
+pub mod translate;
