@@ -89,6 +89,10 @@ pub struct Facts {
     pub arm: Option<crate::experiment::Pick>,
     /// A shadow copy waiting for this answer, to compare.
     pub shadow: Option<tokio::sync::oneshot::Sender<crate::shadow::Primary>>,
+    /// Starts that copy once the client has its first byte (or, dropped,
+    /// when this request ends without one), so the copy's work never
+    /// competes with the primary's time to first byte.
+    pub shadow_go: Option<tokio::sync::oneshot::Sender<()>>,
     /// The chaos fault injected at the client's edge, by name.
     pub fault: Option<Arc<str>>,
     /// That fault, when it spoils the streamed answer.
@@ -195,6 +199,7 @@ impl RequestRecord {
                 loop_detected: false,
                 arm: None,
                 shadow: None,
+                shadow_go: None,
                 fault: None,
                 stream_fault: None,
                 capture: None,
@@ -225,6 +230,9 @@ impl RequestRecord {
 
     pub fn first_byte(&mut self, at: Instant) {
         self.outcome.first_byte_at.get_or_insert(at);
+        if let Some(go) = self.facts.shadow_go.take() {
+            let _ = go.send(());
+        }
     }
 
     /// Answer bytes as they pass, for `[capture]` (a bounded copy, only

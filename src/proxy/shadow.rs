@@ -3,7 +3,9 @@
 //! copy takes one of the shadow's bounded slots or is dropped (counted);
 //! its answer is read to the end, waits for the primary's, and the two are
 //! compared and recorded (a usage line joined by request id, the shadow's
-//! totals). Its cost counts against the shadow's own daily cap, never
+//! totals). The copy is sent once the primary's first byte reached the
+//! client, so its work never competes with the primary's time to first
+//! byte. Its cost counts against the shadow's own daily cap, never
 //! against a client's budgets; a client's own key never pays for a copy
 //! (passthrough requests are not mirrored).
 
@@ -104,6 +106,8 @@ pub(super) fn mirror(
     }
     let (tx, rx) = oneshot::channel();
     rec.facts.shadow = Some(tx);
+    let (go_tx, go) = oneshot::channel();
+    rec.facts.shadow_go = Some(go_tx);
     live.update(|t| t.mirrored += 1);
     metrics::shadow(&rule.name, "sent");
     let copy = Copy {
@@ -122,7 +126,7 @@ pub(super) fn mirror(
         primary_id: rec.facts.id.clone(),
         deadline: rec.facts.deadline,
     };
-    tokio::spawn(copy.run(groups, rx, permit));
+    tokio::spawn(copy.run(groups, go, rx, permit));
 }
 
 /// One shadow copy, owned by its task.
@@ -147,9 +151,13 @@ impl Copy {
     async fn run(
         self,
         groups: VecDeque<attempt::Group>,
+        go: oneshot::Receiver<()>,
         primary: oneshot::Receiver<Primary>,
         _slot: OwnedSemaphorePermit,
     ) {
+        // Sent once the client has its first byte (or the primary ended
+        // without one): the copy never slows the primary's first byte.
+        let _ = tokio::time::timeout_at(self.deadline, go).await;
         let started = Instant::now();
         let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         let mut progress = Progress::default();
