@@ -180,15 +180,8 @@ fn main() -> ExitCode {
                 }
             };
             init_tracing(&log);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("sluice: cannot start runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(rt) = runtime(true) else {
+                return ExitCode::FAILURE;
             };
             match rt.block_on(sluice::run::run(path)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -204,15 +197,8 @@ fn main() -> ExitCode {
 /// `sluice keys …`: one admin call; its answer on stdout, exit 1 unless 2xx.
 #[expect(clippy::print_stdout, reason = "command output, not logs")]
 fn keys(cmd: sluice::cli::keys::KeysCommand) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("sluice: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = runtime(false) else {
+        return ExitCode::FAILURE;
     };
     match rt.block_on(sluice::cli::keys::run(cmd)) {
         Ok((status, body)) => {
@@ -227,6 +213,23 @@ fn keys(cmd: sluice::cli::keys::KeysCommand) -> ExitCode {
         Err(e) => {
             eprintln!("sluice: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// A tokio runtime (all cores, or the calling thread for a one-shot
+/// command); `None`, with the reason on stderr, when it cannot start.
+fn runtime(multi_thread: bool) -> Option<tokio::runtime::Runtime> {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    match builder.enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("sluice: cannot start runtime: {e}");
+            None
         }
     }
 }
@@ -285,15 +288,8 @@ fn replay(opts: &sluice::replay::Options, json: bool) -> ExitCode {
         json: false,
         usage: sluice::config::UsageSink::Off,
     });
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("sluice: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = runtime(true) else {
+        return ExitCode::FAILURE;
     };
     match rt.block_on(sluice::replay::replay(opts)) {
         Ok(report) if json => {
