@@ -34,6 +34,9 @@ use crate::sniff::{self, Endpoint, Rewrite};
 use crate::telemetry::{self, AttemptEnd, AttemptStart, RequestTrace};
 use crate::upstream::{SendError, Upstream};
 
+pub mod cross;
+pub use cross::Crossing;
+
 /// Anthropic API version sent when a client names none.
 const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Error bodies read to look for a context-length error.
@@ -47,18 +50,64 @@ pub struct Group {
     pub tries: u32,
     /// Public model to switch to on a context-length error.
     pub context_fallback: Option<String>,
+    /// The group's deployments speak the other API: the request as they
+    /// get it.
+    pub crossing: Option<Arc<Crossing>>,
 }
 
 /// The group without the deployments a client's own key may not go to: a
 /// passthrough key reaches only providers with `client_keys`, never another
-/// provider by routing or fallback.
+/// provider by routing or fallback, and never one of the other API (a key
+/// for one API is no credential for the other).
 pub fn keep_for_credential(mut group: Group, cred: &Credential, upstreams: &[Upstream]) -> Group {
     if matches!(cred, Credential::Passthrough { .. }) {
+        let crossing = group.crossing.is_some();
         group
             .candidates
-            .retain(|c| upstreams.get(c.provider).is_some_and(|u| u.client_keys));
+            .retain(|c| !crossing && upstreams.get(c.provider).is_some_and(|u| u.client_keys));
     }
     group
+}
+
+/// The group of one route: its deployments, and the request translated
+/// when they speak the other API. `Err` when it cannot be translated.
+pub fn group_for(
+    route: &crate::route::Route<'_>,
+    call_like: &GroupInput<'_>,
+) -> Result<Group, ProxyError> {
+    let crossing = if route.api == call_like.shape {
+        None
+    } else {
+        let c = cross::translate(call_like.shape, call_like.body, call_like.include_usage)
+            .map_err(|r| cross::refused(&route.public, r))?;
+        Some(Arc::new(c))
+    };
+    let group = Group {
+        candidates: route.candidates(call_like.upstreams, call_like.registry),
+        balance: route.rule.balance,
+        tries: 1 + call_like.max_retries,
+        context_fallback: route.rule.context_fallback.clone(),
+        crossing,
+    };
+    Ok(keep_for_credential(
+        group,
+        call_like.cred,
+        call_like.upstreams,
+    ))
+}
+
+/// What building a route's group needs from the request.
+pub struct GroupInput<'a> {
+    pub upstreams: &'a [Upstream],
+    pub registry: &'a Deployments,
+    pub cred: &'a Credential,
+    /// The client's API.
+    pub shape: ApiShape,
+    /// The body in the client's API, after every rewrite.
+    pub body: &'a [u8],
+    /// The client asked for a usage chunk at the end of its OpenAI stream.
+    pub include_usage: bool,
+    pub max_retries: u32,
 }
 
 /// One attempt, for the usage record.
@@ -94,6 +143,9 @@ pub struct Progress {
     pub inflight: Option<InflightGuard>,
     /// An upstream chaos fault replaced an attempt's answer (its name).
     pub fault: Option<Arc<str>>,
+    /// The answer comes from a deployment of the other API: how the request
+    /// was translated (the answer is translated back).
+    pub crossing: Option<Arc<Crossing>>,
 }
 
 /// Where attempts go: the providers' pooled clients in production (the
@@ -163,6 +215,9 @@ pub struct Call<'a> {
     /// The request's span: each attempt gets a child span, whose context
     /// goes upstream in `traceparent`.
     pub trace: &'a RequestTrace,
+    /// The client asked for a usage chunk at the end of its OpenAI stream
+    /// (a context fallback to the other API translates the request again).
+    pub include_usage: bool,
 }
 
 /// The upstream answer that goes to the client.
@@ -285,8 +340,7 @@ pub async fn run_with<T: Transport + ?Sized>(
                 _ => Ok(attempt(
                     transport,
                     call,
-                    upstream,
-                    cand,
+                    (upstream, cand, group.crossing.as_deref()),
                     progress,
                     fault,
                     span.traceparent(),
@@ -315,7 +369,7 @@ pub async fn run_with<T: Transport + ?Sized>(
                     if counts(ok) {
                         record_breaker(cand, &breaker_cfg, ok, permit);
                     }
-                    answered_by(progress, upstream, cand, guard);
+                    answered_by(progress, upstream, cand, guard, &group);
                     if retryable_status(status) {
                         progress.log.push(log(status.as_u16(), "retryable"));
                         asked_wait = retry::retry_after(&parts.headers);
@@ -351,7 +405,7 @@ pub async fn run_with<T: Transport + ?Sized>(
                         "client_error"
                     };
                     progress.log.push(log(status.as_u16(), outcome));
-                    answered_by(progress, upstream, cand, guard);
+                    answered_by(progress, upstream, cand, guard, &group);
                     if status == StatusCode::BAD_REQUEST {
                         if let Some(fallback) = &group.context_fallback {
                             let (parts, body) = read_error(resp, upstream.timeouts.idle).await;
@@ -376,7 +430,7 @@ pub async fn run_with<T: Transport + ?Sized>(
                     progress.log.push(log(status.as_u16(), "retryable"));
                     asked_wait = retry::retry_after(resp.headers());
                     failed.push(cand.state.name.clone());
-                    answered_by(progress, upstream, cand, guard);
+                    answered_by(progress, upstream, cand, guard, &group);
                     last = Some(Failed::Status(resp));
                 }
                 Err(e) if !e.retryable() => {
@@ -470,26 +524,39 @@ fn answered_by(
     upstream: &Upstream,
     cand: &Candidate,
     guard: InflightGuard,
+    group: &Group,
 ) {
     progress.provider = upstream.name.clone();
     progress.model = cand.upstream_model.clone();
     progress.inflight = Some(guard);
+    progress.crossing = group.crossing.clone();
 }
 
 /// The group for a fallback model, if it resolves (and has a deployment the
 /// request's credential may go to).
 fn fallback_group(call: &Call<'_>, model: &str) -> Option<Group> {
-    let route = call
-        .snap
-        .router
-        .resolve(model, call.shape, &call.snap.upstreams)?;
-    let group = Group {
-        candidates: route.candidates(&call.snap.upstreams, call.registry),
-        balance: route.rule.balance,
-        tries: 1 + call.snap.config.retry.max_retries,
-        context_fallback: None,
+    let upstreams = &call.snap.upstreams;
+    let route =
+        call.snap
+            .router
+            .resolve_across(model, call.shape, call.endpoint.crosses(), upstreams)?;
+    let input = GroupInput {
+        upstreams,
+        registry: call.registry,
+        cred: call.cred,
+        shape: call.shape,
+        body: &call.body,
+        include_usage: call.include_usage,
+        max_retries: call.snap.config.retry.max_retries,
     };
-    let group = keep_for_credential(group, call.cred, &call.snap.upstreams);
+    let mut group = match group_for(&route, &input) {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::debug!(to = %model, error = %e, "context fallback cannot be translated");
+            return None;
+        }
+    };
+    group.context_fallback = None;
     (!group.candidates.is_empty()).then_some(group)
 }
 
@@ -536,13 +603,12 @@ fn outcome_label(status: u16) -> &'static str {
 async fn attempt<T: Transport + ?Sized>(
     transport: &T,
     call: &Call<'_>,
-    upstream: &Upstream,
-    cand: &Candidate,
+    (upstream, cand, crossing): (&Upstream, &Candidate, Option<&Crossing>),
     progress: &mut Progress,
     fault: Option<FaultKind>,
     traceparent: Option<HeaderValue>,
 ) -> Result<Response<T::Body>, ProxyError> {
-    let mut req = build_request(call, upstream, cand)?;
+    let mut req = build_request(call, upstream, cand, crossing)?;
     if let Some(tp) = traceparent {
         // The attempt span is the upstream's parent (the client's own
         // `traceparent` names the request span's parent instead).
@@ -602,24 +668,34 @@ fn build_request(
     call: &Call<'_>,
     upstream: &Upstream,
     cand: &Candidate,
+    crossing: Option<&Crossing>,
 ) -> Result<Request<Full<Bytes>>, ProxyError> {
     let model = call
         .client_model
         .map_or("", |_| cand.upstream_model.as_str());
+    let (path, body) = match crossing {
+        Some(c) => (c.path, &c.body),
+        None => (call.path_and_query, &call.body),
+    };
     let uri = upstream
-        .uri_for(call.path_and_query, model)
+        .uri_for(path, model)
         .map_err(|e| ProxyError::Internal(format!("building upstream URL: {e}")))?;
     let body = match call.client_model {
         Some(m) if m != cand.upstream_model => sniff::rewrite(
-            call.body.clone(),
+            body.clone(),
             &Rewrite {
                 model: Some(cand.upstream_model.clone()),
                 ..Rewrite::default()
             },
         )?,
-        _ => call.body.clone(),
+        _ => body.clone(),
     };
     let mut headers = upstream_request_headers(call.client_headers);
+    if crossing.is_some_and(|c| c.to == ApiShape::OpenAi) {
+        // The Anthropic client's version and betas mean nothing to OpenAI.
+        headers.remove("anthropic-version");
+        headers.remove("anthropic-beta");
+    }
     match call.cred {
         Credential::Virtual(_) => {
             let (name, v) =
@@ -667,7 +743,8 @@ fn build_request(
             HeaderValue::from_static("identity"),
         );
     }
-    if call.shape == ApiShape::Anthropic && !headers.contains_key("anthropic-version") {
+    let to_anthropic = crossing.map_or(call.shape, |c| c.to) == ApiShape::Anthropic;
+    if to_anthropic && !headers.contains_key("anthropic-version") {
         headers.insert(
             "anthropic-version",
             HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION),

@@ -19,6 +19,7 @@ use tokio::time::Sleep;
 use crate::cache::Capture;
 use crate::record::{RequestRecord, StreamEnd};
 use crate::stream::observe::Observer;
+use crate::stream::translate::SseTranslator;
 
 mod fault;
 pub use fault::FaultyBody;
@@ -113,6 +114,9 @@ pub struct TapBody {
     /// A last frame to send before ending (bytes held back by a rewrite).
     tail: Option<Bytes>,
     capture: Option<Capture>,
+    /// The provider speaks the other API: its events, observed as they
+    /// come, go to the client translated (an incomplete event is held).
+    translator: Option<SseTranslator>,
 }
 
 /// How the tap should treat an upstream body.
@@ -123,6 +127,8 @@ pub struct TapConfig {
     pub deadline: tokio::time::Instant,
     /// Tees the stream into the response cache.
     pub capture: Option<Capture>,
+    /// Translates a stream from the other API's events into the client's.
+    pub translator: Option<SseTranslator>,
 }
 
 impl TapBody {
@@ -130,7 +136,7 @@ impl TapBody {
         let now = Instant::now();
         Self {
             inner,
-            passthrough_size: !cfg.observer.rewrites(),
+            passthrough_size: !cfg.observer.rewrites() && cfg.translator.is_none(),
             observer: cfg.observer,
             record: Some(record),
             idle: cfg.idle,
@@ -141,6 +147,17 @@ impl TapBody {
             done: false,
             tail: None,
             capture: cfg.capture,
+            translator: cfg.translator,
+        }
+    }
+
+    /// What ends the client's stream once the provider's has ended: held
+    /// bytes of a rewrite, or what closes a translated stream.
+    fn closing(&mut self) -> Option<Bytes> {
+        let held = self.observer.take_pending();
+        match self.translator.as_mut() {
+            Some(t) => Some(t.finish().0).filter(|b| !b.is_empty()),
+            None => held,
         }
     }
 
@@ -178,11 +195,12 @@ impl TapBody {
     /// others see the body fail, never a clean end.
     fn fail(&mut self, end: StreamEnd) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let message = end.message();
-        let event = self.record.as_ref().and_then(|r| {
-            self.observer
-                .at_event_boundary()
-                .then(|| r.error_event(&message))
-        });
+        // A translated stream only ever sent whole events.
+        let boundary = self.translator.is_some() || self.observer.at_event_boundary();
+        let event = self
+            .record
+            .as_ref()
+            .and_then(|r| boundary.then(|| r.error_event(&message)));
         self.finish(end);
         match event {
             Some(ev) => {
@@ -291,7 +309,10 @@ impl Body for TapBody {
                     if let Some(c) = this.capture.as_mut() {
                         c.feed(&data);
                     }
-                    let out = if this.passthrough_size {
+                    let out = if let Some(t) = this.translator.as_mut() {
+                        this.observer.observe(&data);
+                        Some(t.feed(&data)).filter(|b| !b.is_empty())
+                    } else if this.passthrough_size {
                         this.observer.observe(&data);
                         Some(data)
                     } else {
@@ -304,7 +325,7 @@ impl Body for TapBody {
                     // known length fully sent), so finish here, not on `None`.
                     if this.inner.is_end_stream() {
                         this.done = true;
-                        this.tail = this.observer.take_pending();
+                        this.tail = this.closing();
                         this.finish(StreamEnd::Complete);
                     }
                     match out.or_else(|| this.tail.take()) {
@@ -318,7 +339,7 @@ impl Body for TapBody {
                 }
                 Poll::Ready(None) => {
                     this.done = true;
-                    let pending = this.observer.take_pending();
+                    let pending = this.closing();
                     this.finish(StreamEnd::Complete);
                     return Poll::Ready(pending.map(|b| Ok(Frame::data(b))));
                 }

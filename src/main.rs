@@ -147,12 +147,23 @@ fn main() -> ExitCode {
         }
         Command::Check(path) => match Config::load(&path).and_then(sluice::app::Snapshot::build) {
             Ok(snap) => {
-                for (from, to) in snap.router.cross_api_targets(&snap.upstreams) {
+                for (from, to, api) in snap.router.cross_api_targets(&snap.upstreams) {
+                    let (lost, other) = match api {
+                        sluice::error::ApiShape::OpenAi => {
+                            (sluice::translate::LOST_ON_CHAT_TO_MESSAGES, "Anthropic")
+                        }
+                        sluice::error::ApiShape::Anthropic => {
+                            (sluice::translate::LOST_ON_MESSAGES_TO_CHAT, "OpenAI")
+                        }
+                    };
                     eprintln!(
                         "{}: warning: model {from:?} routes to {to:?}, which only a provider of \
-                         the other API serves: requests are not translated between APIs on the \
-                         request path yet, so it is never used (README: Crossing providers)",
-                        path.display()
+                         the other API serves: chat completions and messages requests are \
+                         translated to {other} there (these fields are dropped: {}; requests \
+                         that cannot be translated skip it), other endpoints never use it \
+                         (README: Crossing providers)",
+                        path.display(),
+                        lost.join(", ")
                     );
                 }
                 println!("{}: ok", path.display());

@@ -24,6 +24,9 @@ pub struct Route<'a> {
     pub upstream_model: String,
     pub limits: TokenLimits,
     pub context_window: Option<u64>,
+    /// The API the route's providers speak: the client's, or the other one
+    /// when the request is translated (see `resolve_across`).
+    pub api: ApiShape,
 }
 
 /// Ordered model rules of one config snapshot, indexed once at load: the
@@ -84,6 +87,23 @@ impl Router {
             .map_or(OTHER_MODEL, |r| r.pattern.as_str())
     }
 
+    /// The first rule matching `model` whose providers speak `shape`; when
+    /// none does and `cross` (the request can be translated), the first
+    /// whose providers speak the other API.
+    pub fn resolve_across(
+        &self,
+        model: &str,
+        shape: ApiShape,
+        cross: bool,
+        upstreams: &[Upstream],
+    ) -> Option<Route<'_>> {
+        self.resolve(model, shape, upstreams).or_else(|| {
+            cross
+                .then(|| self.resolve(model, shape.other(), upstreams))
+                .flatten()
+        })
+    }
+
     /// The first rule matching `model` whose providers speak `shape`.
     pub fn resolve(
         &self,
@@ -103,6 +123,7 @@ impl Router {
                 .unwrap_or_else(|| model.to_owned()),
             limits: rule.limits,
             context_window: rule.context_window,
+            api: shape,
         })
     }
 
@@ -174,11 +195,13 @@ impl Router {
         self.tier_index.get(model).and_then(|&i| self.tiers.get(i))
     }
 
-    /// The routes to try in order: the model itself, then its fallbacks.
+    /// The routes to try in order: the model itself, then its fallbacks
+    /// (those of the other API too when `cross`).
     pub fn chain<'a>(
         &'a self,
         first: Route<'a>,
         shape: ApiShape,
+        cross: bool,
         upstreams: &[Upstream],
     ) -> Vec<Route<'a>> {
         let fallbacks = first.rule.fallbacks.clone();
@@ -186,17 +209,18 @@ impl Router {
         out.extend(
             fallbacks
                 .iter()
-                .filter_map(|f| self.resolve(f, shape, upstreams)),
+                .filter_map(|f| self.resolve_across(f, shape, cross, upstreams)),
         );
         out
     }
 
     /// Models a rule falls back to (`fallbacks`, `context_fallback`) or a
     /// routing model picks (`default`, `use`) that only a provider of the
-    /// other API serves, as `(from, to)`: requests are not translated between
-    /// APIs on the request path yet, so such a fallback is never tried and
-    /// such a pick is a 404. `sluice check` prints them as warnings.
-    pub fn cross_api_targets(&self, upstreams: &[Upstream]) -> Vec<(String, String)> {
+    /// other API serves, as `(from, to)`: chat completions and messages
+    /// requests are translated on such a route (losing the fields listed in
+    /// `translate`), other endpoints skip it. `sluice check` prints them.
+    /// Each as `(from, to, the API of from)`.
+    pub fn cross_api_targets(&self, upstreams: &[Upstream]) -> Vec<(String, String, ApiShape)> {
         let shape_of = |rule: &ModelRule| {
             let u = upstreams.get(rule.deployments.first()?.provider)?;
             Some(if u.speaks(ApiShape::Anthropic) {
@@ -220,7 +244,7 @@ impl Router {
             };
             for to in rule.fallbacks.iter().chain(rule.context_fallback.iter()) {
                 if crosses(to, shape) {
-                    out.push((rule.pattern.clone(), to.clone()));
+                    out.push((rule.pattern.clone(), to.clone(), shape));
                 }
             }
         }
@@ -235,7 +259,7 @@ impl Router {
             };
             for rule in &tier.rules {
                 if crosses(&rule.use_model, shape) {
-                    out.push((tier.model.clone(), rule.use_model.clone()));
+                    out.push((tier.model.clone(), rule.use_model.clone(), shape));
                 }
             }
         }
@@ -444,9 +468,13 @@ mod tests {
         assert_eq!(
             r.cross_api_targets(&ups),
             vec![
-                ("gpt-4o".to_owned(), "claude-x".to_owned()),
-                ("gpt-4o".to_owned(), "claude-x".to_owned()),
-                ("claude-x".to_owned(), "gpt-4o".to_owned()),
+                ("gpt-4o".to_owned(), "claude-x".to_owned(), ApiShape::OpenAi),
+                ("gpt-4o".to_owned(), "claude-x".to_owned(), ApiShape::OpenAi),
+                (
+                    "claude-x".to_owned(),
+                    "gpt-4o".to_owned(),
+                    ApiShape::Anthropic
+                ),
             ]
         );
     }

@@ -18,6 +18,16 @@ pub enum ApiShape {
     Anthropic,
 }
 
+impl ApiShape {
+    /// The other API (what a translated request is sent as).
+    pub fn other(self) -> ApiShape {
+        match self {
+            ApiShape::OpenAi => ApiShape::Anthropic,
+            ApiShape::Anthropic => ApiShape::OpenAi,
+        }
+    }
+}
+
 /// The API endpoint a request targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
@@ -41,6 +51,12 @@ impl Endpoint {
             Endpoint::Models | Endpoint::Other if anthropic_client => ApiShape::Anthropic,
             _ => ApiShape::OpenAi,
         }
+    }
+
+    /// Endpoints Sluice translates to the other API (OpenAI chat
+    /// completions ↔ Anthropic messages), so their routes may cross APIs.
+    pub fn crosses(self) -> bool {
+        matches!(self, Endpoint::ChatCompletions | Endpoint::Messages)
     }
 
     /// Endpoints whose POST body is JSON naming a model.

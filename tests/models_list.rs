@@ -173,16 +173,17 @@ async fn anthropic_shape_lists_what_anthropic_clients_can_use() {
         let (st, v) = list(&s, path, &headers).await;
         assert_eq!(st, StatusCode::OK, "{path}: {v}");
         // `mock-model` is in the provider's list but `claude-*` does not
-        // match it; the OpenAI-only names are not listed.
+        // match it; the configured OpenAI name is usable (translated), the
+        // OpenAI provider's own list is not merged in.
         assert_eq!(
             ids(&v),
-            ["claude-mock-sonnet", "claude-mock-haiku"],
+            ["gpt-4o-mini", "claude-mock-sonnet", "claude-mock-haiku"],
             "{path}"
         );
-        assert_eq!(v["data"][0]["type"], "model");
-        assert_eq!(v["data"][0]["display_name"], "claude-mock-sonnet");
+        assert_eq!(v["data"][1]["type"], "model");
+        assert_eq!(v["data"][1]["display_name"], "claude-mock-sonnet");
         assert_eq!(v["has_more"], false);
-        assert_eq!(v["first_id"], "claude-mock-sonnet");
+        assert_eq!(v["first_id"], "gpt-4o-mini");
         assert_eq!(v["last_id"], "claude-mock-haiku");
         assert!(v.get("object").is_none());
     }
@@ -206,6 +207,8 @@ async fn anthropic_shape_lists_what_anthropic_clients_can_use() {
         &[("x-api-key", KEY)],
     )
     .await;
+    assert_eq!(st, StatusCode::OK, "usable through translation: {v}");
+    let (st, v) = list(&s, "/anthropic/v1/models/mock-model", &[("x-api-key", KEY)]).await;
     assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
     assert_eq!(v["type"], "error");
     assert_eq!(v["error"]["type"], "not_found_error");

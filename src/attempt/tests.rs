@@ -192,13 +192,14 @@ impl Env {
         let groups: VecDeque<Group> = self
             .snap
             .router
-            .chain(route, ApiShape::OpenAi, &self.snap.upstreams)
+            .chain(route, ApiShape::OpenAi, false, &self.snap.upstreams)
             .into_iter()
             .map(|r| Group {
                 candidates: r.candidates(&self.snap.upstreams, &self.registry),
                 balance: r.rule.balance,
                 tries: 1 + self.snap.config.retry.max_retries,
                 context_fallback: r.rule.context_fallback.clone(),
+                crossing: None,
             })
             .collect();
         let first = groups[0].candidates[0].provider;
@@ -218,6 +219,7 @@ impl Env {
             reads_answer: false,
             fault: self.fault.clone(),
             trace: &crate::telemetry::RequestTrace::default(),
+            include_usage: false,
         };
         let mut progress = Progress::default();
         let out = run_with(script, &call, groups, &mut progress).await;

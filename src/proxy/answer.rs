@@ -32,12 +32,9 @@ pub(super) async fn upstream_answer(
     inject_usage: bool,
     ids: Option<IdSink>,
 ) -> Result<Answer, ProxyError> {
-    let local = |head: &http::response::Parts, bytes: Bytes| {
-        let mut resp = Response::new(ProxyBody::full(bytes));
-        *resp.status_mut() = head.status;
-        *resp.headers_mut() = client_response_headers(&head.headers, false);
-        resp
-    };
+    if let Some(crossing) = rec.outcome.upstream.crossing.clone() {
+        return super::crossed::answer(answer, &crossing, rec, snap).await;
+    }
     match answer {
         attempt::Answered::Buffered(head, bytes) => {
             Ok(Answer::Local(local(&head, bytes), Box::default()))
@@ -47,11 +44,7 @@ pub(super) async fn upstream_answer(
             let bounds = &snap.config.server.bounds;
             let mut observer = observer_for(rec.facts.endpoint, &head, inject_usage)
                 .with_max_event(bounds.max_sse_event);
-            let idle = snap
-                .upstreams
-                .iter()
-                .find(|u| u.name == rec.outcome.upstream.provider)
-                .map_or(snap.config.server.drain_timeout, |u| u.timeouts.idle);
+            let idle = idle_of(snap, rec);
             if rec.facts.shadow.is_some() {
                 // A shadow compares its answer with this one's text.
                 observer = observer.with_text();
@@ -65,34 +58,7 @@ pub(super) async fn upstream_answer(
                     idle,
                     deadline: rec.facts.deadline,
                 };
-                let provider = || rec.outcome.upstream.provider.to_string();
-                let bytes = match read_bounded(body, &head.headers, limits).await {
-                    Ok(b) => b,
-                    Err(ReadError::TooLarge) => {
-                        return Err(ProxyError::UpstreamBodyTooLarge {
-                            provider: provider(),
-                            limit: bounds.max_response_body,
-                        })
-                    }
-                    Err(ReadError::Failed(e)) => {
-                        return Err(ProxyError::UpstreamConnect {
-                            provider: provider(),
-                            detail: format!("response body failed: {e}"),
-                        })
-                    }
-                    Err(ReadError::Idle) => {
-                        return Err(ProxyError::UpstreamTimeout {
-                            provider: provider(),
-                            phase: "idle",
-                        })
-                    }
-                    Err(ReadError::Total) => {
-                        return Err(ProxyError::UpstreamTimeout {
-                            provider: provider(),
-                            phase: "total",
-                        })
-                    }
-                };
+                let bytes = read_answer(body, &head.headers, limits, rec).await?;
                 rec.first_byte(Instant::now());
                 if let Some(sink) = &ids {
                     if let Some(id) = answer_ids(&bytes).first() {
@@ -114,10 +80,63 @@ pub(super) async fn upstream_answer(
                     idle,
                     deadline: rec.facts.deadline,
                     capture: rec.holds.capture.take(),
+                    translator: None,
                 },
             })))
         }
     }
+}
+
+/// The client's complete answer: `bytes` under the provider's status and
+/// headers.
+pub(super) fn local(head: &http::response::Parts, bytes: Bytes) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(bytes));
+    *resp.status_mut() = head.status;
+    *resp.headers_mut() = client_response_headers(&head.headers, false);
+    resp
+}
+
+/// The idle timeout of the provider that answered.
+pub(super) fn idle_of(snap: &Snapshot, rec: &RequestRecord) -> Duration {
+    snap.upstreams
+        .iter()
+        .find(|u| u.name == rec.outcome.upstream.provider)
+        .map_or(snap.config.server.drain_timeout, |u| u.timeouts.idle)
+}
+
+/// An upstream body read in full within `limits`; what went wrong as the
+/// client's error.
+pub(super) async fn read_answer<B>(
+    body: B,
+    headers: &http::HeaderMap,
+    limits: ReadLimits,
+    rec: &RequestRecord,
+) -> Result<Bytes, ProxyError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let provider = || rec.outcome.upstream.provider.to_string();
+    read_bounded(body, headers, limits)
+        .await
+        .map_err(|e| match e {
+            ReadError::TooLarge => ProxyError::UpstreamBodyTooLarge {
+                provider: provider(),
+                limit: limits.max,
+            },
+            ReadError::Failed(e) => ProxyError::UpstreamConnect {
+                provider: provider(),
+                detail: format!("response body failed: {e}"),
+            },
+            ReadError::Idle => ProxyError::UpstreamTimeout {
+                provider: provider(),
+                phase: "idle",
+            },
+            ReadError::Total => ProxyError::UpstreamTimeout {
+                provider: provider(),
+                phase: "total",
+            },
+        })
 }
 
 /// Bounds on reading an upstream body in full.

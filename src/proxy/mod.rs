@@ -23,6 +23,7 @@ mod answer;
 mod cache_stage;
 mod cost;
 mod count;
+mod crossed;
 mod faults;
 mod holds;
 mod loops;
@@ -284,9 +285,11 @@ async fn pipeline(
     // An experiment arm's parameters and system prefix (sniffed again: limits see the body sent).
     let (body, s) = model::arm_overrides(snap, chosen.arm, body, s, rec.facts.endpoint)?;
     // Where it goes: the model's route (first deployment: limits, tokenizer).
+    // (A model only the other API serves is reached by translating the request.)
+    let cross = rec.facts.endpoint.crosses();
     let route = snap
         .router
-        .resolve(&chosen.model, rec.facts.shape, &snap.upstreams)
+        .resolve_across(&chosen.model, rec.facts.shape, cross, &snap.upstreams)
         .ok_or_else(|| ProxyError::UnknownModel {
             model: chosen.model.clone(),
         })?;
@@ -314,7 +317,7 @@ async fn pipeline(
     let inject_usage = needs_usage_injection(rec.facts.endpoint, &s);
     let body = rewrite(snap, body, &tokens, priced.as_ref(), inject_usage, rec)?;
     // Attempt groups: deployments, retries, fallbacks; client keys only where taken.
-    let groups = attempt_groups(app, snap, route, &cred, rec)?;
+    let groups = attempt_groups(app, snap, route, &cred, rec, (&body, s.include_usage))?;
     // The whole request's deadline, before anything waits on it.
     let deadline = stages::deadline(rec, snap, &groups[0]);
     // Cache: a hit is served now; identical concurrent misses go upstream once.
@@ -374,6 +377,7 @@ async fn pipeline(
         reads_answer: false,
         fault: chaos.upstream,
         trace: &rec.trace,
+        include_usage: s.include_usage,
     };
     let run = attempt::run(&call, groups, &mut rec.outcome.upstream);
     let answer = count::with_context_check(run, deferred_count, &tokens.plan).await?;

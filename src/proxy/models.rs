@@ -106,15 +106,19 @@ async fn visible(
         }
         // Usable: routed for this API, and (for a client's own key) some
         // deployment on its chain takes client keys.
-        let usable = router.resolve(name, shape, upstreams).is_some_and(|r| {
-            !matches!(cred, Credential::Passthrough { .. })
-                || router.chain(r, shape, upstreams).iter().any(|r| {
-                    r.rule
-                        .deployments
-                        .iter()
-                        .any(|d| upstreams.get(d.provider).is_some_and(|u| u.client_keys))
-                })
-        });
+        // A virtual key also reaches models of the other API (translated).
+        let own_key = matches!(cred, Credential::Passthrough { .. });
+        let usable = router
+            .resolve_across(name, shape, !own_key, upstreams)
+            .is_some_and(|r| {
+                !own_key
+                    || router.chain(r, shape, false, upstreams).iter().any(|r| {
+                        r.rule
+                            .deployments
+                            .iter()
+                            .any(|d| upstreams.get(d.provider).is_some_and(|u| u.client_keys))
+                    })
+            });
         if usable {
             let id: Arc<str> = Arc::from(name);
             seen.insert(id.clone());

@@ -61,6 +61,7 @@ pub(super) async fn serve(
         reads_answer: owner.is_some(),
         fault: None,
         trace: &rec.trace,
+        include_usage: false,
     };
     let mut answer =
         attempt::run(&call, VecDeque::from([group]), &mut rec.outcome.upstream).await?;

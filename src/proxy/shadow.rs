@@ -89,7 +89,7 @@ pub(super) fn mirror(
     // The shadow model's first group only, one try: a copy adds no retries.
     let groups: VecDeque<attempt::Group> = snap
         .router
-        .chain(route, shape, &snap.upstreams)
+        .chain(route, shape, false, &snap.upstreams)
         .into_iter()
         .take(1)
         .map(|r| attempt::Group {
@@ -97,6 +97,7 @@ pub(super) fn mirror(
             balance: r.rule.balance,
             tries: 1,
             context_fallback: None,
+            crossing: None,
         })
         .filter(|g| !g.candidates.is_empty())
         .collect();
@@ -261,6 +262,7 @@ impl Copy {
             fault: None,
             // A copy is not part of the client's trace.
             trace: &crate::telemetry::RequestTrace::default(),
+            include_usage: false,
         };
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let (status, observed, ttft) = match attempt::run(&call, groups, progress).await {

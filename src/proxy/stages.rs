@@ -89,7 +89,12 @@ pub(super) fn choose_tier(
     // Input size for tier rules is counted with the default model's tokenizer.
     let family = snap
         .router
-        .resolve(&tier.default, rec.facts.shape, &snap.upstreams)
+        .resolve_across(
+            &tier.default,
+            rec.facts.shape,
+            rec.facts.endpoint.crosses(),
+            &snap.upstreams,
+        )
         .map_or(Family::O200k, |r| {
             let anthropic = snap
                 .upstreams
@@ -229,6 +234,7 @@ pub(super) fn passthrough_group(
         balance: crate::config::Balance::Weighted,
         tries: 1,
         context_fallback: None,
+        crossing: None,
     })
 }
 
@@ -419,22 +425,35 @@ pub(super) fn attempt_groups(
     route: Route<'_>,
     cred: &Credential,
     rec: &RequestRecord,
+    (body, include_usage): (&[u8], bool),
 ) -> Result<VecDeque<attempt::Group>, ProxyError> {
     let model = route.upstream_model.clone();
+    let shape = rec.facts.shape;
+    let input = attempt::GroupInput {
+        upstreams: &snap.upstreams,
+        registry: &app.deployments,
+        cred,
+        shape,
+        body,
+        include_usage,
+        max_retries: snap.config.retry.max_retries,
+    };
+    let cross = rec.facts.endpoint.crosses();
+    let mut chain = snap.router.chain(route, shape, cross, &snap.upstreams);
+    let first = chain.remove(0);
+    // The model asked for must be translatable when it crosses APIs (a
+    // clear 400); a fallback that cannot be is skipped.
+    let mut groups = vec![attempt::group_for(&first, &input)?];
+    groups.extend(chain.iter().filter_map(|r| {
+        attempt::group_for(r, &input)
+            .map_err(|e| tracing::debug!(to = %r.public, error = %e, "fallback not translatable"))
+            .ok()
+    }));
     // A deployment turned off by a kill switch is skipped: its share goes to
     // the rule's other deployments, then to the fallbacks.
     let mut killed = None;
-    let groups: VecDeque<attempt::Group> = snap
-        .router
-        .chain(route, rec.facts.shape, &snap.upstreams)
+    let groups: VecDeque<attempt::Group> = groups
         .into_iter()
-        .map(|r| attempt::Group {
-            candidates: r.candidates(&snap.upstreams, &app.deployments),
-            balance: r.rule.balance,
-            tries: 1 + snap.config.retry.max_retries,
-            context_fallback: r.rule.context_fallback.clone(),
-        })
-        .map(|g| attempt::keep_for_credential(g, cred, &snap.upstreams))
         .map(|mut g| {
             g.candidates.retain(|c| {
                 let Some(u) = snap.upstreams.get(c.provider) else {
