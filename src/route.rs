@@ -87,9 +87,11 @@ impl Router {
             .map_or(OTHER_MODEL, |r| r.pattern.as_str())
     }
 
-    /// The first rule matching `model` whose providers speak `shape`; when
-    /// none does and `cross` (the request can be translated), the first
-    /// whose providers speak the other API.
+    /// Where a request for `model` through `shape` goes. When it can be
+    /// translated (`cross`: chat completions, messages), the first rule in
+    /// config order that matches, whichever API its providers speak (the
+    /// route's `api` says which); otherwise the first whose providers speak
+    /// `shape`.
     pub fn resolve_across(
         &self,
         model: &str,
@@ -97,11 +99,16 @@ impl Router {
         cross: bool,
         upstreams: &[Upstream],
     ) -> Option<Route<'_>> {
-        self.resolve(model, shape, upstreams).or_else(|| {
-            cross
-                .then(|| self.resolve(model, shape.other(), upstreams))
-                .flatten()
-        })
+        if !cross {
+            return self.resolve(model, shape, upstreams);
+        }
+        let api_of = |i: usize| {
+            let provider = self.rules.get(i)?.deployments.first()?.provider;
+            let u = upstreams.get(provider)?;
+            [shape, shape.other()].into_iter().find(|&s| u.speaks(s))
+        };
+        let i = self.index.first(model, |i| api_of(i).is_some())?;
+        self.resolve(model, api_of(i)?, upstreams)
     }
 
     /// The first rule matching `model` whose providers speak `shape`.
@@ -504,6 +511,29 @@ mod tests {
         assert_eq!(route.rule.pattern, "claude-x");
         assert!(r.resolve("claude-x", ApiShape::Anthropic, &ups).is_some());
         assert!(r.resolve("mistral", ApiShape::OpenAi, &ups).is_none());
+        // A translatable request goes where config order says, whatever the
+        // API; others keep to rules of their own API.
+        let route = r
+            .resolve_across("claude-x", ApiShape::OpenAi, true, &ups)
+            .expect("route");
+        assert_eq!(
+            (route.rule.pattern.as_str(), route.api),
+            ("claude-*", ApiShape::Anthropic)
+        );
+        let route = r
+            .resolve_across("claude-x", ApiShape::OpenAi, false, &ups)
+            .expect("route");
+        assert_eq!(
+            (route.rule.pattern.as_str(), route.api),
+            ("claude-x", ApiShape::OpenAi)
+        );
+        let route = r
+            .resolve_across("gpt-4o", ApiShape::Anthropic, true, &ups)
+            .expect("route");
+        assert_eq!(
+            (route.rule.pattern.as_str(), route.api),
+            ("gpt-*", ApiShape::OpenAi)
+        );
         assert_eq!(r.tier("auto").map(|t| t.default.as_str()), Some("gpt-4o"));
         assert!(r.tier("gpt-4o").is_none());
     }

@@ -178,13 +178,14 @@ def test_bad_key_is_401(make_anthropic) -> None:
     assert err.response.headers.get("x-sluice-request-id")
 
 
-def test_model_without_anthropic_route_is_404(anthropic_client: anthropic.Anthropic) -> None:
-    """Only `claude-*` goes to a provider that speaks the Messages API."""
-    with pytest.raises(anthropic.NotFoundError) as info:
-        anthropic_client.messages.create(
-            model="gpt-4o", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
-        )
-    assert info.value.body["error"]["type"] == "not_found_error"
+def test_model_of_the_other_api_is_translated(anthropic_client: anthropic.Anthropic) -> None:
+    """`gpt-4o` matches only `*` (the OpenAI mock): the request is translated, not a 404
+    (more in test_cross_api.py)."""
+    raw = anthropic_client.messages.with_raw_response.create(
+        model="gpt-4o", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert raw.headers.get("x-sluice-provider") == "mock-openai"
+    assert raw.parse().content[0].text == "echo: hi"
 
 
 def test_model_not_allowed_is_403(make_anthropic, keys: dict) -> None:
