@@ -131,6 +131,13 @@ pub(crate) enum MatrixConfig {
     /// LimitsBudget with a `[[shadows]]` rule mirroring 100 % of the requests to another model
     /// on the same mock (issue 12): what a full shadow costs the primary path.
     Shadow,
+    /// One virtual key, `gpt-4o-mini` on the mock's OpenAI API, streamed requests: the
+    /// reference for `Translated` (issue 15).
+    Stream,
+    /// The same streamed OpenAI requests with `gpt-4o-mini` served by the mock's Anthropic API
+    /// (`kind = "anthropic"`): every request translated to messages and every event back to
+    /// chunks (issue 15: a translated stream's TTFB within 0.2 ms of an untranslated one).
+    Translated,
 }
 
 /// Virtual keys of the many-keys config (the limits config has one: the last of them).
@@ -139,7 +146,7 @@ pub(crate) const MATRIX_KEYS: usize = 10_000;
 pub(crate) const MATRIX_GLOB_RULES: usize = 2_000;
 
 impl MatrixConfig {
-    pub(crate) const ALL: [MatrixConfig; 7] = [
+    pub(crate) const ALL: [MatrixConfig; 9] = [
         MatrixConfig::Plain,
         MatrixConfig::LimitsBudget,
         MatrixConfig::LimitsBudgetRedis,
@@ -147,6 +154,8 @@ impl MatrixConfig {
         MatrixConfig::Cache,
         MatrixConfig::Tracing,
         MatrixConfig::Shadow,
+        MatrixConfig::Stream,
+        MatrixConfig::Translated,
     ];
 
     /// The name in scenario names and the report.
@@ -159,6 +168,8 @@ impl MatrixConfig {
             MatrixConfig::Cache => "cache on",
             MatrixConfig::Tracing => "tracing on",
             MatrixConfig::Shadow => "limits+budget + 100% shadow",
+            MatrixConfig::Stream => "stream openai",
+            MatrixConfig::Translated => "stream translated from anthropic",
         }
     }
 
@@ -171,6 +182,8 @@ impl MatrixConfig {
             MatrixConfig::Cache => "cache",
             MatrixConfig::Tracing => "tracing",
             MatrixConfig::Shadow => "shadow",
+            MatrixConfig::Stream => "stream",
+            MatrixConfig::Translated => "translated",
         }
     }
 
@@ -183,7 +196,9 @@ impl MatrixConfig {
             MatrixConfig::LimitsBudget
             | MatrixConfig::LimitsBudgetRedis
             | MatrixConfig::ManyKeys
-            | MatrixConfig::Shadow => format!("Bearer {}", matrix_key(MATRIX_KEYS - 1)),
+            | MatrixConfig::Shadow
+            | MatrixConfig::Stream
+            | MatrixConfig::Translated => format!("Bearer {}", matrix_key(MATRIX_KEYS - 1)),
         }
     }
 
@@ -306,6 +321,29 @@ max_in_flight = 256
 "#,
             );
             MATRIX_KEYS - 1..MATRIX_KEYS
+        }
+        MatrixConfig::Stream | MatrixConfig::Translated => {
+            let provider = if config == MatrixConfig::Translated {
+                let _ = write!(
+                    o,
+                    "\n[[providers]]\nname = \"mock-anthropic\"\nkind = \"anthropic\"\n\
+                     base_url = \"http://{mock}\"\napi_key_env = \"{UPSTREAM_KEY_ENV}\"\n"
+                );
+                "mock-anthropic"
+            } else {
+                "mock"
+            };
+            let _ = write!(
+                o,
+                "\n[[models]]\nname = \"gpt-4o-mini\"\nprovider = \"{provider}\"\n"
+            );
+            let i = MATRIX_KEYS - 1;
+            let _ = write!(
+                o,
+                "\n[[keys]]\nname = \"k{i}\"\nsha256 = \"{}\"\nuser = \"user-{i}\"\n",
+                sha256_hex(&matrix_key(i))
+            );
+            return o;
         }
         MatrixConfig::ManyKeys => {
             for i in 0..MATRIX_GLOB_RULES {

@@ -328,7 +328,61 @@ pub(crate) fn matrix_report(matrix: &[MatrixRun], skipped: &[String]) -> String 
     }
     fleet_report(w, matrix);
     shadow_report(w, matrix);
+    translation_report(w, matrix);
     o
+}
+
+/// A translated stream (issue 15): the same streamed OpenAI request with its model on the mock's
+/// OpenAI API and on its Anthropic API (translated both ways). The goal: TTFB p50 within 0.2 ms.
+fn translation_report(w: &mut String, matrix: &[MatrixRun]) {
+    let rows: Vec<_> = [1, 16]
+        .into_iter()
+        .filter_map(|c| {
+            let at = |config| {
+                matrix
+                    .iter()
+                    .find(|m| m.config == config && m.scenario.concurrency == c)
+                    .and_then(|m| find(&m.runs, "sluice"))
+            };
+            Some((c, at(MatrixConfig::Stream)?, at(MatrixConfig::Translated)?))
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(w, "\n### A translated stream (issue 15)\n");
+    let _ = writeln!(
+        w,
+        "The same streamed OpenAI chat request (20 words) through Sluice with a virtual key, its \
+         model on the mock's OpenAI API (untranslated) or on its Anthropic API (request \
+         translated to messages, every event back to chunks). Goal: TTFB p50 within 0.2 ms.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| c | streams/s untranslated / translated | TTFB p50 µs untranslated / translated (added) | TTFB p99 µs | total p50 µs | Sluice CPU ms/stream untranslated / translated | errors (translated) | within 0.2 ms |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|");
+    for (c, a, b) in rows {
+        let added = pct(&b.s.ttfb, 0.5) as i64 - pct(&a.s.ttfb, 0.5) as i64;
+        let _ = writeln!(
+            w,
+            "| {c} | {:.0} / {:.0} | {} / {} ({}) | {} / {} | {} / {} | {:.3} / {:.3} | {} / {} | {} |",
+            a.rps(),
+            b.rps(),
+            pct(&a.s.ttfb, 0.5),
+            pct(&b.s.ttfb, 0.5),
+            signed(added),
+            pct(&a.s.ttfb, 0.99),
+            pct(&b.s.ttfb, 0.99),
+            pct(&a.s.lat, 0.5),
+            pct(&b.s.lat, 0.5),
+            a.proxy_cpu.unwrap_or(0.0) / 1000.0,
+            b.proxy_cpu.unwrap_or(0.0) / 1000.0,
+            b.s.errors + b.s.incomplete,
+            b.s.non200,
+            if added <= 200 { "yes" } else { "no" },
+        );
+    }
 }
 
 /// A 100 % shadow (issue 12): limits+budget with and without a `[[shadows]]` rule mirroring

@@ -292,15 +292,22 @@ pub(crate) fn feature_scenarios(quick: bool) -> Vec<Scenario> {
 pub(crate) fn matrix_scenarios(quick: bool) -> Vec<(MatrixConfig, Scenario)> {
     let requests = if quick { 2_000 } else { 20_000 };
     let serial = if quick { 1_000 } else { 10_000 };
-    let scenario = |config: MatrixConfig, concurrency: usize, requests: usize| Scenario {
-        name: format!("matrix {} c={concurrency}", config.label()),
-        kind: Kind::NonStream,
-        concurrency,
-        requests,
-        body: cache_body(MATRIX_PROMPT, false),
-        headers: headers_with_key(&config.client_key(), 20, None),
-        expect: (config == MatrixConfig::Cache).then_some(("x-sluice-cache", "hit")),
-        bodies: None,
+    let scenario = |config: MatrixConfig, concurrency: usize, requests: usize| {
+        let stream = matches!(config, MatrixConfig::Stream | MatrixConfig::Translated);
+        Scenario {
+            name: format!("matrix {} c={concurrency}", config.label()),
+            kind: if stream {
+                Kind::Stream
+            } else {
+                Kind::NonStream
+            },
+            concurrency,
+            requests,
+            body: cache_body(MATRIX_PROMPT, stream),
+            headers: headers_with_key(&config.client_key(), 20, stream.then_some(0)),
+            expect: (config == MatrixConfig::Cache).then_some(("x-sluice-cache", "hit")),
+            bodies: None,
+        }
     };
     let mut v: Vec<_> = MatrixConfig::ALL
         .into_iter()
@@ -310,6 +317,8 @@ pub(crate) fn matrix_scenarios(quick: bool) -> Vec<(MatrixConfig, Scenario)> {
         MatrixConfig::LimitsBudget,
         MatrixConfig::LimitsBudgetRedis,
         MatrixConfig::Shadow,
+        MatrixConfig::Stream,
+        MatrixConfig::Translated,
     ] {
         v.push((config, scenario(config, 1, serial)));
     }
