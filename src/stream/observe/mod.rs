@@ -46,7 +46,8 @@ pub struct Observed {
     pub batch: Option<Box<crate::batch::Charge>>,
 }
 
-/// Per-response observer; one of three modes chosen from the response.
+/// Per-response observer; one of four modes chosen from the response
+/// (batch results: chosen by the passthrough stage).
 #[derive(Debug)]
 pub enum Observer {
     /// Server-sent events.
