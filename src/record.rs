@@ -117,8 +117,9 @@ pub struct Holds {
     /// Fleet mode: rate and budget reservations in Redis, settled by a
     /// task once the request ends.
     pub fleet: Option<FleetHold>,
-    /// Fleet mode, served under local limits while Redis was away: the
-    /// fleet its cost is owed to.
+    /// Fleet mode, served under local limits while Redis was away (or a
+    /// batch read-back, whose charge cannot be refused): the fleet its
+    /// cost is owed to.
     pub owed_to: Option<Arc<Fleet>>,
     /// Tees the upstream answer into the cache (a miss that may be stored).
     pub capture: Option<Capture>,

@@ -4,6 +4,8 @@
 
 #[path = "support/harness.rs"]
 mod harness;
+#[path = "support/redis.rs"]
+mod redis;
 
 use harness::*;
 use http::{Method, StatusCode};
@@ -331,4 +333,43 @@ async fn a_read_cut_halfway_charges_the_lines_it_got_and_the_next_read_the_rest(
     assert!(close(got + rest, OPENAI_COST), "{got} + {rest}: {rec}");
     assert_eq!(rec["batch"]["already_charged"].as_u64(), Some(charged));
     assert!(close(spent(&s).await, OPENAI_COST));
+}
+
+#[tokio::test]
+async fn in_a_fleet_the_charge_reaches_the_shared_budget() {
+    let mock = MockProvider::start().await.expect("mock");
+    let redis = redis::RedisServer::start();
+    let config = cfg(&mock).replacen(
+        "[state]\n",
+        &format!(
+            "[state]\nbackend = \"redis\"\nurl = \"{}\"\ntimeout = \"2s\"\n",
+            redis.url()
+        ),
+        1,
+    );
+    let s = Sluice::start(&config).await;
+    let out = openai_batch(&s).await;
+    let path = format!("/v1/files/{out}/content");
+    let (_, rec) = read(&s, &path).await;
+    assert!(
+        close(rec["cost_usd"].as_f64().expect("cost"), OPENAI_COST),
+        "{rec}"
+    );
+    // Owed to Redis, paid at its next probe (every second).
+    let mut shared = 0.0;
+    for _ in 0..100 {
+        shared = spent(&s).await;
+        if shared > 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let report = admin_as(&s, Method::GET, "/admin/budgets").await;
+    assert!(
+        close(shared, OPENAI_COST),
+        "{shared} {report:?}\n{}",
+        s.log()
+    );
+    let (_, rec) = read(&s, &path).await;
+    assert_eq!(rec["cost_usd"], json!(0.0), "{rec}");
 }

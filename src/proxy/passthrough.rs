@@ -53,6 +53,10 @@ pub(super) async fn serve(
     let group = passthrough_group(snap, &app.deployments, rec.facts.shape, cred)
         .ok_or_else(|| ProxyError::NotFound(target.path.clone()))?;
     holds::take(app, snap, rec, "", None, |_| 0, holds::NO_BUDGET).await?;
+    if results.is_some() && rec.holds.owed_to.is_none() {
+        // In a fleet, what the results cost is owed to the shared budgets.
+        rec.holds.owed_to = app.fleet.clone();
+    }
     let owner = owner.filter(|_| ownership::records_answer(&target.path, &parts.method));
     let call = attempt::Call {
         snap,
