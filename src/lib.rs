@@ -14,9 +14,9 @@
 //! - [`error`] depends only on leaves and [`headers`]: no domain module;
 //! - [`config`] on the leaves, [`path`] and [`sniff`];
 //! - domain modules ([`auth`], [`route`], [`limits`], [`budget`], [`cache`],
-//!   [`resilience`], [`upstream`], [`ownership`], [`stream`], [`fault`],
-//!   [`telemetry`]) on config, error and the leaves, and on each other only
-//!   downwards;
+//!   [`resilience`], [`upstream`], [`ownership`], [`batch`] (batch results
+//!   read back, priced), [`stream`], [`fault`], [`telemetry`]) on config,
+//!   error and the leaves, and on each other only downwards;
 //! - [`app`] (one config snapshot plus the long-lived state) on the domain;
 //! - [`record`], [`attempt`] and [`body`] on app;
 //! - [`capture`] (rules, redaction, the capture file) on config and the
@@ -29,6 +29,7 @@ pub mod admin;
 pub mod app;
 pub mod attempt;
 pub mod auth;
+pub mod batch;
 pub mod body;
 pub mod budget;
 pub mod cache;

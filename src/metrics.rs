@@ -49,6 +49,10 @@ fn describe() {
     describe_gauge!("sluice_cache_entries", "Entries in the response cache.");
     describe_counter!("sluice_cache_hits_total", "Response cache hits.");
     describe_counter!(
+        "sluice_batch_lines_total",
+        "Batch results lines read back, by outcome (charged, already_charged, not_charged, skipped)."
+    );
+    describe_counter!(
         "sluice_cost_nanodollars_total",
         "Spend by model, in nano-dollars (1e-9 USD; a cache hit costs nothing)."
     );
@@ -584,6 +588,13 @@ fn threshold_label(permille: u32) -> String {
 }
 
 /// Spend in nano-dollars (Prometheus counters are integers here).
+/// Batch results lines read back, by what became of them.
+pub fn batch_lines(outcome: &'static str, n: u64) {
+    if n > 0 {
+        counter!("sluice_batch_lines_total", "outcome" => outcome).increment(n);
+    }
+}
+
 pub fn cost(model: &str, nanos: u64) {
     if nanos > 0 {
         counter!("sluice_cost_nanodollars_total", "model" => label_value(model)).increment(nanos);

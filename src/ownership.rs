@@ -11,7 +11,13 @@
 //! skipped: its object becomes unreachable, never reachable by the wrong
 //! key). The file is compacted at start and whenever it holds more than
 //! twice the table's cap in lines.
+//!
+//! Beside each batch-results object (an OpenAI batch's output file, an
+//! Anthropic message batch) the table keeps how many of its results lines
+//! are charged (see `results` and [`crate::batch`]); that mark lives and is
+//! forgotten with the id, and is persisted in the same file.
 
+mod results;
 mod rules;
 
 use std::borrow::Cow;
@@ -33,14 +39,28 @@ pub const MAX_ID_LEN: usize = 256;
 /// A line of the owners file longer than this is skipped.
 const MAX_LINE: usize = 4096;
 
-/// One line of the owners file.
-#[derive(Debug, Serialize, Deserialize)]
+/// One line of the owners file: an id's owner, or a batch-results
+/// object's mark.
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Line<'a> {
     #[serde(borrow)]
     id: Cow<'a, str>,
     /// The key name.
-    #[serde(borrow)]
-    k: Cow<'a, str>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    k: Option<Cow<'a, str>>,
+    /// Results lines charged (the object is a batch's results).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    b: Option<u64>,
+}
+
+impl Line<'_> {
+    /// The line as file bytes, with its newline.
+    fn bytes(&self) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.id.len() + 32);
+        serde_json::to_writer(&mut out, self).ok()?;
+        out.push(b'\n');
+        Some(out)
+    }
 }
 
 /// The owner table; cheap to share.
@@ -61,6 +81,8 @@ struct Table {
     cap: usize,
     owner: HashMap<Arc<str>, Arc<str>>,
     order: VecDeque<Arc<str>>,
+    /// Batch-results objects (owned ids only): lines charged.
+    results: HashMap<Arc<str>, u64>,
     /// Key names, interned: they come from config, not from clients.
     names: HashSet<Arc<str>>,
 }
@@ -83,6 +105,7 @@ impl Table {
             match self.order.pop_front() {
                 Some(old) => {
                     self.owner.remove(&old);
+                    self.results.remove(&old);
                 }
                 None => break,
             }
@@ -101,22 +124,30 @@ impl Table {
         true
     }
 
+    /// Lines in a compacted file.
+    fn file_lines(&self) -> usize {
+        self.owner.len() + self.results.len()
+    }
+
     /// Every live entry, oldest first, as file lines.
     fn lines(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.order.len() * 48);
+        let mut out = Vec::with_capacity(self.order.len() * 48 + self.results.len() * 32);
         for id in &self.order {
             if let Some(k) = self.owner.get(id) {
-                if serde_json::to_writer(
-                    &mut out,
-                    &Line {
-                        id: Cow::Borrowed(id),
-                        k: Cow::Borrowed(k),
-                    },
-                )
-                .is_ok()
-                {
-                    out.push(b'\n');
-                }
+                let owner = Line {
+                    id: Cow::Borrowed(id),
+                    k: Some(Cow::Borrowed(k)),
+                    b: None,
+                };
+                out.extend(owner.bytes().unwrap_or_default());
+            }
+            if let Some(&n) = self.results.get(id) {
+                let mark = Line {
+                    id: Cow::Borrowed(id),
+                    k: None,
+                    b: Some(n),
+                };
+                out.extend(mark.bytes().unwrap_or_default());
             }
         }
         out
@@ -160,7 +191,7 @@ impl Owners {
     pub fn open(path: &Path, cap: usize) -> std::io::Result<Owners> {
         let mut table = Table::new(cap);
         let lines = replay(path, &mut table)?;
-        if lines > table.owner.len() {
+        if lines > table.file_lines() {
             compact(path, &table.lines())?;
         }
         let file = std::fs::OpenOptions::new()
@@ -172,7 +203,7 @@ impl Owners {
         let writer = Writer {
             path: path.to_owned(),
             out: std::io::BufWriter::new(file),
-            lines: lock(&table).owner.len(),
+            lines: lock(&table).file_lines(),
             table: table.clone(),
         };
         tokio::task::spawn_blocking(move || writer.run(rx));
@@ -203,21 +234,18 @@ impl Owners {
         if !lock(&self.table).insert(id, key) {
             return;
         }
-        if let Some(tx) = &self.tx {
-            let mut line = Vec::with_capacity(id.len() + key.len() + 16);
-            if serde_json::to_writer(
-                &mut line,
-                &Line {
-                    id: Cow::Borrowed(id),
-                    k: Cow::Borrowed(key),
-                },
-            )
-            .is_ok()
-            {
-                line.push(b'\n');
-                // The writer only stops at shutdown, after the data plane.
-                let _ = tx.send(Msg::Line(line));
-            }
+        self.write(&Line {
+            id: Cow::Borrowed(id),
+            k: Some(Cow::Borrowed(key)),
+            b: None,
+        });
+    }
+
+    /// Queues a line for the file (a table in memory only: nothing).
+    fn write(&self, line: &Line<'_>) {
+        if let (Some(tx), Some(bytes)) = (&self.tx, line.bytes()) {
+            // The writer only stops at shutdown, after the data plane.
+            let _ = tx.send(Msg::Line(bytes));
         }
     }
 
@@ -311,10 +339,11 @@ fn replay(path: &Path, table: &mut Table) -> std::io::Result<usize> {
             continue;
         }
         match serde_json::from_slice::<Line<'_>>(&buf[..buf.len() - 1]) {
-            Ok(l) => {
-                table.insert(&l.id, &l.k);
+            Ok(Line { id, k: Some(k), .. }) => {
+                table.insert(&id, &k);
             }
-            Err(_) => skipped += 1,
+            Ok(Line { id, b: Some(n), .. }) => table.raise_mark(&id, n),
+            _ => skipped += 1,
         }
     }
     if skipped > 0 {
@@ -381,7 +410,7 @@ impl Writer {
     fn compact(&mut self) {
         let (contents, n) = {
             let t = lock(&self.table);
-            (t.lines(), t.owner.len())
+            (t.lines(), t.file_lines())
         };
         let reopened = compact(&self.path, &contents).and_then(|()| {
             std::fs::OpenOptions::new()

@@ -26,6 +26,8 @@ use crate::telemetry::{RequestEnd, RequestTrace};
 use crate::usage::Usage;
 use crate::usage_log::UsageLog;
 
+mod batch_charge;
+
 /// How a response body ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamEnd {
@@ -115,8 +117,9 @@ pub struct Holds {
     /// Fleet mode: rate and budget reservations in Redis, settled by a
     /// task once the request ends.
     pub fleet: Option<FleetHold>,
-    /// Fleet mode, served under local limits while Redis was away: the
-    /// fleet its cost is owed to.
+    /// Fleet mode, served under local limits while Redis was away (or a
+    /// batch read-back, whose charge cannot be refused): the fleet its
+    /// cost is owed to.
     pub owed_to: Option<Arc<Fleet>>,
     /// Tees the upstream answer into the cache (a miss that may be stored).
     pub capture: Option<Capture>,
@@ -263,7 +266,7 @@ impl RequestRecord {
         self.complete(end, observed, response_bytes);
     }
 
-    fn complete(&mut self, end: StreamEnd, observed: Observed, response_bytes: u64) {
+    fn complete(&mut self, end: StreamEnd, mut observed: Observed, response_bytes: u64) {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
@@ -287,8 +290,13 @@ impl RequestRecord {
             adm.settle(usage.map_or(0, |u| u.input + u.output));
         }
         let list_cost = usage.and_then(|u| self.price().map(|p| p.cost(&u)));
+        // Batch results read back: what the read charged, at the batch rate.
+        let batch = observed.batch.take();
+        let line_usage = batch.as_ref().map(|b| b.usage()).or(usage);
         // A cache hit costs nothing; what it would have cost is recorded.
-        let (cost, cost_saved) = if self.outcome.cache == CacheState::Hit {
+        let (cost, cost_saved) = if let Some(b) = &batch {
+            (Some(b.cost()), None)
+        } else if self.outcome.cache == CacheState::Hit {
             (Some(0), list_cost)
         } else {
             (list_cost, None)
@@ -322,17 +330,21 @@ impl RequestRecord {
                 .unwrap_or(duration)
                 .saturating_sub(self.outcome.upstream.wait),
         );
-        if let Some(c) = cost {
-            metrics::cost(model_label, c);
-            if let Some(l) = &self.ledger {
-                l.attribute(&self.facts.identity, c);
+        if let Some(b) = &batch {
+            self.batch_metrics(b);
+        } else {
+            if let Some(c) = cost {
+                metrics::cost(model_label, c);
+                if let Some(l) = &self.ledger {
+                    l.attribute(&self.facts.identity, c);
+                }
             }
-        }
-        if let Some(u) = &usage {
-            metrics::tokens(model_label, "input", u.input);
-            metrics::tokens(model_label, "cached_input", u.cached_input);
-            metrics::tokens(model_label, "output", u.output);
-            metrics::tokens(model_label, "reasoning", u.reasoning);
+            if let Some(u) = &usage {
+                metrics::tokens(model_label, "input", u.input);
+                metrics::tokens(model_label, "cached_input", u.cached_input);
+                metrics::tokens(model_label, "output", u.output);
+                metrics::tokens(model_label, "reasoning", u.reasoning);
+            }
         }
         metrics::response_bytes(self.facts.endpoint.label(), response_bytes);
         if self.outcome.upstream.attempts > 0 {
@@ -381,7 +393,8 @@ impl RequestRecord {
             model: (!self.facts.model.is_empty()).then_some(self.facts.model.as_str()),
             routed_to: self.facts.routed_to.as_deref(),
             upstream_model: (!self.outcome.upstream.model.is_empty())
-                .then_some(self.outcome.upstream.model.as_str()),
+                .then_some(self.outcome.upstream.model.as_str())
+                .or(batch.as_deref().and_then(batch_charge::only_model)),
             provider: (!self.outcome.upstream.provider.is_empty())
                 .then_some(&*self.outcome.upstream.provider),
             status: self.outcome.status,
@@ -391,13 +404,17 @@ impl RequestRecord {
                 .outcome
                 .error
                 .or(observed.stream_error.then_some("upstream_stream_error")),
-            input_tokens: usage.map(|u| u.input),
-            cached_input_tokens: usage.map(|u| u.cached_input),
-            cache_write_tokens: usage.map(|u| u.cache_write),
-            cache_write_1h_tokens: usage.map(|u| u.cache_write_1h).filter(|n| *n > 0),
-            output_tokens: usage.map(|u| u.output),
-            reasoning_tokens: usage.map(|u| u.reasoning),
-            usage_source,
+            input_tokens: line_usage.map(|u| u.input),
+            cached_input_tokens: line_usage.map(|u| u.cached_input),
+            cache_write_tokens: line_usage.map(|u| u.cache_write),
+            cache_write_1h_tokens: line_usage.map(|u| u.cache_write_1h).filter(|n| *n > 0),
+            output_tokens: line_usage.map(|u| u.output),
+            reasoning_tokens: line_usage.map(|u| u.reasoning),
+            usage_source: if batch.is_some() {
+                "provider"
+            } else {
+                usage_source
+            },
             latency_ms: ms(duration),
             ttft_ms: ttft.map(ms),
             upstream_ms: (self.outcome.upstream.attempts > 0)
@@ -425,8 +442,15 @@ impl RequestRecord {
             stopped_at_cap: self.facts.output_capped && observed.answer.hit_output_cap(),
             tool_calls: observed.answer.tool_calls,
             tool_names: &observed.answer.tool_names,
+            batch: batch.as_deref().map(batch_charge::BatchLine::of),
         };
-        self.end_span(&end, usage, cost, &line);
+        self.end_span(&end, line_usage, cost, &line);
+        if let Some(b) = &batch {
+            let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+            bytes.push(b'\n');
+            self.charge_batch(b, bytes);
+            return;
+        }
         if let (Some(fleet), Some(snap), Some(c)) = (self.holds.owed_to.take(), &self.snap, cost) {
             let subject = crate::limits::rate::Subject {
                 identity: &self.facts.identity,
@@ -716,4 +740,7 @@ pub struct UsageLine<'a> {
     /// Distinct names of the tools called (bounded, see
     /// `stream::observe::answer`).
     pub tool_names: &'a [String],
+    /// Batch results read back: what the read charged (see `crate::batch`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<batch_charge::BatchLine<'a>>,
 }

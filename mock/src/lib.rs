@@ -23,7 +23,13 @@
 //! * `POST /v1/files`, `/v1/uploads`, `/v1/batches`, `/v1/vector_stores`,
 //!   `/v1/messages/batches` answer a new object `{"id","object","path"}` with a fresh id
 //!   (`file-mock-N`, `batch_mock_N`, ...); `GET /v1/batches/{id}` answers a completed batch
-//!   with `output_file_id: "file-out-{id}"`.
+//!   with `output_file_id: "file-out-{id}"`; `GET /v1/messages/batches/{id}` an ended
+//!   message batch.
+//! * Batch results (`batch_results`): `GET /v1/files/file-out-{id}/content` answers five
+//!   JSONL lines (`mock-model` 1000/500 and 2000/1000 prompt/completion tokens, an expired
+//!   request, a 400, `mock-unpriced` 100/50); `GET /v1/messages/batches/{id}/results` six
+//!   (`claude-mock-sonnet` 1000/500 and 2000/1000 input/output tokens, errored, expired,
+//!   canceled, `claude-mock-unpriced` 100/50).
 //! * Anything else (e.g. `GET /v1/echo-headers`, `GET /v1/files/x`) answers 200 with
 //!   `{"path","method","headers":{..},"body_len"}`.
 //!
@@ -75,6 +81,7 @@
 //! `x-mock-first-byte-delay-ms`, then `x-mock-status`, then the bad-key check, then routing.
 
 mod anthropic;
+mod batch_results;
 mod content;
 mod error;
 mod faults;

@@ -25,7 +25,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::error::error_reply;
 use crate::faults::{self, Fault, Opts};
 use crate::reply::{Ctx, MockBody, Reply};
-use crate::{anthropic, objects, openai, responses};
+use crate::{anthropic, batch_results, objects, openai, responses};
 
 /// A running mock provider. Dropping it stops the server as well (without waiting).
 pub struct MockProvider {
@@ -364,6 +364,15 @@ fn route(ctx: &Ctx) -> Reply {
         ("GET", "/v1/models") => openai::models(),
         ("POST", "/v1/files" | "/v1/uploads" | "/v1/batches" | "/v1/vector_stores")
         | ("POST", "/v1/messages/batches") => objects::created(ctx),
+        ("GET", p) if batch_results::output_file(p).is_some() => {
+            batch_results::openai_results(batch_results::output_file(p).unwrap_or_default())
+        }
+        ("GET", p) if batch_results::results_of(p).is_some() => {
+            batch_results::anthropic_results(batch_results::results_of(p).unwrap_or_default())
+        }
+        ("GET", p) if p.starts_with("/v1/messages/batches/") && objects::batch_id(p).is_some() => {
+            batch_results::message_batch(ctx, objects::batch_id(p).unwrap_or_default())
+        }
         ("GET", p) if objects::batch_id(p).is_some() => objects::batch(ctx),
         _ => objects::echo(ctx),
     }

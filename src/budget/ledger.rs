@@ -525,5 +525,7 @@ pub struct BucketReport {
     pub resets_at: Option<u64>,
 }
 
+mod force;
+
 #[cfg(test)]
 mod tests;

@@ -107,6 +107,11 @@ impl FleetHold {
         }
     }
 
+    /// The fleet this hold is in (for charges that cannot be refused).
+    pub fn fleet(&self) -> &Arc<Fleet> {
+        &self.fleet
+    }
+
     /// Hands the settlement to a tracked task: token reservations to
     /// `tokens`, budget reservations to `cost`; `then` runs once the charge
     /// is in Redis.

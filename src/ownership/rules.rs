@@ -174,6 +174,19 @@ pub fn answer_ids(body: &[u8]) -> Vec<String> {
     out
 }
 
+/// The output file of a batch answer (`"object": "batch"`): the file its
+/// results are read back from.
+pub fn batch_output(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Batch {
+        object: Option<String>,
+        output_file_id: Option<String>,
+    }
+    let b = serde_json::from_slice::<Batch>(body).ok()?;
+    b.output_file_id
+        .filter(|_| b.object.as_deref() == Some("batch"))
+}
+
 /// Whether a request body asks the provider to store its answer: `store`
 /// as a JSON boolean at the top level, else `default` (the Responses API
 /// stores by default, chat completions do not).

@@ -240,3 +240,63 @@ fn only_escaped_keys_force_a_parse() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn batch_results_marks_are_claimed_once_and_replayed() {
+    let d = dir();
+    let path = d.join("s.owners.jsonl");
+    {
+        let o = Owners::open(&path, 100).expect("open");
+        o.record_answer(br#"{"id":"batch_1","object":"batch"}"#, "alice");
+        // Alice reads her batch: its output file is hers and is results.
+        o.record_answer(
+            br#"{"id":"batch_1","object":"batch","output_file_id":"file-out-1","error_file_id":"file-err-1"}"#,
+            "alice",
+        );
+        assert!(o.owned_by("file-out-1", "alice"));
+        assert!(o.is_batch_output("file-out-1"));
+        assert!(!o.is_batch_output("file-err-1"));
+        assert!(!o.is_batch_output("batch_1"));
+        assert_eq!(o.result_mark("file-out-1"), Some(0));
+        // Lines in order: each claimed once; a line below the mark is taken.
+        assert!(o.claim_result_line("file-out-1", 0));
+        assert!(!o.claim_result_line("file-out-1", 0));
+        assert!(o.claim_result_line("file-out-1", 2));
+        assert!(!o.claim_result_line("file-out-1", 1));
+        o.save_result_mark("file-out-1");
+        // An Anthropic batch gets its mark on its first claim; an id nobody
+        // owns never does.
+        o.record("msgbatch_1", "bob");
+        assert!(o.claim_result_line("msgbatch_1", 0));
+        o.save_result_mark("msgbatch_1");
+        assert!(!o.claim_result_line("nobody", 0));
+        assert_eq!(o.result_mark("nobody"), None);
+        o.close().await;
+    }
+    let o = Owners::open(&path, 100).expect("reopen");
+    assert_eq!(o.result_mark("file-out-1"), Some(3));
+    assert_eq!(o.result_mark("msgbatch_1"), Some(1));
+    assert!(!o.claim_result_line("file-out-1", 2));
+    assert!(o.claim_result_line("file-out-1", 3));
+    o.save_result_mark("file-out-1");
+    o.close().await;
+    // Compacted at start: one owner line per id and one mark per results
+    // object, the highest.
+    let o = Owners::open(&path, 100).expect("reopen");
+    o.close().await;
+    let text = std::fs::read_to_string(&path).expect("read");
+    assert_eq!(text.lines().count(), 6, "{text}");
+    assert_eq!(o.result_mark("file-out-1"), Some(4));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_mark_is_forgotten_with_its_id() {
+    let o = Owners::in_memory(2);
+    o.record("msgbatch_1", "a");
+    assert!(o.claim_result_line("msgbatch_1", 0));
+    o.record("x", "a");
+    o.record("y", "a");
+    assert_eq!(o.result_mark("msgbatch_1"), None);
+    assert!(!o.claim_result_line("msgbatch_1", 1));
+}

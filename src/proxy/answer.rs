@@ -264,9 +264,7 @@ pub(super) async fn owned_answer(
             })
         }
     };
-    for id in answer_ids(&bytes) {
-        owners.record(&id, key);
-    }
+    owners.record_answer(&bytes, key);
     Ok(attempt::Answered::Buffered(head, bytes))
 }
 

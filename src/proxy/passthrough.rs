@@ -4,6 +4,7 @@
 //! provider speaking the client's API, once.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -11,10 +12,12 @@ use http::request::Parts;
 use crate::app::{App, Snapshot};
 use crate::attempt;
 use crate::auth::Credential;
+use crate::batch::{self, Format};
 use crate::error::ProxyError;
 use crate::ownership;
 use crate::path::Route as Target;
 use crate::record::RequestRecord;
+use crate::stream::observe::Observer;
 
 use super::answer::{owned_answer, upstream_answer};
 use super::stages::{deadline, owned_passthrough, passthrough_allowed, passthrough_group};
@@ -42,9 +45,18 @@ pub(super) async fn serve(
     // Ownership: a virtual key reaches only the objects it created, and
     // never lists a family (the provider's list holds every key's).
     let owner = owned_passthrough(app, cred, &target.path, parts, &body)?;
+    // Batch results read back by the key that created the batch.
+    let results = owner
+        .as_ref()
+        .and_then(|_| batch::read_back(&target.path, &parts.method))
+        .filter(|(format, id)| *format == Format::Anthropic || app.owners.is_batch_output(id));
     let group = passthrough_group(snap, &app.deployments, rec.facts.shape, cred)
         .ok_or_else(|| ProxyError::NotFound(target.path.clone()))?;
     holds::take(app, snap, rec, "", None, |_| 0, holds::NO_BUDGET).await?;
+    if results.is_some() && rec.holds.owed_to.is_none() {
+        // In a fleet, what the results cost is owed to the shared budgets.
+        rec.holds.owed_to = app.fleet.clone();
+    }
     let owner = owner.filter(|_| ownership::records_answer(&target.path, &parts.method));
     let call = attempt::Call {
         snap,
@@ -58,7 +70,7 @@ pub(super) async fn serve(
         endpoint: rec.facts.endpoint,
         shape: rec.facts.shape,
         deadline: deadline(rec, snap, &group),
-        reads_answer: owner.is_some(),
+        reads_answer: owner.is_some() || results.is_some(),
         fault: None,
         trace: &rec.trace,
         include_usage: false,
@@ -68,5 +80,37 @@ pub(super) async fn serve(
     if let Some(key) = owner {
         answer = owned_answer(answer, rec, &app.owners, &key).await?;
     }
-    upstream_answer(answer, rec, snap, false, None).await
+    let answer = upstream_answer(answer, rec, snap, false, None).await?;
+    Ok(match results {
+        Some((format, id)) => priced_results(answer, app, snap, format, id),
+        None => answer,
+    })
+}
+
+/// Watches a successful batch results answer as it streams to the client:
+/// each succeeded request is priced at the batch rate and charged once
+/// (see [`crate::batch`]). A compressed answer cannot be read: it passes
+/// uncharged, with a warning.
+fn priced_results(answer: Answer, app: &App, snap: &Snapshot, format: Format, id: &str) -> Answer {
+    let Answer::Upstream(mut up) = answer else {
+        return answer;
+    };
+    if !up.head.status.is_success() {
+        return Answer::Upstream(up);
+    }
+    if up
+        .head
+        .headers
+        .get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes() != b"identity")
+    {
+        tracing::warn!(object = id, "batch results came compressed; not charged");
+        return Answer::Upstream(up);
+    }
+    let prices = snap.config.prices.clone();
+    let pricer: batch::Pricer = Arc::new(move |model: &str| prices.get(model));
+    let marks: Arc<dyn batch::Marks> = app.owners.clone();
+    let tally = batch::Tally::new(format, id, marks, pricer);
+    up.tap.observer = Observer::Batch(Box::new(tally));
+    Answer::Upstream(up)
 }

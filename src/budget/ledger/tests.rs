@@ -417,3 +417,37 @@ fn overrides_give_one_identity_its_own_limit_exempt_it_or_block_it() {
     assert!(row.overridden);
     assert!((row.limit_usd - 0.00002).abs() < 1e-12);
 }
+
+#[test]
+fn a_forced_charge_is_never_refused_and_later_requests_are() {
+    let now = Arc::new(AtomicU64::new(T));
+    let ledger = Ledger::in_memory(clock(&now));
+    let mut only_m = rule(
+        "m",
+        vec![Dim::User],
+        Window::Day,
+        1000,
+        BudgetAction::Reject,
+    );
+    only_m.models = Some(vec!["m".into()]);
+    let budgets = vec![only_m];
+    let id = who("a");
+    let on = |model| Subject {
+        identity: &id,
+        model,
+    };
+    // 1500 on model m (past the limit of 1000), 700 on a model no budget covers.
+    let crossed = ledger.force(&budgets, &[(on("m"), 1500), (on("other"), 700)], Vec::new());
+    assert_eq!(
+        crossed,
+        vec![
+            ("m".to_owned(), "m|user=a".to_owned(), 500),
+            ("m".to_owned(), "m|user=a".to_owned(), 1000)
+        ]
+    );
+    let report = ledger.report(&budgets);
+    assert_eq!(report.len(), 1);
+    assert_eq!(report[0].spent_usd, nanos_to_usd(1500));
+    assert!(ledger.reserve(&budgets, &on("m"), 1).is_err());
+    assert!(ledger.reserve(&budgets, &on("other"), 1).is_ok());
+}

@@ -42,9 +42,12 @@ pub struct Observed {
     pub events: u64,
     /// The finish reason and the tools called.
     pub answer: AnswerFacts,
+    /// Batch results read back: what the read charged.
+    pub batch: Option<Box<crate::batch::Charge>>,
 }
 
-/// Per-response observer; one of three modes chosen from the response.
+/// Per-response observer; one of four modes chosen from the response
+/// (batch results: chosen by the passthrough stage).
 #[derive(Debug)]
 pub enum Observer {
     /// Server-sent events.
@@ -60,6 +63,8 @@ pub enum Observer {
         /// Keep the answer's text (for a shadow's comparison).
         keep_text: bool,
     },
+    /// Batch results (JSONL), priced line by line as they pass.
+    Batch(Box<crate::batch::Tally>),
     /// Not inspected.
     None,
 }
@@ -111,7 +116,7 @@ impl Observer {
         match &mut self {
             Observer::Sse { state, .. } => state.keep_text = true,
             Observer::Json { keep_text, .. } => *keep_text = true,
-            Observer::None => {}
+            Observer::Batch(_) | Observer::None => {}
         }
         self
     }
@@ -160,6 +165,7 @@ impl Observer {
                     chunks.push(chunk.clone());
                 }
             }
+            Observer::Batch(tally) => tally.feed(chunk),
             Observer::None => {}
         }
     }
@@ -258,6 +264,10 @@ impl Observer {
                 }
                 out
             }
+            Observer::Batch(tally) => Observed {
+                batch: Some(Box::new(tally.finish())),
+                ..Observed::default()
+            },
             Observer::None => Observed::default(),
         }
     }
