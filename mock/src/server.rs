@@ -25,7 +25,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::error::error_reply;
 use crate::faults::{self, Fault, Opts};
 use crate::reply::{Ctx, MockBody, Reply};
-use crate::{anthropic, objects, openai, responses};
+use crate::{anthropic, bedrock, objects, openai, responses};
 
 /// A running mock provider. Dropping it stops the server as well (without waiting).
 pub struct MockProvider {
@@ -310,7 +310,9 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Moc
         http_version: format!("{:?}", parts.version),
     };
     let seq = shared.record(recorded);
+    let invocation = bedrock::invocation(&path);
     let mut ctx = Ctx {
+        bedrock: invocation.is_some(),
         seq,
         method: parts.method.as_str().to_owned(),
         anthropic: path.starts_with("/v1/messages")
@@ -331,8 +333,23 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Moc
         return ctx.respond(reply);
     }
 
+    // AWS checks the signature before anything else.
+    if let Some(reply) = invocation
+        .as_ref()
+        .and_then(|_| bedrock::refused_signature(&ctx))
+    {
+        return ctx.respond(reply);
+    }
+
     // Queued faults, `x-mock-*` faults and the bad-key check, in that order.
     if let Some(reply) = faults::injected(&mut ctx).await {
+        return ctx.respond(reply);
+    }
+    if let Some((model, stream)) = &invocation {
+        if ctx.method != "POST" {
+            return ctx.respond(error_reply(&ctx, 404, "Not Found"));
+        }
+        let reply = bedrock::invoke(&ctx, model, *stream);
         return ctx.respond(reply);
     }
 
