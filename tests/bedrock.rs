@@ -75,6 +75,8 @@ fallbacks = ["claude-br"]
 
 async fn start() -> (Sluice, MockProvider, MockProvider) {
     let bedrock = MockProvider::start().await.expect("bedrock mock");
+    // Signatures are checked in full, with the secret Sluice signs with.
+    bedrock.verify_aws_signatures(UPSTREAM_ANTHROPIC_KEY);
     let anthropic = MockProvider::start().await.expect("anthropic mock");
     let s = Sluice::start(&cfg(&bedrock, &anthropic, "region = \"eu-west-3\"")).await;
     (s, bedrock, anthropic)
@@ -324,4 +326,45 @@ async fn missing_credentials_and_a_missing_region_are_named() {
         err.contains("providers[0].region: required for kind bedrock"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_signature_aws_would_not_accept_is_bedrocks_403_in_anthropics_shape() {
+    let bedrock = MockProvider::start().await.expect("mock");
+    let anthropic = MockProvider::start().await.expect("mock");
+    bedrock.verify_aws_signatures("not-the-secret-sluice-has");
+    let s = Sluice::start(&cfg(&bedrock, &anthropic, "region = \"eu-west-3\"")).await;
+    let (st, _, b) = post(&s, "/v1/messages", &[ANTHROPIC], &messages(false)).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let v = json(&b);
+    assert_eq!(v["error"]["type"], "permission_error", "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("The request signature we calculated does not match")));
+}
+
+#[tokio::test]
+async fn a_clients_own_key_never_reaches_bedrock() {
+    let bedrock = MockProvider::start().await.expect("mock");
+    let anthropic = MockProvider::start().await.expect("mock");
+    let config = cfg(&bedrock, &anthropic, "region = \"eu-west-3\"").replacen(
+        "[server]\n",
+        "[server]\npassthrough_keys = true\n",
+        1,
+    );
+    let s = Sluice::start(&config).await;
+    let (st, _, b) = call(
+        http::Method::POST,
+        &s.url("/v1/messages"),
+        &[
+            ("x-api-key", "sk-ant-clients-own"),
+            ANTHROPIC,
+            ("content-type", "application/json"),
+        ],
+        messages(false).to_string(),
+    )
+    .await;
+    assert!(st.is_client_error() || st.is_server_error(), "{st}");
+    assert!(!String::from_utf8_lossy(&b).contains("sk-ant-clients-own"));
+    assert_eq!(bedrock.request_count(), 0, "nothing went to AWS");
 }

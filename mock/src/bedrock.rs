@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use crate::anthropic;
 use crate::error::error_reply;
 use crate::reply::{Ctx, Reply, ReplyKind};
+use crate::server::lock;
 
 /// The access key id that the mock refuses (as AWS refuses an unknown one).
 pub const BAD_ACCESS_KEY: &str = "AKIDBADKEY";
@@ -57,7 +58,86 @@ pub(crate) fn refused_signature(ctx: &Ctx) -> Option<Reply> {
         let message = "The security token included in the request is invalid.";
         return Some(error_reply(ctx, 403, message));
     }
+    let secret = lock(&ctx.shared.aws_secret).clone();
+    if let Some(secret) = secret {
+        if expected_authorization(ctx, &secret).as_deref() != Some(auth) {
+            let message = "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.";
+            return Some(error_reply(ctx, 403, message));
+        }
+    }
     None
+}
+
+/// The `authorization` AWS would expect for this request as received,
+/// signed with `secret` (the key id, region and time from the request).
+fn expected_authorization(ctx: &Ctx, secret: &str) -> Option<String> {
+    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+    use aws_sigv4::sign::v4;
+
+    let header = |name: &str| ctx.headers.get(name).and_then(|v| v.to_str().ok());
+    let auth = header("authorization")?;
+    let scope = auth.strip_prefix("AWS4-HMAC-SHA256 Credential=")?;
+    let mut parts = scope.split(['/', ',']);
+    let (key, _date, region) = (parts.next()?, parts.next()?, parts.next()?);
+    let signed: Vec<&str> = auth
+        .split_once("SignedHeaders=")?
+        .1
+        .split(',')
+        .next()?
+        .split(';')
+        .collect();
+    let identity = aws_credential_types::Credentials::new(
+        key,
+        secret,
+        header("x-amz-security-token").map(str::to_owned),
+        None,
+        "mock",
+    )
+    .into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("bedrock")
+        .time(amz_time(header("x-amz-date")?)?)
+        .settings(SigningSettings::default())
+        .build()
+        .ok()?
+        .into();
+    // The signer adds its own `x-amz-*` headers; the others are the request's.
+    let mut headers = Vec::new();
+    for name in signed.iter().filter(|n| !n.starts_with("x-amz-")) {
+        headers.push((*name, header(name)?));
+    }
+    let uri = format!("http://{}{}", header("host")?, ctx.path_and_query);
+    let request = SignableRequest::new(
+        &ctx.method,
+        uri,
+        headers.into_iter(),
+        SignableBody::Bytes(&ctx.body),
+    )
+    .ok()?;
+    let (instructions, _) = sign(request, &params).ok()?.into_parts();
+    let expected = instructions
+        .headers()
+        .find(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+        .map(|(_, v)| v.to_owned());
+    expected
+}
+
+/// `20261130T184500Z` as a time.
+fn amz_time(text: &str) -> Option<std::time::SystemTime> {
+    let num = |r: std::ops::Range<usize>| text.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(4..6)?, num(6..8)?);
+    let (hh, mm, ss) = (num(9..11)?, num(11..13)?, num(13..15)?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
 }
 
 /// An invocation: the body checked as Bedrock checks it, then answered as

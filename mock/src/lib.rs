@@ -25,8 +25,9 @@
 //!   `stream`) answered as `/v1/messages` would, the stream as binary
 //!   `application/vnd.amazon.eventstream` frames (`chunk` events carrying each Anthropic event
 //!   base64 in `{"bytes"}`); a request without a SigV4 `authorization` for service `bedrock`
-//!   (or signed with access key [`BEDROCK_BAD_ACCESS_KEY`]) gets 403; errors are
-//!   `{"message"}`.
+//!   (or signed with access key [`BEDROCK_BAD_ACCESS_KEY`]) gets 403, and after
+//!   [`MockProvider::verify_aws_signatures`] so does one whose signature is not the one AWS
+//!   would compute with that secret; errors are `{"message"}`.
 //! * `POST /v1/files`, `/v1/uploads`, `/v1/batches`, `/v1/vector_stores`,
 //!   `/v1/messages/batches` answer a new object `{"id","object","path"}` with a fresh id
 //!   (`file-mock-N`, `batch_mock_N`, ...); `GET /v1/batches/{id}` answers a completed batch

@@ -100,6 +100,13 @@ impl MockProvider {
         self.shared.recording.store(enabled, Ordering::SeqCst);
     }
 
+    /// Checks every Bedrock request's SigV4 signature in full with this
+    /// secret access key (by default only its shape is checked); a request
+    /// whose signature differs gets Bedrock's 403.
+    pub fn verify_aws_signatures(&self, secret_access_key: &str) {
+        *lock(&self.shared.aws_secret) = Some(secret_access_key.to_owned());
+    }
+
     /// Queues a fault; each request consumes at most one, in FIFO order.
     pub fn push_fault(&self, fault: Fault) {
         lock(&self.shared.faults).push_back(fault);
@@ -164,6 +171,8 @@ pub(crate) struct Shared {
     faults: Mutex<VecDeque<Fault>>,
     /// Anthropic prompt-cache prefixes seen so far (hashes), for cache read/write accounting.
     pub(crate) cache_prefixes: Mutex<HashSet<u64>>,
+    /// The secret Bedrock signatures are verified with, when set.
+    pub(crate) aws_secret: Mutex<Option<String>>,
     recording: AtomicBool,
     seq: AtomicUsize,
     active_connections: AtomicUsize,
@@ -176,6 +185,7 @@ impl Default for Shared {
             requests: Mutex::new(Vec::new()),
             faults: Mutex::new(VecDeque::new()),
             cache_prefixes: Mutex::new(HashSet::new()),
+            aws_secret: Mutex::new(None),
             recording: AtomicBool::new(true),
             seq: AtomicUsize::new(0),
             active_connections: AtomicUsize::new(0),
