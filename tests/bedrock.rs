@@ -156,6 +156,15 @@ async fn an_anthropic_client_is_served_by_bedrock_signed_with_sigv4() {
             .ok(),
         rec["cost_usd"].as_f64()
     );
+
+    // The admin view says where the credentials come from, never what they are.
+    let (st, config) = admin_as(&s, http::Method::GET, "/admin/config").await;
+    assert_eq!(st, StatusCode::OK);
+    let br = &config["providers"][0];
+    assert_eq!(br["region"], "eu-west-3", "{br}");
+    assert_eq!(br["aws_access_key_id_env"], "SLUICE_TEST_OPENAI_KEY");
+    assert_eq!(br["api_key_set"], true);
+    assert!(!config.to_string().contains(UPSTREAM_ANTHROPIC_KEY));
 }
 
 #[tokio::test]
