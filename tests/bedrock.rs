@@ -377,3 +377,18 @@ async fn a_clients_own_key_never_reaches_bedrock() {
     assert!(!String::from_utf8_lossy(&b).contains("sk-ant-clients-own"));
     assert_eq!(bedrock.request_count(), 0, "nothing went to AWS");
 }
+
+#[tokio::test]
+async fn a_bedrock_stream_cut_mid_way_ends_with_an_anthropic_error_event() {
+    let (s, _bedrock, _anthropic) = start().await;
+    let extra = [WORDS[0], ANTHROPIC, ("x-mock-abort-after", "3")];
+    let (st, h, b) = post(&s, "/v1/messages", &extra, &messages(true)).await;
+    assert_eq!(st, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let evs = events(&b);
+    assert_eq!(evs[0]["type"], "message_start", "whole events went through");
+    let last = evs.last().expect("events");
+    assert_eq!(last["type"], "error", "{last}");
+    assert!(!evs.iter().any(|e| e["type"] == "message_stop"));
+    let rec = record(&s, &h).await;
+    assert_ne!(rec["end"], "complete", "{rec}");
+}
