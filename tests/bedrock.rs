@@ -392,3 +392,22 @@ async fn a_bedrock_stream_cut_mid_way_ends_with_an_anthropic_error_event() {
     let rec = record(&s, &h).await;
     assert_ne!(rec["end"], "complete", "{rec}");
 }
+
+#[tokio::test]
+async fn only_messages_requests_go_to_bedrock() {
+    let (s, bedrock, _anthropic) = start().await;
+    let body = json!({"model": "claude-br", "messages": [{"role": "user", "content": "hi"}]});
+    let (st, _, b) = post(&s, "/v1/messages/count_tokens", &[ANTHROPIC], &body).await;
+    assert_eq!(
+        st,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    let v = json(&b);
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("serves only messages requests")));
+    assert_eq!(bedrock.request_count(), 0);
+}
