@@ -78,6 +78,15 @@ impl Upstream {
         let parts = p.base_url.clone().into_parts();
         let scheme = parts.scheme.ok_or("base_url has no scheme")?;
         let authority = parts.authority.ok_or("base_url has no host")?;
+        // Signed requests name their host as sent: over HTTP/1 hyper drops a
+        // default port from `host`, over h2 `:authority` keeps it, so a
+        // Bedrock URL loses it here and both send what was signed.
+        let authority = match p.kind {
+            ProviderKind::Bedrock => host_header(&scheme, &authority)
+                .parse()
+                .map_err(|e| format!("base_url host: {e}"))?,
+            _ => authority,
+        };
         let prefix = parts
             .path_and_query
             .map(|pq| pq.path().trim_end_matches('/').to_owned())
@@ -451,8 +460,8 @@ mod tests {
         assert!(format!("{a:?}").contains("redacted") && !format!("{a:?}").contains("sk-1"));
     }
 
-    #[test]
-    fn the_signed_host_is_the_one_hyper_sends() {
+    #[tokio::test]
+    async fn the_signed_host_is_the_one_hyper_sends() {
         let host = |url: &str| {
             let parts = url.parse::<Uri>().expect("uri").into_parts();
             host_header(
@@ -467,5 +476,15 @@ mod tests {
         assert_eq!(host("https://h.example:443"), "h.example");
         assert_eq!(host("http://127.0.0.1:8081"), "127.0.0.1:8081");
         assert_eq!(host("http://h.example:80"), "h.example");
+        // A Bedrock URL drops a default port, so h2's `:authority` is the
+        // signed host too.
+        let text = "[[providers]]\nname = \"b\"\nkind = \"bedrock\"\nregion = \"us-east-1\"\n\
+                    base_url = \"https://b.example:443\"\n";
+        let cfg = Config::parse(text, "t", &|_| Some("k".into())).expect("config");
+        let b = Upstream::new(&cfg.providers[0]).expect("upstream");
+        assert_eq!(
+            b.uri("/model/m/invoke").expect("uri").to_string(),
+            "https://b.example/model/m/invoke"
+        );
     }
 }
