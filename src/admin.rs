@@ -264,13 +264,24 @@ async fn admin(app: &App, method: &Method, path: &str, query: &str) -> Response<
                             "fail_open_share": f64::from(r.fail_open_share) / 1000.0,
                         }),
                     },
-                    "providers": c.providers.iter().map(|p| json!({
-                        "name": p.name,
-                        "kind": p.kind.as_str(),
-                        "base_url": p.base_url.to_string(),
-                        "api_key_env": p.api_key_env,
-                        "api_key_set": p.api_key.is_some(),
-                    })).collect::<Vec<_>>(),
+                    "providers": c.providers.iter().map(|p| {
+                        let mut v = json!({
+                            "name": p.name,
+                            "kind": p.kind.as_str(),
+                            "base_url": p.base_url.to_string(),
+                            "api_key_env": p.api_key_env,
+                            "api_key_set": p.api_key.is_some(),
+                        });
+                        // Bedrock signs with AWS credentials: where they come from.
+                        if let Some(b) = &p.bedrock {
+                            v["region"] = json!(b.region);
+                            v["aws_access_key_id_env"] = json!(b.access_key_id_env);
+                            v["aws_secret_access_key_env"] = json!(b.secret_access_key_env);
+                            v["aws_session_token_env"] = json!(b.session_token_env);
+                            v["api_key_set"] = json!(b.keys.is_some());
+                        }
+                        v
+                    }).collect::<Vec<_>>(),
                     "models": c.models.iter().map(|m| json!({
                         "name": m.pattern,
                         "deployments": m.deployments.iter().map(|d| json!({

@@ -34,6 +34,7 @@ use crate::sniff::{self, Endpoint, Rewrite};
 use crate::telemetry::{self, AttemptEnd, AttemptStart, RequestTrace};
 use crate::upstream::{SendError, Upstream};
 
+mod bedrock;
 pub mod cross;
 pub use cross::Crossing;
 
@@ -580,7 +581,7 @@ fn injected_status(
     progress.attempts += 1;
     metrics::upstream_attempt(&upstream.name, outcome_label(status));
     let shape = match upstream.kind {
-        ProviderKind::Anthropic => ApiShape::Anthropic,
+        ProviderKind::Anthropic | ProviderKind::Bedrock => ApiShape::Anthropic,
         _ => ApiShape::OpenAi,
     };
     let id = format!("fault{:016x}", fastrand::u64(..));
@@ -670,6 +671,9 @@ fn build_request(
     cand: &Candidate,
     crossing: Option<&Crossing>,
 ) -> Result<Request<Full<Bytes>>, ProxyError> {
+    if upstream.kind == ProviderKind::Bedrock {
+        return bedrock::request(call, upstream, cand, crossing);
+    }
     let model = call
         .client_model
         .map_or("", |_| cand.upstream_model.as_str());
@@ -773,12 +777,14 @@ where
     (parts, bytes)
 }
 
-/// OpenAI's `context_length_exceeded`, Anthropic's "prompt is too long".
+/// OpenAI's `context_length_exceeded`, Anthropic's "prompt is too long",
+/// Bedrock's "Input is too long".
 fn is_context_length_error(body: &[u8]) -> bool {
     let find = |needle: &[u8]| memchr::memmem::find(body, needle).is_some();
     find(b"context_length_exceeded")
         || find(b"prompt is too long")
         || find(b"maximum context length")
+        || find(b"Input is too long")
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use crate::cache::Capture;
 use crate::record::{RequestRecord, StreamEnd};
 use crate::stream::observe::Observer;
 use crate::stream::translate::SseTranslator;
+use crate::upstream::bedrock::EventStreamToSse;
 
 mod fault;
 pub use fault::FaultyBody;
@@ -117,6 +118,9 @@ pub struct TapBody {
     /// The provider speaks the other API: its events, observed as they
     /// come, go to the client translated (an incomplete event is held).
     translator: Option<SseTranslator>,
+    /// AWS Bedrock's binary event stream, decoded into the Anthropic SSE it
+    /// carries before anything else (observer, capture, translator) sees it.
+    decoder: Option<EventStreamToSse>,
 }
 
 /// How the tap should treat an upstream body.
@@ -129,6 +133,9 @@ pub struct TapConfig {
     pub capture: Option<Capture>,
     /// Translates a stream from the other API's events into the client's.
     pub translator: Option<SseTranslator>,
+    /// Decodes a Bedrock event stream into Anthropic SSE (first, so a
+    /// translator chained after it sees Anthropic events).
+    pub decoder: Option<EventStreamToSse>,
 }
 
 impl TapBody {
@@ -136,7 +143,9 @@ impl TapBody {
         let now = Instant::now();
         Self {
             inner,
-            passthrough_size: !cfg.observer.rewrites() && cfg.translator.is_none(),
+            passthrough_size: !cfg.observer.rewrites()
+                && cfg.translator.is_none()
+                && cfg.decoder.is_none(),
             observer: cfg.observer,
             record: Some(record),
             idle: cfg.idle,
@@ -148,6 +157,7 @@ impl TapBody {
             tail: None,
             capture: cfg.capture,
             translator: cfg.translator,
+            decoder: cfg.decoder,
         }
     }
 
@@ -303,6 +313,13 @@ impl Body for TapBody {
                         }
                     }
                     this.bytes += data.len() as u64;
+                    // Whole frames only: what follows sees the Anthropic
+                    // events a Bedrock stream carries.
+                    let data = match this.decoder.as_mut().map(|d| d.push(&data)) {
+                        None => data,
+                        Some(Ok(sse)) => sse,
+                        Some(Err(e)) => return this.fail(StreamEnd::UpstreamError(e)),
+                    };
                     if let Some(r) = this.record.as_mut() {
                         r.tee(&data);
                     }
@@ -316,7 +333,8 @@ impl Body for TapBody {
                         this.observer.observe(&data);
                         Some(data)
                     } else {
-                        this.observer.rewrite(data)
+                        // (A decoded chunk that completed no frame is empty.)
+                        this.observer.rewrite(data).filter(|b| !b.is_empty())
                     };
                     if let Some(limit) = this.observer.oversized() {
                         return this.fail_oversized(out, limit);
@@ -336,6 +354,10 @@ impl Body for TapBody {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     return this.fail(StreamEnd::UpstreamError(e.to_string()));
+                }
+                Poll::Ready(None) if this.decoder.as_ref().is_some_and(|d| d.pending()) => {
+                    let cut = "the Bedrock event stream ended inside a frame";
+                    return this.fail(StreamEnd::UpstreamError(cut.into()));
                 }
                 Poll::Ready(None) => {
                     this.done = true;

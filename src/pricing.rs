@@ -307,6 +307,7 @@ impl PriceTable {
     /// A prefix alone is not enough: `o3-pro` is not priced as `o3`.
     pub fn get(&self, model: &str) -> Option<Price> {
         let m = model.rsplit('/').next().unwrap_or(model);
+        let m = bedrock_anthropic_name(m).unwrap_or(m);
         self.entries
             .iter()
             .find(|(name, _)| m.strip_prefix(name.as_str()).is_some_and(same_model_suffix))
@@ -314,9 +315,44 @@ impl PriceTable {
     }
 }
 
+/// The Anthropic name of an AWS Bedrock model id, priced as that model:
+/// `anthropic.claude-3-5-sonnet-20241022-v2:0` and the inference profile
+/// `us.anthropic.claude-sonnet-4-20250514-v1:0` are `claude-3-5-sonnet-20241022`
+/// and `claude-sonnet-4-20250514`. `None` for any other name.
+fn bedrock_anthropic_name(id: &str) -> Option<&str> {
+    let (_, rest) = id.split_once("anthropic.")?;
+    let (name, version) = rest.rsplit_once("-v")?;
+    // `2`, `2:0`, `1:0:200k`: a version, then optional `:` parts.
+    let mut parts = version.split(':');
+    let number = parts.next()?;
+    let digits = !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit());
+    let rest_ok = parts.all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric()));
+    (digits && rest_ok && !name.is_empty()).then_some(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bedrock_model_ids_are_priced_as_their_anthropic_model() {
+        let t = PriceTable::with_overrides(&[]);
+        for id in [
+            "anthropic.claude-3-5-sonnet-20241022-v2:0",
+            "us.anthropic.claude-3-5-sonnet-20241022-v2:0",
+            "anthropic.claude-3-5-sonnet-20240620-v1:0:200k",
+        ] {
+            let p = t.get(id).unwrap_or_else(|| panic!("{id} unpriced"));
+            assert_eq!(p.base.input, 3000, "{id}");
+        }
+        assert_eq!(
+            bedrock_anthropic_name("eu.anthropic.claude-sonnet-4-20250514-v1:0"),
+            Some("claude-sonnet-4-20250514")
+        );
+        assert_eq!(bedrock_anthropic_name("claude-3-5-sonnet"), None);
+        assert_eq!(bedrock_anthropic_name("anthropic.claude-x-vnext"), None);
+        assert!(t.get("meta.llama3-70b-instruct-v1:0").is_none());
+    }
 
     #[test]
     fn defaults_parse_and_match_longest_prefix() {

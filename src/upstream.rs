@@ -44,6 +44,17 @@ pub struct Upstream {
     anthropic_beta: Vec<String>,
     /// Azure OpenAI's `api-version`.
     api_version: Option<String>,
+    /// AWS Bedrock: the region, and who signs (`None` without credentials).
+    bedrock: Option<BedrockAuth>,
+}
+
+/// What signs a Bedrock provider's requests.
+struct BedrockAuth {
+    signer: Option<bedrock::Signer>,
+    /// The variable to set when the credentials are missing.
+    env: String,
+    /// The `host` hyper sends (and the signature covers).
+    host: String,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -67,6 +78,15 @@ impl Upstream {
         let parts = p.base_url.clone().into_parts();
         let scheme = parts.scheme.ok_or("base_url has no scheme")?;
         let authority = parts.authority.ok_or("base_url has no host")?;
+        // Signed requests name their host as sent: over HTTP/1 hyper drops a
+        // default port from `host`, over h2 `:authority` keeps it, so a
+        // Bedrock URL loses it here and both send what was signed.
+        let authority = match p.kind {
+            ProviderKind::Bedrock => host_header(&scheme, &authority)
+                .parse()
+                .map_err(|e| format!("base_url host: {e}"))?,
+            _ => authority,
+        };
         let prefix = parts
             .path_and_query
             .map(|pq| pq.path().trim_end_matches('/').to_owned())
@@ -97,7 +117,20 @@ impl Upstream {
                 billing.push((HeaderName::from_static(name), v));
             }
         }
+        let bedrock = p.bedrock.as_ref().map(|b| BedrockAuth {
+            signer: b.keys.as_ref().map(|k| bedrock::Signer {
+                credentials: bedrock::AwsCredentials {
+                    access_key_id: k.access_key_id.clone(),
+                    secret_access_key: k.secret_access_key.clone(),
+                    session_token: k.session_token.clone(),
+                },
+                region: b.region.clone(),
+            }),
+            env: format!("{} and {}", b.access_key_id_env, b.secret_access_key_env),
+            host: host_header(&scheme, &authority),
+        });
         Ok(Upstream {
+            bedrock,
             client_keys: p.client_keys,
             billing,
             anthropic_beta: p.anthropic_beta.clone(),
@@ -117,7 +150,7 @@ impl Upstream {
     /// Whether this provider serves requests of the given API shape.
     pub fn speaks(&self, shape: ApiShape) -> bool {
         match shape {
-            ApiShape::Anthropic => self.kind == ProviderKind::Anthropic,
+            ApiShape::Anthropic => self.kind.is_anthropic_shaped(),
             ApiShape::OpenAi => self.kind.is_openai_shaped(),
         }
     }
@@ -139,7 +172,10 @@ impl Upstream {
             (ProviderKind::Azure, Some(version)) => {
                 azure_path(&self.prefix, path_and_query, model, version)
             }
-            (ProviderKind::Anthropic, _) => format!("{}{path_and_query}", self.prefix),
+            // Bedrock's path (`/model/{id}/invoke`) is made by the caller.
+            (ProviderKind::Anthropic | ProviderKind::Bedrock, _) => {
+                format!("{}{path_and_query}", self.prefix)
+            }
             _ => {
                 let rest = path_and_query.strip_prefix("/v1").unwrap_or(path_and_query);
                 format!("{}{rest}", self.prefix)
@@ -182,6 +218,58 @@ impl Upstream {
     /// The provider credential header Sluice adds for virtual-key requests.
     pub fn auth_header(&self) -> Option<&(HeaderName, HeaderValue)> {
         self.auth.as_ref()
+    }
+
+    /// Signs a Bedrock request (SigV4 over its URL, `host`, `content-type`
+    /// and body). `Err` names the variables to set when the provider has no
+    /// credentials, or why signing failed.
+    pub fn sign_bedrock(
+        &self,
+        uri: &Uri,
+        headers: &mut HeaderMap,
+        body: &[u8],
+    ) -> Result<(), BedrockSignError> {
+        let b = self
+            .bedrock
+            .as_ref()
+            .ok_or_else(|| BedrockSignError::Failed("not a Bedrock provider".into()))?;
+        let signer = b
+            .signer
+            .as_ref()
+            .ok_or_else(|| BedrockSignError::NoCredentials(b.env.clone()))?;
+        let now = std::time::SystemTime::now();
+        bedrock::sign(
+            signer,
+            "POST",
+            &uri.to_string(),
+            &b.host,
+            headers,
+            body,
+            now,
+        )
+        .map_err(BedrockSignError::Failed)
+    }
+}
+
+/// Why a Bedrock request could not be signed.
+#[derive(Debug)]
+pub enum BedrockSignError {
+    /// No credentials in the environment: the variables to set.
+    NoCredentials(String),
+    Failed(String),
+}
+
+/// The `host` header hyper's client sends for a URL: the host, and the port
+/// when it is not the scheme's default.
+fn host_header(scheme: &http::uri::Scheme, authority: &http::uri::Authority) -> String {
+    let default = if *scheme == http::uri::Scheme::HTTPS {
+        443
+    } else {
+        80
+    };
+    match authority.port_u16() {
+        Some(port) if port != default => format!("{}:{port}", authority.host()),
+        _ => authority.host().to_owned(),
     }
 }
 
@@ -370,5 +458,33 @@ mod tests {
         );
         assert_eq!(z.auth_header().map(|(n, _)| n.as_str()), Some("api-key"));
         assert!(format!("{a:?}").contains("redacted") && !format!("{a:?}").contains("sk-1"));
+    }
+
+    #[tokio::test]
+    async fn the_signed_host_is_the_one_hyper_sends() {
+        let host = |url: &str| {
+            let parts = url.parse::<Uri>().expect("uri").into_parts();
+            host_header(
+                &parts.scheme.expect("scheme"),
+                &parts.authority.expect("authority"),
+            )
+        };
+        assert_eq!(
+            host("https://bedrock-runtime.us-east-1.amazonaws.com"),
+            "bedrock-runtime.us-east-1.amazonaws.com"
+        );
+        assert_eq!(host("https://h.example:443"), "h.example");
+        assert_eq!(host("http://127.0.0.1:8081"), "127.0.0.1:8081");
+        assert_eq!(host("http://h.example:80"), "h.example");
+        // A Bedrock URL drops a default port, so h2's `:authority` is the
+        // signed host too.
+        let text = "[[providers]]\nname = \"b\"\nkind = \"bedrock\"\nregion = \"us-east-1\"\n\
+                    base_url = \"https://b.example:443\"\n";
+        let cfg = Config::parse(text, "t", &|_| Some("k".into())).expect("config");
+        let b = Upstream::new(&cfg.providers[0]).expect("upstream");
+        assert_eq!(
+            b.uri("/model/m/invoke").expect("uri").to_string(),
+            "https://b.example/model/m/invoke"
+        );
     }
 }

@@ -57,7 +57,9 @@ fn anthropic_error_type(status: u16) -> &'static str {
 }
 
 pub(crate) fn error_reply(ctx: &Ctx, status: u16, message: &str) -> Reply {
-    let body = if ctx.anthropic {
+    let body = if ctx.bedrock {
+        json!({ "message": message })
+    } else if ctx.anthropic {
         json!({"type": "error", "error": {"type": anthropic_error_type(status), "message": message}})
     } else {
         let (kind, code) = openai_error_kind(status);

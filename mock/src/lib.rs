@@ -9,7 +9,7 @@
 //! * `server`: the listener, the per-request flow and routing, the recorded state.
 //! * `faults`: queued [`Fault`]s and the `x-mock-*` headers (statuses, delays, aborts, stalls,
 //!   fragmented and endless streams).
-//! * `openai`, `responses`, `anthropic`: one module per wire format; `objects`: files,
+//! * `openai`, `responses`, `anthropic`, `bedrock`: one module per wire format; `objects`: files,
 //!   batches and the echo fallback.
 //! * `reply` (response plumbing, SSE framing), `error` (provider-shaped error bodies) and
 //!   `content` (generated text and token accounting) are shared by the API modules.
@@ -20,6 +20,14 @@
 //!   (Anthropic; `anthropic-version` header required), `GET /v1/models` (Anthropic flavour when
 //!   `anthropic-version` is present; ids `mock-model`, `mock-model-large`, `mock-embedding`,
 //!   `other-model`, Anthropic: `mock-model`, `claude-mock-sonnet`, `claude-mock-haiku`).
+//! * `POST /model/{id}/invoke` and `POST /model/{id}/invoke-with-response-stream` (AWS
+//!   Bedrock, Anthropic models): the Bedrock body (`anthropic_version`, no `model` or
+//!   `stream`) answered as `/v1/messages` would, the stream as binary
+//!   `application/vnd.amazon.eventstream` frames (`chunk` events carrying each Anthropic event
+//!   base64 in `{"bytes"}`); a request without a SigV4 `authorization` for service `bedrock`
+//!   (or signed with access key [`BEDROCK_BAD_ACCESS_KEY`]) gets 403, and after
+//!   [`MockProvider::verify_aws_signatures`] so does one whose signature is not the one AWS
+//!   would compute with that secret; errors are `{"message"}`.
 //! * `POST /v1/files`, `/v1/uploads`, `/v1/batches`, `/v1/vector_stores`,
 //!   `/v1/messages/batches` answer a new object `{"id","object","path"}` with a fresh id
 //!   (`file-mock-N`, `batch_mock_N`, ...); `GET /v1/batches/{id}` answers a completed batch
@@ -82,6 +90,7 @@
 
 mod anthropic;
 mod batch_results;
+mod bedrock;
 mod content;
 mod error;
 mod faults;
@@ -91,5 +100,6 @@ mod reply;
 mod responses;
 mod server;
 
+pub use bedrock::BAD_ACCESS_KEY as BEDROCK_BAD_ACCESS_KEY;
 pub use faults::Fault;
 pub use server::{MockProvider, RecordedRequest};

@@ -31,6 +31,8 @@ pub(crate) struct Ctx {
     pub(crate) opts: Opts,
     /// Errors and request ids in Anthropic's shape.
     pub(crate) anthropic: bool,
+    /// Errors and request ids in AWS Bedrock's shape (over `anthropic`).
+    pub(crate) bedrock: bool,
 }
 
 /// What an endpoint answers, before it is put on the wire.
@@ -44,6 +46,8 @@ pub(crate) enum ReplyKind {
     Json(Value),
     Raw(Bytes),
     Sse(Vec<Bytes>),
+    /// Binary frames of an AWS event stream (Bedrock), sent like SSE events.
+    EventStream(Vec<Bytes>),
 }
 
 impl Reply {
@@ -78,10 +82,15 @@ impl Ctx {
         let mut response = match kind {
             ReplyKind::Json(value) => self.bytes_response(status, Bytes::from(value.to_string())),
             ReplyKind::Raw(bytes) => self.bytes_response(status, bytes),
-            ReplyKind::Sse(events) => self.sse_response(events),
+            ReplyKind::Sse(events) => self.sse_response(events, "text/event-stream"),
+            ReplyKind::EventStream(frames) => {
+                self.sse_response(frames, "application/vnd.amazon.eventstream")
+            }
         };
         *response.status_mut() = status;
-        let id_header = if self.anthropic {
+        let id_header = if self.bedrock {
+            "x-amzn-requestid"
+        } else if self.anthropic {
             "request-id"
         } else {
             "x-request-id"
@@ -119,7 +128,7 @@ impl Ctx {
         response
     }
 
-    fn sse_response(&self, events: Vec<Bytes>) -> Response<MockBody> {
+    fn sse_response(&self, events: Vec<Bytes>, content_type: &str) -> Response<MockBody> {
         let (tx, body) = MockBody::channel(Arc::clone(&self.shared));
         let plan = StreamPlan {
             delay: self.opts.delay,
@@ -129,7 +138,7 @@ impl Ctx {
         };
         tokio::spawn(faults::produce_stream(tx, events, plan));
         let mut response = Response::new(body);
-        set_header(&mut response, "content-type", "text/event-stream");
+        set_header(&mut response, "content-type", content_type);
         set_header(&mut response, "cache-control", "no-cache");
         response
     }

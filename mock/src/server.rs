@@ -25,7 +25,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::error::error_reply;
 use crate::faults::{self, Fault, Opts};
 use crate::reply::{Ctx, MockBody, Reply};
-use crate::{anthropic, batch_results, objects, openai, responses};
+use crate::{anthropic, batch_results, bedrock, objects, openai, responses};
 
 /// A running mock provider. Dropping it stops the server as well (without waiting).
 pub struct MockProvider {
@@ -100,6 +100,13 @@ impl MockProvider {
         self.shared.recording.store(enabled, Ordering::SeqCst);
     }
 
+    /// Checks every Bedrock request's SigV4 signature in full with this
+    /// secret access key (by default only its shape is checked); a request
+    /// whose signature differs gets Bedrock's 403.
+    pub fn verify_aws_signatures(&self, secret_access_key: &str) {
+        *lock(&self.shared.aws_secret) = Some(secret_access_key.to_owned());
+    }
+
     /// Queues a fault; each request consumes at most one, in FIFO order.
     pub fn push_fault(&self, fault: Fault) {
         lock(&self.shared.faults).push_back(fault);
@@ -164,6 +171,8 @@ pub(crate) struct Shared {
     faults: Mutex<VecDeque<Fault>>,
     /// Anthropic prompt-cache prefixes seen so far (hashes), for cache read/write accounting.
     pub(crate) cache_prefixes: Mutex<HashSet<u64>>,
+    /// The secret Bedrock signatures are verified with, when set.
+    pub(crate) aws_secret: Mutex<Option<String>>,
     recording: AtomicBool,
     seq: AtomicUsize,
     active_connections: AtomicUsize,
@@ -176,6 +185,7 @@ impl Default for Shared {
             requests: Mutex::new(Vec::new()),
             faults: Mutex::new(VecDeque::new()),
             cache_prefixes: Mutex::new(HashSet::new()),
+            aws_secret: Mutex::new(None),
             recording: AtomicBool::new(true),
             seq: AtomicUsize::new(0),
             active_connections: AtomicUsize::new(0),
@@ -310,7 +320,9 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Moc
         http_version: format!("{:?}", parts.version),
     };
     let seq = shared.record(recorded);
+    let invocation = bedrock::invocation(&path);
     let mut ctx = Ctx {
+        bedrock: invocation.is_some(),
         seq,
         method: parts.method.as_str().to_owned(),
         anthropic: path.starts_with("/v1/messages")
@@ -331,8 +343,23 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Moc
         return ctx.respond(reply);
     }
 
+    // AWS checks the signature before anything else.
+    if let Some(reply) = invocation
+        .as_ref()
+        .and_then(|_| bedrock::refused_signature(&ctx))
+    {
+        return ctx.respond(reply);
+    }
+
     // Queued faults, `x-mock-*` faults and the bad-key check, in that order.
     if let Some(reply) = faults::injected(&mut ctx).await {
+        return ctx.respond(reply);
+    }
+    if let Some((model, stream)) = &invocation {
+        if ctx.method != "POST" {
+            return ctx.respond(error_reply(&ctx, 404, "Not Found"));
+        }
+        let reply = bedrock::invoke(&ctx, model, *stream);
         return ctx.respond(reply);
     }
 

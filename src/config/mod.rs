@@ -1,6 +1,7 @@
 //! Configuration: parse proxy.toml into raw structs, then validate once into
 //! typed config. Request code never re-checks config.
 
+mod bedrock;
 mod bounds;
 mod budget;
 mod cache;
@@ -24,6 +25,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use bedrock::{AwsKeys, BedrockConfig};
 pub use bounds::Bounds;
 pub use budget::{applies, applies_any, BudgetAction, BudgetRule, Permille};
 pub use cache::{CacheConfig, CacheMode, CacheScope, SharedCacheConfig};
@@ -180,6 +182,9 @@ pub enum ProviderKind {
     /// Azure OpenAI: the OpenAI wire format at deployment URLs, with an
     /// `api-version` query parameter and an `api-key` header.
     Azure,
+    /// AWS Bedrock's Anthropic models: the Anthropic Messages API through
+    /// `InvokeModel`, signed with SigV4.
+    Bedrock,
 }
 
 /// The Azure OpenAI `api-version` used when a provider names none (the
@@ -192,12 +197,19 @@ impl ProviderKind {
         matches!(self, Self::OpenAi | Self::OpenAiCompatible | Self::Azure)
     }
 
+    /// True for providers that take Anthropic Messages requests (and so
+    /// count tokens with Claude's tokenizer).
+    pub fn is_anthropic_shaped(self) -> bool {
+        matches!(self, Self::Anthropic | Self::Bedrock)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::OpenAi => "openai",
             Self::Anthropic => "anthropic",
             Self::OpenAiCompatible => "openai-compatible",
             Self::Azure => "azure",
+            Self::Bedrock => "bedrock",
         }
     }
 }
@@ -244,6 +256,8 @@ pub struct ProviderConfig {
     pub anthropic_beta: Vec<String>,
     /// Azure OpenAI's `api-version` (only for kind `azure`).
     pub api_version: Option<String>,
+    /// Region and credentials (only for kind `bedrock`).
+    pub bedrock: Option<BedrockConfig>,
 }
 
 /// A virtual key, stored by its SHA-256.
@@ -551,11 +565,12 @@ impl Validator<'_> {
                 "anthropic" => ProviderKind::Anthropic,
                 "openai-compatible" => ProviderKind::OpenAiCompatible,
                 "azure" => ProviderKind::Azure,
+                "bedrock" => ProviderKind::Bedrock,
                 other => {
                     self.err(
                         &format!("{field}.kind"),
                         format!(
-                            "unknown kind {other:?} (expected openai|anthropic|openai-compatible|azure)"
+                            "unknown kind {other:?} (expected openai|anthropic|openai-compatible|azure|bedrock)"
                         ),
                     );
                     continue;
@@ -582,9 +597,15 @@ impl Validator<'_> {
                 }
                 (None, _) => None,
             };
+            let bedrock = self.bedrock(&field, p, kind, env);
+            if kind == ProviderKind::Bedrock && bedrock.is_none() {
+                continue;
+            }
+            let bedrock_url = bedrock.as_ref().map(BedrockConfig::default_url);
             let default_url = match kind {
                 ProviderKind::OpenAi => Some("https://api.openai.com/v1"),
                 ProviderKind::Anthropic => Some("https://api.anthropic.com"),
+                ProviderKind::Bedrock => bedrock_url.as_deref(),
                 ProviderKind::OpenAiCompatible | ProviderKind::Azure => None,
             };
             let Some(url_text) = p.base_url.as_deref().or(default_url) else {
@@ -631,6 +652,7 @@ impl Validator<'_> {
                 project: self.header_text(&format!("{field}.project"), &p.project),
                 anthropic_beta: p.anthropic_beta.clone().unwrap_or_default(),
                 api_version,
+                bedrock,
             });
         }
         out

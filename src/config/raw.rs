@@ -247,6 +247,10 @@ pub struct RawProvider {
     pub project: Option<String>,
     pub anthropic_beta: Option<Vec<String>>,
     pub api_version: Option<String>,
+    pub region: Option<String>,
+    pub aws_access_key_id_env: Option<String>,
+    pub aws_secret_access_key_env: Option<String>,
+    pub aws_session_token_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -533,3 +533,84 @@ fn an_azure_provider_takes_an_api_version_and_others_do_not() {
     .to_string();
     assert!(all.contains("base_url: required for kind azure"), "{all}");
 }
+
+#[test]
+fn a_bedrock_provider_takes_a_region_and_aws_credentials_from_the_environment() {
+    let text = |fields: &str| {
+        format!(
+            "[[providers]]\nname = \"br\"\nkind = \"bedrock\"\n{fields}\n[[models]]\nname = \"*\"\nprovider = \"br\"\n"
+        )
+    };
+    let aws = |name: &str| match name {
+        "AWS_ACCESS_KEY_ID" => Some("AKID".into()),
+        "AWS_SECRET_ACCESS_KEY" => Some("secret".into()),
+        "MY_TOKEN" => Some("token".into()),
+        _ => None,
+    };
+    let c = Config::parse(&text("region = \"eu-west-3\""), "t.toml", &aws).expect("valid");
+    let p = &c.providers[0];
+    assert_eq!(
+        p.base_url.host(),
+        Some("bedrock-runtime.eu-west-3.amazonaws.com")
+    );
+    assert!(!p.client_keys);
+    let b = p.bedrock.as_ref().expect("bedrock");
+    let keys = b.keys.as_ref().expect("keys");
+    assert_eq!(
+        (keys.access_key_id.as_str(), keys.session_token.as_deref()),
+        ("AKID", None)
+    );
+    assert!(
+        !format!("{c:?}").contains("secret\""),
+        "the secret is redacted"
+    );
+    let c = Config::parse(
+        &text("region = \"us-east-1\"\naws_session_token_env = \"MY_TOKEN\"\nbase_url = \"http://127.0.0.1:9\""),
+        "t.toml",
+        &aws,
+    )
+    .expect("valid");
+    let b = c.providers[0].bedrock.as_ref().expect("bedrock");
+    assert_eq!(
+        b.keys.as_ref().and_then(|k| k.session_token.as_deref()),
+        Some("token")
+    );
+    assert_eq!(c.providers[0].base_url.port_u16(), Some(9));
+    // Without credentials the config loads; requests name the variables.
+    let c = Config::parse(&text("region = \"us-east-1\""), "t.toml", &env).expect("valid");
+    assert!(c.providers[0]
+        .bedrock
+        .as_ref()
+        .is_some_and(|b| b.keys.is_none()));
+    for (fields, needle) in [
+        ("", "providers[0].region: required for kind bedrock"),
+        (
+            "region = \"US East\"",
+            "providers[0].region: \"US East\" is not an AWS region",
+        ),
+        (
+            "region = \"us-east-1\"\napi_key_env = \"K\"",
+            "providers[0].api_key_env: kind bedrock signs with AWS credentials",
+        ),
+        (
+            "region = \"us-east-1\"\nclient_keys = true",
+            "providers[0].client_keys: a client's own key is no AWS credential",
+        ),
+    ] {
+        let all = Config::parse(&text(fields), "t.toml", &aws)
+            .expect_err(fields)
+            .to_string();
+        assert!(all.contains(needle), "{all}");
+    }
+    let all = Config::parse(
+        "[[providers]]\nname = \"a\"\nkind = \"anthropic\"\nregion = \"us-east-1\"\n",
+        "t.toml",
+        &env,
+    )
+    .expect_err("region on anthropic")
+    .to_string();
+    assert!(
+        all.contains("providers[0].region: only for kind bedrock"),
+        "{all}"
+    );
+}

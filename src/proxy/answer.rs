@@ -32,8 +32,19 @@ pub(super) async fn upstream_answer(
     inject_usage: bool,
     ids: Option<IdSink>,
 ) -> Result<Answer, ProxyError> {
+    // A Bedrock answer is read as Anthropic's from here on.
+    let (answer, decoder) = if super::bedrock::answered_by_bedrock(snap, rec) {
+        let limits = ReadLimits {
+            max: snap.config.server.bounds.max_response_body,
+            idle: idle_of(snap, rec),
+            deadline: rec.facts.deadline,
+        };
+        super::bedrock::as_anthropic(answer, rec, limits).await?
+    } else {
+        (answer, None)
+    };
     if let Some(crossing) = rec.outcome.upstream.crossing.clone() {
-        return super::crossed::answer(answer, &crossing, rec, snap).await;
+        return super::crossed::answer(answer, &crossing, rec, snap, decoder).await;
     }
     match answer {
         attempt::Answered::Buffered(head, bytes) => {
@@ -81,6 +92,7 @@ pub(super) async fn upstream_answer(
                     deadline: rec.facts.deadline,
                     capture: rec.holds.capture.take(),
                     translator: None,
+                    decoder,
                 },
             })))
         }

@@ -22,6 +22,7 @@ use crate::sniff::Endpoint;
 use crate::stream::observe::Observer;
 use crate::stream::translate::SseTranslator;
 use crate::translate;
+use crate::upstream::bedrock::EventStreamToSse;
 
 use super::answer::{idle_of, local, observer_for, read_answer, ReadLimits};
 use super::{Answer, UpstreamAnswer};
@@ -32,6 +33,7 @@ pub(super) async fn answer(
     crossing: &Crossing,
     rec: &mut RequestRecord,
     snap: &Snapshot,
+    decoder: Option<EventStreamToSse>,
 ) -> Result<Answer, ProxyError> {
     // Whatever the answer, it is not stored: waiters go upstream themselves.
     drop(rec.holds.capture.take());
@@ -100,6 +102,7 @@ pub(super) async fn answer(
                     deadline: limits.deadline,
                     capture: None,
                     translator: Some(translator),
+                    decoder,
                 },
             })))
         }

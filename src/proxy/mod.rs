@@ -10,7 +10,6 @@ use hyper::body::Incoming;
 use crate::app::{App, Snapshot};
 use crate::attempt;
 use crate::body::{ProxyBody, TapBody, TapConfig};
-use crate::config::ProviderKind;
 use crate::error::ProxyError;
 use crate::headers::{client_response_headers, value};
 use crate::limits;
@@ -20,6 +19,7 @@ use crate::sniff;
 use crate::stream::observe::Observed;
 
 mod answer;
+mod bedrock;
 mod cache_stage;
 mod cost;
 mod count;
@@ -124,7 +124,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
         Ok(Answer::Upstream(answer)) => {
             let UpstreamAnswer { head, body, tap } = *answer;
             rec.outcome.status = head.status.as_u16();
-            let keep_length = !tap.observer.rewrites();
+            let keep_length =
+                !tap.observer.rewrites() && tap.translator.is_none() && tap.decoder.is_none();
             let mut resp = Response::new(ProxyBody::Tap(Box::new(TapBody::new(body, tap, rec))));
             *resp.status_mut() = head.status;
             *resp.headers_mut() = client_response_headers(&head.headers, keep_length);
@@ -304,7 +305,7 @@ async fn pipeline(
     }
     // Token limits: cap the output, bound the input (counted only when the bound cannot decide).
     let tokens = token_plan(snap, vk, &route, upstream.kind, rec.facts.endpoint, &s)?;
-    let anthropic = upstream.kind == ProviderKind::Anthropic;
+    let anthropic = upstream.kind.is_anthropic_shaped();
     let family = Family::for_upstream(&route.upstream_model, anthropic);
     rec.facts.family = Some(family);
     let mut input = count::Input::new(rec.facts.endpoint, family, body.clone(), chosen.counted);

@@ -268,17 +268,20 @@ impl Copy {
         let (status, observed, ttft) = match attempt::run(&call, groups, progress).await {
             Ok(Answered::Stream(resp)) => {
                 let head_at = started.elapsed();
-                let (head, body) = resp.into_parts();
+                let (mut head, body) = resp.into_parts();
                 let limits = ReadLimits {
                     max: self.snap.config.server.bounds.max_response_body,
                     idle: SHADOW_IDLE,
                     deadline: self.deadline,
                 };
+                let read = read_bounded(body, &head.headers, limits).await;
+                // A copy sent to Bedrock is read as the Anthropic answer it carries.
+                let read = read.map(|bytes| super::bedrock::decode_whole(&mut head, bytes));
                 let streamed = head
                     .headers
                     .get(http::header::CONTENT_TYPE)
                     .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-                match read_bounded(body, &head.headers, limits).await {
+                match read {
                     Ok(bytes) => {
                         let mut observer = observer_for(self.endpoint, &head, false).with_text();
                         observer.observe(&bytes);

@@ -99,7 +99,7 @@ pub(super) fn choose_tier(
             let anthropic = snap
                 .upstreams
                 .get(r.provider)
-                .is_some_and(|u| u.kind == ProviderKind::Anthropic);
+                .is_some_and(|u| u.kind.is_anthropic_shaped());
             Family::for_upstream(&r.upstream_model, anthropic)
         });
     let endpoint = rec.facts.endpoint;
@@ -211,7 +211,7 @@ pub(super) fn stored_ids(
 
 /// Passthrough paths go to the first provider speaking the client's API
 /// (and, for a client's own key, taking client keys), once (no retries: the
-/// request may not be idempotent).
+/// request may not be idempotent). Bedrock serves no passthrough path.
 pub(super) fn passthrough_group(
     snap: &Snapshot,
     registry: &Deployments,
@@ -219,11 +219,9 @@ pub(super) fn passthrough_group(
     cred: &Credential,
 ) -> Option<attempt::Group> {
     let passthrough = matches!(cred, Credential::Passthrough { .. });
-    let (i, u) = snap
-        .upstreams
-        .iter()
-        .enumerate()
-        .find(|(_, u)| u.speaks(shape) && (u.client_keys || !passthrough))?;
+    let (i, u) = snap.upstreams.iter().enumerate().find(|(_, u)| {
+        u.speaks(shape) && u.kind != ProviderKind::Bedrock && (u.client_keys || !passthrough)
+    })?;
     Some(attempt::Group {
         candidates: vec![Candidate {
             provider: i,

@@ -13,6 +13,7 @@ pub fn system(kind: ProviderKind) -> &'static str {
     match kind {
         ProviderKind::Anthropic => "anthropic",
         ProviderKind::Azure => "az.ai.openai",
+        ProviderKind::Bedrock => "aws.bedrock",
         // An OpenAI-compatible server speaks OpenAI's API; which one it is
         // shows in `sluice.provider`.
         _ => "openai",
