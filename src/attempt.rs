@@ -79,8 +79,13 @@ pub fn group_for(
     let crossing = if route.api == call_like.shape {
         None
     } else {
-        let c = cross::translate(call_like.shape, call_like.body, call_like.include_usage)
-            .map_err(|r| cross::refused(&route.public, r))?;
+        let c = cross::translate(
+            call_like.shape,
+            call_like.body,
+            call_like.include_usage,
+            call_like.breakpoints,
+        )
+        .map_err(|r| cross::refused(&route.public, r))?;
         Some(Arc::new(c))
     };
     let group = Group {
@@ -97,6 +102,13 @@ pub fn group_for(
     ))
 }
 
+/// The smallest prefix worth a prompt-cache breakpoint, when Sluice adds them.
+pub fn breakpoints(cache: &crate::config::CacheConfig) -> Option<u64> {
+    cache
+        .anthropic_breakpoints
+        .then_some(cache.breakpoint_min_tokens)
+}
+
 /// What building a route's group needs from the request.
 pub struct GroupInput<'a> {
     pub upstreams: &'a [Upstream],
@@ -109,6 +121,9 @@ pub struct GroupInput<'a> {
     /// The client asked for a usage chunk at the end of its OpenAI stream.
     pub include_usage: bool,
     pub max_retries: u32,
+    /// `[cache] anthropic_breakpoints`: the smallest prefix worth a
+    /// prompt-cache breakpoint in a request translated to Anthropic.
+    pub breakpoints: Option<u64>,
 }
 
 /// One attempt, for the usage record.
@@ -549,6 +564,7 @@ fn fallback_group(call: &Call<'_>, model: &str) -> Option<Group> {
         body: &call.body,
         include_usage: call.include_usage,
         max_retries: call.snap.config.retry.max_retries,
+        breakpoints: breakpoints(&call.snap.config.cache),
     };
     let mut group = match group_for(&route, &input) {
         Ok(g) => g,

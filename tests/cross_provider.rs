@@ -322,3 +322,39 @@ async fn check_says_which_fields_a_cross_api_route_drops() {
     assert!(err.contains("seed"), "the dropped fields are named: {err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_request_translated_to_anthropic_gets_prompt_cache_breakpoints() {
+    let openai = MockProvider::start().await.expect("mock");
+    let anthropic = MockProvider::start().await.expect("mock");
+    let config = cfg(&openai, &anthropic)
+        + "\n[cache]\nanthropic_breakpoints = true\nbreakpoint_min_tokens = 100\n";
+    let s = Sluice::start(&config).await;
+    let body = json!({
+        "model": "claude-3-5-haiku",
+        "messages": [
+            {"role": "system", "content": "policy ".repeat(400)},
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "second"}
+        ]
+    });
+    let (st, h, b) = post(&s, "/v1/chat/completions", WORDS, &body).await;
+    assert_eq!(st, StatusCode::OK, "{b:?}");
+    let sent = anthropic
+        .last_request()
+        .expect("sent")
+        .json()
+        .expect("json");
+    assert_eq!(
+        sent["system"][0]["cache_control"]["type"], "ephemeral",
+        "{sent}"
+    );
+    let rec = s
+        .usage_for(h["x-sluice-request-id"].to_str().expect("id"))
+        .await;
+    assert!(
+        rec["prompt_cache_breakpoints"].as_u64().expect("n") >= 1,
+        "{rec}"
+    );
+}

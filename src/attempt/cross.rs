@@ -20,15 +20,25 @@ pub struct Crossing {
     pub path: &'static str,
     /// What translating the answer back needs.
     pub plan: Plan,
+    /// Prompt-cache breakpoints Sluice added to the translated body.
+    pub breakpoints: usize,
 }
 
 /// Translates `body` (in the client's API, `from`) for a provider of the
 /// other API. `include_usage` is what the client asked for: a usage chunk
 /// Sluice added to an OpenAI stream for its own accounting is not passed on.
-pub fn translate(from: ApiShape, body: &[u8], include_usage: bool) -> Result<Crossing, Refused> {
+/// With `breakpoints` (`[cache] anthropic_breakpoints`: the smallest prefix
+/// worth one), a request going to Anthropic gets prompt-cache breakpoints as
+/// a client's own messages request would.
+pub fn translate(
+    from: ApiShape,
+    body: &[u8],
+    include_usage: bool,
+    breakpoints: Option<u64>,
+) -> Result<Crossing, Refused> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| Refused(format!("the request body is not JSON: {e}")))?;
-    let (out, plan, to, path) = match from {
+    let (mut out, plan, to, path) = match from {
         ApiShape::OpenAi => {
             let (out, plan) = translate::request::chat_to_messages(&value)?;
             let plan = Plan {
@@ -42,12 +52,19 @@ pub fn translate(from: ApiShape, body: &[u8], include_usage: bool) -> Result<Cro
             (out, plan, ApiShape::OpenAi, "/v1/chat/completions")
         }
     };
+    let added = match (breakpoints, to, out.as_object_mut()) {
+        (Some(min), ApiShape::Anthropic, Some(obj)) => {
+            crate::cache::prompt::add_breakpoints(obj, min)
+        }
+        _ => 0,
+    };
     let body = serde_json::to_vec(&out).map_err(|e| Refused(format!("encoding: {e}")))?;
     Ok(Crossing {
         to,
         body: Bytes::from(body),
         path,
         plan,
+        breakpoints: added,
     })
 }
 
@@ -68,7 +85,7 @@ mod tests {
     fn a_chat_request_becomes_a_messages_request_and_keeps_the_clients_usage_choice() {
         let body = br#"{"model":"m","stream":true,"stream_options":{"include_usage":true},
             "messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}]}"#;
-        let c = translate(ApiShape::OpenAi, body, false).expect("translates");
+        let c = translate(ApiShape::OpenAi, body, false, None).expect("translates");
         assert_eq!(c.to, ApiShape::Anthropic);
         assert_eq!(c.path, "/v1/messages");
         assert!(c.plan.stream);
@@ -82,16 +99,34 @@ mod tests {
     fn a_messages_request_becomes_a_chat_request_that_reports_usage() {
         let body = br#"{"model":"m","max_tokens":5,"stream":true,
             "messages":[{"role":"user","content":"hi"}]}"#;
-        let c = translate(ApiShape::Anthropic, body, false).expect("translates");
+        let c = translate(ApiShape::Anthropic, body, false, None).expect("translates");
         assert_eq!((c.to, c.path), (ApiShape::OpenAi, "/v1/chat/completions"));
         let v: Value = serde_json::from_slice(&c.body).expect("json");
         assert_eq!(v["stream_options"]["include_usage"], true);
     }
 
     #[test]
+    fn a_long_translated_prefix_gets_prompt_cache_breakpoints() {
+        let system = "rules ".repeat(3000);
+        let body = serde_json::json!({"model": "m", "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "second"}
+        ]});
+        let body = serde_json::to_vec(&body).expect("json");
+        let plain = translate(ApiShape::OpenAi, &body, false, None).expect("translates");
+        assert_eq!(plain.breakpoints, 0);
+        let marked = translate(ApiShape::OpenAi, &body, false, Some(1024)).expect("translates");
+        assert!(marked.breakpoints > 0);
+        let v: Value = serde_json::from_slice(&marked.body).expect("json");
+        assert_eq!(v["system"][0]["cache_control"]["type"], "ephemeral");
+    }
+
+    #[test]
     fn what_cannot_be_translated_is_a_400() {
         let body = br#"{"model":"m","n":2,"messages":[{"role":"user","content":"hi"}]}"#;
-        let e = translate(ApiShape::OpenAi, body, false).expect_err("n > 1");
+        let e = translate(ApiShape::OpenAi, body, false, None).expect_err("n > 1");
         assert_eq!(refused("m", e).status().as_u16(), 400);
     }
 }

@@ -37,6 +37,7 @@ pub(super) async fn answer(
 ) -> Result<Answer, ProxyError> {
     // Whatever the answer, it is not stored: waiters go upstream themselves.
     drop(rec.holds.capture.take());
+    rec.facts.breakpoints = crossing.breakpoints as u32;
     let bounds = &snap.config.server.bounds;
     let limits = ReadLimits {
         max: bounds.max_response_body,

@@ -435,6 +435,7 @@ pub(super) fn attempt_groups(
         body,
         include_usage,
         max_retries: snap.config.retry.max_retries,
+        breakpoints: attempt::breakpoints(&snap.config.cache),
     };
     let cross = rec.facts.endpoint.crosses();
     let mut chain = snap.router.chain(route, shape, cross, &snap.upstreams);
