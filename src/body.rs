@@ -165,10 +165,14 @@ impl TapBody {
     /// bytes of a rewrite, or what closes a translated stream.
     fn closing(&mut self) -> Option<Bytes> {
         let held = self.observer.take_pending();
-        match self.translator.as_mut() {
-            Some(t) => Some(t.finish().0).filter(|b| !b.is_empty()),
-            None => held,
+        let Some(t) = self.translator.as_mut() else {
+            return held;
+        };
+        let tail = t.finish().0;
+        if let Some(c) = self.capture.as_mut() {
+            c.feed(&tail);
         }
+        Some(tail).filter(|b| !b.is_empty())
     }
 
     fn finish(&mut self, end: StreamEnd) {
@@ -323,12 +327,17 @@ impl Body for TapBody {
                     if let Some(r) = this.record.as_mut() {
                         r.tee(&data);
                     }
-                    if let Some(c) = this.capture.as_mut() {
+                    if let Some(c) = this.capture.as_mut().filter(|_| this.translator.is_none()) {
                         c.feed(&data);
                     }
                     let out = if let Some(t) = this.translator.as_mut() {
                         this.observer.observe(&data);
-                        Some(t.feed(&data)).filter(|b| !b.is_empty())
+                        let out = t.feed(&data);
+                        // The cache holds what the client gets (its API's events).
+                        if let Some(c) = this.capture.as_mut() {
+                            c.feed(&out);
+                        }
+                        Some(out).filter(|b| !b.is_empty())
                     } else if this.passthrough_size {
                         this.observer.observe(&data);
                         Some(data)

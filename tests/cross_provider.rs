@@ -358,3 +358,45 @@ async fn a_request_translated_to_anthropic_gets_prompt_cache_breakpoints() {
         "{rec}"
     );
 }
+
+#[tokio::test]
+async fn a_translated_answer_is_cached_in_the_clients_api() {
+    let openai = MockProvider::start().await.expect("mock");
+    let anthropic = MockProvider::start().await.expect("mock");
+    let config = cfg(&openai, &anthropic) + "\n[cache]\nmode = \"deterministic\"\n";
+    let s = Sluice::start(&config).await;
+    for stream in [false, true] {
+        let body = json!({
+            "model": "claude-3-5-haiku",
+            "temperature": 0,
+            "stream": stream,
+            "messages": [{"role": "user", "content": format!("cache me {stream}")}]
+        });
+        let (st, h, first) = post(&s, "/v1/chat/completions", WORDS, &body).await;
+        assert_eq!(st, StatusCode::OK, "{first:?}");
+        assert_eq!(h["x-sluice-cache"], "miss");
+        let sent = anthropic.request_count();
+        let (st, h, again) = post(&s, "/v1/chat/completions", WORDS, &body).await;
+        assert_eq!(st, StatusCode::OK, "{again:?}");
+        assert_eq!(h["x-sluice-cache"], "hit", "stream: {stream}");
+        assert_eq!(anthropic.request_count(), sent, "answered from the cache");
+        if stream {
+            let text = |b: &[u8]| -> String {
+                events(b)
+                    .iter()
+                    .filter_map(|e| {
+                        e["choices"][0]["delta"]["content"]
+                            .as_str()
+                            .map(str::to_owned)
+                    })
+                    .collect()
+            };
+            assert_eq!(text(&again), "w0 w1 w2");
+            assert_eq!(text(&again), text(&first));
+        } else {
+            let v = json(&again);
+            assert_eq!(v["object"], "chat.completion");
+            assert_eq!(v["choices"][0]["message"]["content"], "w0 w1 w2");
+        }
+    }
+}

@@ -5,7 +5,8 @@
 //! the tap, and an error into the status and body the client's SDK expects
 //! (the provider's `retry-after` and `x-should-retry` kept).
 //!
-//! Translated answers are not cached: a cache entry holds one API's bytes.
+//! The response cache stores what the client got (its own API's bytes), so
+//! a hit replays it like any other entry.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -35,8 +36,6 @@ pub(super) async fn answer(
     snap: &Snapshot,
     decoder: Option<EventStreamToSse>,
 ) -> Result<Answer, ProxyError> {
-    // Whatever the answer, it is not stored: waiters go upstream themselves.
-    drop(rec.holds.capture.take());
     rec.facts.breakpoints = crossing.breakpoints as u32;
     let bounds = &snap.config.server.bounds;
     let limits = ReadLimits {
@@ -78,6 +77,9 @@ pub(super) async fn answer(
                     provider: rec.outcome.upstream.provider.to_string(),
                     detail,
                 })?;
+            if let Some(c) = rec.holds.capture.take() {
+                c.finish_json(translated.clone());
+            }
             Ok(Answer::Local(
                 local(&head, translated),
                 Box::new(observer.finish()),
@@ -101,7 +103,7 @@ pub(super) async fn answer(
                     observer,
                     idle: limits.idle,
                     deadline: limits.deadline,
-                    capture: None,
+                    capture: rec.holds.capture.take(),
                     translator: Some(translator),
                     decoder,
                 },
