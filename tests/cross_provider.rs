@@ -400,3 +400,35 @@ async fn a_translated_answer_is_cached_in_the_clients_api() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_shadow_of_the_other_api_is_translated_and_compared_in_the_clients_words() {
+    let openai = MockProvider::start().await.expect("mock");
+    let anthropic = MockProvider::start().await.expect("mock");
+    let config = cfg(&openai, &anthropic)
+        + r#"
+[[shadows]]
+name = "try-claude"
+model = "gpt-4o-mini"
+shadow_model = "claude-3-5-haiku"
+"#;
+    let s = Sluice::start(&config).await;
+    let tools = json!({"model": "gpt-4o-mini", "max_tokens": 50,
+        "messages": [{"role": "user", "content": "what is the weather in Paris?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]});
+    let (st, h, b) = post(&s, "/v1/chat/completions", &[], &tools).await;
+    assert_eq!(st, StatusCode::OK, "{b:?}");
+    assert_eq!(h["x-sluice-provider"], "oa");
+    let id = h["x-sluice-request-id"].to_str().expect("id").to_owned();
+    let copy = s.usage_for(&format!("{id}-shadow")).await;
+    assert_eq!(copy["provider"], "an", "{copy}");
+    assert_eq!(anthropic.last_request().expect("copy").path, "/v1/messages");
+    assert_eq!(copy["tool_names"], json!(["get_weather"]), "{copy}");
+    assert_eq!(
+        copy["finish_reason"], "tool_calls",
+        "in the client's words: {copy}"
+    );
+    assert_eq!(copy["comparison"]["finish_match"], true, "{copy}");
+    assert_eq!(copy["comparison"]["tool_names_match"], true, "{copy}");
+}

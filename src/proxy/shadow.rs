@@ -79,26 +79,33 @@ pub(super) fn mirror(
         return;
     };
     let shape = rec.facts.shape;
+    // A shadow model of the other API gets the request translated (a copy
+    // to another provider's model is what a shadow is often for).
+    let cross = rec.facts.endpoint.crosses();
     let Some(route) = snap
         .router
-        .resolve(&rule.shadow_model, shape, &snap.upstreams)
+        .resolve_across(&rule.shadow_model, shape, cross, &snap.upstreams)
     else {
         metrics::shadow(&rule.name, "error");
         return;
     };
+    let input = attempt::GroupInput {
+        upstreams: &snap.upstreams,
+        registry: &app.deployments,
+        cred,
+        shape,
+        body,
+        include_usage: false,
+        max_retries: 0,
+        breakpoints: attempt::breakpoints(&snap.config.cache),
+    };
     // The shadow model's first group only, one try: a copy adds no retries.
-    let groups: VecDeque<attempt::Group> = snap
-        .router
-        .chain(route, shape, false, &snap.upstreams)
-        .into_iter()
-        .take(1)
-        .map(|r| attempt::Group {
-            candidates: r.candidates(&snap.upstreams, &app.deployments),
-            balance: r.rule.balance,
-            tries: 1,
+    let groups: VecDeque<attempt::Group> = attempt::group_for(&route, &input)
+        .map(|g| attempt::Group {
             context_fallback: None,
-            crossing: None,
+            ..g
         })
+        .into_iter()
         .filter(|g| !g.candidates.is_empty())
         .collect();
     if groups.is_empty() {
@@ -281,11 +288,29 @@ impl Copy {
                     .headers
                     .get(http::header::CONTENT_TYPE)
                     .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+                // A translated copy is read in its provider's API; its finish
+                // reason is put in the client's words for the comparison.
+                let crossed = progress.crossing.as_ref().map(|c| c.to);
+                let endpoint = match crossed {
+                    Some(ApiShape::Anthropic) => Endpoint::Messages,
+                    Some(ApiShape::OpenAi) => Endpoint::ChatCompletions,
+                    None => self.endpoint,
+                };
                 match read {
                     Ok(bytes) => {
-                        let mut observer = observer_for(self.endpoint, &head, false).with_text();
+                        let mut observer = observer_for(endpoint, &head, false).with_text();
                         observer.observe(&bytes);
-                        let observed = observer.finish();
+                        let mut observed = observer.finish();
+                        if let (Some(to), Some(reason)) = (crossed, &observed.answer.finish_reason)
+                        {
+                            let word = match to {
+                                ApiShape::Anthropic => {
+                                    crate::translate::response::finish_reason(reason)
+                                }
+                                ApiShape::OpenAi => crate::translate::response::stop_reason(reason),
+                            };
+                            observed.answer.finish_reason = Some(word.to_owned());
+                        }
                         (
                             head.status.as_u16(),
                             observed,
