@@ -29,6 +29,7 @@ mod loops;
 mod model;
 mod models;
 mod passthrough;
+mod semantic;
 mod shadow;
 mod stages;
 
