@@ -235,3 +235,83 @@ impl Validator<'_> {
         Some(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+    use super::*;
+
+    const BASE: &str = r#"
+[[providers]]
+name = "p"
+kind = "openai-compatible"
+base_url = "http://127.0.0.1:1/v1"
+[[models]]
+name = "gpt-*"
+provider = "p"
+[[models]]
+name = "text-embedding-*"
+provider = "p"
+"#;
+
+    fn parse(extra: &str) -> Result<Config, String> {
+        Config::parse(&format!("{BASE}{extra}"), "t.toml", &|_| None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn semantic_cache_is_validated() {
+        let c = parse(
+            r#"
+[cache]
+ttl = "10m"
+[cache.semantic]
+mode = "observe"
+embedding_model = "text-embedding-3-small"
+models = ["gpt-4o*"]
+features = ["faq"]
+"#,
+        )
+        .expect("valid");
+        let s = c.semantic_cache.expect("on");
+        assert_eq!(s.mode, SemanticMode::Observe);
+        assert_eq!(s.ttl, Duration::from_secs(600), "[cache] ttl by default");
+        assert_eq!(s.max_entries_per_tenant, s.max_entries);
+        assert_eq!(s.embed, EmbedWhat::LastUser);
+        assert!(s.applies("gpt-4o-mini", Some("faq"), Some("k")));
+        assert!(!s.applies("gpt-4o-mini", None, Some("k")));
+        assert!(!s.applies("o3", Some("faq"), None));
+        // Off (or absent) is no semantic cache.
+        let off = parse("[cache.semantic]\nmode = \"off\"\n").expect("valid");
+        assert!(off.semantic_cache.is_none());
+
+        let all = parse(
+            r#"
+[cache.semantic]
+mode = "serve"
+embedding_model = "ada"
+threshold = 1.5
+embed = "everything"
+max_entries = 0
+max_entries_per_tenant = 5
+max_bytes = "1 parsec"
+false_hit_below = 2
+"#,
+        )
+        .expect_err("invalid");
+        for needle in [
+            "cache.semantic.embedding_model: \"ada\" matches no [[models]] rule",
+            "cache.semantic.models: required",
+            "cache.semantic.threshold: a cosine similarity in (0, 1]",
+            "cache.semantic.embed: unknown value \"everything\"",
+            "cache.semantic.max_entries: from 1 to 1000000",
+            "cache.semantic.max_entries_per_tenant: from 1 to max_entries",
+            "cache.semantic.max_bytes: unknown size unit",
+            "cache.semantic.false_hit_below: from 0 to 1",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        let unknown = parse("[cache.semantic]\nmode = \"serve\"\nthreshhold = 0.9\n")
+            .expect_err("unknown key");
+        assert!(unknown.contains("threshhold"), "{unknown}");
+    }
+}
