@@ -295,3 +295,25 @@ async fn the_embedding_call_is_priced_and_lands_on_the_semantic_cache_feature() 
         "{top}"
     );
 }
+
+#[tokio::test]
+async fn beside_the_exact_cache_an_exact_hit_comes_first_and_a_streamed_miss_is_stored_for_both() {
+    let mock = MockProvider::start().await.expect("mock");
+    let extra = semantic("serve").replace("mode = \"off\"", "mode = \"deterministic\"");
+    let s = Sluice::start(&config(&mock.url(), "", &extra)).await;
+    // A streamed miss: assembled once, stored in the exact and the semantic cache.
+    let mut streamed = chat(ASK);
+    streamed["stream"] = json!(true);
+    let (_, h, _) = post(&s, "/v1/chat/completions", &[], &streamed).await;
+    assert_eq!(h["x-sluice-cache"], "miss");
+    assert_eq!(paths(&mock), ["/v1/embeddings", "/v1/chat/completions"]);
+    // The same request: the exact cache answers, with no embedding call.
+    let (_, h, exact) = post(&s, "/v1/chat/completions", &[], &chat(ASK)).await;
+    assert_eq!(h["x-sluice-cache"], "hit");
+    assert_eq!(mock.request_count(), 2);
+    // A paraphrase: the semantic cache answers, as JSON, the same answer.
+    let (_, h, similar) = post(&s, "/v1/chat/completions", &[], &chat(PARAPHRASE)).await;
+    assert_eq!(h["x-sluice-cache"], "semantic");
+    assert_eq!(exact, similar);
+    assert_eq!(paths(&mock)[2..], ["/v1/embeddings"]);
+}
