@@ -482,7 +482,8 @@ impl Validator<'_> {
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
         };
         let (cache, shared_cache) = self.cache(&raw.cache, env);
-        let semantic_cache = self.semantic_cache(raw.cache.semantic.as_ref(), &models, cache.ttl);
+        let semantic_cache =
+            self.semantic_cache(raw.cache.semantic.as_ref(), &models, &providers, cache.ttl);
         let loop_detection = self.loop_detection(raw.loop_detection.as_ref());
         let runs = self.runs(raw.runs.as_ref());
         let kill_switches = self.kill_switches(&raw);

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::raw::RawSize;
 use super::values::parse_size;
-use super::{ModelRule, Validator};
+use super::{ModelRule, ProviderConfig, Validator};
 
 /// The largest embedding Sluice keeps (dimensions); larger ones are not stored.
 pub const MAX_SEMANTIC_DIMS: usize = 8192;
@@ -117,6 +117,7 @@ impl Validator<'_> {
         &mut self,
         raw: Option<&RawSemantic>,
         models: &[ModelRule],
+        providers: &[ProviderConfig],
         cache_ttl: Duration,
     ) -> Option<SemanticConfig> {
         let r = raw?;
@@ -138,6 +139,22 @@ impl Validator<'_> {
                     .iter()
                     .any(|rule| crate::glob::glob_match(&rule.pattern, m)) =>
             {
+                // Embeddings are asked OpenAI-style: some deployment must speak it.
+                let openai = models
+                    .iter()
+                    .filter(|rule| crate::glob::glob_match(&rule.pattern, m))
+                    .flat_map(|rule| &rule.deployments)
+                    .any(|d| {
+                        providers
+                            .get(d.provider)
+                            .is_some_and(|p| p.kind.is_openai_shaped())
+                    });
+                if !openai {
+                    self.err(
+                        "cache.semantic.embedding_model",
+                        format!("{m:?} is served by no OpenAI-compatible provider (embeddings are asked at /v1/embeddings)"),
+                    );
+                }
                 m.clone()
             }
             Some(m) => {
@@ -310,6 +327,29 @@ false_hit_below = 2
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
+        let anthropic = Config::parse(
+            r#"
+[[providers]]
+name = "a"
+kind = "anthropic"
+base_url = "http://127.0.0.1:1"
+[[models]]
+name = "claude-*"
+provider = "a"
+[cache.semantic]
+mode = "observe"
+embedding_model = "claude-embed"
+models = ["*"]
+"#,
+            "t.toml",
+            &|_| None,
+        )
+        .expect_err("not OpenAI-shaped")
+        .to_string();
+        assert!(
+            anthropic.contains("is served by no OpenAI-compatible provider"),
+            "{anthropic}"
+        );
         let unknown = parse("[cache.semantic]\nmode = \"serve\"\nthreshhold = 0.9\n")
             .expect_err("unknown key");
         assert!(unknown.contains("threshhold"), "{unknown}");
