@@ -149,6 +149,17 @@ async fn admin(app: &App, method: &Method, path: &str, query: &str) -> Response<
                 &json!({"entries": s.entries, "bytes": s.bytes, "hits": s.hits, "misses": s.misses, "evictions": s.evictions}),
             )
         }
+        (&Method::GET, "/admin/cache/semantic") => {
+            let snap = app.snapshot();
+            json_response(
+                StatusCode::OK,
+                &app.semantic.view(snap.config.semantic_cache.as_ref()),
+            )
+        }
+        (&Method::POST, "/admin/cache/semantic/purge") => {
+            let purged = app.semantic.purge();
+            json_response(StatusCode::OK, &json!({"purged": purged}))
+        }
         (&Method::POST, "/admin/cache/purge") => {
             let model = query_param(query, "model");
             let tenant = query_param(query, "tenant");

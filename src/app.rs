@@ -135,6 +135,8 @@ pub struct App {
     pub fleet: Option<Arc<Fleet>>,
     /// The response cache (sized at start) and its in-flight misses.
     pub cache: Arc<ResponseCache>,
+    /// The semantic cache's entries and observe table (bounds from config).
+    pub semantic: Arc<crate::cache::semantic::SemanticCache>,
     pub flights: Flights,
     /// Providers' own model lists for `GET /v1/models` with a glob rule
     /// (cached briefly, one fetch in flight per list; they outlive config
@@ -205,6 +207,7 @@ impl App {
             rate: Arc::new(RateLimiter::default()),
             deployments: Deployments::default(),
             cache,
+            semantic: Arc::default(),
             flights: Flights::new(),
             model_lists: ModelLists::new(),
             ledger,

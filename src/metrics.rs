@@ -48,6 +48,24 @@ fn describe() {
     );
     describe_gauge!("sluice_cache_entries", "Entries in the response cache.");
     describe_counter!("sluice_cache_hits_total", "Response cache hits.");
+    describe_gauge!(
+        "sluice_semantic_cache_entries",
+        "Entries in the semantic cache."
+    );
+    describe_gauge!(
+        "sluice_semantic_cache_bytes",
+        Unit::Bytes,
+        "Bytes held by the semantic cache (answers, vectors, bookkeeping)."
+    );
+    describe_counter!(
+        "sluice_semantic_cache_lookups_total",
+        "Semantic cache lookups by result (hit, would_hit, miss, embed_error, skip_*)."
+    );
+    describe_histogram!(
+        "sluice_semantic_cache_lookup_seconds",
+        Unit::Seconds,
+        "Semantic cache lookup time, the embedding call included."
+    );
     describe_counter!(
         "sluice_batch_lines_total",
         "Batch results lines read back, by outcome (charged, already_charged, not_charged, skipped)."
@@ -474,6 +492,18 @@ pub fn experiment_rollback(experiment: &str) {
 pub fn shadow(shadow: &str, outcome: &'static str) {
     counter!("sluice_shadow_requests_total", "shadow" => label_value(shadow), "outcome" => outcome)
         .increment(1);
+}
+
+/// The semantic cache's size.
+pub fn semantic_cache_size(entries: usize, bytes: usize) {
+    gauge!("sluice_semantic_cache_entries").set(entries as f64);
+    gauge!("sluice_semantic_cache_bytes").set(bytes as f64);
+}
+
+/// One semantic cache lookup (`result` is a fixed label) and its time.
+pub fn semantic_cache_lookup(result: &'static str, took: std::time::Duration) {
+    counter!("sluice_semantic_cache_lookups_total", "result" => result).increment(1);
+    histogram!("sluice_semantic_cache_lookup_seconds").record(took.as_secs_f64());
 }
 
 /// What a shadow's copies cost (never charged to a client's budgets).

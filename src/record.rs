@@ -136,6 +136,9 @@ pub enum CacheState {
     Miss,
     /// Answered from the cache.
     Hit,
+    /// Answered from the semantic cache (an earlier answer to a similar
+    /// question).
+    Semantic,
 }
 
 impl CacheState {
@@ -144,7 +147,13 @@ impl CacheState {
             CacheState::Bypass => "bypass",
             CacheState::Miss => "miss",
             CacheState::Hit => "hit",
+            CacheState::Semantic => "semantic",
         }
+    }
+
+    /// Served from a cache (costs nothing).
+    pub fn is_hit(self) -> bool {
+        matches!(self, CacheState::Hit | CacheState::Semantic)
     }
 }
 
@@ -158,6 +167,9 @@ pub struct Outcome {
     first_byte_at: Option<Instant>,
     pub error: Option<&'static str>,
     pub cache: CacheState,
+    /// The semantic cache's nearest entry's cosine similarity (served or,
+    /// in observe mode, the would-be hit).
+    pub semantic_score: Option<f32>,
 }
 
 /// One request while it is served: created when it arrives, finished exactly
@@ -215,6 +227,7 @@ impl RequestRecord {
                 first_byte_at: None,
                 error: None,
                 cache: CacheState::Bypass,
+                semantic_score: None,
             },
             started,
             started_at: SystemTime::now(),
@@ -296,7 +309,7 @@ impl RequestRecord {
         // A cache hit costs nothing; what it would have cost is recorded.
         let (cost, cost_saved) = if let Some(b) = &batch {
             (Some(b.cost()), None)
-        } else if self.outcome.cache == CacheState::Hit {
+        } else if self.outcome.cache.is_hit() {
             (Some(0), list_cost)
         } else {
             (list_cost, None)
@@ -362,7 +375,7 @@ impl RequestRecord {
                 input_tokens: usage.map_or(0, |u| u.input),
                 output_tokens: usage.map_or(0, |u| u.output),
                 cost_nanodollars: cost.unwrap_or(0),
-                cache_hit: self.outcome.cache == CacheState::Hit,
+                cache_hit: self.outcome.cache.is_hit(),
             });
             metrics::experiment_request(&pick.experiment, &pick.arm, error);
         }
@@ -426,6 +439,10 @@ impl RequestRecord {
             cost_usd: cost.map(nanos_to_usd),
             cache: self.outcome.cache.label(),
             cost_saved_usd: cost_saved.map(nanos_to_usd),
+            semantic_similarity: self
+                .outcome
+                .semantic_score
+                .map(|s| (f64::from(s) * 1e4).round() / 1e4),
             prompt_cache_breakpoints: self.facts.breakpoints,
             loop_detected: self.facts.loop_detected,
             experiment: self.facts.arm.as_ref().map(|p| &*p.experiment),
@@ -614,7 +631,7 @@ impl RequestRecord {
     /// The cost of what a complete response reported (for `x-sluice-cost-usd`);
     /// a cache hit costs nothing.
     pub fn cost_of(&self, observed: &Observed) -> Option<u64> {
-        if self.outcome.cache == CacheState::Hit {
+        if self.outcome.cache.is_hit() {
             return Some(0);
         }
         Some(self.price()?.cost(observed.usage.as_ref()?))
@@ -717,6 +734,10 @@ pub struct UsageLine<'a> {
     pub cost_usd: Option<f64>,
     pub cache: &'static str,
     pub cost_saved_usd: Option<f64>,
+    /// The semantic cache's nearest entry's cosine similarity: the hit's
+    /// (`cache: "semantic"`) or, in observe mode, the would-be hit's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub semantic_similarity: Option<f64>,
     pub prompt_cache_breakpoints: u32,
     pub loop_detected: bool,
     pub experiment: Option<&'a str>,

@@ -83,6 +83,10 @@
 //! | `x-mock-stall-after-bytes: N` | non-stream 2xx: send the first N bytes of the body, then nothing until the client goes away |
 //! | `x-mock-tool-calls: N` | an answer that calls tools makes N parallel calls (default 1) |
 //!
+//! Embeddings: a text starting with `vec:` and comma-separated numbers (`vec:0.1,0.9 any
+//! words`) is embedded as exactly that vector, so a test decides which texts are similar;
+//! any other text gets 8 deterministic hash-derived floats.
+//!
 //! `authorization: Bearer bad-key` or `x-api-key: bad-key` gets a 401.
 //!
 //! Order of precedence for one request: queued [`Fault`] (one per request, FIFO), then

@@ -275,8 +275,13 @@ pub(crate) fn embeddings(ctx: &Ctx, request: &Value) -> Reply {
     }))
 }
 
-/// 8 deterministic floats in [-1, 1] derived from the text (FNV-1a seed, splitmix64 steps).
+/// The vector a test chose, when the text starts with `vec:` and comma-separated numbers
+/// (`vec:0.1,0.9 rest of the text` yields `[0.1, 0.9]`); otherwise 8 deterministic floats in
+/// [-1, 1] derived from the text (FNV-1a seed, splitmix64 steps).
 fn embedding_vector(text: &str) -> Vec<f64> {
+    if let Some(chosen) = chosen_vector(text) {
+        return chosen;
+    }
     let mut state = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     });
@@ -290,6 +295,15 @@ fn embedding_vector(text: &str) -> Vec<f64> {
             let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
             ((unit * 2.0 - 1.0) * 1e6).round() / 1e6
         })
+        .collect()
+}
+
+/// `vec:a,b,c` at the start of `text` (up to the first whitespace), when every part parses.
+fn chosen_vector(text: &str) -> Option<Vec<f64>> {
+    let spec = text.trim_start().strip_prefix("vec:")?;
+    let spec = spec.split_whitespace().next()?;
+    spec.split(',')
+        .map(|n| n.trim().parse::<f64>().ok())
         .collect()
 }
 

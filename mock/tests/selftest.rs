@@ -860,6 +860,19 @@ async fn embeddings_models_completions_and_echo() {
     assert_eq!(v["data"][0]["embedding"].as_array().unwrap().len(), 8);
     assert_ne!(v["data"][0]["embedding"], v["data"][1]["embedding"]);
     assert_eq!(v["usage"]["prompt_tokens"], 3);
+    // `vec:` chooses the vector; a malformed one falls back to the hash.
+    let (_, _, body) = post_json(
+        &client,
+        &mock,
+        "/v1/embeddings",
+        &[],
+        json!({"model": "emb", "input": ["vec:0.5,-1,2 words here", "vec:x,1 no"]}),
+    )
+    .await;
+    let v = as_json(&body);
+    assert_eq!(v["data"][0]["embedding"], json!([0.5, -1.0, 2.0]));
+    assert_eq!(v["data"][1]["embedding"].as_array().unwrap().len(), 8);
+    assert_eq!(v["usage"]["prompt_tokens"], 5);
 
     let (_, _, body) = send(
         &client,

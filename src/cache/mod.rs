@@ -65,6 +65,7 @@ pub mod model_lists;
 pub mod policy;
 pub mod prompt;
 pub mod replay;
+pub mod semantic;
 pub mod shared;
 pub mod store;
 pub mod tenant;

@@ -62,15 +62,33 @@ pub fn decide(
     if !allowed {
         return Policy::BYPASS;
     }
-    let cc = header("cache-control").unwrap_or("").to_ascii_lowercase();
+    let d = directives(headers);
+    if !d.store {
+        return Policy::BYPASS;
+    }
+    Policy {
+        lookup: d.lookup,
+        store: ttl != Some(Duration::ZERO),
+        ttl,
+    }
+}
+
+/// What the client's `Cache-Control` allows any cache: `no-store` neither
+/// lookup nor store, `no-cache` a fresh answer that may be stored.
+pub fn directives(headers: &HeaderMap) -> Policy {
+    let cc = headers
+        .get("cache-control")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let directive = |d: &str| cc.split(',').any(|p| p.trim() == d);
     if directive("no-store") {
         return Policy::BYPASS;
     }
     Policy {
         lookup: !directive("no-cache"),
-        store: ttl != Some(Duration::ZERO),
-        ttl,
+        store: true,
+        ttl: None,
     }
 }
 

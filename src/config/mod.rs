@@ -15,6 +15,7 @@ mod loops;
 mod overrides;
 mod raw;
 mod routing;
+mod semantic;
 mod shadows;
 mod state;
 mod telemetry;
@@ -46,6 +47,7 @@ pub use overrides::{Overrides, RateLimits};
 pub use routing::{
     Balance, BreakerConfig, Deployment, HeaderMatch, ModelRule, RetryConfig, TierRoute, TierRule,
 };
+pub use semantic::{EmbedWhat, SemanticConfig, SemanticMode, MAX_SEMANTIC_DIMS};
 pub use shadows::{Shadow, MAX_SHADOWS, MAX_SHADOW_IN_FLIGHT};
 pub use state::{beside_state, redact, OnUnavailable, RedisState, MAX_REDIS_NANOS};
 pub use telemetry::TelemetryConfig;
@@ -98,6 +100,8 @@ pub struct Config {
     /// `[cache] shared_url`: a Redis every replica shares as a second level
     /// behind its own cache (set up at start).
     pub shared_cache: Option<SharedCacheConfig>,
+    /// `[cache.semantic]`, when its mode is observe or serve.
+    pub semantic_cache: Option<SemanticConfig>,
     /// `[loop_detection]`, when present.
     pub loop_detection: Option<LoopDetection>,
     /// `[runs]`: totals per agent run, when present.
@@ -492,6 +496,8 @@ impl Validator<'_> {
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
         };
         let (cache, shared_cache) = self.cache(&raw.cache, env);
+        let semantic_cache =
+            self.semantic_cache(raw.cache.semantic.as_ref(), &models, &providers, cache.ttl);
         let loop_detection = self.loop_detection(raw.loop_detection.as_ref());
         let runs = self.runs(raw.runs.as_ref());
         let kill_switches = self.kill_switches(&raw);
@@ -531,6 +537,7 @@ impl Validator<'_> {
             max_buckets,
             cache,
             shared_cache,
+            semantic_cache,
             loop_detection,
             runs,
             kill_switches,

@@ -67,6 +67,8 @@ pub struct RawCache {
     pub shared_url: Option<String>,
     pub shared_url_env: Option<String>,
     pub shared_timeout: Option<String>,
+    /// `[cache.semantic]`.
+    pub semantic: Option<super::semantic::RawSemantic>,
 }
 
 #[derive(Debug, Deserialize)]

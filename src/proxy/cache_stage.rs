@@ -1,4 +1,5 @@
-//! The cache step: policy, tenant, key, lookup and single flight.
+//! The cache step: policy, tenant, key, lookup and single flight; then,
+//! on an exact miss, the semantic cache (`super::semantic`).
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use crate::record::{CacheState, RequestRecord};
 use crate::sniff::{Endpoint, Sniffed};
 
 use super::answer::cache_hit;
+use super::semantic;
 use super::Answer;
 
 /// What the cache step decided for one request.
@@ -95,7 +97,7 @@ pub(super) async fn lookup(app: &App, l: Lookup<'_>) -> Step {
 )]
 pub(super) async fn serve(
     app: &App,
-    snap: &Snapshot,
+    snap: &std::sync::Arc<Snapshot>,
     headers: &HeaderMap,
     cred: &Credential,
     s: &Sniffed,
@@ -105,16 +107,17 @@ pub(super) async fn serve(
 ) -> Option<Answer> {
     let cfg = &snap.config.cache;
     let upstream_model = rec.outcome.upstream.model.clone();
+    let tenant = cache::tenant::tenant(
+        cfg.scope,
+        &rec.facts.identity,
+        matches!(cred, Credential::Passthrough { .. }),
+    );
     let lookup = Lookup {
         cfg,
         endpoint: rec.facts.endpoint,
         sniffed: s,
         headers,
-        tenant: cache::tenant::tenant(
-            cfg.scope,
-            &rec.facts.identity,
-            matches!(cred, Credential::Passthrough { .. }),
-        ),
+        tenant: tenant.clone(),
         upstream_model: &upstream_model,
         body,
         patience: Patience {
@@ -123,27 +126,49 @@ pub(super) async fn serve(
             deadline: rec.facts.deadline,
         },
     };
-    match self::lookup(app, lookup).await {
-        Step::Bypass => None,
-        Step::Hit(hit) => {
-            rec.outcome.cache = CacheState::Miss;
-            cache_hit(&hit, s, rec)
-        }
-        Step::Miss { lead } => {
-            rec.outcome.cache = CacheState::Miss;
-            if let Some(l) = lead {
-                rec.holds.capture = Some(cache::Capture::new(
-                    app.cache.clone(),
-                    l.key,
-                    l.leader,
-                    rec.facts.endpoint,
-                    l.tenant,
-                    upstream_model,
-                    l.ttl,
-                    cfg.max_entry_bytes,
-                ));
-            }
-            None
-        }
+    let step = self::lookup(app, lookup).await;
+    if let Step::Hit(hit) = &step {
+        rec.outcome.cache = CacheState::Miss;
+        return cache_hit(hit, s, rec);
     }
+    // An exact miss (or bypass) may still have a similar earlier answer.
+    let similar = semantic::lookup(app, snap, headers, cred, s, body, &tenant, rec).await;
+    let pending = match similar {
+        Some(semantic::Found::Serve(n)) => {
+            // The exact flight's followers (if any) go upstream themselves.
+            let answer = cache_hit(&n.answer, s, rec)?;
+            rec.outcome.cache = CacheState::Semantic;
+            return Some(answer);
+        }
+        Some(semantic::Found::Store(p)) => Some(p),
+        None => None,
+    };
+    let missed = matches!(step, Step::Miss { .. });
+    let capture = match step {
+        Step::Miss { lead: Some(l) } => Some(cache::Capture::new(
+            app.cache.clone(),
+            l.key,
+            l.leader,
+            rec.facts.endpoint,
+            l.tenant,
+            upstream_model,
+            l.ttl,
+            cfg.max_entry_bytes,
+        )),
+        _ if pending.is_some() => Some(cache::Capture::semantic_only(
+            rec.facts.endpoint,
+            tenant,
+            upstream_model,
+            cfg.max_entry_bytes,
+        )),
+        _ => None,
+    };
+    if missed {
+        rec.outcome.cache = CacheState::Miss;
+    }
+    rec.holds.capture = match (capture, pending) {
+        (Some(c), Some(p)) => Some(c.with_semantic(p)),
+        (c, _) => c,
+    };
+    None
 }

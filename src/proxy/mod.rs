@@ -30,6 +30,7 @@ mod loops;
 mod model;
 mod models;
 mod passthrough;
+mod semantic;
 mod shadow;
 mod stages;
 
