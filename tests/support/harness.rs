@@ -255,10 +255,12 @@ impl Sluice {
         panic!("log never contained {needle:?}:\n{}", self.log());
     }
 
-    /// Usage records written so far.
+    /// Usage records written so far (whole lines only: the writer's buffer
+    /// may have flushed part of the newest one, as a log tailer also sees).
     pub fn usage(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.usage_path)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(&self.usage_path).unwrap_or_default();
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        whole
             .lines()
             .map(|l| serde_json::from_str(l).expect("usage line is JSON"))
             .collect()
