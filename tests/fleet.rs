@@ -89,8 +89,10 @@ fn usd(v: &Value, field: &str) -> f64 {
 
 /// The usage records in a replica's directory (also a killed one's).
 fn usage_in(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("usage.jsonl"))
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(dir.join("usage.jsonl")).unwrap_or_default();
+    // Whole lines only (a killed replica may have left half of its last one).
+    let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+    whole
         .lines()
         .map(|l| serde_json::from_str(l).expect("usage line is JSON"))
         .collect()
