@@ -317,3 +317,40 @@ async fn beside_the_exact_cache_an_exact_hit_comes_first_and_a_streamed_miss_is_
     assert_eq!(exact, similar);
     assert_eq!(paths(&mock)[2..], ["/v1/embeddings"]);
 }
+
+#[tokio::test]
+async fn an_anthropic_messages_paraphrase_hits_too() {
+    let mock = MockProvider::start().await.expect("mock");
+    let extra =
+        semantic("serve").replace(r#"models = ["gpt-4o-mini"]"#, r#"models = ["claude-sem"]"#);
+    let s = Sluice::start(&config(&mock.url(), "", &extra)).await;
+    let headers = [("x-api-key", KEY), ("anthropic-version", "2023-06-01")];
+    let ask = |content: &str| {
+        json!({"model": "claude-sem", "max_tokens": 50, "temperature": 0,
+            "system": "answer briefly",
+            "messages": [{"role": "user", "content": content}]})
+        .to_string()
+    };
+    let url = s.url("/v1/messages");
+    let send = |content: &str| call(Method::POST, &url, &headers, ask(content));
+    let (st, h1, b1) = send(ASK).await;
+    assert_eq!(st, StatusCode::OK, "{b1:?}");
+    assert_eq!(h1["x-sluice-cache"], "bypass");
+    assert_eq!(json(&b1)["type"], "message");
+    let (st, h2, b2) = send(PARAPHRASE).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(h2["x-sluice-cache"], "semantic");
+    assert_eq!(b1, b2, "the earlier answer is served in Anthropic's shape");
+    let (st, h3, _) = send(OTHER).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        h3["x-sluice-cache"], "bypass",
+        "another question is not a hit"
+    );
+    let messages = mock
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/v1/messages")
+        .count();
+    assert_eq!(messages, 2, "the paraphrase never reached the provider");
+}
