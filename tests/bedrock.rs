@@ -23,22 +23,8 @@ const ANTHROPIC: (&str, &str) = ("anthropic-version", "2023-06-01");
 /// `admin-secret`); `an` (Anthropic) on `anthropic`. `claude-br` is on
 /// Bedrock; `claude-an` is on Anthropic, falling back to `claude-br`.
 fn cfg(bedrock: &MockProvider, anthropic: &MockProvider, provider_extra: &str) -> String {
-    format!(
+    bare_config(&format!(
         r#"
-[server]
-listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-token_env = "SLUICE_TEST_ADMIN_TOKEN"
-[log]
-usage = "USAGE_PATH"
-[state]
-path = "STATE_PATH"
-[retry]
-max_retries = 0
-[[keys]]
-sha256 = "{}"
-user = "alice"
 
 [[providers]]
 name = "br"
@@ -67,10 +53,9 @@ provider = "an"
 upstream_model = "claude-3-5-haiku"
 fallbacks = ["claude-br"]
 "#,
-        sha256_hex(KEY),
         bedrock.url(),
         anthropic.url()
-    )
+    ))
 }
 
 async fn start() -> (Sluice, MockProvider, MockProvider) {

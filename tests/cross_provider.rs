@@ -16,23 +16,8 @@ use sluice_mock::{Fault, MockProvider};
 /// only on OpenAI, `claude-3-5-haiku` only on Anthropic, and `primary`
 /// (OpenAI) falling back to the Claude model.
 fn cfg(openai: &MockProvider, anthropic: &MockProvider) -> String {
-    format!(
+    bare_config(&format!(
         r#"
-[server]
-listen = "127.0.0.1:0"
-trust_identity_headers = true
-[admin]
-listen = "127.0.0.1:0"
-token_env = "SLUICE_TEST_ADMIN_TOKEN"
-[log]
-usage = "USAGE_PATH"
-[state]
-path = "STATE_PATH"
-[retry]
-max_retries = 0
-[[keys]]
-sha256 = "{}"
-user = "alice"
 
 [[providers]]
 name = "oa"
@@ -60,10 +45,9 @@ provider = "oa"
 upstream_model = "gpt-4o-mini"
 fallbacks = ["claude-3-5-haiku"]
 "#,
-        sha256_hex(KEY),
         openai.url(),
         anthropic.url()
-    )
+    ))
 }
 
 async fn start() -> (Sluice, MockProvider, MockProvider) {

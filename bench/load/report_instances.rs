@@ -332,21 +332,29 @@ pub(crate) fn matrix_report(matrix: &[MatrixRun], skipped: &[String]) -> String 
     o
 }
 
+/// The Sluice arms of two matrix configurations at each concurrency both ran at (1 and 16), as
+/// `(concurrency, a, b)`.
+fn sluice_pairs(
+    matrix: &[MatrixRun],
+    a: MatrixConfig,
+    b: MatrixConfig,
+) -> Vec<(usize, &Run, &Run)> {
+    let at = |config, c| {
+        matrix
+            .iter()
+            .find(|m| m.config == config && m.scenario.concurrency == c)
+            .and_then(|m| find(&m.runs, "sluice"))
+    };
+    [1, 16]
+        .into_iter()
+        .filter_map(|c| Some((c, at(a, c)?, at(b, c)?)))
+        .collect()
+}
+
 /// A translated stream (issue 15): the same streamed OpenAI request with its model on the mock's
 /// OpenAI API and on its Anthropic API (translated both ways). The goal: TTFB p50 within 0.2 ms.
 fn translation_report(w: &mut String, matrix: &[MatrixRun]) {
-    let rows: Vec<_> = [1, 16]
-        .into_iter()
-        .filter_map(|c| {
-            let at = |config| {
-                matrix
-                    .iter()
-                    .find(|m| m.config == config && m.scenario.concurrency == c)
-                    .and_then(|m| find(&m.runs, "sluice"))
-            };
-            Some((c, at(MatrixConfig::Stream)?, at(MatrixConfig::Translated)?))
-        })
-        .collect();
+    let rows = sluice_pairs(matrix, MatrixConfig::Stream, MatrixConfig::Translated);
     if rows.is_empty() {
         return;
     }
@@ -389,22 +397,7 @@ fn translation_report(w: &mut String, matrix: &[MatrixRun]) {
 /// every request, at each concurrency both ran at. The goal: no measurable change to the
 /// primary's latency (the copies run off the client's path; they share the machine).
 fn shadow_report(w: &mut String, matrix: &[MatrixRun]) {
-    let rows: Vec<_> = [1, 16]
-        .into_iter()
-        .filter_map(|c| {
-            let at = |config| {
-                matrix
-                    .iter()
-                    .find(|m| m.config == config && m.scenario.concurrency == c)
-                    .and_then(|m| find(&m.runs, "sluice"))
-            };
-            Some((
-                c,
-                at(MatrixConfig::LimitsBudget)?,
-                at(MatrixConfig::Shadow)?,
-            ))
-        })
-        .collect();
+    let rows = sluice_pairs(matrix, MatrixConfig::LimitsBudget, MatrixConfig::Shadow);
     if rows.is_empty() {
         return;
     }

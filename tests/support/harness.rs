@@ -101,6 +101,30 @@ team = "research"
     )
 }
 
+/// A config with no providers or models of its own: listeners, usage log,
+/// state, no retries and the test key (user `alice`), then `rest`.
+pub fn bare_config(rest: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+token_env = "SLUICE_TEST_ADMIN_TOKEN"
+[log]
+usage = "USAGE_PATH"
+[state]
+path = "STATE_PATH"
+[retry]
+max_retries = 0
+[[keys]]
+sha256 = "{}"
+user = "alice"
+{rest}"#,
+        sha256_hex(KEY)
+    )
+}
+
 /// Puts a test directory's usage log and state file into a config.
 fn fill(config: &str, dir: &Path) -> String {
     config
