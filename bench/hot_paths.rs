@@ -25,7 +25,7 @@ use sluice::error::ApiShape;
 use sluice::route::glob_match;
 use sluice::sniff::{rewrite, sniff, Endpoint, Rewrite};
 use sluice::stream::observe::Observer;
-use sluice::stream::sse::SseSplitter;
+use sluice::protocol::sse::SseSplitter;
 
 // ------------------------------------------------------------------------------------------
 // Inputs

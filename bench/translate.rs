@@ -15,7 +15,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::{json, Value};
 
-use sluice::stream::sse::{parse_block, SseSplitter};
+use sluice::protocol::sse::{parse_block, SseSplitter};
 use sluice::translate::{request, response, stream, Plan};
 
 fn agent_request() -> Value {

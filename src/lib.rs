@@ -51,6 +51,7 @@ pub mod metrics;
 pub mod ownership;
 pub mod path;
 pub mod pricing;
+pub mod protocol;
 pub mod proxy;
 pub mod record;
 pub mod replay;

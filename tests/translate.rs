@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
-use sluice::stream::sse::{parse_block, SseSplitter};
+use sluice::protocol::sse::{parse_block, SseSplitter};
 use sluice::translate::{error, request, response, stream, Plan};
 
 /// The fixed `created` stamp translated OpenAI responses carry in the corpus.

@@ -11,7 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::semantic;
-use super::{CacheKey, CachedResponse, LeaderGuard, ResponseCache, StreamAssembler};
+use super::{CacheKey, CachedResponse, LeaderGuard, ResponseCache};
+use crate::protocol::{Protocol, StreamAssembler};
 use crate::sniff::Endpoint;
 
 /// The exact cache's part: where the answer goes and who waits for it.
@@ -78,7 +79,7 @@ impl Capture {
         Capture {
             exact: None,
             semantic: None,
-            assembler: StreamAssembler::with_limit(endpoint, max_entry),
+            assembler: Protocol::of(endpoint).assembler(max_entry),
             endpoint,
             tenant,
             model,
@@ -105,7 +106,10 @@ impl Capture {
 
     /// The stream ended cleanly: store it if it was complete.
     pub fn finish_stream(mut self) {
-        let assembler = std::mem::replace(&mut self.assembler, StreamAssembler::new(self.endpoint));
+        let assembler = std::mem::replace(
+            &mut self.assembler,
+            Protocol::of(self.endpoint).assembler(0),
+        );
         if let Some(body) = assembler.finish() {
             self.store(body);
         }
@@ -114,7 +118,7 @@ impl Capture {
     /// A complete JSON answer: stored only when it is a well-formed answer
     /// of the endpoint's API.
     pub fn finish_json(mut self, body: Bytes) {
-        if body.len() <= self.max_entry && super::entry::is_answer(self.endpoint, &body) {
+        if body.len() <= self.max_entry && Protocol::of(self.endpoint).is_answer(&body) {
             self.store(body);
         }
     }

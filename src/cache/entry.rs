@@ -5,10 +5,9 @@ use std::mem;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde::Deserialize;
 
-use crate::sniff::Endpoint;
-use crate::usage::{Usage, UsageAcc, UsageFields};
+use crate::protocol::{Endpoint, Protocol};
+use crate::usage::Usage;
 
 /// A complete, successful response held in the cache. Streamed answers are
 /// stored in their non-streaming form and replayed as SSE on demand.
@@ -39,7 +38,7 @@ impl CachedResponse {
             endpoint,
             status: 200,
             content_type: "application/json".to_owned(),
-            usage: usage_of(endpoint, &body),
+            usage: Protocol::of(endpoint).usage_of(&body),
             body,
             created: Instant::now(),
             tenant: tenant.to_owned(),
@@ -64,39 +63,6 @@ impl CachedResponse {
     }
 }
 
-/// Whether `body` is a well-formed successful answer of `endpoint`'s API
-/// (a provider can send `200 {"error": ...}`; that is never cached).
-pub fn is_answer(endpoint: Endpoint, body: &[u8]) -> bool {
-    let Ok(serde_json::Value::Object(o)) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return false;
-    };
-    if o.contains_key("error") {
-        return false;
-    }
-    let is = |k: &str, v: &str| o.get(k).and_then(|x| x.as_str()) == Some(v);
-    let array = |k: &str| o.get(k).is_some_and(|x| x.is_array());
-    match endpoint {
-        Endpoint::ChatCompletions | Endpoint::Completions => array("choices"),
-        Endpoint::Messages => is("type", "message") && array("content"),
-        Endpoint::Responses => is("object", "response") && array("output"),
-        Endpoint::Embeddings => array("data"),
-        _ => false,
-    }
-}
-
-/// The normalised `usage` of a complete JSON response of `endpoint`, if it
-/// has one.
-pub fn usage_of(endpoint: Endpoint, body: &[u8]) -> Option<Usage> {
-    #[derive(Deserialize)]
-    struct WithUsage {
-        usage: Option<UsageFields>,
-    }
-    let fields = serde_json::from_slice::<WithUsage>(body).ok()?.usage?;
-    let mut acc = UsageAcc::new(endpoint == Endpoint::Messages);
-    acc.add(&fields);
-    acc.get()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,41 +77,5 @@ mod tests {
         );
         let fixed = mem::size_of::<CachedResponse>() as u32;
         assert_eq!(e.weight(), fixed + 1000 + 16 + 6 + 11);
-    }
-
-    #[test]
-    fn only_real_answers_are_answers() {
-        let e = Endpoint::ChatCompletions;
-        assert!(is_answer(e, br#"{"id":"x","choices":[]}"#));
-        assert!(!is_answer(
-            e,
-            br#"{"error":{"message":"boom"},"choices":[]}"#
-        ));
-        assert!(!is_answer(e, br#"{"id":"x"}"#));
-        assert!(!is_answer(e, b"[]"));
-        assert!(is_answer(
-            Endpoint::Messages,
-            br#"{"type":"message","content":[]}"#
-        ));
-        assert!(!is_answer(Endpoint::Messages, br#"{"type":"error"}"#));
-        assert!(is_answer(
-            Endpoint::Responses,
-            br#"{"object":"response","output":[]}"#
-        ));
-        assert!(is_answer(Endpoint::Embeddings, br#"{"data":[]}"#));
-    }
-
-    #[test]
-    fn usage_is_read_from_the_body() {
-        let chat =
-            br#"{"id":"x","usage":{"prompt_tokens":10,"completion_tokens":3,"total_tokens":13}}"#;
-        let u = usage_of(Endpoint::ChatCompletions, chat).expect("usage");
-        assert_eq!((u.input, u.output), (10, 3));
-        let msg =
-            br#"{"usage":{"input_tokens":5,"output_tokens":2,"cache_read_input_tokens":100}}"#;
-        let u = usage_of(Endpoint::Messages, msg).expect("usage");
-        assert_eq!((u.input, u.cached_input, u.output), (105, 100, 2));
-        assert_eq!(usage_of(Endpoint::ChatCompletions, b"{}"), None);
-        assert_eq!(usage_of(Endpoint::ChatCompletions, b"not json"), None);
     }
 }

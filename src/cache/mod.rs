@@ -45,8 +45,8 @@
 //! ended properly (`[DONE]` with a finish reason on every choice,
 //! `message_stop`, `response.completed` / `response.incomplete`) without an
 //! error event. A streamed answer is assembled into its non-streaming JSON
-//! form as it passes ([`StreamAssembler`]); a later request gets it as JSON,
-//! or replayed as SSE if it streams ([`to_sse`]), with the usage chunk when
+//! form as it passes ([`crate::protocol::StreamAssembler`]); a later request gets it as JSON,
+//! or replayed as SSE if it streams ([`crate::protocol::Protocol::replay`]), with the usage chunk when
 //! it asked for one. Entries live for a TTL and the cache is bounded in
 //! bytes ([`ResponseCache`]).
 //!
@@ -56,7 +56,6 @@
 //! the rest wait (bounded) for its answer and go upstream themselves if it
 //! fails or cannot be cached ([`Flights`]).
 
-pub mod assemble;
 pub mod capture;
 pub mod entry;
 pub mod flight;
@@ -64,16 +63,13 @@ pub mod key;
 pub mod model_lists;
 pub mod policy;
 pub mod prompt;
-pub mod replay;
 pub mod semantic;
 pub mod shared;
 pub mod store;
 pub mod tenant;
 
-pub use assemble::StreamAssembler;
 pub use capture::Capture;
-pub use entry::{usage_of, CachedResponse};
+pub use entry::CachedResponse;
 pub use flight::{Flight, Flights, LeaderGuard, Patience, Waiter};
 pub use key::{cache_key, canonical_json, CacheKey};
-pub use replay::to_sse;
 pub use store::{CacheStats, ResponseCache};

@@ -98,7 +98,7 @@ fn decode(bytes: &[u8]) -> Option<CachedResponse> {
     let body = rest.get(4 + len..)?;
     let meta: Meta = serde_json::from_slice(meta).ok()?;
     let endpoint = *ENDPOINTS.iter().find(|e| e.label() == meta.endpoint)?;
-    if !super::entry::is_answer(endpoint, body) {
+    if !crate::protocol::Protocol::of(endpoint).is_answer(body) {
         return None;
     }
     let mut entry = CachedResponse::json(

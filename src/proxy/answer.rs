@@ -14,6 +14,7 @@ use crate::cache;
 use crate::error::ProxyError;
 use crate::headers::{client_response_headers, value};
 use crate::ownership::{answer_ids, IdSink, Owners};
+use crate::protocol::Protocol;
 use crate::record::{CacheState, RequestRecord};
 use crate::sniff::{Endpoint, Sniffed};
 use crate::stream::observe::{Observed, Observer};
@@ -289,7 +290,7 @@ pub(super) fn cache_hit(
     rec: &mut RequestRecord,
 ) -> Option<Answer> {
     let (body, content_type) = if s.stream {
-        let frames = cache::to_sse(hit, s.include_usage)?;
+        let frames = Protocol::of(hit.endpoint).replay(&hit.body, s.include_usage)?;
         (ProxyBody::Frames(frames.into()), "text/event-stream")
     } else {
         (ProxyBody::full(hit.body.clone()), hit.content_type.as_str())

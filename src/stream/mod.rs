@@ -2,5 +2,4 @@
 //! between APIs (`translate`).
 
 pub mod observe;
-pub mod sse;
 pub mod translate;

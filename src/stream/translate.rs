@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use crate::stream::sse::{parse_block, SseSplitter};
+use crate::protocol::sse::{parse_block, SseSplitter};
 use crate::translate::stream::{ChatToMessages, MessagesToChat};
 use crate::translate::Plan;
 

@@ -13,8 +13,8 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::sse::{parse_block, SseSplitter};
 use crate::ownership::IdSink;
+use crate::protocol::sse::{parse_block, SseSplitter};
 use crate::usage::{Usage, UsageAcc, UsageFields};
 pub use answer::AnswerFacts;
 

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use super::{data_event, field, object, pieces};
-use crate::cache::assemble::CHAT_DELTA_FIELDS;
+use crate::protocol::assemble::CHAT_DELTA_FIELDS;
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
 

@@ -10,8 +10,7 @@ mod responses;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use super::entry::CachedResponse;
-use crate::sniff::Endpoint;
+use crate::vocab::Endpoint;
 
 /// Text pieces aim for about this many bytes, cut after whitespace (a few
 /// words each, as a model would stream them).
@@ -24,11 +23,11 @@ const MAX_PIECE_BYTES: usize = 64;
 /// OpenAI usage chunk (the client's `stream_options.include_usage`). `None`
 /// when the body is not a JSON object, holds something a stream cannot carry,
 /// or the endpoint does not stream.
-pub fn to_sse(entry: &CachedResponse, include_usage: bool) -> Option<Vec<Bytes>> {
-    let Ok(Value::Object(response)) = serde_json::from_slice::<Value>(&entry.body) else {
+pub fn to_sse(endpoint: Endpoint, body: &[u8], include_usage: bool) -> Option<Vec<Bytes>> {
+    let Ok(Value::Object(response)) = serde_json::from_slice::<Value>(body) else {
         return None;
     };
-    match entry.endpoint {
+    match endpoint {
         Endpoint::ChatCompletions => openai::chat(&response, include_usage),
         Endpoint::Completions => openai::completions(&response, include_usage),
         Endpoint::Responses => responses::events(&response),
@@ -85,22 +84,21 @@ fn field(value: &Map<String, Value>, key: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::assemble::StreamAssembler;
-    use crate::stream::sse::parse_block;
+    use crate::protocol::assemble::StreamAssembler;
+    use crate::protocol::sse::parse_block;
     use serde_json::json;
 
-    fn entry(endpoint: Endpoint, body: &Value) -> CachedResponse {
-        CachedResponse::json(
+    fn sse(endpoint: Endpoint, body: &Value, include_usage: bool) -> Option<Vec<Bytes>> {
+        to_sse(
             endpoint,
-            "t",
-            "m",
-            Bytes::from(serde_json::to_vec(body).expect("json")),
+            &serde_json::to_vec(body).expect("json"),
+            include_usage,
         )
     }
 
     /// JSON → SSE → assembled JSON, fed in uneven pieces.
     fn round_trip(endpoint: Endpoint, body: &Value, include_usage: bool) -> Value {
-        let events = to_sse(&entry(endpoint, body), include_usage).expect("replayable");
+        let events = sse(endpoint, body, include_usage).expect("replayable");
         let stream: Vec<u8> = events.concat();
         let mut a = StreamAssembler::new(endpoint);
         for piece in stream.chunks(13) {
@@ -110,7 +108,7 @@ mod tests {
     }
 
     fn events_of(endpoint: Endpoint, body: &Value, include_usage: bool) -> Vec<Value> {
-        to_sse(&entry(endpoint, body), include_usage)
+        sse(endpoint, body, include_usage)
             .expect("replayable")
             .iter()
             .map(|block| {
@@ -366,13 +364,11 @@ mod tests {
 
     #[test]
     fn unreplayable_entries() {
-        assert!(to_sse(&entry(Endpoint::Embeddings, &json!({"data": []})), false).is_none());
-        let mut e = entry(Endpoint::ChatCompletions, &json!({}));
-        e.body = Bytes::from_static(b"[1]");
-        assert!(to_sse(&e, false).is_none());
+        assert!(sse(Endpoint::Embeddings, &json!({"data": []}), false).is_none());
+        assert!(to_sse(Endpoint::ChatCompletions, b"[1]", false).is_none());
         let audio = json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": null,
                 "audio": {"id": "a", "data": "..."}}, "logprobs": null, "finish_reason": "stop"}]});
-        assert!(to_sse(&entry(Endpoint::ChatCompletions, &audio), false).is_none());
+        assert!(sse(Endpoint::ChatCompletions, &audio, false).is_none());
     }
 }

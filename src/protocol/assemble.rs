@@ -9,8 +9,8 @@ mod openai;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::sniff::Endpoint;
-use crate::stream::sse::{parse_block, SseSplitter};
+use super::sse::{parse_block, SseSplitter};
+use crate::vocab::Endpoint;
 
 pub(crate) use openai::CHAT_DELTA_FIELDS;
 
