@@ -22,10 +22,10 @@ use sluice::app::Snapshot;
 use sluice::auth::hash_key;
 use sluice::config::Config;
 use sluice::error::ApiShape;
+use sluice::protocol::sse::SseSplitter;
 use sluice::route::glob_match;
 use sluice::sniff::{rewrite, sniff, Endpoint, Rewrite};
 use sluice::stream::observe::Observer;
-use sluice::protocol::sse::SseSplitter;
 
 // ------------------------------------------------------------------------------------------
 // Inputs

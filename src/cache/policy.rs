@@ -5,6 +5,7 @@ use std::time::Duration;
 use http::HeaderMap;
 
 use crate::config::{CacheConfig, CacheMode};
+use crate::protocol::Protocol;
 use crate::sniff::Endpoint;
 
 /// What the cache may do for one request.
@@ -56,7 +57,7 @@ pub fn decide(
         CacheMode::OptIn => asked,
         // Embeddings are deterministic; generations only at temperature 0.
         CacheMode::Deterministic => {
-            asked || endpoint == Endpoint::Embeddings || temperature == Some(0.0)
+            asked || Protocol::of(endpoint).deterministic() || temperature == Some(0.0)
         }
     };
     if !allowed {

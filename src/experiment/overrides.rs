@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::config::Arm;
 use crate::error::ProxyError;
-use crate::vocab::Endpoint;
+use crate::protocol::{Endpoint, Protocol};
 
 /// Whether `arm` changes requests at all.
 pub fn changes(arm: &Arm) -> bool {
@@ -26,69 +26,11 @@ pub fn apply(body: Bytes, arm: &Arm, endpoint: Endpoint) -> Result<Bytes, ProxyE
         obj.insert(k.clone(), v.clone());
     }
     if let Some(prefix) = &arm.system_prefix {
-        add_prefix(&mut obj, prefix, endpoint);
+        Protocol::of(endpoint).prefix_system(&mut obj, prefix);
     }
     serde_json::to_vec(&obj)
         .map(Bytes::from)
         .map_err(|e| ProxyError::Internal(format!("re-encoding request body: {e}")))
-}
-
-fn text_block(text: &str) -> Value {
-    serde_json::json!({"type": "text", "text": text})
-}
-
-/// Prepends `prefix` to a string, or puts a text block first in an array.
-fn prepend(slot: &mut Value, prefix: &str) -> bool {
-    match slot {
-        Value::String(s) => {
-            s.insert_str(0, prefix);
-            true
-        }
-        Value::Array(a) => {
-            a.insert(0, text_block(prefix));
-            true
-        }
-        _ => false,
-    }
-}
-
-fn add_prefix(obj: &mut Map<String, Value>, prefix: &str, endpoint: Endpoint) {
-    match endpoint {
-        Endpoint::ChatCompletions => {
-            let Some(Value::Array(messages)) = obj.get_mut("messages") else {
-                return;
-            };
-            let first_is_system = messages.first().is_some_and(|m| {
-                matches!(
-                    m.get("role").and_then(Value::as_str),
-                    Some("system" | "developer")
-                )
-            });
-            let done = first_is_system
-                && messages[0]
-                    .get_mut("content")
-                    .is_some_and(|c| prepend(c, prefix));
-            if !done {
-                messages.insert(0, serde_json::json!({"role": "system", "content": prefix}));
-            }
-        }
-        Endpoint::Messages => {
-            let done = obj.get_mut("system").is_some_and(|s| prepend(s, prefix));
-            if !done {
-                obj.insert("system".into(), Value::String(prefix.to_owned()));
-            }
-        }
-        Endpoint::Responses => {
-            let done = obj
-                .get_mut("instructions")
-                .is_some_and(|s| prepend(s, prefix));
-            if !done {
-                obj.insert("instructions".into(), Value::String(prefix.to_owned()));
-            }
-        }
-        // Completions and embeddings have no system prompt.
-        _ => {}
-    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 use crate::config::{ProviderKind, TokenLimits};
 use crate::error::ProxyError;
+use crate::protocol::Protocol;
 use crate::sniff::Endpoint;
 
 /// What the pipeline must enforce on one request.
@@ -31,17 +32,7 @@ pub fn output_field(
     client_field: Option<&'static str>,
     kind: ProviderKind,
 ) -> Option<&'static str> {
-    match endpoint {
-        Endpoint::ChatCompletions => Some(client_field.unwrap_or(match kind {
-            // OpenAI's reasoning models refuse `max_tokens`; most compatible
-            // servers only know `max_tokens`.
-            ProviderKind::OpenAi => "max_completion_tokens",
-            _ => "max_tokens",
-        })),
-        Endpoint::Completions | Endpoint::Messages => Some("max_tokens"),
-        Endpoint::Responses => Some("max_output_tokens"),
-        _ => None,
-    }
+    Protocol::of(endpoint).output_field(client_field, kind == ProviderKind::OpenAi)
 }
 
 /// Plans the limits of one request.

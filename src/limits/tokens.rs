@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::protocol::{Input, Protocol};
 use crate::sniff::Endpoint;
 
 /// Which tokenizer a model uses.
@@ -212,24 +213,20 @@ pub fn count_request(
         ))
     })?;
     let mut c = Counter { family, total: 0 };
-    match endpoint {
-        Endpoint::ChatCompletions => {
-            for m in &req.messages {
-                c.message(m);
-            }
-            c.total += REPLY_PRIMING;
-            c.tools(&req.tools);
-        }
-        Endpoint::Messages | Endpoint::CountTokens => {
-            if let Some(s) = &req.system {
+    match Protocol::of(endpoint).input() {
+        Input::Messages { system, primed } => {
+            if let Some(s) = req.system.as_ref().filter(|_| system) {
                 c.content(s);
             }
             for m in &req.messages {
                 c.message(m);
             }
+            if primed {
+                c.total += REPLY_PRIMING;
+            }
             c.tools(&req.tools);
         }
-        Endpoint::Responses => {
+        Input::Items => {
             if let Some(i) = &req.instructions {
                 c.text(i);
             }
@@ -246,17 +243,17 @@ pub fn count_request(
             c.total += REPLY_PRIMING;
             c.tools(&req.tools);
         }
-        Endpoint::Completions => {
+        Input::Prompt => {
             if let Some(p) = &req.prompt {
                 c.content(p);
             }
         }
-        Endpoint::Embeddings => {
+        Input::Embedding => {
             if let Some(i) = &req.input {
                 c.content(i);
             }
         }
-        Endpoint::Models | Endpoint::Other => {}
+        Input::None => {}
     }
     Ok(c.total)
 }

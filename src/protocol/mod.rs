@@ -17,11 +17,13 @@
 //! - [`assemble`]: a streamed answer rebuilt as the JSON the non-streaming
 //!   API returns (one accumulator per format);
 //! - [`replay`]: a JSON answer replayed as the SSE events the same API sends;
-//! - this file: the per-format facts (fields, answer shapes, usage, error
-//!   and rate-limit vocabulary).
+//! - [`request`]: what a request says (output cap, choices, input, system
+//!   prompt, stored objects);
+//! - this file: what an answer is and the usage it reports.
 
 pub mod assemble;
 pub mod replay;
+pub mod request;
 pub mod sse;
 
 use bytes::Bytes;
@@ -30,6 +32,7 @@ use serde::Deserialize;
 use crate::usage::{Usage, UsageAcc, UsageFields};
 pub use crate::vocab::{ApiShape, Endpoint};
 pub use assemble::StreamAssembler;
+pub use request::{CapFields, Input};
 
 /// One wire format: the endpoint a request targets and the API it speaks
 /// (model lists and other paths follow the client's API).
@@ -65,6 +68,12 @@ impl Protocol {
         self.api == ApiShape::Anthropic
     }
 
+    /// Whether Sluice reads this format's answers (usage, finish reasons,
+    /// errors): every format but model lists and paths it passes through.
+    pub fn reads_answers(self) -> bool {
+        !matches!(self.endpoint, Endpoint::Models | Endpoint::Other)
+    }
+
     /// Whether `body` is a well-formed successful answer of this format (a
     /// provider can send `200 {"error": ...}`; that is never an answer).
     pub fn is_answer(self, body: &[u8]) -> bool {
@@ -88,7 +97,7 @@ impl Protocol {
 
     /// A fresh accumulator for the usage this format reports.
     pub fn usage_acc(self) -> UsageAcc {
-        UsageAcc::new(self.endpoint == Endpoint::Messages)
+        UsageAcc::new(self.anthropic())
     }
 
     /// The normalised `usage` of a complete JSON answer, if it has one.

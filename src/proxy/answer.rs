@@ -315,7 +315,8 @@ pub(super) fn observer_for(
     head: &http::response::Parts,
     injected: bool,
 ) -> Observer {
-    let anthropic = endpoint == Endpoint::Messages;
+    let protocol = Protocol::of(endpoint);
+    let anthropic = protocol.anthropic();
     let content_type = head
         .headers
         .get(header::CONTENT_TYPE)
@@ -323,7 +324,7 @@ pub(super) fn observer_for(
         .unwrap_or("");
     if content_type.starts_with("text/event-stream") {
         Observer::sse(anthropic, injected)
-    } else if endpoint != Endpoint::Other && endpoint != Endpoint::Models {
+    } else if protocol.reads_answers() {
         Observer::json(anthropic)
     } else {
         Observer::None

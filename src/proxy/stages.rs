@@ -23,6 +23,7 @@ use crate::limits::tokens::{self, Family};
 use crate::ownership::{self, IdSink};
 use crate::path::Family as PathFamily;
 use crate::pricing::Price;
+use crate::protocol::Protocol;
 use crate::record::RequestRecord;
 use crate::resilience::balance::Candidate;
 use crate::resilience::Deployments;
@@ -198,11 +199,9 @@ pub(super) fn stored_ids(
     body: &[u8],
 ) -> Result<Option<IdSink>, ProxyError> {
     app.owners.admit_body(&vk.name, body)?;
-    let stored = match endpoint {
-        Endpoint::Responses => ownership::stores(body, true),
-        Endpoint::ChatCompletions => ownership::stores(body, false),
-        _ => false,
-    };
+    let stored = Protocol::of(endpoint)
+        .stores_by_default()
+        .is_some_and(|default| ownership::stores(body, default));
     Ok(stored.then(|| IdSink {
         owners: app.owners.clone(),
         key: vk.name.clone(),
@@ -268,9 +267,7 @@ pub(super) async fn read_body(
 /// OpenAI streams carry usage only when asked; Sluice asks on the client's
 /// behalf and removes what the client did not ask for.
 pub(super) fn needs_usage_injection(endpoint: Endpoint, s: &Sniffed) -> bool {
-    s.stream
-        && !s.include_usage
-        && matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions)
+    s.stream && !s.include_usage && Protocol::of(endpoint).usage_on_request()
 }
 
 /// Classifies the path and sets the request's endpoint and API shape;
@@ -409,7 +406,7 @@ pub(super) fn rewrite(
         },
     )?;
     let cache = &snap.config.cache;
-    if cache.anthropic_breakpoints && rec.facts.endpoint == Endpoint::Messages {
+    if cache.anthropic_breakpoints && Protocol::of(rec.facts.endpoint).has_cache_breakpoints() {
         return add_breakpoints(body, cache.breakpoint_min_tokens, rec);
     }
     Ok(body)

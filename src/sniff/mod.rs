@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::ProxyError;
+use crate::protocol::{CapFields, Protocol};
 pub use crate::vocab::Endpoint;
 
 pub(crate) mod unique;
@@ -109,35 +110,20 @@ pub fn sniff(body: &[u8], endpoint: Endpoint) -> Result<Sniffed, ProxyError> {
             "invalid model name: at most {MAX_MODEL_LEN} bytes, no control characters"
         )));
     }
-    // Each API's own output-cap field; a field another API defines is not
-    // this request's cap (and is not clamped as one).
-    let (max_output, max_output_field) = match endpoint {
-        Endpoint::ChatCompletions => match (raw.max_completion_tokens, raw.max_tokens) {
-            (Some(a), Some(b)) => (Some(a.max(b)), Some("max_completion_tokens")),
-            (Some(a), None) => (Some(a), Some("max_completion_tokens")),
-            (None, Some(b)) => (Some(b), Some("max_tokens")),
-            (None, None) => (None, None),
-        },
-        Endpoint::Completions | Endpoint::Messages => (raw.max_tokens, Some("max_tokens")),
-        Endpoint::Responses => (raw.max_output_tokens, Some("max_output_tokens")),
-        _ => (None, None),
-    };
-    let max_output_field = max_output.and(max_output_field);
+    let protocol = Protocol::of(endpoint);
+    let (max_output, max_output_field) = protocol.output_cap(CapFields {
+        max_tokens: raw.max_tokens,
+        max_completion_tokens: raw.max_completion_tokens,
+        max_output_tokens: raw.max_output_tokens,
+    });
     // The input must have the shape the API defines: a body the gateway
     // cannot read for counting is refused, never sent on as zero tokens.
-    if matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Messages)
-        && raw.messages.is_some_and(|m| !m.get().starts_with('['))
-    {
+    if protocol.takes_messages() && raw.messages.is_some_and(|m| !m.get().starts_with('[')) {
         return Err(ProxyError::InvalidRequest(
             "invalid type for 'messages': expected an array of objects".into(),
         ));
     }
-    let choices = match endpoint {
-        Endpoint::ChatCompletions => raw.n.unwrap_or(1),
-        Endpoint::Completions => raw.n.unwrap_or(1).max(raw.best_of.unwrap_or(1)),
-        _ => 1,
-    }
-    .max(1);
+    let choices = protocol.choices(raw.n, raw.best_of);
     if choices > MAX_CHOICES {
         return Err(ProxyError::InvalidRequest(format!(
             "n and best_of may be at most {MAX_CHOICES}"
@@ -181,16 +167,6 @@ fn invalid_json(e: serde_json::Error) -> ProxyError {
     ProxyError::InvalidRequest(format!("invalid JSON in request body: {e}"))
 }
 
-/// Output-cap fields that mean the same thing: when one is clamped, a
-/// larger value in the other is clamped too.
-fn output_aliases(field: &str) -> &'static [&'static str] {
-    match field {
-        "max_completion_tokens" => &["max_tokens"],
-        "max_tokens" => &["max_completion_tokens"],
-        _ => &[],
-    }
-}
-
 /// Changes to make to a request body before it goes upstream.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Rewrite {
@@ -220,7 +196,7 @@ pub fn rewrite(body: Bytes, rw: &Rewrite) -> Result<Bytes, ProxyError> {
     }
     if let Some((field, n)) = rw.max_output {
         obj.insert(field.into(), Value::from(n));
-        for alias in output_aliases(field) {
+        for alias in Protocol::cap_aliases(field) {
             if let Some(v) = obj.get_mut(*alias) {
                 if v.as_u64().is_none_or(|asked| asked > n) {
                     *v = Value::from(n);

@@ -33,6 +33,7 @@ use self::index::{Bounds, Index, Nearest};
 use self::request::Question;
 use super::CachedResponse;
 use crate::config::{SemanticConfig, SemanticMode};
+use crate::protocol::Protocol;
 use crate::sniff::Endpoint;
 
 /// The semantic cache's entries and its observe-mode table; they outlive
@@ -183,7 +184,7 @@ impl Pending {
 pub fn answer_similarity(endpoint: Endpoint, a: &Bytes, b: &Bytes) -> f64 {
     let text = |body: &Bytes| {
         let mut o =
-            crate::stream::observe::Observer::json(endpoint == Endpoint::Messages).with_text();
+            crate::stream::observe::Observer::json(Protocol::of(endpoint).anthropic()).with_text();
         o.observe(body);
         o.finish().text
     };

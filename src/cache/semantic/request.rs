@@ -62,7 +62,7 @@ pub fn question(
     body: &[u8],
     scope: &Scope<'_>,
 ) -> Result<Question, Skip> {
-    if !matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Messages) {
+    if !crate::protocol::Protocol::of(endpoint).takes_messages() {
         return Err(Skip::Endpoint);
     }
     if s.has_tools && !cfg.allow_tools {
