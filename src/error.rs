@@ -3,8 +3,8 @@
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use serde_json::json;
 
+use crate::protocol::errors::{self, ErrorFields};
 pub use crate::vocab::ApiShape;
 use crate::vocab::{Exhausted, LimitKind, RateLimited};
 
@@ -264,54 +264,28 @@ impl ProxyError {
         })
     }
 
-    /// OpenAI's `error.type`.
-    fn openai_type(&self) -> &'static str {
-        match self.status().as_u16() {
-            401 => "authentication_error",
-            403 => "permission_error",
-            429 if matches!(self, Self::BudgetExhausted(_)) => "insufficient_quota",
-            429 => "requests",
-            400..=499 => "invalid_request_error",
-            _ => "server_error",
-        }
-    }
-
-    /// Anthropic's `error.type`.
-    fn anthropic_type(&self) -> &'static str {
-        match self.status().as_u16() {
-            401 => "authentication_error",
-            403 => "permission_error",
-            404 => "not_found_error",
-            413 => "request_too_large",
-            429 => "rate_limit_error",
-            503 => "overloaded_error",
-            400..=499 => "invalid_request_error",
-            _ => "api_error",
-        }
-    }
-
     /// The JSON error body in the given API's shape.
     pub fn body(&self, shape: ApiShape) -> Bytes {
         let message = self.to_string();
-        let value = match shape {
-            ApiShape::OpenAi => json!({
-                "error": {
-                    "message": message,
-                    "type": self.openai_type(),
-                    "param": match self {
-                        Self::UnknownModel { .. } | Self::ModelNotAllowed { .. } => Some("model"),
-                        Self::InputTooLong { .. } => Some("messages"),
-                        Self::ObjectNotFound { .. } => Some("id"),
-                        _ => None,
-                    },
-                    "code": self.openai_code(),
-                }
-            }),
-            ApiShape::Anthropic => json!({
-                "type": "error",
-                "error": { "type": self.anthropic_type(), "message": message }
-            }),
-        };
+        let value = errors::json(
+            shape,
+            &ErrorFields {
+                message: &message,
+                kind: errors::status_type(
+                    shape,
+                    self.status().as_u16(),
+                    matches!(self, Self::BudgetExhausted(_)),
+                ),
+                param: match self {
+                    Self::UnknownModel { .. } | Self::ModelNotAllowed { .. } => Some("model"),
+                    Self::InputTooLong { .. } => Some("messages"),
+                    Self::ObjectNotFound { .. } => Some("id"),
+                    _ => None,
+                },
+                code: self.openai_code(),
+                request_id: None,
+            },
+        );
         Bytes::from(value.to_string())
     }
 
@@ -357,7 +331,7 @@ impl ProxyError {
                 // Waiting will not help: tell SDKs not to retry.
                 h.insert("x-should-retry", HeaderValue::from_static("false"));
             }
-            crate::headers::ratelimit::refused(h, r, shape);
+            crate::protocol::ratelimit::refused(h, r, shape);
         }
         resp
     }

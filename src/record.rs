@@ -7,7 +7,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use serde::Serialize;
-use serde_json::json;
 
 use crate::app::Snapshot;
 use crate::attempt::{AttemptInfo, Progress};
@@ -261,17 +260,7 @@ impl RequestRecord {
 
     /// A terminal SSE error event in the client's API shape.
     pub fn error_event(&self, message: &str) -> Bytes {
-        let text = match self.facts.shape {
-            ApiShape::OpenAi => format!(
-                "data: {}\n\n",
-                json!({"error": {"message": message, "type": "server_error", "param": null, "code": "upstream_stream_error"}})
-            ),
-            ApiShape::Anthropic => format!(
-                "event: error\ndata: {}\n\n",
-                json!({"type": "error", "error": {"type": "api_error", "message": message}})
-            ),
-        };
-        Bytes::from(text)
+        crate::protocol::errors::event(self.facts.shape, message)
     }
 
     /// Finishes the request: metrics, settlement and the usage line.

@@ -5,11 +5,10 @@
 //! it would the real thing. (Sluice's own errors are rendered in
 //! `crate::error`; these imitate a provider's, not Sluice's.)
 
+use crate::error::ApiShape;
+use crate::protocol::errors::{self, ErrorFields};
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use serde_json::json;
-
-use crate::error::ApiShape;
 
 /// An SSE event whose data is not JSON (the `malformed_after` fault).
 pub const MALFORMED_EVENT: &[u8] = b"data: {\"id\":\"chatcmpl-fault\",\"object\":\n\n";
@@ -23,16 +22,24 @@ pub fn status_response(
     request_id: &str,
 ) -> Response<Bytes> {
     let request_id = format!("req_{request_id}");
-    let body = match shape {
-        ApiShape::OpenAi => {
-            let (message, kind, param, code) = openai(status, model, retry_after);
-            json!({"error": {"message": message, "type": kind, "param": param, "code": code}})
-        }
+    // What the provider says for the status, in its words.
+    let (message, kind, param, code) = match shape {
+        ApiShape::OpenAi => openai(status, model, retry_after),
         ApiShape::Anthropic => {
             let (kind, message) = anthropic(status);
-            json!({"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id})
+            (message.to_owned(), kind, None, None)
         }
     };
+    let body = errors::json(
+        shape,
+        &ErrorFields {
+            message: &message,
+            kind,
+            param,
+            code,
+            request_id: Some(&request_id),
+        },
+    );
     let mut resp = Response::new(Bytes::from(body.to_string()));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = resp.headers_mut();
@@ -41,16 +48,12 @@ pub fn status_response(
         HeaderValue::from_static("application/json"),
     );
     if let Ok(v) = HeaderValue::from_str(&request_id) {
-        let name = match shape {
-            ApiShape::OpenAi => "x-request-id",
-            ApiShape::Anthropic => "request-id",
-        };
-        h.insert(name, v);
+        h.insert(errors::request_id_header(shape), v);
     }
     if let Some(secs) = retry_after {
         h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
-    if shape == ApiShape::Anthropic && status != 400 {
+    if errors::says_retry(shape) && status != 400 {
         // Anthropic tells its SDKs outright that these are worth a retry.
         h.insert("x-should-retry", HeaderValue::from_static("true"));
     }

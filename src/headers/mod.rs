@@ -1,8 +1,6 @@
 //! Header hygiene for a proxy hop: hop-by-hop headers never cross, and
 //! credentials are replaced, never copied.
 
-pub mod ratelimit;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).

@@ -2,7 +2,7 @@
 
 pub mod context;
 pub mod loops;
-pub use crate::headers::ratelimit as headers;
+pub use crate::protocol::ratelimit as headers;
 pub mod rate;
 pub mod request;
 pub mod runs;

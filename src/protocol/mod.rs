@@ -17,11 +17,17 @@
 //! - [`assemble`]: a streamed answer rebuilt as the JSON the non-streaming
 //!   API returns (one accumulator per format);
 //! - [`replay`]: a JSON answer replayed as the SSE events the same API sends;
+//! - [`errors`]: error bodies, error events, request ids;
+//! - [`models`]: model lists;
+//! - [`ratelimit`]: rate-limit headers in each API's style;
 //! - [`request`]: what a request says (output cap, choices, input, system
 //!   prompt, stored objects);
 //! - this file: what an answer is and the usage it reports.
 
 pub mod assemble;
+pub mod errors;
+pub mod models;
+pub mod ratelimit;
 pub mod replay;
 pub mod request;
 pub mod sse;

@@ -27,7 +27,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use http::{header, HeaderValue, Method, Response, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::app::{App, Snapshot};
 use crate::auth::Credential;
@@ -35,6 +35,7 @@ use crate::body::ProxyBody;
 use crate::cache::model_lists::Ids;
 use crate::error::{ApiShape, ProxyError};
 use crate::path::{Family, Route as Target};
+use crate::protocol;
 use crate::sniff::Endpoint;
 
 use fetch::{fetch, list_request};
@@ -64,7 +65,10 @@ pub(super) async fn answer(
 ) -> Option<Result<Response<ProxyBody>, ProxyError>> {
     if target.endpoint == Endpoint::Models {
         let listed = visible(app, snap, shape, cred, None).await;
-        return Some(Ok(json_response(list_body(shape, &listed))));
+        return Some(Ok(json_response(protocol::models::list(
+            shape,
+            &listed.iter().map(Listed::wire).collect::<Vec<_>>(),
+        ))));
     }
     if *method != Method::GET || target.family != Some(Family::Models) {
         return None;
@@ -77,7 +81,7 @@ pub(super) async fn answer(
     };
     let found = visible(app, snap, shape, cred, Some(&id)).await;
     Some(match found.first() {
-        Some(m) => Ok(json_response(model_body(shape, m))),
+        Some(m) => Ok(json_response(protocol::models::model(shape, m.wire()))),
         None => Err(ProxyError::UnknownModel { model: id }),
     })
 }
@@ -213,32 +217,12 @@ fn decode(raw: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// One model in the caller's API shape.
-fn model_body(shape: ApiShape, m: &Listed) -> Value {
-    match shape {
-        ApiShape::OpenAi => {
-            json!({"id": &*m.id, "object": "model", "created": 0, "owned_by": &*m.owner})
+impl Listed {
+    fn wire(&self) -> protocol::models::Model<'_> {
+        protocol::models::Model {
+            id: &self.id,
+            owner: &self.owner,
         }
-        ApiShape::Anthropic => json!({
-            "type": "model",
-            "id": &*m.id,
-            "display_name": &*m.id,
-            "created_at": "1970-01-01T00:00:00Z",
-        }),
-    }
-}
-
-/// The whole list in the caller's API shape (one page).
-fn list_body(shape: ApiShape, listed: &[Listed]) -> Value {
-    let data: Vec<Value> = listed.iter().map(|m| model_body(shape, m)).collect();
-    match shape {
-        ApiShape::OpenAi => json!({"object": "list", "data": data}),
-        ApiShape::Anthropic => json!({
-            "data": data,
-            "has_more": false,
-            "first_id": listed.first().map(|m| &*m.id),
-            "last_id": listed.last().map(|m| &*m.id),
-        }),
     }
 }
 
@@ -326,32 +310,5 @@ provider = "oa"
         assert_eq!(decode("bad%zz"), None);
         assert_eq!(decode("bad%4"), None);
         assert_eq!(decode("%FF"), None);
-    }
-
-    #[test]
-    fn both_shapes() {
-        let listed = vec![
-            Listed {
-                id: "a".into(),
-                owner: "sluice".into(),
-            },
-            Listed {
-                id: "b".into(),
-                owner: "oa".into(),
-            },
-        ];
-        let o = list_body(ApiShape::OpenAi, &listed);
-        assert_eq!(o["object"], "list");
-        assert_eq!(o["data"][1]["owned_by"], "oa");
-        assert_eq!(o["data"][0]["object"], "model");
-        let a = list_body(ApiShape::Anthropic, &listed);
-        assert_eq!(a["data"][0]["type"], "model");
-        assert_eq!(
-            (a["first_id"].clone(), a["last_id"].clone()),
-            (json!("a"), json!("b"))
-        );
-        assert_eq!(a["has_more"], false);
-        let empty = list_body(ApiShape::Anthropic, &[]);
-        assert_eq!(empty["first_id"], Value::Null);
     }
 }

@@ -65,10 +65,10 @@ const TOKENS: Names = Names {
 
 fn set(h: &mut HeaderMap, shape: ApiShape, what: &Names, limit: u64, left: u64, reset: Duration) {
     let reset = match shape {
-        ApiShape::OpenAi => crate::headers::value(&openai_duration(reset)),
-        ApiShape::Anthropic => crate::headers::value(
-            &humantime::format_rfc3339_seconds(SystemTime::now() + reset).to_string(),
-        ),
+        ApiShape::OpenAi => value(&openai_duration(reset)),
+        ApiShape::Anthropic => {
+            value(&humantime::format_rfc3339_seconds(SystemTime::now() + reset).to_string())
+        }
     };
     let [l, r, t] = match shape {
         ApiShape::OpenAi => &what.openai,
@@ -77,6 +77,11 @@ fn set(h: &mut HeaderMap, shape: ApiShape, what: &Names, limit: u64, left: u64, 
     h.insert(l.clone(), HeaderValue::from(limit));
     h.insert(r.clone(), HeaderValue::from(left));
     h.insert(t.clone(), reset);
+}
+
+/// A header value from text (a placeholder if the text cannot be one).
+fn value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// `1m2.5s`, `6s`, `120ms` — the format OpenAI uses.
