@@ -26,6 +26,7 @@ use crate::config::{Balance, FaultKind, ProviderKind};
 use crate::error::{ApiShape, ProxyError};
 use crate::headers::upstream_request_headers;
 use crate::metrics;
+use crate::protocol;
 use crate::resilience::balance::{self, Candidate};
 use crate::resilience::breaker::Permit;
 use crate::resilience::retry::{self, breaker_failure, retryable_status};
@@ -38,8 +39,6 @@ mod bedrock;
 pub mod cross;
 pub use cross::Crossing;
 
-/// Anthropic API version sent when a client names none.
-const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Error bodies read to look for a context-length error.
 const MAX_ERROR_BODY: usize = 1 << 20;
 
@@ -397,7 +396,7 @@ pub async fn run_with<T: Transport + ?Sized>(
                     if let Some(g) = group
                         .context_fallback
                         .as_deref()
-                        .filter(|_| is_context_length_error(&body))
+                        .filter(|_| protocol::errors::is_context_length(&body))
                         .and_then(|f| fallback_group(call, f))
                     {
                         groups.push_front(g);
@@ -425,7 +424,7 @@ pub async fn run_with<T: Transport + ?Sized>(
                     if status == StatusCode::BAD_REQUEST {
                         if let Some(fallback) = &group.context_fallback {
                             let (parts, body) = read_error(resp, upstream.timeouts.idle).await;
-                            if is_context_length_error(&body) {
+                            if protocol::errors::is_context_length(&body) {
                                 if let Some(g) = fallback_group(call, fallback) {
                                     tracing::debug!(to = %fallback, "context length exceeded: falling back");
                                     groups.push_front(g);
@@ -711,11 +710,11 @@ fn build_request(
         _ => body.clone(),
     };
     let mut headers = upstream_request_headers(call.client_headers);
-    if crossing.is_some_and(|c| c.to == ApiShape::OpenAi) {
-        // The Anthropic client's version and betas mean nothing to OpenAI.
-        headers.remove("anthropic-version");
-        headers.remove("anthropic-beta");
-    }
+    protocol::headers::fit(
+        &mut headers,
+        call.shape,
+        crossing.map_or(call.shape, |c| c.to),
+    );
     match call.cred {
         Credential::Virtual(_) => {
             let (name, v) =
@@ -763,13 +762,6 @@ fn build_request(
             HeaderValue::from_static("identity"),
         );
     }
-    let to_anthropic = crossing.map_or(call.shape, |c| c.to) == ApiShape::Anthropic;
-    if to_anthropic && !headers.contains_key("anthropic-version") {
-        headers.insert(
-            "anthropic-version",
-            HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION),
-        );
-    }
     let mut req = Request::new(Full::new(body));
     *req.method_mut() = call.method.clone();
     *req.uri_mut() = uri;
@@ -791,16 +783,6 @@ where
         _ => Bytes::new(),
     };
     (parts, bytes)
-}
-
-/// OpenAI's `context_length_exceeded`, Anthropic's "prompt is too long",
-/// Bedrock's "Input is too long".
-fn is_context_length_error(body: &[u8]) -> bool {
-    let find = |needle: &[u8]| memchr::memmem::find(body, needle).is_some();
-    find(b"context_length_exceeded")
-        || find(b"prompt is too long")
-        || find(b"maximum context length")
-        || find(b"Input is too long")
 }
 
 #[cfg(test)]

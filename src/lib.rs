@@ -10,8 +10,10 @@
 //! - leaves: [`vocab`] (API shape, endpoint, identity, scope dimensions,
 //!   refusals), [`glob`], [`pricing`], [`window`], [`usage`], [`webhook`],
 //!   [`stats`] (experiment statistics), [`translate`] (OpenAI ↔ Anthropic
-//!   requests, responses, streams and errors);
-//! - [`error`] depends only on leaves and [`headers`]: no domain module;
+//!   requests, responses, streams and errors), [`protocol`] (each wire
+//!   format behind one interface: request facts, answers and usage, SSE
+//!   framing, assembly and replay, error and rate-limit vocabulary);
+//! - [`error`] depends only on leaves: no domain module;
 //! - [`config`] on the leaves, [`path`] and [`sniff`];
 //! - domain modules ([`auth`], [`route`], [`limits`], [`budget`], [`cache`],
 //!   [`resilience`], [`upstream`], [`ownership`], [`batch`] (batch results

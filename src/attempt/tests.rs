@@ -639,19 +639,6 @@ async fn the_retry_budget_is_spent_only_by_retries_that_happen() {
     assert_eq!(s.take().len(), 2);
 }
 
-#[test]
-fn context_length_errors() {
-    assert!(is_context_length_error(
-        br#"{"error":{"code":"context_length_exceeded","message":"..."}}"#
-    ));
-    assert!(is_context_length_error(
-        br#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 250000 tokens > 200000 maximum"}}"#
-    ));
-    assert!(!is_context_length_error(
-        br#"{"error":{"code":"invalid_value"}}"#
-    ));
-}
-
 fn fault(kind: FaultKind, percent: f64) -> Option<crate::fault::Hit> {
     Some(crate::fault::Hit {
         name: "drill".into(),

@@ -105,6 +105,18 @@ pub fn says_retry(api: ApiShape) -> bool {
     api == ApiShape::Anthropic
 }
 
+/// Whether an error body says the prompt did not fit the model's context:
+/// OpenAI's `context_length_exceeded` (or "maximum context length" from
+/// compatible servers), Anthropic's "prompt is too long", Bedrock's "Input
+/// is too long". A byte search: the body is read only to decide a fallback.
+pub fn is_context_length(body: &[u8]) -> bool {
+    let find = |needle: &[u8]| memchr::memmem::find(body, needle).is_some();
+    find(b"context_length_exceeded")
+        || find(b"prompt is too long")
+        || find(b"maximum context length")
+        || find(b"Input is too long")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +150,16 @@ mod tests {
         let e = event(ApiShape::Anthropic, "cut");
         assert!(e.starts_with(b"event: error\ndata: {"));
         assert!(event(ApiShape::OpenAi, "cut").starts_with(b"data: {\"error\""));
+    }
+
+    #[test]
+    fn context_length_errors() {
+        assert!(is_context_length(
+            br#"{"error":{"code":"context_length_exceeded","message":"..."}}"#
+        ));
+        assert!(is_context_length(
+            br#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 250000 tokens > 200000 maximum"}}"#
+        ));
+        assert!(!is_context_length(br#"{"error":{"code":"invalid_value"}}"#));
     }
 }

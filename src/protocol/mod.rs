@@ -18,6 +18,7 @@
 //!   API returns (one accumulator per format);
 //! - [`replay`]: a JSON answer replayed as the SSE events the same API sends;
 //! - [`errors`]: error bodies, error events, request ids;
+//! - [`headers`]: request headers that belong to one API;
 //! - [`models`]: model lists;
 //! - [`ratelimit`]: rate-limit headers in each API's style;
 //! - [`request`]: what a request says (output cap, choices, input, system
@@ -26,6 +27,7 @@
 
 pub mod assemble;
 pub mod errors;
+pub mod headers;
 pub mod models;
 pub mod ratelimit;
 pub mod replay;
