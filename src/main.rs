@@ -148,14 +148,8 @@ fn main() -> ExitCode {
         Command::Check(path) => match Config::load(&path).and_then(sluice::app::Snapshot::build) {
             Ok(snap) => {
                 for (from, to, api) in snap.router.cross_api_targets(&snap.upstreams) {
-                    let (lost, other) = match api {
-                        sluice::error::ApiShape::OpenAi => {
-                            (sluice::translate::LOST_ON_CHAT_TO_MESSAGES, "Anthropic")
-                        }
-                        sluice::error::ApiShape::Anthropic => {
-                            (sluice::translate::LOST_ON_MESSAGES_TO_CHAT, "OpenAI")
-                        }
-                    };
+                    let across = sluice::protocol::Across::from(api);
+                    let (lost, other) = (across.lost(), across.to().name());
                     eprintln!(
                         "{}: warning: model {from:?} routes to {to:?}, which only a provider of \
                          the other API serves: chat completions and messages requests are \

@@ -19,6 +19,14 @@ pub enum ApiShape {
 }
 
 impl ApiShape {
+    /// The API's name, as people write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ApiShape::OpenAi => "OpenAI",
+            ApiShape::Anthropic => "Anthropic",
+        }
+    }
+
     /// The other API (what a translated request is sent as).
     pub fn other(self) -> ApiShape {
         match self {

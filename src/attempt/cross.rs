@@ -6,7 +6,8 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::error::{ApiShape, ProxyError};
-use crate::translate::{self, Plan, Refused};
+use crate::protocol::Across;
+use crate::translate::{Plan, Refused};
 
 /// A group's request in the other API.
 #[derive(Debug)]
@@ -24,6 +25,13 @@ pub struct Crossing {
     pub breakpoints: usize,
 }
 
+impl Crossing {
+    /// Which way the answer is translated back.
+    pub fn across(&self) -> Across {
+        Across::from(self.to.other())
+    }
+}
+
 /// Translates `body` (in the client's API, `from`) for a provider of the
 /// other API. `include_usage` is what the client asked for: a usage chunk
 /// Sluice added to an OpenAI stream for its own accounting is not passed on.
@@ -38,22 +46,16 @@ pub fn translate(
 ) -> Result<Crossing, Refused> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| Refused(format!("the request body is not JSON: {e}")))?;
-    let (mut out, plan, to, path) = match from {
-        ApiShape::OpenAi => {
-            let (out, plan) = translate::request::chat_to_messages(&value)?;
-            let plan = Plan {
-                include_usage,
-                ..plan
-            };
-            (out, plan, ApiShape::Anthropic, "/v1/messages")
-        }
-        ApiShape::Anthropic => {
-            let (out, plan) = translate::request::messages_to_chat(&value)?;
-            (out, plan, ApiShape::OpenAi, "/v1/chat/completions")
-        }
+    let across = Across::from(from);
+    let (mut out, plan) = across.request(&value)?;
+    // The usage chunk an OpenAI client asked for (its stream is rebuilt).
+    let plan = Plan {
+        include_usage,
+        ..plan
     };
-    let added = match (breakpoints, to, out.as_object_mut()) {
-        (Some(min), ApiShape::Anthropic, Some(obj)) => {
+    let (to, path) = (across.to(), across.path());
+    let added = match (breakpoints, out.as_object_mut()) {
+        (Some(min), Some(obj)) if across.provider().has_cache_breakpoints() => {
             crate::cache::prompt::add_breakpoints(obj, min)
         }
         _ => 0,

@@ -17,6 +17,7 @@
 //! - [`assemble`]: a streamed answer rebuilt as the JSON the non-streaming
 //!   API returns (one accumulator per format);
 //! - [`replay`]: a JSON answer replayed as the SSE events the same API sends;
+//! - [`crossing`]: which way a request crossing APIs is translated;
 //! - [`errors`]: error bodies, error events, request ids;
 //! - [`headers`]: request headers that belong to one API;
 //! - [`models`]: model lists;
@@ -26,6 +27,7 @@
 //! - this file: what an answer is and the usage it reports.
 
 pub mod assemble;
+pub mod crossing;
 pub mod errors;
 pub mod headers;
 pub mod models;
@@ -40,6 +42,7 @@ use serde::Deserialize;
 use crate::usage::{Usage, UsageAcc, UsageFields};
 pub use crate::vocab::{ApiShape, Endpoint};
 pub use assemble::StreamAssembler;
+pub use crossing::Across;
 pub use request::{CapFields, Input};
 
 /// One wire format: the endpoint a request targets and the API it speaks

@@ -17,12 +17,10 @@ use serde_json::Value;
 use crate::app::Snapshot;
 use crate::attempt::{self, Crossing};
 use crate::body::TapConfig;
-use crate::error::{ApiShape, ProxyError};
+use crate::error::ProxyError;
 use crate::record::RequestRecord;
-use crate::sniff::Endpoint;
 use crate::stream::observe::Observer;
 use crate::stream::translate::SseTranslator;
-use crate::translate;
 use crate::upstream::bedrock::EventStreamToSse;
 
 use super::answer::{idle_of, local, observer_for, read_answer, ReadLimits};
@@ -59,11 +57,9 @@ pub(super) async fn answer(
             Box::default(),
         ));
     }
-    let provider = match crossing.to {
-        ApiShape::Anthropic => Endpoint::Messages,
-        ApiShape::OpenAi => Endpoint::ChatCompletions,
-    };
-    let mut observer = observer_for(provider, &head, false).with_max_event(bounds.max_sse_event);
+    let across = crossing.across();
+    let mut observer = observer_for(across.provider().endpoint(), &head, false)
+        .with_max_event(bounds.max_sse_event);
     if rec.facts.shadow.is_some() {
         observer = observer.with_text();
     }
@@ -92,10 +88,7 @@ pub(super) async fn answer(
         }),
         _ => {
             let max = bounds.max_sse_event;
-            let translator = match crossing.to {
-                ApiShape::Anthropic => SseTranslator::to_chat(crossing.plan, unix_now(), max),
-                ApiShape::OpenAi => SseTranslator::to_messages(max),
-            };
+            let translator = SseTranslator::new(across, crossing.plan, unix_now(), max);
             Ok(Answer::Upstream(Box::new(UpstreamAnswer {
                 head,
                 body,
@@ -116,13 +109,10 @@ pub(super) async fn answer(
 fn json(bytes: &[u8], crossing: &Crossing) -> Result<Bytes, String> {
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| format!("the provider's answer is not JSON: {e}"))?;
-    let out = match crossing.to {
-        ApiShape::Anthropic => {
-            translate::response::message_to_chat(&value, crossing.plan, unix_now())
-        }
-        ApiShape::OpenAi => translate::response::chat_to_message(&value),
-    }
-    .map_err(|r| format!("the provider's answer cannot be translated: {}", r.0))?;
+    let out = crossing
+        .across()
+        .answer(&value, crossing.plan, unix_now())
+        .map_err(|r| format!("the provider's answer cannot be translated: {}", r.0))?;
     serde_json::to_vec(&out)
         .map(Bytes::from)
         .map_err(|e| e.to_string())
@@ -136,10 +126,7 @@ fn error(
     crossing: &Crossing,
 ) -> http::Response<crate::body::ProxyBody> {
     let status = head.status.as_u16();
-    let reply = match crossing.to {
-        ApiShape::Anthropic => translate::error::anthropic_to_openai(status, bytes),
-        ApiShape::OpenAi => translate::error::openai_to_anthropic(status, bytes),
-    };
+    let reply = crossing.across().error(status, bytes);
     let mut resp = local(head, Bytes::from(reply.body));
     *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(head.status);
     resp.headers_mut().insert(

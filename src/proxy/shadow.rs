@@ -303,12 +303,8 @@ impl Copy {
                         let mut observed = observer.finish();
                         if let (Some(to), Some(reason)) = (crossed, &observed.answer.finish_reason)
                         {
-                            let word = match to {
-                                ApiShape::Anthropic => {
-                                    crate::translate::response::finish_reason(reason)
-                                }
-                                ApiShape::OpenAi => crate::translate::response::stop_reason(reason),
-                            };
+                            let word =
+                                crate::protocol::Across::from(to.other()).finish_reason(reason);
                             observed.answer.finish_reason = Some(word.to_owned());
                         }
                         (

@@ -6,6 +6,7 @@
 use bytes::Bytes;
 
 use crate::protocol::sse::{parse_block, SseSplitter};
+use crate::protocol::{Across, ApiShape};
 use crate::translate::stream::{ChatToMessages, MessagesToChat};
 use crate::translate::Plan;
 
@@ -28,6 +29,15 @@ pub struct SseTranslator {
 impl SseTranslator {
     /// Anthropic events in, OpenAI chunks out (`created`: the Unix time the
     /// chunks carry).
+    /// The translator of a provider's stream for a request that crossed
+    /// `across` (`created`: the Unix time OpenAI chunks carry).
+    pub fn new(across: Across, plan: Plan, created: u64, max_event: usize) -> SseTranslator {
+        match across.to() {
+            ApiShape::Anthropic => SseTranslator::to_chat(plan, created, max_event),
+            ApiShape::OpenAi => SseTranslator::to_messages(max_event),
+        }
+    }
+
     pub fn to_chat(plan: Plan, created: u64, max_event: usize) -> SseTranslator {
         SseTranslator {
             splitter: SseSplitter::with_max_event(max_event),
