@@ -236,13 +236,9 @@ impl Router {
                 ApiShape::OpenAi
             })
         };
-        let other = |shape| match shape {
-            ApiShape::OpenAi => ApiShape::Anthropic,
-            ApiShape::Anthropic => ApiShape::OpenAi,
-        };
         let crosses = |to: &str, shape: ApiShape| {
             self.rule_for(to, shape, upstreams).is_none()
-                && self.rule_for(to, other(shape), upstreams).is_some()
+                && self.rule_for(to, shape.other(), upstreams).is_some()
         };
         let mut out = Vec::new();
         for rule in &self.rules {
