@@ -6,6 +6,10 @@ use std::process::ExitCode;
 use sluice::config::{Config, LogConfig};
 
 /// mimalloc: a proxy allocates and frees many small buffers per request.
+/// The `system-alloc` feature leaves the system allocator in place, so heap
+/// profilers that hook malloc (valgrind's DHAT, heaptrack) see every
+/// allocation (bench/README.md: counting allocations per request).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

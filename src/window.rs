@@ -2,6 +2,79 @@
 //! the whole lifetime. A window is named by its start, so spend carried in
 //! the journal is matched to the window it belongs to.
 
+/// The longest window name [`Window::key`] writes.
+const WINDOW_KEY_MAX: usize = 24;
+
+/// A window's name (`2026-11-26`, `2026-11-26T13`, `2026-11-23/week`,
+/// `2026-11`, `lifetime`), held inline: comparing and copying it allocates
+/// nothing.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WindowKey {
+    bytes: [u8; WINDOW_KEY_MAX],
+    len: u8,
+}
+
+impl WindowKey {
+    const EMPTY: WindowKey = WindowKey {
+        bytes: [0; WINDOW_KEY_MAX],
+        len: 0,
+    };
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and separators are ever written.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl Default for WindowKey {
+    fn default() -> Self {
+        WindowKey::EMPTY
+    }
+}
+
+impl std::ops::Deref for WindowKey {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for WindowKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for WindowKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq<str> for WindowKey {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<String> for WindowKey {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<WindowKey> for String {
+    fn eq(&self, other: &WindowKey) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl PartialEq<&str> for WindowKey {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// A budget window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Window {
@@ -34,22 +107,31 @@ impl Window {
         }
     }
 
-    /// The name of the window containing `unix` seconds, e.g. `2026-11-26`.
-    pub fn key(self, unix: u64) -> String {
+    /// The name of the window containing `unix` seconds, e.g. `2026-11-26`
+    /// (built on the stack: every budget check asks for it).
+    pub fn key(self, unix: u64) -> WindowKey {
+        use std::io::Write;
         let days = (unix / 86_400) as i64;
         let (y, m, d) = civil_from_days(days);
-        match self {
-            Window::Hour => format!("{y:04}-{m:02}-{d:02}T{:02}", (unix % 86_400) / 3600),
-            Window::Day => format!("{y:04}-{m:02}-{d:02}"),
+        let mut k = WindowKey::EMPTY;
+        let mut out = &mut k.bytes[..];
+        // The longest name (`YYYYYY-MM-DD/week` for far years) fits: a write
+        // can only fail on a year past 999,999, which the clock never gives.
+        let _ = match self {
+            Window::Hour => write!(out, "{y:04}-{m:02}-{d:02}T{:02}", (unix % 86_400) / 3600),
+            Window::Day => write!(out, "{y:04}-{m:02}-{d:02}"),
             Window::Week => {
                 // 1970-01-01 was a Thursday: Monday-based weekday is (days + 3) % 7.
                 let monday = days - (days + 3).rem_euclid(7);
                 let (y, m, d) = civil_from_days(monday);
-                format!("{y:04}-{m:02}-{d:02}/week")
+                write!(out, "{y:04}-{m:02}-{d:02}/week")
             }
-            Window::Month => format!("{y:04}-{m:02}"),
-            Window::Lifetime => "lifetime".into(),
-        }
+            Window::Month => write!(out, "{y:04}-{m:02}"),
+            Window::Lifetime => write!(out, "lifetime"),
+        };
+        let left = out.len();
+        k.len = (WINDOW_KEY_MAX - left) as u8;
+        k
     }
 
     /// When the window containing `unix` ends (unix seconds); `None` for lifetime.
@@ -114,6 +196,14 @@ mod tests {
         assert_eq!(Window::Lifetime.key(T), "lifetime");
         assert_eq!(Window::Day.key(0), "1970-01-01");
         assert_eq!(Window::Day.key(951_782_400), "2000-02-29");
+        // The far future still fits the inline name.
+        assert_eq!(
+            Window::Week.key(u64::MAX / 4).len(),
+            Window::Week.key(u64::MAX / 4).as_str().len()
+        );
+        assert!(Window::Hour.key(u64::MAX).len() <= WINDOW_KEY_MAX);
+        assert_eq!(Window::Day.key(T), Window::Day.key(T + 60));
+        assert_ne!(Window::Day.key(T), Window::Day.key(T + 86_400));
     }
 
     #[test]

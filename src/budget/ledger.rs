@@ -19,6 +19,7 @@ use crate::pricing::{nanos_to_usd, Nanos};
 use crate::usage_log::UsageLog;
 pub use crate::vocab::Exhausted;
 use crate::vocab::{BucketName, BucketProbe};
+use crate::window::WindowKey;
 
 /// Seconds since the Unix epoch; injectable so tests can move time.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -37,7 +38,7 @@ const OVERFLOW: &str = "|~overflow";
 
 #[derive(Debug, Default)]
 struct Slot {
-    window: String,
+    window: WindowKey,
     spent: Nanos,
     reserved: Nanos,
 }
@@ -160,7 +161,7 @@ impl Ledger {
             slots.insert(
                 BucketName::new(&bucket),
                 Slot {
-                    window: w.clone(),
+                    window: rule.window.key(now),
                     spent: n,
                     reserved: 0,
                 },
@@ -196,7 +197,7 @@ impl Ledger {
     fn slot<'m, Q>(
         map: &'m mut HashMap<BucketName, Slot>,
         bucket: &Q,
-        window: &str,
+        window: &WindowKey,
     ) -> (BucketName, &'m mut Slot)
     where
         Q: std::hash::Hash + hashbrown::Equivalent<BucketName>,
@@ -205,8 +206,8 @@ impl Ledger {
         let entry = map.entry_ref(bucket).or_default_entry();
         let name = entry.key().clone();
         let slot = entry.into_mut();
-        if slot.window != window {
-            slot.window = window.to_owned();
+        if slot.window != *window {
+            slot.window = *window;
             slot.spent = 0;
         }
         (name, slot)
@@ -299,7 +300,7 @@ impl Ledger {
         let now = (self.clock)();
         let mut map = self.lock();
         // An exempt subject (an `"unlimited"` override) reserves nothing there.
-        let applicable: Vec<(&BudgetRule, Nanos, BucketProbe<'_>, String)> = budgets
+        let applicable: Vec<(&BudgetRule, Nanos, BucketProbe<'_>, WindowKey)> = budgets
             .iter()
             .filter(|b| applies(b, subject.model))
             .filter_map(|b| {
@@ -365,7 +366,7 @@ impl Ledger {
                 overridden: b.overrides.for_bucket(key.as_str()).is_some(),
                 budget: b.name.clone(),
                 bucket: key.as_str().to_owned(),
-                window: slot.window.clone(),
+                window: slot.window.to_string(),
                 action: match b.action {
                     BudgetAction::Reject => "reject",
                     BudgetAction::Downgrade => "downgrade",
@@ -399,7 +400,7 @@ impl Ledger {
         let line = Line {
             b: b.name.clone(),
             s: scope_of(bucket).to_owned(),
-            w: window,
+            w: window.to_string(),
             n: None,
             reset: true,
         };
@@ -476,7 +477,7 @@ impl BudgetHold {
                     lines.push(Line {
                         b: name.to_owned(),
                         s: scope_of(part.bucket.as_str()).to_owned(),
-                        w: window,
+                        w: window.to_string(),
                         n: Some(actual),
                         reset: false,
                     });

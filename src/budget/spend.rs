@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::auth::Identity;
 use crate::pricing::{nanos_to_usd, Nanos};
-use crate::window::Window;
+use crate::window::{Window, WindowKey};
 
 /// Short and long decay constants of the spend-rate averages (seconds).
 const SHORT: f64 = 300.0;
@@ -118,7 +118,7 @@ impl From<&WhoRef<'_>> for Who {
 
 #[derive(Debug, Default)]
 struct State {
-    day: String,
+    day: WindowKey,
     totals: HashMap<Who, Nanos>,
     rates: HashMap<Who, Rate>,
 }

@@ -79,7 +79,7 @@ impl Fleet {
         let mut i = self.owed.lock();
         let mut lost = 0;
         for part in budget_parts(budgets, subject, 0) {
-            let key = (part.bucket.clone(), part.window.key(now));
+            let key = (part.bucket.clone(), part.window.key(now).to_string());
             if i.full() && !i.budgets.contains_key(&key) {
                 lost += 1;
                 continue;
@@ -87,7 +87,7 @@ impl Fleet {
             let e = i.budgets.entry(key).or_insert((part, 0));
             e.1 = e.1.saturating_add(cost);
         }
-        let day = Window::Day.key(now);
+        let day = Window::Day.key(now).to_string();
         for (dim, value) in attribution {
             let key = (*dim, value.clone(), day.clone());
             if i.full() && !i.spend.contains_key(&key) {

@@ -107,7 +107,7 @@ impl Fleet {
                 overridden: rule.overrides.for_bucket(&bucket).is_some(),
                 budget: rule.name.clone(),
                 bucket,
-                window,
+                window: window.to_string(),
                 action: match rule.action {
                     BudgetAction::Reject => "reject",
                     BudgetAction::Downgrade => "downgrade",
@@ -140,7 +140,7 @@ impl Fleet {
         let () = redis::cmd("HSET")
             .arg(self.keys.of("b", bucket))
             .arg("w")
-            .arg(&window)
+            .arg(window.as_str())
             .arg("s")
             .arg(0)
             .query_async(&mut conn)

@@ -118,7 +118,7 @@ pub fn take<'a>(
     for b in budgets {
         inv.key(keys.of("b", &b.bucket))
             .key(keys.of("r", &b.bucket));
-        inv.arg(b.window.key(now))
+        inv.arg(b.window.key(now).as_str())
             .arg(b.limit)
             .arg(b.amount)
             .arg(if b.enforce { "1" } else { "0" })
@@ -169,7 +169,7 @@ pub fn settle<'a>(
     for b in budgets {
         inv.key(keys.of("b", &b.bucket))
             .key(keys.of("r", &b.bucket));
-        inv.arg(b.window.key(now))
+        inv.arg(b.window.key(now).as_str())
             .arg(b.amount)
             .arg(actual.cost)
             .arg(b.keep_s(now));

@@ -12,18 +12,19 @@ use crate::config::{applies, BudgetAction, BudgetRule};
 use crate::limits::rate::Subject;
 use crate::pricing::Nanos;
 use crate::vocab::bucket_key;
+use crate::window::WindowKey;
 
 /// The most buckets remembered.
 pub const MAX_SEEN: usize = 100_000;
 
 #[derive(Debug, Default)]
 pub struct Seen {
-    used: Mutex<HashMap<String, (String, Nanos)>>,
+    used: Mutex<HashMap<String, (WindowKey, Nanos)>>,
 }
 
 impl Seen {
     /// `bucket` had `used` (spent + reserved) in `window`.
-    pub fn note(&self, bucket: &str, window: String, used: Nanos) {
+    pub fn note(&self, bucket: &str, window: WindowKey, used: Nanos) {
         let mut map = self.used.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_SEEN && !map.contains_key(bucket) {
             map.clear();

@@ -134,7 +134,7 @@ fn downgrades_follow_the_use_last_seen_in_the_current_window() {
 fn the_downgrade_view_stays_bounded() {
     let seen = seen::Seen::default();
     for i in 0..seen::MAX_SEEN + 10 {
-        seen.note(&format!("b|user={i}"), "w".into(), 1);
+        seen.note(&format!("b|user={i}"), crate::window::Window::Day.key(0), 1);
     }
     assert!(seen.len() <= seen::MAX_SEEN);
 }

@@ -45,7 +45,7 @@ impl Ledger {
                     lines.push(Line {
                         b: b.name.clone(),
                         s: scope_of(bucket.as_str()).to_owned(),
-                        w: window,
+                        w: window.to_string(),
                         n: Some(*amount),
                         reset: false,
                     });
