@@ -253,6 +253,7 @@ pub(crate) async fn drive(
             sc.body.clone(),
         );
         let bodies = sc.bodies.clone();
+        let think = sc.think;
         let issued = issued.clone();
         set.spawn(async move {
             let mut s = Samples::default();
@@ -261,6 +262,9 @@ pub(crate) async fn drive(
                     body = v[next.fetch_add(1, Ordering::Relaxed) % v.len()].clone();
                 }
                 one_request(&client, &uri, &headers, &body, stream, gaps, expect, &mut s).await;
+                if !think.is_zero() {
+                    tokio::time::sleep(think).await;
+                }
             }
             s
         });
@@ -513,6 +517,7 @@ pub(crate) async fn soak(env: &Env, arms: &[Arm], secs: u64) -> String {
         headers: headers(20, None),
         expect: None,
         bodies: None,
+        think: Duration::ZERO,
     };
     let mut o = String::new();
     let _ = writeln!(o, "# Soak: non-streaming chat, c=64, {secs} s per proxy\n");

@@ -338,16 +338,27 @@ fn sluice_pairs(
     matrix: &[MatrixRun],
     a: MatrixConfig,
     b: MatrixConfig,
-) -> Vec<(usize, &Run, &Run)> {
-    let at = |config, c| {
+) -> Vec<(String, &Run, &Run)> {
+    let at = |config, c, think: bool| {
         matrix
             .iter()
-            .find(|m| m.config == config && m.scenario.concurrency == c)
+            .find(|m| {
+                m.config == config
+                    && m.scenario.concurrency == c
+                    && m.scenario.think.is_zero() != think
+            })
             .and_then(|m| find(&m.runs, "sluice"))
     };
-    [1, 16]
+    [(1, false), (16, false), (1, true)]
         .into_iter()
-        .filter_map(|c| Some((c, at(a, c)?, at(b, c)?)))
+        .filter_map(|(c, think)| {
+            let label = if think {
+                format!("{c}, {} ms think", crate::scenarios::THINK.as_millis())
+            } else {
+                c.to_string()
+            };
+            Some((label, at(a, c, think)?, at(b, c, think)?))
+        })
         .collect()
 }
 

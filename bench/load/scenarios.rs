@@ -36,6 +36,9 @@ pub(crate) struct Scenario {
     /// Distinct bodies, used in turn (shared counter across arms and warm-ups, so no body is
     /// sent twice while there are unused ones); `body` when None.
     pub(crate) bodies: Option<(Arc<Vec<Bytes>>, Arc<AtomicUsize>)>,
+    /// Each client waits this long between its requests (an agent thinking between calls);
+    /// zero keeps the connection busy back to back.
+    pub(crate) think: Duration,
 }
 
 pub(crate) fn chat_body(prompt_chars: usize, stream: bool) -> Bytes {
@@ -116,6 +119,7 @@ pub(crate) fn scenarios(quick: bool) -> Vec<Scenario> {
             headers: headers(20, None),
             expect: None,
             bodies: None,
+            think: Duration::ZERO,
         });
     }
     for (c, count) in [(1, 1_000), (16, 8_000), (64, 12_000)] {
@@ -128,6 +132,7 @@ pub(crate) fn scenarios(quick: bool) -> Vec<Scenario> {
             headers: headers(50, Some(0)),
             expect: None,
             bodies: None,
+            think: Duration::ZERO,
         });
     }
     v.push(Scenario {
@@ -139,6 +144,7 @@ pub(crate) fn scenarios(quick: bool) -> Vec<Scenario> {
         headers: headers(50, Some(0)),
         expect: None,
         bodies: None,
+        think: Duration::ZERO,
     });
     v.push(Scenario {
         name: "paced stream c=16".into(),
@@ -149,6 +155,7 @@ pub(crate) fn scenarios(quick: bool) -> Vec<Scenario> {
         headers: headers(20, Some(20)),
         expect: None,
         bodies: None,
+        think: Duration::ZERO,
     });
     // The mock paces every event, including the usage chunk Sluice asks for on the client's
     // behalf (and strips): with the client asking for usage itself, all arms get the same events.
@@ -161,6 +168,7 @@ pub(crate) fn scenarios(quick: bool) -> Vec<Scenario> {
         headers: headers(20, Some(20)),
         expect: None,
         bodies: None,
+        think: Duration::ZERO,
     });
     for (label, tokens) in [("1k", 1_000), ("10k", 10_000), ("100k", 100_000)] {
         v.push(Scenario {
@@ -172,6 +180,7 @@ pub(crate) fn scenarios(quick: bool) -> Vec<Scenario> {
             headers: headers(20, None),
             expect: None,
             bodies: None,
+            think: Duration::ZERO,
         });
     }
     // Every request a different 100k-token conversation: Sluice remembers the count of a long
@@ -200,6 +209,7 @@ pub(crate) fn scenarios(quick: bool) -> Vec<Scenario> {
         headers: headers(20, None),
         expect: None,
         bodies: Some((Arc::new(bodies), Arc::new(AtomicUsize::new(0)))),
+        think: Duration::ZERO,
     });
     // One at a time: what a single 100k-token prompt adds, without queueing behind others.
     v.push(Scenario {
@@ -211,6 +221,7 @@ pub(crate) fn scenarios(quick: bool) -> Vec<Scenario> {
         headers: headers(20, None),
         expect: None,
         bodies: None,
+        think: Duration::ZERO,
     });
     v
 }
@@ -263,6 +274,7 @@ pub(crate) fn feature_scenarios(quick: bool) -> Vec<Scenario> {
                 headers: headers(50, stream.then_some(0)),
                 expect: Some(("x-sluice-cache", "hit")),
                 bodies: None,
+                think: Duration::ZERO,
             });
         }
     }
@@ -277,6 +289,7 @@ pub(crate) fn feature_scenarios(quick: bool) -> Vec<Scenario> {
                 headers: headers(20, None),
                 expect: None,
                 bodies: None,
+                think: Duration::ZERO,
             });
         }
     }
@@ -307,6 +320,7 @@ pub(crate) fn matrix_scenarios(quick: bool) -> Vec<(MatrixConfig, Scenario)> {
             headers: headers_with_key(&config.client_key(), 20, stream.then_some(0)),
             expect: (config == MatrixConfig::Cache).then_some(("x-sluice-cache", "hit")),
             bodies: None,
+            think: Duration::ZERO,
         }
     };
     let mut v: Vec<_> = MatrixConfig::ALL
@@ -322,8 +336,19 @@ pub(crate) fn matrix_scenarios(quick: bool) -> Vec<(MatrixConfig, Scenario)> {
     ] {
         v.push((config, scenario(config, 1, serial)));
     }
+    // An agent between calls (issue 12): serial requests THINK apart, so a shadow's copy has
+    // the machine to itself between primaries, as it would beside a real agent.
+    for config in [MatrixConfig::LimitsBudget, MatrixConfig::Shadow] {
+        let mut sc = scenario(config, 1, serial / 10);
+        sc.think = THINK;
+        sc.name = format!("{} think={}ms", sc.name, THINK.as_millis());
+        v.push((config, sc));
+    }
     v
 }
+
+/// The pause between an agent's calls in the `think` scenarios.
+pub(crate) const THINK: Duration = Duration::from_millis(20);
 
 /// The matrix's prompt: short, so the cost measured is the configuration's, not counting's.
 const MATRIX_PROMPT: &str = "Say hello in five words.";
