@@ -167,6 +167,41 @@ fn invalid_json(e: serde_json::Error) -> ProxyError {
     ProxyError::InvalidRequest(format!("invalid JSON in request body: {e}"))
 }
 
+/// The common rewrite under a budget, an output cap the client did not set,
+/// done without re-encoding the body: `,"field":n` before its closing brace.
+/// Only when that is certainly the one key of that name: the body is an
+/// object (sniffed already), holds no `\u` escape (which could spell the key
+/// another way) and does not name the field or an alias anywhere. `None`:
+/// re-encode instead.
+fn append_cap(body: &[u8], rw: &Rewrite) -> Option<Bytes> {
+    let (field, n) = rw.max_output?;
+    if rw.model.is_some() || rw.include_usage {
+        return None;
+    }
+    let names = std::iter::once(field).chain(Protocol::cap_aliases(field).iter().copied());
+    let find = |needle: &[u8]| memchr::memmem::find(body, needle).is_some();
+    if find(b"\\u") || names.into_iter().any(|f| find(f.as_bytes())) {
+        return None;
+    }
+    let end = body.iter().rposition(|b| !b.is_ascii_whitespace())?;
+    if body[end] != b'}' {
+        return None;
+    }
+    // `{}` has no member to follow; any other object has one.
+    let empty = body[..end].iter().rev().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let mut out = Vec::with_capacity(body.len() + field.len() + 24);
+    out.extend_from_slice(&body[..end]);
+    if !empty {
+        out.push(b',');
+    }
+    out.push(b'"');
+    out.extend_from_slice(field.as_bytes());
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(n.to_string().as_bytes());
+    out.push(b'}');
+    Some(Bytes::from(out))
+}
+
 /// Changes to make to a request body before it goes upstream.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Rewrite {
@@ -189,6 +224,9 @@ impl Rewrite {
 pub fn rewrite(body: Bytes, rw: &Rewrite) -> Result<Bytes, ProxyError> {
     if rw.is_empty() {
         return Ok(body);
+    }
+    if let Some(appended) = append_cap(&body, rw) {
+        return Ok(appended);
     }
     let mut obj: Map<String, Value> = serde_json::from_slice(&body).map_err(invalid_json)?;
     if let Some(m) = &rw.model {
@@ -370,6 +408,39 @@ mod tests {
                 assert!(serde_json::from_slice::<Value>(&body).is_ok());
                 assert!(unique::check(&body).is_ok());
             }
+        }
+    }
+
+    #[test]
+    fn a_new_cap_is_appended_without_reencoding() {
+        let rw = Rewrite {
+            max_output: Some(("max_completion_tokens", 4096)),
+            ..Rewrite::default()
+        };
+        let body = Bytes::from_static(b"{\"model\": \"m\", \"messages\": []}\n");
+        let out = rewrite(body, &rw).expect("ok");
+        assert_eq!(
+            &out[..],
+            b"{\"model\": \"m\", \"messages\": [],\"max_completion_tokens\":4096}"
+        );
+        let v: Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(v["max_completion_tokens"], 4096);
+        // A field (or alias) already named, even as null, or any escape that
+        // could spell it: re-encoded, one key of each name.
+        for body in [
+            br#"{"model":"m","max_tokens":null}"#.as_slice(),
+            br#"{"model":"m","max_completion_tokens":null}"#,
+            br#"{"model":"m","max\u005ftokens":null}"#,
+        ] {
+            let out = rewrite(Bytes::copy_from_slice(body), &rw).expect("ok");
+            unique::check(&out).expect("no duplicate key");
+            let v: Value = serde_json::from_slice(&out).expect("json");
+            assert_eq!(
+                v["max_completion_tokens"],
+                4096,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 
