@@ -22,6 +22,8 @@ use tokio::sync::mpsc;
 
 use crate::pricing::Nanos;
 use crate::usage_log::UsageLog;
+use crate::vocab::BucketName;
+use crate::window::WindowKey;
 pub use writer::Health;
 
 /// A journal line longer than this is bad (the writer's lines are ~100 bytes).
@@ -44,12 +46,71 @@ pub struct Line {
     pub reset: bool,
 }
 
+/// A charge on its way to the writer, which writes it as a [`Line`]: the
+/// bucket's name is shared, not copied, on the request's path.
+#[derive(Debug, Clone)]
+pub struct Charge {
+    /// `budget|scope`, the budget's name its first `name_len` bytes.
+    pub bucket: BucketName,
+    pub name_len: usize,
+    pub window: WindowKey,
+    pub n: Nanos,
+}
+
+/// What the writer appends: a line as it is, or a charge.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    Line(Line),
+    Charge(Charge),
+}
+
+impl From<Line> for Entry {
+    fn from(l: Line) -> Entry {
+        Entry::Line(l)
+    }
+}
+
+impl From<Charge> for Entry {
+    fn from(c: Charge) -> Entry {
+        Entry::Charge(c)
+    }
+}
+
+/// A charge's line, borrowed (the same JSON as its [`Line`]).
+#[derive(Serialize)]
+struct ChargeLine<'a> {
+    b: &'a str,
+    s: &'a str,
+    w: &'a str,
+    n: Nanos,
+}
+
+impl Entry {
+    /// The journal line, without its newline.
+    fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+        match self {
+            Entry::Line(l) => serde_json::to_vec(l),
+            Entry::Charge(c) => {
+                let bucket = c.bucket.as_str();
+                serde_json::to_vec(&ChargeLine {
+                    b: bucket.get(..c.name_len).unwrap_or(bucket),
+                    s: bucket
+                        .get(c.name_len..)
+                        .map_or("", |s| s.strip_prefix('|').unwrap_or(s)),
+                    w: c.window.as_str(),
+                    n: c.n,
+                })
+            }
+        }
+    }
+}
+
 /// Spend per (budget, scope, window).
 pub type Totals = HashMap<(String, String, String), Nanos>;
 
 enum Msg {
     Append {
-        line: Line,
+        line: Entry,
         /// A usage record to write once the line is durable.
         then: Option<Vec<u8>>,
     },
@@ -301,11 +362,14 @@ impl Journal {
 
     /// Queues a line; `then` (a usage record) is written after it is durable.
     /// Without a journal, `then` goes straight to the usage log.
-    pub fn append(&self, line: Line, then: Option<Vec<u8>>, usage: &UsageLog) {
+    pub fn append(&self, line: impl Into<Entry>, then: Option<Vec<u8>>, usage: &UsageLog) {
         match &self.tx {
             Some(tx) => {
                 if let Err(mpsc::error::SendError(Msg::Append { then: Some(_), .. })) =
-                    tx.send(Msg::Append { line, then })
+                    tx.send(Msg::Append {
+                        line: line.into(),
+                        then,
+                    })
                 {
                     // The writer has stopped (shutdown): the charge cannot be
                     // made durable, so its record is not written either.

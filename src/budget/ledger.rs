@@ -11,7 +11,7 @@ use hashbrown::HashMap;
 use serde::Serialize;
 
 use super::applies;
-use super::journal::{self, Journal, Line};
+use super::journal::{self, Charge, Journal, Line};
 use super::spend::SpendIndex;
 use crate::config::{BudgetAction, BudgetRule, Permille};
 use crate::limits::rate::Subject;
@@ -474,12 +474,11 @@ impl BudgetHold {
                     }
                 }
                 if actual > 0 {
-                    lines.push(Line {
-                        b: name.to_owned(),
-                        s: scope_of(part.bucket.as_str()).to_owned(),
-                        w: window.to_string(),
-                        n: Some(actual),
-                        reset: false,
+                    lines.push(Charge {
+                        bucket: part.bucket.clone(),
+                        name_len: part.name_len,
+                        window,
+                        n: actual,
                     });
                 }
             }

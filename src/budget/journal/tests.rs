@@ -143,3 +143,30 @@ fn a_missing_journal_is_empty() {
     assert!(replay(&dir.join("nope")).expect("replay").is_empty());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_charge_is_written_as_its_line() {
+    let window = crate::window::Window::Day.key(1_795_665_132);
+    for (bucket, b, s) in [
+        ("user-daily|user=alice", "user-daily", "user=alice"),
+        ("global", "global", ""),
+    ] {
+        let charge = Entry::Charge(Charge {
+            bucket: BucketName::new(bucket),
+            name_len: b.len(),
+            window,
+            n: 42,
+        });
+        let line = Entry::Line(Line {
+            b: b.into(),
+            s: s.into(),
+            w: window.to_string(),
+            n: Some(42),
+            reset: false,
+        });
+        assert_eq!(
+            charge.to_json().expect("json"),
+            line.to_json().expect("json")
+        );
+    }
+}

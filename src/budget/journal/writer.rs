@@ -119,7 +119,7 @@ impl<S: Store, R: FnMut(Vec<u8>)> Writer<S, R> {
         }
     }
 
-    fn push(&mut self, line: &super::Line, then: Option<Vec<u8>>) {
+    fn push(&mut self, line: &super::Entry, then: Option<Vec<u8>>) {
         if self.pending.len() >= MAX_PENDING {
             crate::metrics::journal_dropped();
             if self.dropped_since_healthy == 0 {
@@ -132,7 +132,7 @@ impl<S: Store, R: FnMut(Vec<u8>)> Writer<S, R> {
             self.dropped_since_healthy += 1;
             return;
         }
-        match serde_json::to_vec(line) {
+        match line.to_json() {
             Ok(mut bytes) => {
                 bytes.push(b'\n');
                 self.pending.push_back(Pending { line: bytes, then });

@@ -73,7 +73,7 @@ fn a_failed_append_holds_the_record_then_rewrites_cleanly() {
 
     store.failing.store(true, Ordering::SeqCst);
     tx.send(Msg::Append {
-        line: line(1),
+        line: line(1).into(),
         then: Some(b"record-1\n".to_vec()),
     })
     .map_err(|_| "send")
@@ -91,7 +91,7 @@ fn a_failed_append_holds_the_record_then_rewrites_cleanly() {
         .contains("No space left"));
     // More charges queue behind the failing one.
     tx.send(Msg::Append {
-        line: line(2),
+        line: line(2).into(),
         then: Some(b"record-2\n".to_vec()),
     })
     .map_err(|_| "send")
@@ -135,7 +135,7 @@ fn close_while_failing_gives_up_and_leaves_whole_lines() {
     let (tx, rx) = mpsc::unbounded_channel();
     let t = std::thread::spawn(move || w.run(rx));
     tx.send(Msg::Append {
-        line: line(1),
+        line: line(1).into(),
         then: Some(b"r\n".to_vec()),
     })
     .map_err(|_| "send")
@@ -163,7 +163,7 @@ fn past_the_bound_a_charge_and_its_record_are_dropped_not_written_undurable() {
     // Everything is queued before the writer runs, so its first batch meets the bound.
     for i in 0..=MAX_PENDING as u64 {
         tx.send(Msg::Append {
-            line: line(i + 1),
+            line: line(i + 1).into(),
             then: Some(b"r\n".to_vec()),
         })
         .map_err(|_| "send")
