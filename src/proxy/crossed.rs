@@ -23,7 +23,6 @@ use crate::sniff::Endpoint;
 use crate::stream::observe::Observer;
 use crate::stream::translate::SseTranslator;
 use crate::translate;
-use crate::upstream::bedrock::EventStreamToSse;
 
 use super::answer::{idle_of, local, observer_for, read_answer, ReadLimits};
 use super::{Answer, UpstreamAnswer};
@@ -34,7 +33,7 @@ pub(super) async fn answer(
     crossing: &Crossing,
     rec: &mut RequestRecord,
     snap: &Snapshot,
-    decoder: Option<EventStreamToSse>,
+    decoding: super::bedrock::Decoding,
 ) -> Result<Answer, ProxyError> {
     rec.facts.breakpoints = crossing.breakpoints as u32;
     let bounds = &snap.config.server.bounds;
@@ -70,6 +69,7 @@ pub(super) async fn answer(
     match observer {
         Observer::Json { .. } => {
             let bytes = read_answer(body, &head.headers, limits, rec).await?;
+            let bytes = decoding.json(bytes, rec)?;
             rec.first_byte(Instant::now());
             observer.observe(&bytes);
             let translated =
@@ -105,7 +105,7 @@ pub(super) async fn answer(
                     deadline: limits.deadline,
                     capture: rec.holds.capture.take(),
                     translator: Some(translator),
-                    decoder,
+                    decoder: decoding.stream,
                 },
             })))
         }

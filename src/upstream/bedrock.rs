@@ -17,6 +17,8 @@ use http::{HeaderMap, HeaderValue};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
 
+use super::converse::StreamEvents;
+
 /// The `anthropic_version` Bedrock's Anthropic models take in the body.
 pub const ANTHROPIC_VERSION: &str = "bedrock-2023-05-31";
 
@@ -51,7 +53,7 @@ pub struct Signer {
 }
 
 /// What a model id escapes in a path segment (`:` in `…-v2:0` included).
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+pub(super) const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')
@@ -172,15 +174,25 @@ pub fn error_body(status: u16, body: &[u8]) -> Bytes {
 
 /// Turns Bedrock's `application/vnd.amazon.eventstream` answer back into the
 /// Anthropic SSE events it carries, chunk by chunk: each complete frame
-/// becomes one `event: …\ndata: …\n\n` block as soon as it is whole; a
+/// becomes its `event: …\ndata: …\n\n` blocks as soon as it is whole; a
 /// partial frame waits for the next chunk (at most [`MAX_FRAME`] bytes).
+/// InvokeModel's frames carry Anthropic events; Converse's are translated.
 #[derive(Default)]
 pub struct EventStreamToSse {
     decoder: MessageFrameDecoder,
     buf: BytesMut,
+    converse: Option<StreamEvents>,
 }
 
 impl EventStreamToSse {
+    /// A decoder for a Converse stream (`converse-stream`).
+    pub fn converse(events: StreamEvents) -> Self {
+        Self {
+            converse: Some(events),
+            ..Self::default()
+        }
+    }
+
     /// Feeds one chunk of the response body; returns the SSE text of every
     /// frame it completed. An error means the stream is corrupt: end it.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Bytes, String> {
@@ -188,7 +200,11 @@ impl EventStreamToSse {
         let mut out = BytesMut::new();
         loop {
             match self.decoder.decode_frame(&mut self.buf) {
-                Ok(DecodedFrame::Complete(message)) => sse_block(&message, &mut out)?,
+                Ok(DecodedFrame::Complete(message)) => {
+                    for event in self.events(&message)? {
+                        sse_block(&event, &mut out);
+                    }
+                }
                 Ok(DecodedFrame::Incomplete) => break,
                 Err(e) => return Err(format!("Bedrock event stream: {e}")),
             }
@@ -216,49 +232,60 @@ fn header<'a>(m: &'a Message, name: &str) -> Option<&'a str> {
         })
 }
 
-/// One frame as SSE: a `chunk` event's `bytes` (base64 of an Anthropic
-/// event), or an exception as Anthropic's `error` event.
-fn sse_block(m: &Message, out: &mut BytesMut) -> Result<(), String> {
-    let payload: Value = serde_json::from_slice(m.payload())
-        .map_err(|e| format!("Bedrock event payload is not JSON: {e}"))?;
-    let event = match header(m, ":message-type") {
-        Some("event") => {
-            let b64 = payload
-                .get("bytes")
-                .and_then(Value::as_str)
-                .ok_or("Bedrock chunk without bytes")?;
-            let raw = aws_smithy_types::base64::decode(b64)
-                .map_err(|e| format!("Bedrock chunk bytes: {e}"))?;
-            serde_json::from_slice::<Value>(&raw)
-                .map_err(|e| format!("Bedrock chunk is not JSON: {e}"))?
+impl EventStreamToSse {
+    /// The Anthropic events of one frame: an InvokeModel `chunk`'s `bytes`
+    /// (base64 of an Anthropic event), a Converse event translated, or an
+    /// exception as Anthropic's `error` event.
+    fn events(&mut self, m: &Message) -> Result<Vec<Value>, String> {
+        let payload: Value = serde_json::from_slice(m.payload())
+            .map_err(|e| format!("Bedrock event payload is not JSON: {e}"))?;
+        if header(m, ":message-type") != Some("event") {
+            return Ok(vec![exception(m, &payload)]);
         }
-        _ => {
-            // `:exception-type` names it (throttlingException, …).
-            let status = match header(m, ":exception-type") {
-                Some("throttlingException") => 429,
-                Some("validationException") => 400,
-                Some("serviceUnavailableException") => 503,
-                Some("modelTimeoutException") => 408,
-                _ => 500,
-            };
-            let message = payload
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("Bedrock stream error");
-            json!({"type": "error", "error": {"type": error_type(status), "message": message}})
+        if let Some(c) = self.converse.as_mut() {
+            return Ok(c.event(header(m, ":event-type").unwrap_or(""), &payload));
         }
+        let b64 = payload
+            .get("bytes")
+            .and_then(Value::as_str)
+            .ok_or("Bedrock chunk without bytes")?;
+        let raw = aws_smithy_types::base64::decode(b64)
+            .map_err(|e| format!("Bedrock chunk bytes: {e}"))?;
+        let event = serde_json::from_slice::<Value>(&raw)
+            .map_err(|e| format!("Bedrock chunk is not JSON: {e}"))?;
+        Ok(vec![event])
+    }
+}
+
+/// An exception frame as Anthropic's `error` event; `:exception-type`
+/// names it (throttlingException, …).
+fn exception(m: &Message, payload: &Value) -> Value {
+    let status = match header(m, ":exception-type") {
+        Some("throttlingException") => 429,
+        Some("validationException") => 400,
+        Some("serviceUnavailableException") => 503,
+        Some("modelTimeoutException") => 408,
+        _ => 500,
     };
+    let message = payload
+        .get("message")
+        .or_else(|| payload.get("Message"))
+        .and_then(Value::as_str)
+        .unwrap_or("Bedrock stream error");
+    json!({"type": "error", "error": {"type": error_type(status), "message": message}})
+}
+
+/// One Anthropic event as an SSE block.
+fn sse_block(event: &Value, out: &mut BytesMut) {
     let kind = event
         .get("type")
         .and_then(Value::as_str)
-        .unwrap_or("unknown")
-        .to_owned();
+        .unwrap_or("unknown");
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(kind.as_bytes());
     out.extend_from_slice(b"\ndata: ");
     out.extend_from_slice(event.to_string().as_bytes());
     out.extend_from_slice(b"\n\n");
-    Ok(())
 }
 
 #[cfg(test)]
