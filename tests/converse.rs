@@ -73,6 +73,11 @@ upstream_model = "{CLAUDE}"
 name = "claude-an"
 provider = "an"
 upstream_model = "claude-3-5-haiku"
+
+[[pricing]]
+model = "{LLAMA}"
+input = 0.72
+output = 0.72
 "#,
         anthropic.url()
     ))
@@ -313,9 +318,12 @@ async fn tool_use_goes_both_ways_through_converse() {
 #[tokio::test]
 async fn an_openai_client_reaches_a_converse_model_through_the_crossing() {
     let (s, bedrock, _) = start().await;
+    let image = "data:image/png;base64,iVBORw0KGgo=";
     let chat = json!({"model": "llama-cv", "max_tokens": 50,
                       "messages": [{"role": "system", "content": "be brief"},
-                                   {"role": "user", "content": "hello"}]});
+                                   {"role": "user", "content": [
+                                       {"type": "text", "text": "hello"},
+                                       {"type": "image_url", "image_url": {"url": image}}]}]});
     let (st, h, b) = post(&s, "/v1/chat/completions", &[WORDS], &chat).await;
     assert_eq!(st, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
     let v = json(&b);
@@ -328,13 +336,18 @@ async fn an_openai_client_reaches_a_converse_model_through_the_crossing() {
         sent.path,
         "/model/meta.llama3-1-70b-instruct-v1%3A0/converse"
     );
+    let body = sent.json().expect("json");
+    assert_eq!(body["system"], json!([{"text": "be brief"}]));
+    // The data URL's base64 is the image's bytes, as Converse carries them.
     assert_eq!(
-        sent.json().expect("json")["system"],
-        json!([{"text": "be brief"}])
+        body["messages"][0]["content"][1],
+        json!({"image": {"format": "png", "source": {"bytes": "iVBORw0KGgo="}}})
     );
     let rec = record(&s, &h).await;
     assert_eq!(rec["upstream_model"], LLAMA, "{rec}");
     assert_eq!(rec["output_tokens"], 3, "{rec}");
+    // Priced by a `[[pricing]]` entry for the Bedrock id.
+    assert!(rec["cost_usd"].as_f64().is_some_and(|c| c > 0.0), "{rec}");
 
     // Streamed, with a tool call: Converse frames → Anthropic events → chunks.
     let streamed = json!({"model": "claude-cv", "stream": true,
