@@ -161,6 +161,14 @@ async fn an_anthropic_client_is_served_through_converse_with_cache_usage_and_cos
         assert_eq!(body.get(key), None, "{key} is no Converse field");
     }
 
+    let (st, config) = admin_as(&s, http::Method::GET, "/admin/config").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        config["providers"][0]["bedrock_api"], "converse",
+        "{config}"
+    );
+    assert_eq!(config["providers"][1]["bedrock_api"], "invoke");
+
     // The first call wrote the system prompt to the cache; the record says so.
     let first = record(&s, &h).await;
     assert_eq!(first["output_tokens"], 3, "{first}");

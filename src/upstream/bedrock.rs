@@ -409,6 +409,69 @@ mod tests {
         assert!(EventStreamToSse::default().push(&bad).is_err());
     }
 
+    fn converse_frame(kind: &str, payload: &Value) -> Vec<u8> {
+        let m = Message::new(payload.to_string())
+            .add_header(Header::new(
+                ":message-type",
+                FrameValue::String("event".into()),
+            ))
+            .add_header(Header::new(
+                ":event-type",
+                FrameValue::String(kind.to_owned().into()),
+            ));
+        frame(&m)
+    }
+
+    #[test]
+    fn converse_frames_become_the_same_anthropic_sse_whatever_the_chunking() {
+        let wire: Vec<u8> = [
+            ("messageStart", json!({"role": "assistant", "p": "abcd"})),
+            (
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 0, "delta": {"text": "hé"}}),
+            ),
+            ("contentBlockStop", json!({"contentBlockIndex": 0})),
+            ("messageStop", json!({"stopReason": "end_turn"})),
+            (
+                "metadata",
+                json!({"usage": {"inputTokens": 3, "outputTokens": 1}}),
+            ),
+        ]
+        .iter()
+        .flat_map(|(k, p)| converse_frame(k, p))
+        .collect();
+        let decode = |size: usize| {
+            let events = StreamEvents::new("m".into(), "msg_bdrk_1".into());
+            let mut d = EventStreamToSse::converse(events);
+            let mut text = Vec::new();
+            for piece in wire.chunks(size) {
+                text.extend_from_slice(&d.push(piece).expect("decode"));
+            }
+            assert!(!d.pending());
+            String::from_utf8(text).expect("utf8")
+        };
+        let whole = decode(wire.len());
+        let kinds: Vec<&str> = whole
+            .lines()
+            .filter_map(|l| l.strip_prefix("event: "))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert!(whole.contains(r#""text":"hé""#), "{whole}");
+        for size in 1..wire.len() {
+            assert_eq!(decode(size), whole, "chunks of {size}");
+        }
+    }
+
     #[test]
     fn exceptions_become_anthropic_error_events_and_bodies() {
         let m = Message::new(json!({"message": "Too many requests"}).to_string())
