@@ -9,8 +9,8 @@
 //! * `server`: the listener, the per-request flow and routing, the recorded state.
 //! * `faults`: queued [`Fault`]s and the `x-mock-*` headers (statuses, delays, aborts, stalls,
 //!   fragmented and endless streams).
-//! * `openai`, `responses`, `anthropic`, `bedrock`: one module per wire format; `objects`: files,
-//!   batches and the echo fallback.
+//! * `openai`, `responses`, `anthropic`, `bedrock`, `converse`: one module per wire format;
+//!   `objects`: files, batches and the echo fallback.
 //! * `reply` (response plumbing, SSE framing), `error` (provider-shaped error bodies) and
 //!   `content` (generated text and token accounting) are shared by the API modules.
 //!
