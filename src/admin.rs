@@ -286,6 +286,7 @@ async fn admin(app: &App, method: &Method, path: &str, query: &str) -> Response<
                         // Bedrock signs with AWS credentials: where they come from.
                         if let Some(b) = &p.bedrock {
                             v["region"] = json!(b.region);
+                            v["bedrock_api"] = json!(b.api.as_str());
                             v["aws_access_key_id_env"] = json!(b.access_key_id_env);
                             v["aws_secret_access_key_env"] = json!(b.secret_access_key_env);
                             v["aws_session_token_env"] = json!(b.session_token_env);

@@ -3,6 +3,7 @@
 //! URL building and provider authentication.
 
 pub mod bedrock;
+pub mod converse;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use percent_encoding::utf8_percent_encode;
 
-use crate::config::{ProviderConfig, ProviderKind, Timeouts};
+use crate::config::{BedrockApi, ProviderConfig, ProviderKind, Timeouts};
 use crate::error::ApiShape;
 
 /// The HTTP client used for one provider.
@@ -55,6 +56,8 @@ struct BedrockAuth {
     env: String,
     /// The `host` hyper sends (and the signature covers).
     host: String,
+    /// InvokeModel or Converse.
+    api: BedrockApi,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -128,6 +131,7 @@ impl Upstream {
             }),
             env: format!("{} and {}", b.access_key_id_env, b.secret_access_key_env),
             host: host_header(&scheme, &authority),
+            api: b.api,
         });
         Ok(Upstream {
             bedrock,
@@ -218,6 +222,12 @@ impl Upstream {
     /// The provider credential header Sluice adds for virtual-key requests.
     pub fn auth_header(&self) -> Option<&(HeaderName, HeaderValue)> {
         self.auth.as_ref()
+    }
+
+    /// The Bedrock runtime API this provider's requests use (`None`: not a
+    /// Bedrock provider).
+    pub fn bedrock_api(&self) -> Option<BedrockApi> {
+        self.bedrock.as_ref().map(|b| b.api)
     }
 
     /// Signs a Bedrock request (SigV4 over its URL, `host`, `content-type`

@@ -4,7 +4,12 @@
 //! `application/vnd.amazon.eventstream` frame). The body is Bedrock's: no
 //! `model` or `stream`, `anthropic_version` required. Requests must carry a
 //! SigV4 `authorization` header for service `bedrock`; errors are Bedrock's
-//! `{"message"}`.
+//! `{"message"}`. The Converse API's paths are answered in `converse`.
+//!
+//! `x-mock-exception-after: N` ends a stream (either API's) after N frames
+//! with an exception frame (`:exception-type` from `x-mock-exception-type`,
+//! default `modelStreamErrorException`), as Bedrock reports a failure once
+//! the answer has begun.
 
 use aws_smithy_eventstream::frame::write_message_to;
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
@@ -19,16 +24,74 @@ use crate::server::lock;
 /// The access key id that the mock refuses (as AWS refuses an unknown one).
 pub const BAD_ACCESS_KEY: &str = "AKIDBADKEY";
 
-/// The model id and whether a stream is asked, for a Bedrock path.
-pub(crate) fn invocation(path: &str) -> Option<(String, bool)> {
+/// A call to Bedrock's runtime.
+pub(crate) struct Invocation {
+    pub(crate) model: String,
+    pub(crate) stream: bool,
+    /// The Converse API (else InvokeModel).
+    pub(crate) converse: bool,
+}
+
+/// The call a Bedrock path makes.
+pub(crate) fn invocation(path: &str) -> Option<Invocation> {
     let rest = path.strip_prefix("/model/")?;
     let (model, verb) = rest.rsplit_once('/')?;
-    let stream = match verb {
-        "invoke" => false,
-        "invoke-with-response-stream" => true,
+    let (stream, converse) = match verb {
+        "invoke" => (false, false),
+        "invoke-with-response-stream" => (true, false),
+        "converse" => (false, true),
+        "converse-stream" => (true, true),
         _ => return None,
     };
-    Some((percent_decode(model), stream))
+    Some(Invocation {
+        model: percent_decode(model),
+        stream,
+        converse,
+    })
+}
+
+/// Bedrock's answer to `call`, a stream cut by an exception frame when
+/// `x-mock-exception-after` asks.
+pub(crate) fn answer(ctx: &Ctx, call: &Invocation) -> Reply {
+    let reply = if call.converse {
+        crate::converse::converse(ctx, &call.model, call.stream)
+    } else {
+        invoke(ctx, &call.model, call.stream)
+    };
+    let header = |name: &str| ctx.headers.get(name).and_then(|v| v.to_str().ok());
+    let after = header("x-mock-exception-after").and_then(|v| v.parse::<usize>().ok());
+    match (reply.kind, after) {
+        (ReplyKind::EventStream(mut frames), Some(n)) => {
+            frames.truncate(n);
+            let kind = header("x-mock-exception-type").unwrap_or("modelStreamErrorException");
+            frames.extend(exception_frame(kind, "The model stream failed (mock)."));
+            Reply {
+                kind: ReplyKind::EventStream(frames),
+                ..reply
+            }
+        }
+        (kind, _) => Reply { kind, ..reply },
+    }
+}
+
+/// An exception frame, as Bedrock sends one inside a stream.
+fn exception_frame(kind: &str, message: &str) -> Option<Bytes> {
+    let message = Message::new(json!({ "message": message }).to_string())
+        .add_header(Header::new(
+            ":exception-type",
+            HeaderValue::String(kind.to_owned().into()),
+        ))
+        .add_header(Header::new(
+            ":content-type",
+            HeaderValue::String("application/json".into()),
+        ))
+        .add_header(Header::new(
+            ":message-type",
+            HeaderValue::String("exception".into()),
+        ));
+    let mut out = Vec::new();
+    write_message_to(&message, &mut out).ok()?;
+    Some(Bytes::from(out))
 }
 
 /// Why a request's signature is refused (`None`: it looks like SigV4 for
@@ -142,7 +205,7 @@ fn amz_time(text: &str) -> Option<std::time::SystemTime> {
 
 /// An invocation: the body checked as Bedrock checks it, then answered as
 /// the Anthropic API would, in Bedrock's framing.
-pub(crate) fn invoke(ctx: &Ctx, model: &str, stream: bool) -> Reply {
+fn invoke(ctx: &Ctx, model: &str, stream: bool) -> Reply {
     let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(&ctx.body) else {
         return error_reply(
             ctx,
@@ -192,7 +255,7 @@ pub(crate) fn invoke(ctx: &Ctx, model: &str, stream: bool) -> Reply {
 }
 
 /// The JSON of one SSE event.
-fn event_json(event: &Bytes) -> Option<Value> {
+pub(crate) fn event_json(event: &Bytes) -> Option<Value> {
     let text = std::str::from_utf8(event).ok()?;
     let data = text.lines().find_map(|l| l.strip_prefix("data: "))?;
     serde_json::from_str(data).ok()
@@ -205,10 +268,20 @@ fn frame(mut value: Value, metrics: &Value) -> Option<Bytes> {
         value["amazon-bedrock-invocationMetrics"] = metrics.clone();
     }
     let bytes = aws_smithy_types::base64::encode(value.to_string());
+    event_frame("chunk", &json!({ "bytes": bytes }))
+}
+
+/// An event frame named `kind` carrying `payload`, padded with `p` as AWS
+/// pads its frames (so their sizes say nothing of the text).
+pub(crate) fn event_frame(kind: &'static str, payload: &Value) -> Option<Bytes> {
+    let mut payload = payload.clone();
+    if let Some(obj) = payload.as_object_mut() {
+        obj.insert("p".into(), json!("abcdefghijklmnopqrstuvwxyzABCDEF"));
+    }
     let header =
         |name: &'static str, v: &'static str| Header::new(name, HeaderValue::String(v.into()));
-    let message = Message::new(json!({ "bytes": bytes }).to_string())
-        .add_header(header(":event-type", "chunk"))
+    let message = Message::new(payload.to_string())
+        .add_header(header(":event-type", kind))
         .add_header(header(":content-type", "application/json"))
         .add_header(header(":message-type", "event"));
     let mut out = Vec::new();

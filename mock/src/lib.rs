@@ -9,8 +9,8 @@
 //! * `server`: the listener, the per-request flow and routing, the recorded state.
 //! * `faults`: queued [`Fault`]s and the `x-mock-*` headers (statuses, delays, aborts, stalls,
 //!   fragmented and endless streams).
-//! * `openai`, `responses`, `anthropic`, `bedrock`: one module per wire format; `objects`: files,
-//!   batches and the echo fallback.
+//! * `openai`, `responses`, `anthropic`, `bedrock`, `converse`: one module per wire format;
+//!   `objects`: files, batches and the echo fallback.
 //! * `reply` (response plumbing, SSE framing), `error` (provider-shaped error bodies) and
 //!   `content` (generated text and token accounting) are shared by the API modules.
 //!
@@ -28,6 +28,13 @@
 //!   (or signed with access key [`BEDROCK_BAD_ACCESS_KEY`]) gets 403, and after
 //!   [`MockProvider::verify_aws_signatures`] so does one whose signature is not the one AWS
 //!   would compute with that secret; errors are `{"message"}`.
+//! * `POST /model/{id}/converse` and `POST /model/{id}/converse-stream` (AWS Bedrock's
+//!   Converse API, module `converse`): a Converse body (checked as Bedrock checks it) answered
+//!   as the same conversation would be on `/v1/messages`, in Converse's JSON and event shapes
+//!   (`messageStart`, `contentBlockStart`/`Delta`/`Stop`, `messageStop`, `metadata` with
+//!   usage incl. cache reads and writes), signed and refused like the invoke paths.
+//!   `x-mock-exception-after: N` cuts either API's stream after N frames with an exception
+//!   frame (`x-mock-exception-type`, default `modelStreamErrorException`).
 //! * `POST /v1/files`, `/v1/uploads`, `/v1/batches`, `/v1/vector_stores`,
 //!   `/v1/messages/batches` answer a new object `{"id","object","path"}` with a fresh id
 //!   (`file-mock-N`, `batch_mock_N`, ...); `GET /v1/batches/{id}` answers a completed batch
@@ -96,6 +103,7 @@ mod anthropic;
 mod batch_results;
 mod bedrock;
 mod content;
+mod converse;
 mod error;
 mod faults;
 mod objects;

@@ -355,11 +355,11 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Moc
     if let Some(reply) = faults::injected(&mut ctx).await {
         return ctx.respond(reply);
     }
-    if let Some((model, stream)) = &invocation {
+    if let Some(call) = &invocation {
         if ctx.method != "POST" {
             return ctx.respond(error_reply(&ctx, 404, "Not Found"));
         }
-        let reply = bedrock::invoke(&ctx, model, *stream);
+        let reply = bedrock::answer(&ctx, call);
         return ctx.respond(reply);
     }
 

@@ -1,18 +1,20 @@
 //! The request for a deployment on AWS Bedrock: the Anthropic Messages body
 //! (the client's, or the translation of an OpenAI chat request) in
-//! Bedrock's shape, at the model's invoke path, signed with SigV4. Nothing
-//! of the client's credentials or provider headers goes to AWS.
+//! Bedrock's shape (InvokeModel's, or translated for Converse) at the
+//! model's path, signed with SigV4. Nothing of the client's credentials or
+//! provider headers goes to AWS.
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request};
 use http_body_util::Full;
 
 use crate::auth::Credential;
+use crate::config::BedrockApi;
 use crate::error::{ApiShape, ProxyError};
 use crate::headers::upstream_request_headers;
 use crate::resilience::balance::Candidate;
 use crate::sniff::Endpoint;
-use crate::upstream::bedrock::{invoke_path, request_body};
+use crate::upstream::{bedrock, converse};
 use crate::upstream::{BedrockSignError, Upstream};
 
 use super::{Call, Crossing};
@@ -42,10 +44,20 @@ pub(super) fn request(
         )));
     }
     let body = crossing.map_or(&call.body, |c| &c.body);
-    let (body, stream) =
-        request_body(body, &allowed_betas(call, upstream)).map_err(ProxyError::InvalidRequest)?;
+    let betas = allowed_betas(call, upstream);
+    let model = &cand.upstream_model;
+    let api = upstream.bedrock_api().unwrap_or_default();
+    let (body, stream) = match api {
+        BedrockApi::Invoke => bedrock::request_body(body, &betas),
+        BedrockApi::Converse => converse::request_body(body, &betas),
+    }
+    .map_err(ProxyError::InvalidRequest)?;
+    let path = match api {
+        BedrockApi::Invoke => bedrock::invoke_path(model, stream),
+        BedrockApi::Converse => converse::converse_path(model, stream),
+    };
     let uri = upstream
-        .uri_for(&invoke_path(&cand.upstream_model, stream), "")
+        .uri_for(&path, "")
         .map_err(|e| ProxyError::Internal(format!("building upstream URL: {e}")))?;
     let mut headers = bedrock_headers(call.client_headers);
     let json = HeaderValue::from_static("application/json");

@@ -21,6 +21,27 @@ pub struct BedrockConfig {
     /// `None` when the key id or the secret is not set (requests then fail
     /// with `provider_key_missing`, as for a provider without its key).
     pub keys: Option<AwsKeys>,
+    /// Which of Bedrock's runtime APIs the provider's requests use.
+    pub api: BedrockApi,
+}
+
+/// Bedrock's two runtime APIs: `InvokeModel` takes each model family's own
+/// body (Sluice sends Anthropic's, so only Claude models), `Converse` one
+/// body for every family (Claude, Llama, Mistral, Nova, …).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BedrockApi {
+    #[default]
+    Invoke,
+    Converse,
+}
+
+impl BedrockApi {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Invoke => "invoke",
+            Self::Converse => "converse",
+        }
+    }
 }
 
 /// AWS credentials, as read from the environment.
@@ -48,11 +69,12 @@ impl BedrockConfig {
 }
 
 /// The AWS fields of a provider that is not kind `bedrock`.
-const AWS_FIELDS: [&str; 4] = [
+const AWS_FIELDS: [&str; 5] = [
     "region",
     "aws_access_key_id_env",
     "aws_secret_access_key_env",
     "aws_session_token_env",
+    "bedrock_api",
 ];
 
 impl Validator<'_> {
@@ -70,6 +92,7 @@ impl Validator<'_> {
             &p.aws_access_key_id_env,
             &p.aws_secret_access_key_env,
             &p.aws_session_token_env,
+            &p.bedrock_api,
         ];
         if kind != ProviderKind::Bedrock {
             for (name, v) in AWS_FIELDS.iter().zip(given) {
@@ -111,6 +134,17 @@ impl Validator<'_> {
             );
             return None;
         }
+        let api = match p.bedrock_api.as_deref() {
+            None | Some("invoke") => BedrockApi::Invoke,
+            Some("converse") => BedrockApi::Converse,
+            Some(other) => {
+                self.err(
+                    &format!("{field}.bedrock_api"),
+                    format!("unknown API {other:?} (expected invoke|converse)"),
+                );
+                return None;
+            }
+        };
         let name = |v: &Option<String>, default: &str| v.clone().unwrap_or_else(|| default.into());
         let access_key_id_env = name(&p.aws_access_key_id_env, DEFAULT_ACCESS_KEY_ID_ENV);
         let secret_access_key_env =
@@ -131,6 +165,51 @@ impl Validator<'_> {
             secret_access_key_env,
             session_token_env,
             keys,
+            api,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn parse(kind: &str, fields: &str) -> Result<Config, String> {
+        let text = format!(
+            "[[providers]]\nname = \"br\"\nkind = \"{kind}\"\n{fields}\n\
+             [[models]]\nname = \"*\"\nprovider = \"br\"\n"
+        );
+        Config::parse(&text, "t.toml", &|_: &str| None).map_err(|e| e.to_string())
+    }
+
+    fn api(fields: &str) -> BedrockApi {
+        let c = parse("bedrock", fields).expect("valid");
+        c.providers[0].bedrock.as_ref().expect("bedrock").api
+    }
+
+    #[test]
+    fn bedrock_api_picks_invoke_or_converse_and_nothing_else() {
+        assert_eq!(api("region = \"us-east-1\""), BedrockApi::Invoke);
+        let invoke = "region = \"us-east-1\"\nbedrock_api = \"invoke\"";
+        assert_eq!(api(invoke), BedrockApi::Invoke);
+        let converse = "region = \"us-east-1\"\nbedrock_api = \"converse\"";
+        assert_eq!(api(converse), BedrockApi::Converse);
+        let err = parse(
+            "bedrock",
+            "region = \"us-east-1\"\nbedrock_api = \"Converse\"",
+        )
+        .expect_err("case matters");
+        assert!(
+            err.contains(
+                "providers[0].bedrock_api: unknown API \"Converse\" (expected invoke|converse)"
+            ),
+            "{err}"
+        );
+        let err = parse("anthropic", "bedrock_api = \"converse\"").expect_err("not bedrock");
+        assert!(
+            err.contains("providers[0].bedrock_api: only for kind bedrock"),
+            "{err}"
+        );
     }
 }

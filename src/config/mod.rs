@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use bedrock::{AwsKeys, BedrockConfig};
+pub use bedrock::{AwsKeys, BedrockApi, BedrockConfig};
 pub use bounds::Bounds;
 pub use budget::{applies, applies_any, BudgetAction, BudgetRule, Permille};
 pub use cache::{CacheConfig, CacheMode, CacheScope, SharedCacheConfig};

@@ -253,6 +253,7 @@ pub struct RawProvider {
     pub aws_access_key_id_env: Option<String>,
     pub aws_secret_access_key_env: Option<String>,
     pub aws_session_token_env: Option<String>,
+    pub bedrock_api: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

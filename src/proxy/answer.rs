@@ -34,18 +34,19 @@ pub(super) async fn upstream_answer(
     ids: Option<IdSink>,
 ) -> Result<Answer, ProxyError> {
     // A Bedrock answer is read as Anthropic's from here on.
-    let (answer, decoder) = if super::bedrock::answered_by_bedrock(snap, rec) {
-        let limits = ReadLimits {
-            max: snap.config.server.bounds.max_response_body,
-            idle: idle_of(snap, rec),
-            deadline: rec.facts.deadline,
-        };
-        super::bedrock::as_anthropic(answer, rec, limits).await?
-    } else {
-        (answer, None)
+    let (answer, mut decoding) = match super::bedrock::answered_by_bedrock(snap, rec) {
+        Some(api) => {
+            let limits = ReadLimits {
+                max: snap.config.server.bounds.max_response_body,
+                idle: idle_of(snap, rec),
+                deadline: rec.facts.deadline,
+            };
+            super::bedrock::as_anthropic(answer, api, rec, limits).await?
+        }
+        None => (answer, super::bedrock::Decoding::default()),
     };
     if let Some(crossing) = rec.outcome.upstream.crossing.clone() {
-        return super::crossed::answer(answer, &crossing, rec, snap, decoder).await;
+        return super::crossed::answer(answer, &crossing, rec, snap, decoding).await;
     }
     match answer {
         attempt::Answered::Buffered(head, bytes) => {
@@ -71,6 +72,7 @@ pub(super) async fn upstream_answer(
                     deadline: rec.facts.deadline,
                 };
                 let bytes = read_answer(body, &head.headers, limits, rec).await?;
+                let bytes = decoding.json(bytes, rec)?;
                 rec.first_byte(Instant::now());
                 if let Some(sink) = &ids {
                     if let Some(id) = answer_ids(&bytes).first() {
@@ -93,7 +95,7 @@ pub(super) async fn upstream_answer(
                     deadline: rec.facts.deadline,
                     capture: rec.holds.capture.take(),
                     translator: None,
-                    decoder,
+                    decoder: decoding.stream.take(),
                 },
             })))
         }

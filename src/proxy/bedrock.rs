@@ -1,60 +1,114 @@
 //! An AWS Bedrock answer made to look like Anthropic's before anything
 //! else reads it: an error in Anthropic's shape (`{"message"}` becomes
 //! `{"type":"error","error":{…}}`), and a streamed answer announced as
-//! `text/event-stream`, its binary event frames decoded by the tap. A JSON
-//! answer already is an Anthropic message.
+//! `text/event-stream`, its binary event frames decoded by the tap. An
+//! InvokeModel JSON answer already is an Anthropic message; a Converse one
+//! is translated once read ([`Decoding::json`]).
 
 use bytes::Bytes;
 use http::{header, HeaderValue};
 
 use crate::app::Snapshot;
 use crate::attempt::Answered;
-use crate::config::ProviderKind;
+use crate::config::BedrockApi;
 use crate::error::ProxyError;
 use crate::record::RequestRecord;
 use crate::upstream::bedrock::{error_body, EventStreamToSse};
+use crate::upstream::converse::{message_from_converse, message_id, StreamEvents};
 
 use super::answer::{read_answer, ReadLimits};
 
 /// The content type of Bedrock's streamed answers.
 const EVENT_STREAM: &str = "application/vnd.amazon.eventstream";
 
-/// Whether the provider that answered is an AWS Bedrock one.
-pub(super) fn answered_by_bedrock(snap: &Snapshot, rec: &RequestRecord) -> bool {
+/// The Bedrock API of provider `name` (`None`: not a Bedrock provider).
+pub(super) fn bedrock_api(snap: &Snapshot, name: &str) -> Option<BedrockApi> {
     snap.upstreams
         .iter()
-        .find(|u| u.name == rec.outcome.upstream.provider)
-        .is_some_and(|u| u.kind == ProviderKind::Bedrock)
+        .find(|u| &*u.name == name)
+        .and_then(|u| u.bedrock_api())
 }
 
-/// `answer` in Anthropic's shape, and the decoder its body needs when it is
-/// an event stream.
+/// The Bedrock API of the provider that answered (`None`: not Bedrock).
+pub(super) fn answered_by_bedrock(snap: &Snapshot, rec: &RequestRecord) -> Option<BedrockApi> {
+    bedrock_api(snap, &rec.outcome.upstream.provider)
+}
+
+/// How the body of a Bedrock answer becomes Anthropic's.
+#[derive(Default)]
+pub(crate) struct Decoding {
+    /// An event stream's decoder (the tap runs it).
+    pub(crate) stream: Option<EventStreamToSse>,
+    /// A Converse JSON answer: the model and id its Anthropic message takes.
+    converse_json: Option<(String, String)>,
+}
+
+impl Decoding {
+    /// A successful JSON answer, read whole, in Anthropic's shape.
+    pub(super) fn json(&self, bytes: Bytes, rec: &RequestRecord) -> Result<Bytes, ProxyError> {
+        let Some((model, id)) = &self.converse_json else {
+            return Ok(bytes);
+        };
+        message_from_converse(&bytes, model, id).map_err(|detail| ProxyError::UpstreamConnect {
+            provider: rec.outcome.upstream.provider.to_string(),
+            detail,
+        })
+    }
+}
+
+/// `answer` in Anthropic's shape, and what its body needs decoded.
 pub(super) async fn as_anthropic(
     answer: Answered,
+    api: BedrockApi,
     rec: &RequestRecord,
     limits: ReadLimits,
-) -> Result<(Answered, Option<EventStreamToSse>), ProxyError> {
+) -> Result<(Answered, Decoding), ProxyError> {
     match answer {
         Answered::Buffered(mut head, bytes) => {
             let bytes = anthropic_error(&mut head, &bytes);
-            Ok((Answered::Buffered(head, bytes), None))
+            Ok((Answered::Buffered(head, bytes), Decoding::default()))
         }
         Answered::Stream(resp) if !resp.status().is_success() => {
             let (mut head, body) = resp.into_parts();
             let bytes = read_answer(body, &head.headers, limits, rec).await?;
             let bytes = anthropic_error(&mut head, &bytes);
-            Ok((Answered::Buffered(head, bytes), None))
+            Ok((Answered::Buffered(head, bytes), Decoding::default()))
         }
-        Answered::Stream(mut resp) if is_event_stream(resp.headers()) => {
+        Answered::Stream(mut resp) => {
+            let converse = (api == BedrockApi::Converse).then(|| {
+                let id = resp
+                    .headers()
+                    .get("x-amzn-requestid")
+                    .and_then(|v| v.to_str().ok());
+                (rec.outcome.upstream.model.clone(), message_id(id))
+            });
+            if !is_event_stream(resp.headers()) {
+                let decoding = Decoding {
+                    stream: None,
+                    converse_json: converse,
+                };
+                if decoding.converse_json.is_some() {
+                    // The translated body has another length.
+                    resp.headers_mut().remove(header::CONTENT_LENGTH);
+                }
+                return Ok((Answered::Stream(resp), decoding));
+            }
             let h = resp.headers_mut();
             h.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/event-stream"),
             );
             h.remove(header::CONTENT_LENGTH);
-            Ok((Answered::Stream(resp), Some(EventStreamToSse::default())))
+            let decoder = match converse {
+                Some((model, id)) => EventStreamToSse::converse(StreamEvents::new(model, id)),
+                None => EventStreamToSse::default(),
+            };
+            let decoding = Decoding {
+                stream: Some(decoder),
+                converse_json: None,
+            };
+            Ok((Answered::Stream(resp), decoding))
         }
-        answer => Ok((answer, None)),
     }
 }
 
@@ -81,17 +135,36 @@ fn anthropic_error(head: &mut http::response::Parts, bytes: &[u8]) -> Bytes {
     }
 }
 
-/// A whole Bedrock answer read at once (a shadow copy's): an event stream
-/// as the Anthropic SSE it carries; anything else unchanged.
-pub(super) fn decode_whole(head: &mut http::response::Parts, bytes: Bytes) -> Bytes {
-    if !is_event_stream(&head.headers) {
-        return bytes;
+/// A whole answer read at once (a shadow copy's) from a provider with
+/// Bedrock API `api` (`None`: not Bedrock), answered by `model`: an event
+/// stream as the Anthropic SSE it carries, a Converse message as
+/// Anthropic's; anything else unchanged.
+pub(super) fn decode_whole(
+    head: &mut http::response::Parts,
+    bytes: Bytes,
+    api: Option<BedrockApi>,
+    model: &str,
+) -> Bytes {
+    let converse = || StreamEvents::new(model.to_owned(), message_id(None));
+    let ok = head.status.is_success();
+    match api {
+        None => bytes,
+        Some(api) if is_event_stream(&head.headers) => {
+            head.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            let mut decoder = match api {
+                BedrockApi::Invoke => EventStreamToSse::default(),
+                BedrockApi::Converse => EventStreamToSse::converse(converse()),
+            };
+            decoder.push(&bytes).unwrap_or_default()
+        }
+        Some(BedrockApi::Converse) if ok => {
+            message_from_converse(&bytes, model, &message_id(None)).unwrap_or(bytes)
+        }
+        Some(_) => bytes,
     }
-    head.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    EventStreamToSse::default().push(&bytes).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -126,10 +199,27 @@ mod tests {
 
     #[test]
     fn a_whole_event_stream_reads_as_sse_and_other_bodies_are_untouched() {
+        let invoke = Some(BedrockApi::Invoke);
         let mut h = head(200, "application/json");
-        assert_eq!(decode_whole(&mut h, Bytes::from_static(b"{}")), "{}");
+        assert_eq!(
+            decode_whole(&mut h, Bytes::from_static(b"{}"), invoke, "m"),
+            "{}"
+        );
         let mut h = head(200, EVENT_STREAM);
-        assert_eq!(decode_whole(&mut h, Bytes::new()), "");
+        assert_eq!(decode_whole(&mut h, Bytes::new(), invoke, "m"), "");
         assert_eq!(h.headers[header::CONTENT_TYPE], "text/event-stream");
+        // Converse's message is Anthropic's once read.
+        let converse = Some(BedrockApi::Converse);
+        let answer = br#"{"output":{"message":{"content":[{"text":"hi"}]}},"stopReason":"end_turn","usage":{"inputTokens":1,"outputTokens":1}}"#;
+        let mut h = head(200, "application/json");
+        let out = decode_whole(&mut h, Bytes::from_static(answer), converse, "m");
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(v["content"][0]["text"], "hi");
+        // Not Bedrock: untouched whatever its type.
+        let mut h = head(200, EVENT_STREAM);
+        assert_eq!(
+            decode_whole(&mut h, Bytes::from_static(b"x"), None, "m"),
+            "x"
+        );
     }
 }

@@ -21,7 +21,6 @@ use crate::error::ProxyError;
 use crate::record::RequestRecord;
 use crate::stream::observe::Observer;
 use crate::stream::translate::SseTranslator;
-use crate::upstream::bedrock::EventStreamToSse;
 
 use super::answer::{idle_of, local, observer_for, read_answer, ReadLimits};
 use super::{Answer, UpstreamAnswer};
@@ -32,7 +31,7 @@ pub(super) async fn answer(
     crossing: &Crossing,
     rec: &mut RequestRecord,
     snap: &Snapshot,
-    decoder: Option<EventStreamToSse>,
+    decoding: super::bedrock::Decoding,
 ) -> Result<Answer, ProxyError> {
     rec.facts.breakpoints = crossing.breakpoints as u32;
     let bounds = &snap.config.server.bounds;
@@ -66,6 +65,7 @@ pub(super) async fn answer(
     match observer {
         Observer::Json { .. } => {
             let bytes = read_answer(body, &head.headers, limits, rec).await?;
+            let bytes = decoding.json(bytes, rec)?;
             rec.first_byte(Instant::now());
             observer.observe(&bytes);
             let translated =
@@ -98,7 +98,7 @@ pub(super) async fn answer(
                     deadline: limits.deadline,
                     capture: rec.holds.capture.take(),
                     translator: Some(translator),
-                    decoder,
+                    decoder: decoding.stream,
                 },
             })))
         }

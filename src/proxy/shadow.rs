@@ -283,7 +283,10 @@ impl Copy {
                 };
                 let read = read_bounded(body, &head.headers, limits).await;
                 // A copy sent to Bedrock is read as the Anthropic answer it carries.
-                let read = read.map(|bytes| super::bedrock::decode_whole(&mut head, bytes));
+                let api = super::bedrock::bedrock_api(&self.snap, &progress.provider);
+                let read = read.map(|bytes| {
+                    super::bedrock::decode_whole(&mut head, bytes, api, &progress.model)
+                });
                 let streamed = head
                     .headers
                     .get(http::header::CONTENT_TYPE)

@@ -17,6 +17,8 @@ use http::{HeaderMap, HeaderValue};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
 
+use super::converse::StreamEvents;
+
 /// The `anthropic_version` Bedrock's Anthropic models take in the body.
 pub const ANTHROPIC_VERSION: &str = "bedrock-2023-05-31";
 
@@ -51,7 +53,7 @@ pub struct Signer {
 }
 
 /// What a model id escapes in a path segment (`:` in `…-v2:0` included).
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+pub(super) const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')
@@ -172,15 +174,25 @@ pub fn error_body(status: u16, body: &[u8]) -> Bytes {
 
 /// Turns Bedrock's `application/vnd.amazon.eventstream` answer back into the
 /// Anthropic SSE events it carries, chunk by chunk: each complete frame
-/// becomes one `event: …\ndata: …\n\n` block as soon as it is whole; a
+/// becomes its `event: …\ndata: …\n\n` blocks as soon as it is whole; a
 /// partial frame waits for the next chunk (at most [`MAX_FRAME`] bytes).
+/// InvokeModel's frames carry Anthropic events; Converse's are translated.
 #[derive(Default)]
 pub struct EventStreamToSse {
     decoder: MessageFrameDecoder,
     buf: BytesMut,
+    converse: Option<StreamEvents>,
 }
 
 impl EventStreamToSse {
+    /// A decoder for a Converse stream (`converse-stream`).
+    pub fn converse(events: StreamEvents) -> Self {
+        Self {
+            converse: Some(events),
+            ..Self::default()
+        }
+    }
+
     /// Feeds one chunk of the response body; returns the SSE text of every
     /// frame it completed. An error means the stream is corrupt: end it.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Bytes, String> {
@@ -188,7 +200,11 @@ impl EventStreamToSse {
         let mut out = BytesMut::new();
         loop {
             match self.decoder.decode_frame(&mut self.buf) {
-                Ok(DecodedFrame::Complete(message)) => sse_block(&message, &mut out)?,
+                Ok(DecodedFrame::Complete(message)) => {
+                    for event in self.events(&message)? {
+                        sse_block(&event, &mut out);
+                    }
+                }
                 Ok(DecodedFrame::Incomplete) => break,
                 Err(e) => return Err(format!("Bedrock event stream: {e}")),
             }
@@ -216,196 +232,61 @@ fn header<'a>(m: &'a Message, name: &str) -> Option<&'a str> {
         })
 }
 
-/// One frame as SSE: a `chunk` event's `bytes` (base64 of an Anthropic
-/// event), or an exception as Anthropic's `error` event.
-fn sse_block(m: &Message, out: &mut BytesMut) -> Result<(), String> {
-    let payload: Value = serde_json::from_slice(m.payload())
-        .map_err(|e| format!("Bedrock event payload is not JSON: {e}"))?;
-    let event = match header(m, ":message-type") {
-        Some("event") => {
-            let b64 = payload
-                .get("bytes")
-                .and_then(Value::as_str)
-                .ok_or("Bedrock chunk without bytes")?;
-            let raw = aws_smithy_types::base64::decode(b64)
-                .map_err(|e| format!("Bedrock chunk bytes: {e}"))?;
-            serde_json::from_slice::<Value>(&raw)
-                .map_err(|e| format!("Bedrock chunk is not JSON: {e}"))?
+impl EventStreamToSse {
+    /// The Anthropic events of one frame: an InvokeModel `chunk`'s `bytes`
+    /// (base64 of an Anthropic event), a Converse event translated, or an
+    /// exception as Anthropic's `error` event.
+    fn events(&mut self, m: &Message) -> Result<Vec<Value>, String> {
+        let payload: Value = serde_json::from_slice(m.payload())
+            .map_err(|e| format!("Bedrock event payload is not JSON: {e}"))?;
+        if header(m, ":message-type") != Some("event") {
+            return Ok(vec![exception(m, &payload)]);
         }
-        _ => {
-            // `:exception-type` names it (throttlingException, …).
-            let status = match header(m, ":exception-type") {
-                Some("throttlingException") => 429,
-                Some("validationException") => 400,
-                Some("serviceUnavailableException") => 503,
-                Some("modelTimeoutException") => 408,
-                _ => 500,
-            };
-            let message = payload
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("Bedrock stream error");
-            json!({"type": "error", "error": {"type": error_type(status), "message": message}})
+        if let Some(c) = self.converse.as_mut() {
+            return Ok(c.event(header(m, ":event-type").unwrap_or(""), &payload));
         }
+        let b64 = payload
+            .get("bytes")
+            .and_then(Value::as_str)
+            .ok_or("Bedrock chunk without bytes")?;
+        let raw = aws_smithy_types::base64::decode(b64)
+            .map_err(|e| format!("Bedrock chunk bytes: {e}"))?;
+        let event = serde_json::from_slice::<Value>(&raw)
+            .map_err(|e| format!("Bedrock chunk is not JSON: {e}"))?;
+        Ok(vec![event])
+    }
+}
+
+/// An exception frame as Anthropic's `error` event; `:exception-type`
+/// names it (throttlingException, …).
+fn exception(m: &Message, payload: &Value) -> Value {
+    let status = match header(m, ":exception-type") {
+        Some("throttlingException") => 429,
+        Some("validationException") => 400,
+        Some("serviceUnavailableException") => 503,
+        Some("modelTimeoutException") => 408,
+        _ => 500,
     };
+    let message = payload
+        .get("message")
+        .or_else(|| payload.get("Message"))
+        .and_then(Value::as_str)
+        .unwrap_or("Bedrock stream error");
+    json!({"type": "error", "error": {"type": error_type(status), "message": message}})
+}
+
+/// One Anthropic event as an SSE block.
+fn sse_block(event: &Value, out: &mut BytesMut) {
     let kind = event
         .get("type")
         .and_then(Value::as_str)
-        .unwrap_or("unknown")
-        .to_owned();
+        .unwrap_or("unknown");
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(kind.as_bytes());
     out.extend_from_slice(b"\ndata: ");
     out.extend_from_slice(event.to_string().as_bytes());
     out.extend_from_slice(b"\n\n");
-    Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use aws_smithy_eventstream::frame::write_message_to;
-    use aws_smithy_types::event_stream::Header;
-
-    fn frame(message: &Message) -> Vec<u8> {
-        let mut out = Vec::new();
-        write_message_to(message, &mut out).expect("encode");
-        out
-    }
-
-    fn chunk(event: &Value) -> Vec<u8> {
-        let b64 = aws_smithy_types::base64::encode(event.to_string());
-        let m = Message::new(json!({ "bytes": b64 }).to_string())
-            .add_header(Header::new(
-                ":message-type",
-                FrameValue::String("event".into()),
-            ))
-            .add_header(Header::new(
-                ":event-type",
-                FrameValue::String("chunk".into()),
-            ));
-        frame(&m)
-    }
-
-    #[test]
-    fn a_messages_body_becomes_a_bedrock_body() {
-        let body = br#"{"model":"claude-x","stream":true,"max_tokens":5,"messages":[]}"#;
-        let (out, stream) = request_body(body, &["tools-2024".into()]).expect("body");
-        let v: Value = serde_json::from_slice(&out).expect("json");
-        assert!(stream);
-        assert_eq!(v.get("model"), None);
-        assert_eq!(v.get("stream"), None);
-        assert_eq!(v["anthropic_version"], ANTHROPIC_VERSION);
-        assert_eq!(v["anthropic_beta"], json!(["tools-2024"]));
-        assert_eq!(v["max_tokens"], 5);
-        assert!(request_body(b"[1]", &[]).is_err());
-        assert_eq!(
-            invoke_path("anthropic.claude-3-5-sonnet-20241022-v2:0", false),
-            "/model/anthropic.claude-3-5-sonnet-20241022-v2%3A0/invoke"
-        );
-        assert!(invoke_path("m", true).ends_with("/invoke-with-response-stream"));
-    }
-
-    #[test]
-    fn signing_adds_a_sigv4_authorization_that_follows_the_body() {
-        let creds = AwsCredentials {
-            access_key_id: "AKIDEXAMPLE".into(),
-            secret_access_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
-            session_token: Some("token-1".into()),
-        };
-        let signer = Signer {
-            credentials: creds.clone(),
-            region: "us-east-1".into(),
-        };
-        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
-        let uri = "https://bedrock-runtime.us-east-1.amazonaws.com/model/m/invoke";
-        let host = "bedrock-runtime.us-east-1.amazonaws.com";
-        let signed = |body: &[u8]| {
-            let mut h = HeaderMap::new();
-            sign(&signer, "POST", uri, host, &mut h, body, at).expect("sign");
-            h
-        };
-        let a = signed(b"{\"a\":1}");
-        let auth = a["authorization"].to_str().expect("ascii");
-        assert!(
-            auth.starts_with(
-                "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20231114/us-east-1/bedrock/aws4_request, SignedHeaders="
-            ),
-            "{auth}"
-        );
-        assert!(
-            auth.contains("host") && auth.contains("x-amz-date"),
-            "{auth}"
-        );
-        assert_eq!(a["x-amz-date"], "20231114T221320Z");
-        assert_eq!(a["x-amz-security-token"], "token-1");
-        assert!(a["authorization"].is_sensitive());
-        // The same request signs the same; another body signs differently.
-        assert_eq!(signed(b"{\"a\":1}")["authorization"], a["authorization"]);
-        assert_ne!(signed(b"{\"a\":2}")["authorization"], a["authorization"]);
-        assert!(!format!("{creds:?}").contains("EXAMPLEKEY"));
-    }
-
-    #[test]
-    fn event_frames_become_anthropic_sse_whatever_the_chunking() {
-        let events = [
-            json!({"type": "message_start", "message": {"id": "msg_1", "usage": {"input_tokens": 3, "output_tokens": 1}}}),
-            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hé"}}),
-            json!({"type": "message_stop"}),
-        ];
-        let wire: Vec<u8> = events.iter().flat_map(chunk).collect();
-        for size in [1, 7, 64, wire.len()] {
-            let mut d = EventStreamToSse::default();
-            let mut text = Vec::new();
-            for piece in wire.chunks(size) {
-                text.extend_from_slice(&d.push(piece).expect("decode"));
-            }
-            assert!(!d.pending());
-            let text = String::from_utf8(text).expect("utf8");
-            let blocks: Vec<&str> = text.split("\n\n").filter(|b| !b.is_empty()).collect();
-            assert_eq!(blocks.len(), 3, "chunks of {size}: {text}");
-            assert!(blocks[0].starts_with("event: message_start\ndata: {"));
-            let data: Value = serde_json::from_str(blocks[1].split_once("data: ").expect("data").1)
-                .expect("json");
-            assert_eq!(data["delta"]["text"], "hé");
-            assert_eq!(
-                blocks[2],
-                "event: message_stop\ndata: {\"type\":\"message_stop\"}"
-            );
-        }
-        // A cut frame stays pending; a corrupt one is an error.
-        let mut d = EventStreamToSse::default();
-        d.push(&wire[..10]).expect("partial");
-        assert!(d.pending());
-        let mut bad = wire.clone();
-        bad[20] ^= 0xff;
-        assert!(EventStreamToSse::default().push(&bad).is_err());
-    }
-
-    #[test]
-    fn exceptions_become_anthropic_error_events_and_bodies() {
-        let m = Message::new(json!({"message": "Too many requests"}).to_string())
-            .add_header(Header::new(
-                ":message-type",
-                FrameValue::String("exception".into()),
-            ))
-            .add_header(Header::new(
-                ":exception-type",
-                FrameValue::String("throttlingException".into()),
-            ));
-        let text = EventStreamToSse::default()
-            .push(&frame(&m))
-            .expect("decode");
-        let text = String::from_utf8(text.to_vec()).expect("utf8");
-        assert!(text.starts_with("event: error\ndata: "), "{text}");
-        assert!(text.contains("rate_limit_error") && text.contains("Too many requests"));
-        let body = error_body(429, br#"{"message":"Rate exceeded"}"#);
-        let v: Value = serde_json::from_slice(&body).expect("json");
-        assert_eq!(v["error"]["type"], "rate_limit_error");
-        assert_eq!(v["error"]["message"], "Rate exceeded");
-        assert_eq!(error_type(503), "overloaded_error");
-        assert!(
-            String::from_utf8_lossy(&error_body(500, b"<html>")).contains("Bedrock answered 500")
-        );
-    }
-}
+mod tests;
