@@ -466,8 +466,7 @@ impl RequestRecord {
         }
         if let Some(hold) = self.holds.fleet.take() {
             // The usage line is written once the charge is in Redis.
-            let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
-            bytes.push(b'\n');
+            let bytes = self.sink.line(&line);
             let sink = self.sink.clone();
             let snap = self.snap.clone();
             let tokens = usage.map_or(0, |u| u.input + u.output);
@@ -476,7 +475,9 @@ impl RequestRecord {
                 cost.unwrap_or(0),
                 self.attribution(),
                 Box::new(move |settled| {
-                    sink.write_raw(bytes);
+                    if let Some(bytes) = bytes {
+                        sink.write_raw(bytes);
+                    }
                     if let (Some(settled), Some(snap)) = (settled, snap) {
                         fire_alerts(&snap.config.budgets, &settled);
                     }
@@ -487,10 +488,9 @@ impl RequestRecord {
         match (self.holds.budget.take(), &self.snap) {
             (Some(hold), Some(snap)) => {
                 // The usage line is written once the charge is durable.
-                let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
-                bytes.push(b'\n');
+                let bytes = self.sink.line(&line);
                 let budgets = &snap.config.budgets;
-                for (budget, bucket, t) in hold.settle(budgets, cost.unwrap_or(0), Some(bytes)) {
+                for (budget, bucket, t) in hold.settle(budgets, cost.unwrap_or(0), bytes) {
                     if let Some(rule) = budgets.iter().find(|b| b.name == budget) {
                         crate::budget::alert::fire(rule, &bucket, t);
                     }

@@ -115,6 +115,23 @@ impl UsageLog {
         }
     }
 
+    /// One record as its line (newline included), for a caller that writes
+    /// it later with [`UsageLog::write_raw`]; `None` when the log is off, so
+    /// nothing is serialized for nobody.
+    pub fn line(&self, record: &impl Serialize) -> Option<Vec<u8>> {
+        self.tx.as_ref()?;
+        match serde_json::to_vec(record) {
+            Ok(mut line) => {
+                line.push(b'\n');
+                Some(line)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "usage record not serializable");
+                None
+            }
+        }
+    }
+
     /// Queues an already serialized record (one line, newline included).
     pub fn write_raw(&self, line: Vec<u8>) {
         self.enqueue(line);

@@ -189,7 +189,11 @@ fn append_cap(body: &[u8], rw: &Rewrite) -> Option<Bytes> {
     }
     // `{}` has no member to follow; any other object has one.
     let empty = body[..end].iter().rev().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-    let mut out = Vec::with_capacity(body.len() + field.len() + 24);
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(n);
+    // Exactly the length: a `Vec` that is full becomes `Bytes` without a copy.
+    let len = end + usize::from(!empty) + field.len() + 3 + digits.len() + 1;
+    let mut out = Vec::with_capacity(len);
     out.extend_from_slice(&body[..end]);
     if !empty {
         out.push(b',');
@@ -197,8 +201,9 @@ fn append_cap(body: &[u8], rw: &Rewrite) -> Option<Bytes> {
     out.push(b'"');
     out.extend_from_slice(field.as_bytes());
     out.extend_from_slice(b"\":");
-    out.extend_from_slice(n.to_string().as_bytes());
+    out.extend_from_slice(digits.as_bytes());
     out.push(b'}');
+    debug_assert_eq!(out.len(), len);
     Some(Bytes::from(out))
 }
 
@@ -425,6 +430,15 @@ mod tests {
         );
         let v: Value = serde_json::from_slice(&out).expect("json");
         assert_eq!(v["max_completion_tokens"], 4096);
+        for n in [0, 7, 10, 99, 100, u64::MAX] {
+            let rw = Rewrite {
+                max_output: Some(("max_tokens", n)),
+                ..Rewrite::default()
+            };
+            let out = rewrite(Bytes::from_static(br#"{"model":"m"}"#), &rw).expect("ok");
+            let v: Value = serde_json::from_slice(&out).expect("json");
+            assert_eq!(v["max_tokens"], n);
+        }
         // A field (or alias) already named, even as null, or any escape that
         // could spell it: re-encoded, one key of each name.
         for body in [
