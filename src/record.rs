@@ -90,9 +90,9 @@ pub struct Facts {
     pub arm: Option<crate::experiment::Pick>,
     /// A shadow copy waiting for this answer, to compare.
     pub shadow: Option<tokio::sync::oneshot::Sender<crate::shadow::Primary>>,
-    /// Starts that copy once the client has its first byte (or, dropped,
-    /// when this request ends without one), so the copy's work never
-    /// competes with the primary's time to first byte.
+    /// Starts that copy once the answer went to the client (sent when the
+    /// record completes; dropped, when it ends otherwise), so the copy's
+    /// work never competes with the primary's.
     pub shadow_go: Option<tokio::sync::oneshot::Sender<()>>,
     /// The chaos fault injected at the client's edge, by name.
     pub fault: Option<Arc<str>>,
@@ -245,9 +245,6 @@ impl RequestRecord {
 
     pub fn first_byte(&mut self, at: Instant) {
         self.outcome.first_byte_at.get_or_insert(at);
-        if let Some(go) = self.facts.shadow_go.take() {
-            let _ = go.send(());
-        }
     }
 
     /// Answer bytes as they pass, for `[capture]` (a bounded copy, only
@@ -269,6 +266,10 @@ impl RequestRecord {
     }
 
     fn complete(&mut self, end: StreamEnd, mut observed: Observed, response_bytes: u64) {
+        // The client has the answer: a shadow copy may go now.
+        if let Some(go) = self.facts.shadow_go.take() {
+            let _ = go.send(());
+        }
         if std::mem::replace(&mut self.done, true) {
             return;
         }

@@ -3,9 +3,9 @@
 //! copy takes one of the shadow's bounded slots or is dropped (counted);
 //! its answer is read to the end, waits for the primary's, and the two are
 //! compared and recorded (a usage line joined by request id, the shadow's
-//! totals). The copy is sent once the primary's first byte reached the
-//! client, so its work never competes with the primary's time to first
-//! byte. Its cost counts against the shadow's own daily cap, never
+//! totals). The copy is sent once the primary's answer went to the client,
+//! so its work never competes with the primary's (an agent's next call
+//! comes after it has read the answer). Its cost counts against the shadow's own daily cap, never
 //! against a client's budgets; a client's own key never pays for a copy
 //! (passthrough requests are not mirrored).
 
@@ -133,6 +133,10 @@ pub(super) fn mirror(
         shape,
         primary_id: rec.facts.id.clone(),
         deadline: rec.facts.deadline,
+        budget: rec
+            .facts
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now()),
     };
     tokio::spawn(copy.run(groups, go, rx, permit));
 }
@@ -152,20 +156,26 @@ struct Copy {
     endpoint: Endpoint,
     shape: ApiShape,
     primary_id: Arc<str>,
+    /// Until when the copy waits for the primary to finish, then until
+    /// when the copy itself may run.
     deadline: tokio::time::Instant,
+    /// The primary's time budget, the copy's own once it is sent.
+    budget: std::time::Duration,
 }
 
 impl Copy {
     async fn run(
-        self,
+        mut self,
         groups: VecDeque<attempt::Group>,
         go: oneshot::Receiver<()>,
         primary: oneshot::Receiver<Primary>,
         _slot: OwnedSemaphorePermit,
     ) {
-        // Sent once the client has its first byte (or the primary ended
-        // without one): the copy never slows the primary's first byte.
+        // Sent once the primary's answer went to the client (or the primary
+        // ended otherwise): the copy never competes with the primary. Then
+        // it has the primary's time budget of its own.
         let _ = tokio::time::timeout_at(self.deadline, go).await;
+        self.deadline = tokio::time::Instant::now() + self.budget;
         let started = Instant::now();
         let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         let mut progress = Progress::default();
