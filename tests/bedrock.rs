@@ -72,20 +72,6 @@ fn messages(stream: bool) -> Value {
            "messages": [{"role": "user", "content": "hello"}]})
 }
 
-/// The `data:` payloads of an SSE body as JSON, `[DONE]` left out.
-fn events(body: &[u8]) -> Vec<Value> {
-    sse_data(body)
-        .iter()
-        .filter(|d| d.as_str() != "[DONE]")
-        .map(|d| serde_json::from_str(d).expect("event JSON"))
-        .collect()
-}
-
-async fn record(s: &Sluice, h: &http::HeaderMap) -> Value {
-    s.usage_for(h["x-sluice-request-id"].to_str().expect("id"))
-        .await
-}
-
 #[tokio::test]
 async fn an_anthropic_client_is_served_by_bedrock_signed_with_sigv4() {
     let (s, bedrock, _) = start().await;
@@ -128,7 +114,7 @@ async fn an_anthropic_client_is_served_by_bedrock_signed_with_sigv4() {
     assert_eq!(body["max_tokens"], 50);
 
     // Usage from the answer; cost from the price table by the Bedrock id.
-    let rec = record(&s, &h).await;
+    let rec = s.usage_of_response(&h).await;
     assert_eq!(rec["provider"], "br");
     assert_eq!(rec["upstream_model"], MODEL_ID, "{rec}");
     assert_eq!(rec["output_tokens"], 3);
@@ -164,7 +150,7 @@ async fn a_bedrock_event_stream_reaches_an_anthropic_client_as_sse() {
         .starts_with("text/event-stream"));
     let text = String::from_utf8_lossy(&b);
     assert!(text.starts_with("event: message_start\ndata: {"), "{text}");
-    let evs = events(&b);
+    let evs = sse_events(&b);
     let said: String = evs
         .iter()
         .filter_map(|e| e["delta"]["text"].as_str())
@@ -178,7 +164,7 @@ async fn a_bedrock_event_stream_reaches_an_anthropic_client_as_sse() {
     );
     assert_eq!(sent.json().expect("json").get("stream"), None);
 
-    let rec = record(&s, &h).await;
+    let rec = s.usage_of_response(&h).await;
     assert_eq!(rec["output_tokens"], 3, "{rec}");
     assert!(rec["input_tokens"].as_u64().is_some_and(|n| n > 0), "{rec}");
     assert_eq!(rec["end"], "complete", "{rec}");
@@ -208,7 +194,7 @@ async fn an_openai_chat_client_is_served_by_bedrock_through_translation() {
     assert_eq!(chat_stream_text(&b), "w0 w1 w2");
     let data = sse_data(&b);
     assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
-    let chunks = events(&b);
+    let chunks = sse_events(&b);
     assert!(chunks
         .iter()
         .all(|c| c["object"] == "chat.completion.chunk"));
@@ -217,7 +203,7 @@ async fn an_openai_chat_client_is_served_by_bedrock_through_translation() {
         .find(|c| c["usage"].is_object())
         .expect("usage");
     assert_eq!(usage["usage"]["completion_tokens"], 3);
-    let rec = record(&s, &h).await;
+    let rec = s.usage_of_response(&h).await;
     assert_eq!(rec["output_tokens"], 3, "{rec}");
     assert_eq!(rec["end"], "complete", "{rec}");
     assert!(bedrock
@@ -369,12 +355,12 @@ async fn a_bedrock_stream_cut_mid_way_ends_with_an_anthropic_error_event() {
     let extra = [WORDS[0], ANTHROPIC, ("x-mock-abort-after", "3")];
     let (st, h, b) = post(&s, "/v1/messages", &extra, &messages(true)).await;
     assert_eq!(st, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
-    let evs = events(&b);
+    let evs = sse_events(&b);
     assert_eq!(evs[0]["type"], "message_start", "whole events went through");
     let last = evs.last().expect("events");
     assert_eq!(last["type"], "error", "{last}");
     assert!(!evs.iter().any(|e| e["type"] == "message_stop"));
-    let rec = record(&s, &h).await;
+    let rec = s.usage_of_response(&h).await;
     assert_ne!(rec["end"], "complete", "{rec}");
 }
 

@@ -105,20 +105,6 @@ fn with_tools(mut body: Value) -> Value {
     body
 }
 
-/// The `data:` payloads of an SSE body as JSON, `[DONE]` left out.
-fn events(body: &[u8]) -> Vec<Value> {
-    sse_data(body)
-        .iter()
-        .filter(|d| d.as_str() != "[DONE]")
-        .map(|d| serde_json::from_str(d).expect("event JSON"))
-        .collect()
-}
-
-async fn record(s: &Sluice, h: &http::HeaderMap) -> Value {
-    s.usage_for(h["x-sluice-request-id"].to_str().expect("id"))
-        .await
-}
-
 #[tokio::test]
 async fn an_anthropic_client_is_served_through_converse_with_cache_usage_and_cost() {
     let (s, bedrock, _) = start().await;
@@ -170,7 +156,7 @@ async fn an_anthropic_client_is_served_through_converse_with_cache_usage_and_cos
     assert_eq!(config["providers"][1]["bedrock_api"], "invoke");
 
     // The first call wrote the system prompt to the cache; the record says so.
-    let first = record(&s, &h).await;
+    let first = s.usage_of_response(&h).await;
     assert_eq!(first["output_tokens"], 3, "{first}");
     assert!(
         first["cache_write_tokens"].as_u64().unwrap_or(0) > 0,
@@ -192,7 +178,7 @@ async fn an_anthropic_client_is_served_through_converse_with_cache_usage_and_cos
             .unwrap_or(0)
             > 0
     );
-    let second = record(&s, &h).await;
+    let second = s.usage_of_response(&h).await;
     assert!(
         second["cached_input_tokens"].as_u64().unwrap_or(0) > 0,
         "{second}"
@@ -215,7 +201,7 @@ async fn a_converse_stream_reaches_an_anthropic_client_as_sse_frame_by_frame() {
         .starts_with("text/event-stream"));
     let text = String::from_utf8_lossy(&b);
     assert!(text.starts_with("event: message_start\ndata: {"), "{text}");
-    let evs = events(&b);
+    let evs = sse_events(&b);
     let kinds: Vec<&str> = evs.iter().filter_map(|e| e["type"].as_str()).collect();
     assert_eq!(
         kinds[..2],
@@ -241,7 +227,7 @@ async fn a_converse_stream_reaches_an_anthropic_client_as_sse_frame_by_frame() {
         bedrock.last_request().expect("sent").path,
         format!("{CLAUDE_PATH}/converse-stream")
     );
-    let rec = record(&s, &h).await;
+    let rec = s.usage_of_response(&h).await;
     assert_eq!(rec["output_tokens"], 3, "{rec}");
     assert!(rec["input_tokens"].as_u64().is_some_and(|n| n > 0), "{rec}");
     assert!(rec["cache_write_tokens"].as_u64().unwrap_or(0) > 0, "{rec}");
@@ -301,7 +287,7 @@ async fn tool_use_goes_both_ways_through_converse() {
     )
     .await;
     assert_eq!(st, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
-    let evs = events(&b);
+    let evs = sse_events(&b);
     let start = evs
         .iter()
         .find(|e| e["type"] == "content_block_start")
@@ -351,7 +337,7 @@ async fn an_openai_client_reaches_a_converse_model_through_the_crossing() {
         body["messages"][0]["content"][1],
         json!({"image": {"format": "png", "source": {"bytes": "iVBORw0KGgo="}}})
     );
-    let rec = record(&s, &h).await;
+    let rec = s.usage_of_response(&h).await;
     assert_eq!(rec["upstream_model"], LLAMA, "{rec}");
     assert_eq!(rec["output_tokens"], 3, "{rec}");
     // Priced by a `[[pricing]]` entry for the Bedrock id.
@@ -366,7 +352,7 @@ async fn an_openai_client_reaches_a_converse_model_through_the_crossing() {
     let (st, h, b) = post(&s, "/v1/chat/completions", &[], &streamed).await;
     assert_eq!(st, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
     assert_eq!(sse_data(&b).last().map(String::as_str), Some("[DONE]"));
-    let chunks = events(&b);
+    let chunks = sse_events(&b);
     assert!(chunks
         .iter()
         .all(|c| c["object"] == "chat.completion.chunk"));
@@ -391,7 +377,7 @@ async fn an_openai_client_reaches_a_converse_model_through_the_crossing() {
             .is_some_and(|n| n > 0),
         "{usage}"
     );
-    let rec = record(&s, &h).await;
+    let rec = s.usage_of_response(&h).await;
     assert_eq!(rec["end"], "complete", "{rec}");
     assert!(bedrock
         .last_request()
@@ -412,14 +398,14 @@ async fn an_exception_frame_mid_stream_ends_it_with_an_anthropic_error_event() {
         ];
         let (st, h, b) = post(&s, "/v1/messages", &extra, &messages(model, true)).await;
         assert_eq!(st, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
-        let evs = events(&b);
+        let evs = sse_events(&b);
         assert_eq!(evs[0]["type"], "message_start", "{model}: {evs:?}");
         let last = evs.last().expect("events");
         assert_eq!(last["type"], "error", "{model}: {last}");
         assert_eq!(last["error"]["type"], "rate_limit_error", "{model}: {last}");
         assert_eq!(last["error"]["message"], "The model stream failed (mock).");
         assert!(!evs.iter().any(|e| e["type"] == "message_stop"), "{model}");
-        let rec = record(&s, &h).await;
+        let rec = s.usage_of_response(&h).await;
         assert_eq!(rec["error"], "upstream_stream_error", "{model}: {rec}");
     }
 }

@@ -59,16 +59,6 @@ async fn start() -> (Sluice, MockProvider, MockProvider) {
 
 const WORDS: &[(&str, &str)] = &[("x-mock-words", "3")];
 
-/// The `data:` payloads of an SSE body, `[DONE]` left out.
-fn events(body: &[u8]) -> Vec<Value> {
-    String::from_utf8_lossy(body)
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str(d).expect("event JSON"))
-        .collect()
-}
-
 #[tokio::test]
 async fn an_openai_client_is_served_by_an_anthropic_deployment() {
     let (s, openai, anthropic) = start().await;
@@ -130,7 +120,7 @@ async fn an_openai_stream_from_an_anthropic_deployment_is_translated_chunk_by_ch
             .starts_with("text/event-stream"));
         let text = String::from_utf8_lossy(&b);
         assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-        let evs = events(&b);
+        let evs = sse_events(&b);
         assert!(evs.iter().all(|e| e["object"] == "chat.completion.chunk"));
         let content: String = evs
             .iter()
@@ -190,7 +180,7 @@ async fn an_anthropic_client_is_served_by_an_openai_deployment() {
     let text = String::from_utf8_lossy(&b);
     assert!(text.starts_with("event: message_start\n"), "{text}");
     assert!(text.contains("event: message_stop\n"), "{text}");
-    let content: String = events(&b)
+    let content: String = sse_events(&b)
         .iter()
         .filter_map(|e| e["delta"]["text"].as_str())
         .collect();
@@ -366,7 +356,7 @@ async fn a_translated_answer_is_cached_in_the_clients_api() {
         assert_eq!(anthropic.request_count(), sent, "answered from the cache");
         if stream {
             let text = |b: &[u8]| -> String {
-                events(b)
+                sse_events(b)
                     .iter()
                     .filter_map(|e| {
                         e["choices"][0]["delta"]["content"]

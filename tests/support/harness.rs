@@ -303,6 +303,12 @@ impl Sluice {
     }
 
     /// The usage record of a request id.
+    /// The usage record of the response whose headers are `h`.
+    pub async fn usage_of_response(&self, h: &http::HeaderMap) -> Value {
+        self.usage_for(h["x-sluice-request-id"].to_str().expect("id"))
+            .await
+    }
+
     pub async fn usage_for(&self, request_id: &str) -> Value {
         for _ in 0..200 {
             if let Some(r) = self
@@ -499,6 +505,15 @@ pub async fn frames(mut body: Incoming) -> Result<Vec<Bytes>, String> {
         }
     }
     Ok(out)
+}
+
+/// The `data:` payloads of an SSE body as JSON, `[DONE]` left out.
+pub fn sse_events(body: &[u8]) -> Vec<Value> {
+    sse_data(body)
+        .iter()
+        .filter(|d| d.as_str() != "[DONE]")
+        .map(|d| serde_json::from_str(d).expect("event JSON"))
+        .collect()
 }
 
 /// The `data:` payloads of an SSE body.
