@@ -88,12 +88,9 @@ pub struct Facts {
     pub loop_detected: bool,
     /// The experiment arm the request was given.
     pub arm: Option<crate::experiment::Pick>,
-    /// A shadow copy waiting for this answer, to compare.
-    pub shadow: Option<tokio::sync::oneshot::Sender<crate::shadow::Primary>>,
-    /// Starts that copy once the answer went to the client (sent when the
-    /// record completes; dropped, when it ends otherwise), so the copy's
-    /// work never competes with the primary's.
-    pub shadow_go: Option<tokio::sync::oneshot::Sender<()>>,
+    /// A shadow copy waiting for this answer: started when the record
+    /// completes, so its work never competes with the primary's.
+    pub shadow: Option<crate::shadow::Pending>,
     /// The chaos fault injected at the client's edge, by name.
     pub fault: Option<Arc<str>>,
     /// That fault, when it spoils the streamed answer.
@@ -213,7 +210,6 @@ impl RequestRecord {
                 loop_detected: false,
                 arm: None,
                 shadow: None,
-                shadow_go: None,
                 fault: None,
                 stream_fault: None,
                 capture: None,
@@ -266,10 +262,6 @@ impl RequestRecord {
     }
 
     fn complete(&mut self, end: StreamEnd, mut observed: Observed, response_bytes: u64) {
-        // The client has the answer: a shadow copy may go now.
-        if let Some(go) = self.facts.shadow_go.take() {
-            let _ = go.send(());
-        }
         if std::mem::replace(&mut self.done, true) {
             return;
         }
@@ -369,8 +361,9 @@ impl RequestRecord {
             });
             metrics::experiment_request(&pick.experiment, &pick.arm, error);
         }
-        if let Some(tx) = self.facts.shadow.take() {
-            let _ = tx.send(crate::shadow::Primary {
+        // The client has the answer: a shadow copy goes now.
+        if let Some(copy) = self.facts.shadow.take() {
+            copy.start(crate::shadow::Primary {
                 status: self.outcome.status,
                 latency_ms: ms(duration),
                 ttft_ms: ttft.map(ms),

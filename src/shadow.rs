@@ -26,6 +26,28 @@ pub struct Primary {
     pub facts: AnswerFacts,
 }
 
+/// A shadow copy waiting for its primary: the record starts it, with the
+/// primary's answer, once that answer went to the client (or the request
+/// ended otherwise). Nothing of the copy runs before: its work never
+/// competes with the primary's, and it costs the primary one spawn.
+pub struct Pending(Box<dyn FnOnce(Primary) + Send + Sync>);
+
+impl Pending {
+    pub fn new(start: impl FnOnce(Primary) + Send + Sync + 'static) -> Pending {
+        Pending(Box::new(start))
+    }
+
+    pub fn start(self, primary: Primary) {
+        (self.0)(primary)
+    }
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("shadow::Pending")
+    }
+}
+
 /// What the shadow answered.
 #[derive(Debug, Clone, Default)]
 pub struct Answer {

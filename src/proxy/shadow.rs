@@ -1,13 +1,14 @@
 //! Shadow copies: a request matching a `[[shadows]]` rule is also sent to
 //! the shadow model, in a task of its own, never on the client's path. The
-//! copy takes one of the shadow's bounded slots or is dropped (counted);
-//! its answer is read to the end, waits for the primary's, and the two are
-//! compared and recorded (a usage line joined by request id, the shadow's
-//! totals). The copy is sent once the primary's answer went to the client,
-//! so its work never competes with the primary's (an agent's next call
-//! comes after it has read the answer). Its cost counts against the shadow's own daily cap, never
-//! against a client's budgets; a client's own key never pays for a copy
-//! (passthrough requests are not mirrored).
+//! copy takes one of the shadow's bounded slots or is dropped (counted).
+//! Nothing else of it happens while the primary runs: the record spawns the
+//! copy once the primary's answer went to the client (an agent's next call
+//! comes after it has read the answer), handing it that answer. The copy is
+//! then routed, sent and read to the end, and the two answers are compared
+//! and recorded (a usage line joined by request id, the shadow's totals).
+//! Its cost counts against the shadow's own daily cap, never against a
+//! client's budgets; a client's own key never pays for a copy (passthrough
+//! requests are not mirrored).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::json;
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::app::{App, Snapshot};
 use crate::attempt::{self, Answered, Progress};
@@ -24,7 +25,7 @@ use crate::config::Shadow;
 use crate::error::ApiShape;
 use crate::metrics;
 use crate::record::RequestRecord;
-use crate::shadow::{compare, Answer, Primary, ShadowLive};
+use crate::shadow::{compare, Answer, Pending, Primary, ShadowLive};
 use crate::sniff::{Endpoint, Sniffed};
 
 use super::answer::{observer_for, read_bounded, ReadLimits};
@@ -78,44 +79,6 @@ pub(super) fn mirror(
         live.update(|t| t.dropped_full += 1);
         return;
     };
-    let shape = rec.facts.shape;
-    // A shadow model of the other API gets the request translated (a copy
-    // to another provider's model is what a shadow is often for).
-    let cross = rec.facts.endpoint.crosses();
-    let Some(route) = snap
-        .router
-        .resolve_across(&rule.shadow_model, shape, cross, &snap.upstreams)
-    else {
-        metrics::shadow(&rule.name, "error");
-        return;
-    };
-    let input = attempt::GroupInput {
-        upstreams: &snap.upstreams,
-        registry: &app.deployments,
-        cred,
-        shape,
-        body,
-        include_usage: false,
-        max_retries: 0,
-        breakpoints: attempt::breakpoints(&snap.config.cache),
-    };
-    // The shadow model's first group only, one try: a copy adds no retries.
-    let groups: VecDeque<attempt::Group> = attempt::group_for(&route, &input)
-        .map(|g| attempt::Group {
-            context_fallback: None,
-            ..g
-        })
-        .into_iter()
-        .filter(|g| !g.candidates.is_empty())
-        .collect();
-    if groups.is_empty() {
-        metrics::shadow(&rule.name, "error");
-        return;
-    }
-    let (tx, rx) = oneshot::channel();
-    rec.facts.shadow = Some(tx);
-    let (go_tx, go) = oneshot::channel();
-    rec.facts.shadow_go = Some(go_tx);
     live.update(|t| t.mirrored += 1);
     metrics::shadow(&rule.name, "sent");
     let copy = Copy {
@@ -130,15 +93,18 @@ pub(super) fn mirror(
         body: body.clone(),
         model: s.model.clone(),
         endpoint: rec.facts.endpoint,
-        shape,
+        shape: rec.facts.shape,
         primary_id: rec.facts.id.clone(),
-        deadline: rec.facts.deadline,
         budget: rec
             .facts
             .deadline
             .saturating_duration_since(tokio::time::Instant::now()),
     };
-    tokio::spawn(copy.run(groups, go, rx, permit));
+    // Nothing more happens on the primary's path: the record starts the
+    // copy once the primary's answer went to the client.
+    rec.facts.shadow = Some(Pending::new(move |primary| {
+        tokio::spawn(copy.run(primary, permit));
+    }));
 }
 
 /// One shadow copy, owned by its task.
@@ -156,30 +122,21 @@ struct Copy {
     endpoint: Endpoint,
     shape: ApiShape,
     primary_id: Arc<str>,
-    /// Until when the copy waits for the primary to finish, then until
-    /// when the copy itself may run.
-    deadline: tokio::time::Instant,
     /// The primary's time budget, the copy's own once it is sent.
     budget: std::time::Duration,
 }
 
 impl Copy {
-    async fn run(
-        mut self,
-        groups: VecDeque<attempt::Group>,
-        go: oneshot::Receiver<()>,
-        primary: oneshot::Receiver<Primary>,
-        _slot: OwnedSemaphorePermit,
-    ) {
-        // Sent once the primary's answer went to the client (or the primary
-        // ended otherwise): the copy never competes with the primary. Then
-        // it has the primary's time budget of its own.
-        let _ = tokio::time::timeout_at(self.deadline, go).await;
-        self.deadline = tokio::time::Instant::now() + self.budget;
+    async fn run(self, primary: Primary, _slot: OwnedSemaphorePermit) {
+        let deadline = tokio::time::Instant::now() + self.budget;
+        let Some(groups) = self.groups() else {
+            metrics::shadow(&self.rule.name, "error");
+            return;
+        };
         let started = Instant::now();
         let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         let mut progress = Progress::default();
-        let (answer, usage) = self.send(groups, &mut progress, started).await;
+        let (answer, usage) = self.send(groups, &mut progress, started, deadline).await;
         let cost = usage
             .as_ref()
             .and_then(|u| Some(self.snap.config.prices.get(&progress.model)?.cost(u)));
@@ -194,21 +151,13 @@ impl Copy {
         if !(200..300).contains(&answer.status) {
             metrics::shadow(&self.rule.name, "error");
         }
-        // The primary's answer, once it is finished (or never: the client
-        // went away and the record was dropped without one).
-        let primary = tokio::time::timeout_at(self.deadline, primary)
-            .await
-            .ok()
-            .and_then(Result::ok);
-        let comparison = primary.as_ref().map(|p| compare(p, &answer));
+        let comparison = compare(&primary, &answer);
         self.live.update(|t| {
             if !(200..300).contains(&answer.status) {
                 t.shadow_errors += 1;
             }
             t.shadow_cost_nanos = t.shadow_cost_nanos.saturating_add(cost.unwrap_or(0));
-            let (Some(p), Some(c)) = (&primary, &comparison) else {
-                return;
-            };
+            let (p, c) = (&primary, &comparison);
             t.compared += 1;
             t.status_match += u64::from(c.status_match);
             t.exact_match += u64::from(c.exact_match);
@@ -244,16 +193,49 @@ impl Copy {
             "finish_reason": answer.facts.finish_reason,
             "tool_names": (!answer.facts.tool_names.is_empty()).then_some(&answer.facts.tool_names),
             "comparison": comparison,
-            "primary": primary.map(|p| json!({
-                "status": p.status,
-                "latency_ms": p.latency_ms,
-                "ttft_ms": p.ttft_ms,
-                "output_tokens": p.output_tokens,
-                "cost_usd": p.cost_nanos.map(usd),
-                "finish_reason": p.facts.finish_reason,
-                "tool_names": (!p.facts.tool_names.is_empty()).then_some(&p.facts.tool_names),
-            })),
+            "primary": {
+                "status": primary.status,
+                "latency_ms": primary.latency_ms,
+                "ttft_ms": primary.ttft_ms,
+                "output_tokens": primary.output_tokens,
+                "cost_usd": primary.cost_nanos.map(usd),
+                "finish_reason": primary.facts.finish_reason,
+                "tool_names": (!primary.facts.tool_names.is_empty()).then_some(&primary.facts.tool_names),
+            },
         }));
+    }
+
+    /// The shadow model's first group only, one try: a copy adds no
+    /// retries. A shadow model of the other API gets the request
+    /// translated (a copy to another provider's model is what a shadow is
+    /// often for).
+    fn groups(&self) -> Option<VecDeque<attempt::Group>> {
+        let snap = &self.snap;
+        let route = snap.router.resolve_across(
+            &self.rule.shadow_model,
+            self.shape,
+            self.endpoint.crosses(),
+            &snap.upstreams,
+        )?;
+        let input = attempt::GroupInput {
+            upstreams: &snap.upstreams,
+            registry: &self.app.deployments,
+            cred: &self.cred,
+            shape: self.shape,
+            body: &self.body,
+            include_usage: false,
+            max_retries: 0,
+            breakpoints: attempt::breakpoints(&snap.config.cache),
+        };
+        let groups: VecDeque<attempt::Group> = attempt::group_for(&route, &input)
+            .map(|g| attempt::Group {
+                context_fallback: None,
+                ..g
+            })
+            .into_iter()
+            .filter(|g| !g.candidates.is_empty())
+            .collect();
+        (!groups.is_empty()).then_some(groups)
     }
 
     /// Sends the copy and reads its answer to the end.
@@ -262,6 +244,7 @@ impl Copy {
         groups: VecDeque<attempt::Group>,
         progress: &mut Progress,
         started: Instant,
+        deadline: tokio::time::Instant,
     ) -> (Answer, Option<crate::usage::Usage>) {
         let call = attempt::Call {
             snap: &self.snap,
@@ -274,7 +257,7 @@ impl Copy {
             client_model: Some(&self.model),
             endpoint: self.endpoint,
             shape: self.shape,
-            deadline: self.deadline,
+            deadline,
             reads_answer: true,
             fault: None,
             // A copy is not part of the client's trace.
@@ -289,7 +272,7 @@ impl Copy {
                 let limits = ReadLimits {
                     max: self.snap.config.server.bounds.max_response_body,
                     idle: SHADOW_IDLE,
-                    deadline: self.deadline,
+                    deadline,
                 };
                 let read = read_bounded(body, &head.headers, limits).await;
                 // A copy sent to Bedrock is read as the Anthropic answer it carries.
