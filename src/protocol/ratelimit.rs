@@ -6,6 +6,9 @@
 
 use std::time::{Duration, SystemTime};
 
+use std::fmt::Write;
+
+use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::vocab::{Allowance, ApiShape, LimitKind, RateLimited};
@@ -63,44 +66,55 @@ const TOKENS: Names = Names {
     ],
 };
 
+/// Sets the three headers of one quantity. Their values are written into
+/// one buffer and sliced from it: one allocation for the three, not one
+/// per value (this runs on every admitted request under a rate limit).
 fn set(h: &mut HeaderMap, shape: ApiShape, what: &Names, limit: u64, left: u64, reset: Duration) {
-    let reset = match shape {
-        ApiShape::OpenAi => value(&openai_duration(reset)),
-        ApiShape::Anthropic => {
-            value(&humantime::format_rfc3339_seconds(SystemTime::now() + reset).to_string())
-        }
+    let mut buf = BytesMut::with_capacity(48);
+    let mut ends = [0usize; 3];
+    let mut digits = itoa::Buffer::new();
+    buf.extend_from_slice(digits.format(limit).as_bytes());
+    ends[0] = buf.len();
+    buf.extend_from_slice(digits.format(left).as_bytes());
+    ends[1] = buf.len();
+    // Writing into a `BytesMut` cannot fail.
+    let _ = match shape {
+        ApiShape::OpenAi => openai_duration(&mut buf, reset),
+        ApiShape::Anthropic => write!(
+            buf,
+            "{}",
+            humantime::format_rfc3339_seconds(SystemTime::now() + reset)
+        ),
     };
-    let [l, r, t] = match shape {
+    ends[2] = buf.len();
+    let all = buf.freeze();
+    let names = match shape {
         ApiShape::OpenAi => &what.openai,
         ApiShape::Anthropic => &what.anthropic,
     };
-    h.insert(l.clone(), HeaderValue::from(limit));
-    h.insert(r.clone(), HeaderValue::from(left));
-    h.insert(t.clone(), reset);
-}
-
-/// A header value from text (a placeholder if the text cannot be one).
-fn value(text: &str) -> HeaderValue {
-    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    let mut start = 0;
+    for (name, end) in names.iter().zip(ends) {
+        let v = HeaderValue::from_maybe_shared(all.slice(start..end))
+            .unwrap_or_else(|_| HeaderValue::from_static("-"));
+        h.insert(name.clone(), v);
+        start = end;
+    }
 }
 
 /// `1m2.5s`, `6s`, `120ms` — the format OpenAI uses.
-fn openai_duration(d: Duration) -> String {
+fn openai_duration(out: &mut impl Write, d: Duration) -> std::fmt::Result {
     let ms = d.as_millis() as u64;
     if ms < 1000 {
-        return format!("{ms}ms");
+        return write!(out, "{ms}ms");
     }
     let (m, rest_ms) = (ms / 60_000, ms % 60_000);
-    let secs = rest_ms as f64 / 1000.0;
-    let s = if rest_ms % 1000 == 0 {
-        format!("{}s", rest_ms / 1000)
-    } else {
-        format!("{secs:.1}s")
-    };
     if m > 0 {
-        format!("{m}m{s}")
+        write!(out, "{m}m")?;
+    }
+    if rest_ms % 1000 == 0 {
+        write!(out, "{}s", rest_ms / 1000)
     } else {
-        s
+        write!(out, "{:.1}s", rest_ms as f64 / 1000.0)
     }
 }
 
@@ -110,10 +124,15 @@ mod tests {
 
     #[test]
     fn durations_like_openai() {
-        assert_eq!(openai_duration(Duration::from_millis(120)), "120ms");
-        assert_eq!(openai_duration(Duration::from_secs(6)), "6s");
-        assert_eq!(openai_duration(Duration::from_millis(62_500)), "1m2.5s");
-        assert_eq!(openai_duration(Duration::from_secs(60)), "1m0s");
+        let text = |d| {
+            let mut s = String::new();
+            openai_duration(&mut s, d).expect("write");
+            s
+        };
+        assert_eq!(text(Duration::from_millis(120)), "120ms");
+        assert_eq!(text(Duration::from_secs(6)), "6s");
+        assert_eq!(text(Duration::from_millis(62_500)), "1m2.5s");
+        assert_eq!(text(Duration::from_secs(60)), "1m0s");
     }
 
     #[test]
