@@ -8,8 +8,8 @@
 //! (`python3 scripts/module-deps.py` checks it, and the test suite runs it):
 //!
 //! - leaves: [`vocab`] (API shape, endpoint, identity, scope dimensions,
-//!   refusals), [`glob`], [`pricing`], [`window`], [`usage`], [`webhook`],
-//!   [`stats`] (experiment statistics), [`translate`] (OpenAI ↔ Anthropic
+//!   refusals), [`find`] (byte-string search), [`glob`], [`pricing`],
+//!   [`window`], [`usage`], [`webhook`], [`stats`] (experiment statistics), [`translate`] (OpenAI ↔ Anthropic
 //!   requests, responses, streams and errors), [`protocol`] (each wire
 //!   format behind one interface: request facts, answers and usage, SSE
 //!   framing, assembly and replay, error and rate-limit vocabulary);
@@ -41,6 +41,7 @@ pub mod config;
 pub mod error;
 pub mod experiment;
 pub mod fault;
+pub mod find;
 pub mod fleet;
 pub mod glob;
 pub mod headers;

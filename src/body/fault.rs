@@ -80,7 +80,7 @@ impl FaultyBody {
     }
 
     fn split_events(&mut self) {
-        while let Some(i) = memchr::memmem::find(&self.partial, b"\n\n") {
+        while let Some(i) = crate::find::find!(&self.partial, b"\n\n") {
             self.ready.push_back(self.partial.split_to(i + 2).freeze());
         }
     }

@@ -192,7 +192,7 @@ const REPLY_PRIMING: u64 = 3;
 /// it: every token is at least one byte of the body, plus the most an image
 /// part can cost.
 pub fn upper_bound(body: &[u8], family: Family) -> u64 {
-    let images = memchr::memmem::find_iter(body, b"\"image").count() as u64;
+    let images = crate::find::find_iter!(body, b"\"image").count() as u64;
     let per_image = match family {
         Family::Claude => IMAGE_CLAUDE,
         _ => IMAGE_HIGH,

@@ -89,12 +89,12 @@ pub const MAX_REFERENCES: usize = 1024;
 /// might be one the provider reads differently (another encoding, `NaN`, a
 /// duplicate key) and name another key's object.
 pub fn referenced_ids(body: &[u8], checked: bool) -> Result<Vec<String>, ProxyError> {
-    let mentions = |n: &[u8]| memchr::memmem::find(body, n).is_some();
+    use crate::find::contains;
     if checked
-        && !(mentions(b"file_id")
-            || mentions(b"previous_response_id")
-            || mentions(b"vector_store_ids")
-            || mentions(b"\"conversation\"")
+        && !(contains!(body, b"file_id")
+            || contains!(body, b"previous_response_id")
+            || contains!(body, b"vector_store_ids")
+            || contains!(body, b"\"conversation\"")
             || escaped_key(body))
     {
         return Ok(Vec::new());
@@ -196,7 +196,7 @@ pub fn stores(body: &[u8], default: bool) -> bool {
         store: Option<Value>,
     }
     // `store` cannot be spelled without those bytes or a `\u` escape.
-    if memchr::memmem::find(body, b"store").is_none() && !escaped_key(body) {
+    if crate::find::find!(body, b"store").is_none() && !escaped_key(body) {
         return default;
     }
     match serde_json::from_slice::<Store>(body) {
@@ -212,7 +212,7 @@ pub fn stores(body: &[u8], default: bool) -> bool {
 /// scanned once, from its first `\u` to its end.
 pub(super) fn escaped_key(body: &[u8]) -> bool {
     let mut at = 0;
-    while let Some(i) = memchr::memmem::find(&body[at..], b"\\u") {
+    while let Some(i) = crate::find::find!(&body[at..], b"\\u") {
         // `\u` only occurs inside a string: find that string's end.
         let mut j = at + i;
         loop {

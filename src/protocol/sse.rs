@@ -149,7 +149,12 @@ pub struct SseEvent<'a> {
 pub fn parse_block(block: &[u8]) -> SseEvent<'_> {
     let mut event: &[u8] = b"";
     let mut data: Option<Cow<'_, [u8]>> = None;
-    for raw_line in block.split(|&b| b == b'\n') {
+    // Lines found with `memchr` (a data line is most of a block).
+    let mut rest = block;
+    while !rest.is_empty() {
+        let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+        let raw_line = &rest[..end];
+        rest = rest.get(end + 1..).unwrap_or_default();
         let line = raw_line.strip_suffix(b"\r").unwrap_or(raw_line);
         if let Some(v) = field(line, b"data") {
             data = Some(match data {

@@ -56,7 +56,7 @@ pub(super) fn add_breakpoints(
     min_tokens: u64,
     rec: &mut RequestRecord,
 ) -> Result<Bytes, ProxyError> {
-    if memchr::memmem::find(&body, b"cache_control").is_some() {
+    if crate::find::find!(&body, b"cache_control").is_some() {
         return Ok(body);
     }
     let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_slice(&body) else {

@@ -147,9 +147,9 @@ pub fn sniff(body: &[u8], endpoint: Endpoint) -> Result<Sniffed, ProxyError> {
         has_tools: raw
             .tools
             .is_some_and(|t| !matches!(t.get().trim(), "[]" | "null")),
-        has_images: ["\"image_url\"", "\"input_image\"", "\"type\":\"image\""]
-            .iter()
-            .any(|n| memchr::memmem::find(body, n.as_bytes()).is_some()),
+        has_images: crate::find::contains!(body, b"\"image_url\"")
+            || crate::find::contains!(body, b"\"input_image\"")
+            || crate::find::contains!(body, b"\"type\":\"image\""),
     })
 }
 
@@ -180,7 +180,7 @@ fn append_cap(body: &[u8], rw: &Rewrite) -> Option<Bytes> {
     }
     let names = std::iter::once(field).chain(Protocol::cap_aliases(field).iter().copied());
     let find = |needle: &[u8]| memchr::memmem::find(body, needle).is_some();
-    if find(b"\\u") || names.into_iter().any(|f| find(f.as_bytes())) {
+    if crate::find::contains!(body, b"\\u") || names.into_iter().any(|f| find(f.as_bytes())) {
         return None;
     }
     let end = body.iter().rposition(|b| !b.is_ascii_whitespace())?;

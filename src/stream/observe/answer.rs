@@ -4,6 +4,7 @@
 //! the few events that carry either — and a complete JSON answer from the
 //! fields its usage parse borrowed. Nothing is buffered for this.
 
+use crate::find::{contains, find};
 use std::borrow::Cow;
 
 use serde::Deserialize;
@@ -68,7 +69,7 @@ impl AnswerFacts {
                 }
             }
             b"content_block_start" => {
-                if !contains(data, b"tool_use\"") {
+                if !contains!(data, b"tool_use\"") {
                     return;
                 }
                 if let Ok(s) = serde_json::from_slice::<BlockStart<'_>>(data) {
@@ -78,7 +79,7 @@ impl AnswerFacts {
                 }
             }
             b"response.output_item.added" => {
-                if !contains(data, b"_call\"") {
+                if !contains!(data, b"_call\"") {
                     return;
                 }
                 if let Ok(a) = serde_json::from_slice::<ItemAdded<'_>>(data) {
@@ -103,11 +104,11 @@ impl AnswerFacts {
     /// An OpenAI chat or completions chunk: parsed only when it carries a
     /// finish reason (not `null`) or a tool call's name.
     fn on_chunk(&mut self, data: &[u8]) {
-        let finish = memchr::memmem::find(data, b"\"finish_reason\":").is_some_and(|at| {
+        let finish = find!(data, b"\"finish_reason\":").is_some_and(|at| {
             let rest = &data[at + b"\"finish_reason\":".len()..];
             rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'"')
         });
-        let tools = contains(data, b"_call") && contains(data, b"\"name\"");
+        let tools = contains!(data, b"_call") && contains!(data, b"\"name\"");
         if !finish && !tools {
             return;
         }
@@ -170,10 +171,6 @@ impl AnswerFacts {
             _ => {}
         }
     }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(haystack, needle).is_some()
 }
 
 /// `s` cut to at most `max` bytes, at a character boundary.

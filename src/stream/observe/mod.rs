@@ -6,6 +6,7 @@
 //! on the client's behalf, it also rewrites events so the client sees exactly
 //! what it would have seen without that option.
 
+use crate::find::{contains, find};
 use std::borrow::Cow;
 
 use bytes::Bytes;
@@ -312,7 +313,7 @@ impl SseState {
             self.raw_ends.push(self.raw.len());
         }
         let usage = has_usage_object(data);
-        if usage || contains(data, b"\"error\"") {
+        if usage || contains!(data, b"\"error\"") {
             if let Ok(probe) = serde_json::from_slice::<Probe<'_>>(data) {
                 if probe.error.is_some() {
                     self.out.stream_error = true;
@@ -333,10 +334,10 @@ impl SseState {
             return Keep::Unchanged;
         }
         // The chunk Sluice asked for: `"choices":[]` with the usage object.
-        if usage && contains(data, b"\"choices\":[]") {
+        if usage && contains!(data, b"\"choices\":[]") {
             return Keep::Drop;
         }
-        match memchr::memmem::find(block, USAGE_NULL) {
+        match find!(block, USAGE_NULL) {
             Some(at) => {
                 let mut edited = Vec::with_capacity(block.len());
                 edited.extend_from_slice(&block[..at]);
@@ -361,13 +362,9 @@ impl SseState {
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(haystack, needle).is_some()
-}
-
 /// A `usage` object (not `"usage":null`), in compact or spaced JSON.
 fn has_usage_object(data: &[u8]) -> bool {
-    contains(data, b"\"usage\":{") || contains(data, b"\"usage\": {")
+    contains!(data, b"\"usage\":{") || contains!(data, b"\"usage\": {")
 }
 
 fn collect_text(probe: &Probe<'_>, text: &mut String) {
