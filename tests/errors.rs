@@ -255,9 +255,8 @@ async fn upstream_errors_pass_through_unchanged() {
 #[tokio::test]
 async fn unreachable_provider_is_502_and_slow_one_504() {
     // A port nothing listens on.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let dead_url = format!("http://{}", dead.local_addr().expect("addr"));
-    drop(dead);
+    let (_dead, dead_addr) = refused_addr();
+    let dead_url = format!("http://{dead_addr}");
     let mock = MockProvider::start().await.expect("mock");
     let cfg = config(&mock.url(), "", "").replacen(
         &format!("{}/v1", mock.url()),

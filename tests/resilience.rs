@@ -156,9 +156,7 @@ async fn retry_budget_stops_a_storm() {
 
 #[tokio::test]
 async fn fallback_chain_walks_in_order() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let dead_addr = dead.local_addr().expect("addr");
-    drop(dead);
+    let (_dead, dead_addr) = refused_addr();
     let (m1, m2) = (
         MockProvider::start().await.expect("m1"),
         MockProvider::start().await.expect("m2"),

@@ -50,6 +50,12 @@ pub(super) struct Lookup<'a> {
     pub patience: Patience,
 }
 
+/// Whether the cache step can do anything under this config: with the
+/// exact cache off and no semantic cache it is skipped.
+pub(super) fn configured(snap: &Snapshot) -> bool {
+    snap.config.cache.mode != crate::config::CacheMode::Off || snap.config.semantic_cache.is_some()
+}
+
 /// Looks the request up; identical concurrent misses share one upstream
 /// call (the followers wait on the leader while it makes progress).
 pub(super) async fn lookup(app: &App, l: Lookup<'_>) -> Step {

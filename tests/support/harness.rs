@@ -36,6 +36,19 @@ pub fn temp_dir() -> PathBuf {
 }
 
 /// SHA-256 hex of a key (what `sluice hash-key` prints).
+/// A 127.0.0.1 address nothing listens on, kept so while the socket lives:
+/// bound but not listening, so connections to it are refused and no other
+/// test's listener can take the port meanwhile (a dropped listener's port
+/// can be handed out again at once).
+pub fn refused_addr() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    (socket, addr)
+}
+
 pub fn sha256_hex(key: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(key.as_bytes()))
