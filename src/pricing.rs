@@ -320,7 +320,9 @@ impl PriceTable {
 /// `us.anthropic.claude-sonnet-4-20250514-v1:0` are `claude-3-5-sonnet-20241022`
 /// and `claude-sonnet-4-20250514`. `None` for any other name.
 fn bedrock_anthropic_name(id: &str) -> Option<&str> {
-    let (_, rest) = id.split_once("anthropic.")?;
+    // (A searcher built once: this runs for every priced request.)
+    let at = crate::find::find!(id.as_bytes(), b"anthropic.")?;
+    let rest = &id[at + "anthropic.".len()..];
     let (name, version) = rest.rsplit_once("-v")?;
     // `2`, `2:0`, `1:0:200k`: a version, then optional `:` parts.
     let mut parts = version.split(':');

@@ -116,12 +116,9 @@ impl Input {
 /// fails fast, without adding the count's milliseconds to every long request.
 pub(super) async fn with_context_check<T>(
     run: impl std::future::Future<Output = Result<T, ProxyError>>,
-    count: Option<tokio::task::JoinHandle<Result<u64, ProxyError>>>,
+    count: tokio::task::JoinHandle<Result<u64, ProxyError>>,
     plan: &Plan,
 ) -> Result<T, ProxyError> {
-    let Some(count) = count else {
-        return run.await;
-    };
     tokio::pin!(run);
     tokio::select! {
         biased;

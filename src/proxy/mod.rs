@@ -388,7 +388,11 @@ async fn pipeline(
         include_usage: s.include_usage,
     };
     let run = attempt::run(&call, groups, &mut rec.outcome.upstream);
-    let answer = Box::pin(count::with_context_check(run, deferred_count, &tokens.plan)).await?;
+    let answer = match deferred_count {
+        None => Box::pin(run).await?,
+        // (The check holds `run` twice over: only where a count runs beside it.)
+        Some(count) => Box::pin(count::with_context_check(run, count, &tokens.plan)).await?,
+    };
     Box::pin(upstream_answer(answer, rec, snap, inject_usage, ids)).await
 }
 

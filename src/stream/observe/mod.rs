@@ -245,8 +245,16 @@ impl Observer {
             } => {
                 let mut out = Observed::default();
                 if *len <= MAX_JSON {
-                    let body: Vec<u8> = chunks.concat();
-                    if let Ok(top) = serde_json::from_slice::<answer::Whole<'_>>(&body) {
+                    // One chunk (the usual case): read in place, not copied.
+                    let joined;
+                    let body: &[u8] = match chunks.as_slice() {
+                        [one] => one,
+                        _ => {
+                            joined = chunks.concat();
+                            &joined
+                        }
+                    };
+                    if let Ok(top) = serde_json::from_slice::<answer::Whole<'_>>(body) {
                         out.answer = top.facts();
                         if let Some(u) = &top.usage {
                             let mut acc = UsageAcc::new(*anthropic);
@@ -254,13 +262,13 @@ impl Observer {
                             out.usage = acc.get();
                             if out.usage.is_none() {
                                 // Implausible usage: count the answer instead.
-                                out.text = answer_text(&body);
+                                out.text = answer_text(body);
                             }
                         }
                         out.complete = true;
                     }
                     if *keep_text && out.text.is_empty() {
-                        out.text = answer_text(&body);
+                        out.text = answer_text(body);
                     }
                 }
                 out
