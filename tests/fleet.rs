@@ -108,11 +108,20 @@ fn cost_of(records: &[Value]) -> f64 {
 /// the budget row.
 async fn spend_matches_usage(s: &Sluice, dirs: &[&Path]) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
+    // The two also agree while charges are still on their way to both:
+    // only an agreement that holds over two polls counts (`spend_after`
+    // waits for a known number of records first, which is exact).
+    let mut agreed: Option<f64> = None;
     loop {
         let charged: f64 = dirs.iter().map(|d| cost_of(&usage_in(d))).sum();
         let row = budget_row(s).await;
         if (usd(&row, "spent_usd") - charged).abs() < 1e-9 {
-            return row;
+            if agreed.is_some_and(|a| (a - charged).abs() < 1e-12) {
+                return row;
+            }
+            agreed = Some(charged);
+        } else {
+            agreed = None;
         }
         assert!(
             Instant::now() < deadline,
@@ -124,6 +133,18 @@ async fn spend_matches_usage(s: &Sluice, dirs: &[&Path]) -> Value {
 
 fn dirs(fleet: &[Sluice]) -> Vec<&Path> {
     fleet.iter().map(|s| s.dir.as_path()).collect()
+}
+
+/// `spend_matches_usage` once the usage logs hold `records` records: two
+/// requests whose charges are both still on their way agree as well as
+/// two that landed, so without the count it can return early.
+async fn spend_after(s: &Sluice, dirs: &[&Path], records: usize) -> Value {
+    eventually(Duration::from_secs(10), "every usage record", || async {
+        let n: usize = dirs.iter().map(|d| usage_in(d).len()).sum();
+        (n >= records).then_some(())
+    })
+    .await;
+    spend_matches_usage(s, dirs).await
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, for at most `limit`.
@@ -708,10 +729,7 @@ async fn a_rollout_of_every_replica_carries_budgets_and_rate_windows_on() {
         .await;
         assert_eq!(st, StatusCode::OK);
     }
-    let spent_old = usd(
-        &spend_matches_usage(&fleet[0], &dirs(&fleet)).await,
-        "spent_usd",
-    );
+    let spent_old = usd(&spend_after(&fleet[0], &dirs(&fleet), 5).await, "spent_usd");
 
     // Rolling restart: each replica is replaced by a new one in a fresh
     // directory (nothing local carries over), one at a time. The first is
