@@ -370,9 +370,16 @@ impl SseState {
     }
 }
 
-/// A `usage` object (not `"usage":null`), in compact or spaced JSON.
+/// A `usage` object (not `"usage":null`), in compact or spaced JSON: one
+/// search for the key, then its value's first byte.
 fn has_usage_object(data: &[u8]) -> bool {
-    contains!(data, b"\"usage\":{") || contains!(data, b"\"usage\": {")
+    const KEY: &[u8] = b"\"usage\":";
+    crate::find::find_iter!(data, KEY).any(|at| {
+        data[at + KEY.len()..]
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            == Some(&b'{')
+    })
 }
 
 fn collect_text(probe: &Probe<'_>, text: &mut String) {

@@ -158,3 +158,15 @@ fn an_oversized_event_is_reported_and_never_forwarded_when_rewriting() {
     assert_eq!(obs.oversized(), None);
     assert_eq!(Observer::json(false).with_max_event(1).oversized(), None);
 }
+
+#[test]
+fn a_usage_object_is_found_however_it_is_spaced() {
+    use super::has_usage_object as found;
+    assert!(found(br#"{"usage":{"prompt_tokens":1}}"#));
+    assert!(found(br#"{"usage": {"prompt_tokens":1}}"#));
+    assert!(found(b"{\"usage\":\n\t {\"prompt_tokens\":1}}"));
+    assert!(!found(br#"{"usage":null,"choices":[]}"#));
+    assert!(found(br#"{"usage":null,"x":{"usage":{"a":1}}}"#));
+    assert!(!found(br#"{"usage":"#));
+    assert!(!found(br#"{"text":"no usage here"}"#));
+}
