@@ -1,7 +1,8 @@
 //! The semantic cache's approximate index at scale: insert cost, lookup time and recall@1
 //! against the exact scan, on one partition (issue 16). Not criterion: one timed pass.
 //!
-//! `cargo bench --bench semantic_recall -- DIMS DATA [ENTRIES]`, DATA `random` (uniform unit
+//! `cargo bench --bench semantic_recall -- DIMS DATA [ENTRIES [M EF_ADD EF_SEARCH K]]` (the
+//! last four override [`AnnParams`]' defaults: connectivity, expansions, candidates), DATA `random` (uniform unit
 //! vectors: no structure, the worst case for any graph) or `clustered` (1,000 random centres,
 //! each entry a centre plus noise, cosine ~0.8 to it: topics, as real embeddings have).
 //! Queries: `paraphrase` (an entry plus gaussian noise, cosine ~0.95 to it: what a cache hit
@@ -50,6 +51,15 @@ fn main() {
     let dims: usize = args.first().map_or(384, |s| s.parse().unwrap());
     let data = args.get(1).map_or("clustered", String::as_str).to_string();
     let n: usize = args.get(2).map_or(100_000, |s| s.parse().unwrap());
+    let d = AnnParams::default();
+    let arg = |i: usize, default: usize| args.get(i).map_or(default, |s| s.parse().unwrap());
+    let params = AnnParams {
+        connectivity: arg(3, d.connectivity),
+        expansion_add: arg(4, d.expansion_add),
+        expansion_search: arg(5, d.expansion_search),
+        candidates: arg(6, d.candidates),
+        ..d
+    };
     let mut rng = fastrand::Rng::with_seed(16);
     let centres: Vec<Vec<f32>> = (0..1000).map(|_| random_unit(&mut rng, dims)).collect();
     let vectors: Vec<Vec<f32>> = (0..n)
@@ -88,11 +98,15 @@ fn main() {
         (ix, t.elapsed())
     };
     let (exact, exact_build) = fill(AnnParams::exact());
-    let (ann, ann_build) = fill(AnnParams::default());
+    let (ann, ann_build) = fill(params);
     let s = ann.stats();
     println!(
-        "{n} x {dims} {data}: insert exact {:.1} us/entry, with graph {:.1} us/entry; \
+        "{n} x {dims} {data}, M {} ef_add {} ef_search {} k {}: insert exact {:.1} us/entry, with graph {:.1} us/entry; \
          graphs {}, graph bytes {:.0}/entry (usearch counts {:.0}/entry)",
+        params.connectivity,
+        params.expansion_add,
+        params.expansion_search,
+        params.candidates,
         exact_build.as_secs_f64() * 1e6 / n as f64,
         ann_build.as_secs_f64() * 1e6 / n as f64,
         s.graphs,

@@ -11,10 +11,13 @@
 //! mmap-rs, nix) and measured 2.4x slower per lookup and 1.7x per insert on
 //! the same data (bench/RESULTS.md, issue 16).
 //!
-//! The graph keeps an f16 copy of each vector (half the bytes of the f32
+//! The graph keeps a bf16 copy of each vector (half the bytes of the f32
 //! ones the partition keeps): it only proposes candidates, which the caller
 //! scores again exactly with the f32 vectors, so the copy's precision shows
-//! only as a rare candidate missed, never as a wrong score.
+//! only as a rare candidate missed, never as a wrong score. bf16, not f16:
+//! without usearch's `numkong` kernels (left out: ~2 minutes more to build)
+//! f16 is converted in software, and inserts measured 6x slower (1.4 ms
+//! against 0.21 ms per entry at 20k x 384); bf16 converts with a shift.
 
 use usearch::{Index as Hnsw, IndexOptions, MetricKind, ScalarKind};
 
@@ -30,7 +33,9 @@ pub struct AnnParams {
     pub connectivity: usize,
     /// HNSW `ef_construction`.
     pub expansion_add: usize,
-    /// HNSW `ef`: the search's candidate list.
+    /// HNSW `ef`: the search's candidate list. 128 rather than 64: on 100k
+    /// random vectors (the worst case) recall@1 of paraphrases rose from 0.80
+    /// to 0.96 for 1 ms more per lookup; clustered data was at 1.00 already.
     pub expansion_search: usize,
     /// Nearest candidates taken from the graph and scored exactly.
     pub candidates: usize,
@@ -46,7 +51,7 @@ impl Default for AnnParams {
             min_entries: 4096,
             connectivity: 16,
             expansion_add: 64,
-            expansion_search: 64,
+            expansion_search: 128,
             candidates: 16,
             backfill: 16,
         }
@@ -63,7 +68,7 @@ impl AnnParams {
     }
 }
 
-/// Bytes a graph slot is counted for: the f16 vector, the node (key, level,
+/// Bytes a graph slot is counted for: the bf16 vector, the node (key, level,
 /// bottom-layer links: 4 + 8M bytes; upper layers, 1/M of the nodes each
 /// level up: (4 + 4M)/(M - 1) on average, rounded up), and 64 for the node's
 /// rounding to 64-byte alignment (usearch counts the same 64 per node).
@@ -107,7 +112,7 @@ impl Graph {
             dimensions: dims,
             // Inner product: the vectors are unit length, so this is the cosine.
             metric: MetricKind::IP,
-            quantization: ScalarKind::F16,
+            quantization: ScalarKind::BF16,
             connectivity: p.connectivity,
             expansion_add: p.expansion_add,
             expansion_search: p.expansion_search,
