@@ -41,7 +41,9 @@ pub struct AnnParams {
     pub candidates: usize,
     /// Entries moved into the graph per insert while it catches up (a new
     /// graph, or one started over): bounds the graph work an insert does
-    /// under the index's write lock to `1 + backfill` adds.
+    /// under the index's write lock to `1 + backfill` adds (an add measured
+    /// 0.33 ms at 100k x 384 clustered, 0.8 ms at 1536, 2.1 ms on random
+    /// 1536-dim vectors), while the tail is scanned exactly until it is in.
     pub backfill: usize,
 }
 
@@ -53,7 +55,7 @@ impl Default for AnnParams {
             expansion_add: 64,
             expansion_search: 128,
             candidates: 16,
-            backfill: 16,
+            backfill: 4,
         }
     }
 }
