@@ -756,6 +756,40 @@ mod tests {
     }
 
     #[test]
+    fn lookups_from_many_threads_at_once_are_answered() {
+        // More threads than the graph has search contexts (2 per core, at least 4): a
+        // search that finds none free scans exactly instead; every answer is right.
+        let mut rng = fastrand::Rng::with_seed(6);
+        let mut ix = Index::with_ann(small());
+        let now = Instant::now();
+        let vs: Vec<Vec<f32>> = (0..400).map(|_| random_unit(&mut rng, 32)).collect();
+        for (i, v) in vs.iter().enumerate() {
+            ix.insert(
+                part(1),
+                1,
+                v.clone(),
+                answer(&format!("e{i}")),
+                HOUR,
+                now,
+                BIG_ANN,
+            );
+        }
+        assert_eq!(ix.stats().graphs, 1);
+        let ix = &ix;
+        let vs = &vs;
+        std::thread::scope(|s| {
+            for t in 0..16 {
+                s.spawn(move || {
+                    for i in (t..400).step_by(16) {
+                        let n = ix.nearest(&part(1), &vs[i], now).expect("hit");
+                        assert!(body(&n).contains(&format!("\"e{i}\"")), "{i}");
+                    }
+                });
+            }
+        });
+    }
+
+    #[test]
     fn the_byte_bound_counts_the_graphs() {
         let mut rng = fastrand::Rng::with_seed(5);
         let mut ix = Index::with_ann(small());
