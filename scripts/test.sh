@@ -67,6 +67,8 @@ system_packages() {
     # The fleet tests (tests/fleet.rs, tests/redis_fixture.rs) start private redis-server
     # instances on free loopback ports; nothing else on the machine is touched.
     need_pkg redis-server
+    # The semantic cache's HNSW graph (the usearch crate) is C++, built by cc through cxx.
+    need_pkg g++
     # promtool validates deploy/prometheus/sluice-alerts.yml in tests/deploy_assets.rs
     # (which skips that check, saying so, without it); Debian ships it in `prometheus`.
     # Optional: a missing promtool never fails this stage.

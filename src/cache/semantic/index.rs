@@ -1,17 +1,30 @@
 //! The bounded vector index: entries grouped in partitions (one tenant's
-//! requests of one shape), searched exactly (every vector of the partition
-//! is scored; no approximation, so no recall loss). A lookup only ever reads
-//! its own partition, so a tenant never sees another tenant's entries.
+//! requests of one shape). A lookup only ever reads its own partition, so a
+//! tenant never sees another tenant's entries.
+//!
+//! A small partition (under [`AnnParams::min_entries`]) is searched exactly:
+//! every vector is scored. A larger one also has an HNSW graph
+//! ([`super::ann`]): the graph proposes the nearest candidates, which are
+//! scored again exactly, and entries not in the graph yet (its *tail*) are
+//! scanned. A new graph starts empty and takes its partition's entries a
+//! few per insert ([`AnnParams::backfill`]), so no insert rebuilds a whole
+//! graph; until it has caught up, its tail is scanned as before.
+//!
+//! Removed entries (evicted, expired, purged) are tombstones in the graph,
+//! never returned and reused by the next adds. A graph with more tombstones
+//! than live entries is dropped and started over (as above), and one whose
+//! partition shrank under half of `min_entries` is dropped for good.
 //!
 //! Bounds: entries overall, entries per tenant and bytes (answer + vector +
-//! bookkeeping); past any of them the oldest entry goes first. Entries past
-//! their TTL are never returned and are dropped from the front as new ones
-//! arrive.
+//! bookkeeping + each graph's estimated memory, tombstones included); past
+//! any of them the oldest entry goes first. Entries past their TTL are never
+//! returned and are dropped from the front as new ones arrive.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::ann::{slot_bytes, AnnParams, Graph};
 use crate::cache::CachedResponse;
 
 /// A partition: the tenant and every request field that must be equal for
@@ -33,6 +46,8 @@ struct Entry {
     id: u64,
     answer: Arc<CachedResponse>,
     expires: Instant,
+    /// In the partition's graph (else in its tail, or it has no graph).
+    graphed: bool,
 }
 
 /// One partition's vectors, row-major and unit length, beside their entries.
@@ -40,6 +55,16 @@ struct Partition {
     dims: usize,
     vectors: Vec<f32>,
     entries: Vec<Entry>,
+    graph: Option<Graph>,
+    /// With a graph: ids not in it yet, oldest first (removed ones are
+    /// skipped when met). Empty without a graph.
+    tail: VecDeque<u64>,
+}
+
+impl Partition {
+    fn graph_bytes(&self) -> usize {
+        self.graph.as_ref().map_or(0, Graph::bytes)
+    }
 }
 
 /// Where an entry is and what it weighs, in insertion order.
@@ -62,9 +87,14 @@ pub struct Nearest {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IndexStats {
     pub entries: usize,
+    /// Entries' bytes plus the graphs'.
     pub bytes: usize,
     pub partitions: usize,
     pub evicted: u64,
+    /// Partitions with a graph.
+    pub graphs: usize,
+    /// The graphs' estimated bytes (in `bytes`).
+    pub graph_bytes: usize,
 }
 
 /// The semantic cache's entries.
@@ -76,9 +106,13 @@ pub struct Index {
     /// Insertion order (oldest first): eviction and expiry.
     order: VecDeque<Slot>,
     per_tenant: HashMap<u64, usize>,
+    /// The entries' bytes.
     bytes: usize,
+    /// The graphs' bytes ([`Graph::bytes`], kept up to date).
+    graph_bytes: usize,
     next_id: u64,
     evicted: u64,
+    ann: AnnParams,
 }
 
 /// Scales `v` to unit length; `None` for an empty, zero or non-finite vector.
@@ -110,20 +144,37 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 impl Index {
+    /// An empty index whose large partitions get graphs as `ann` says
+    /// ([`Index::default`] uses [`AnnParams::default`]).
+    pub fn with_ann(ann: AnnParams) -> Self {
+        Index {
+            ann,
+            ..Index::default()
+        }
+    }
+
     /// The best live entry of `part` for a unit-length `query`.
     pub fn nearest(&self, part: &PartKey, query: &[f32], now: Instant) -> Option<Nearest> {
         let p = self.parts.get(part)?;
         if p.dims != query.len() {
             return None;
         }
-        let mut best: Option<(f32, usize)> = None;
-        for (row, v) in p.vectors.chunks_exact(p.dims).enumerate() {
-            let score = dot(v, query);
-            if best.is_none_or(|(b, _)| score > b) && p.entries[row].expires > now {
-                best = Some((score, row));
+        let candidates = p
+            .graph
+            .as_ref()
+            .and_then(|g| g.search(query, self.ann.candidates));
+        let (score, row) = match candidates {
+            Some(ids) => {
+                // The graph's candidates and the tail, scored exactly. An id
+                // no longer in `rows` is a removed entry (ids are never reused).
+                let rows = ids
+                    .iter()
+                    .chain(p.tail.iter())
+                    .filter_map(|id| self.rows.get(id).copied());
+                best_of(p, rows, query, now)?
             }
-        }
-        let (score, row) = best?;
+            None => best_of(p, 0..p.entries.len(), query, now)?,
+        };
         Some(Nearest {
             score,
             answer: p.entries[row].answer.clone(),
@@ -168,7 +219,9 @@ impl Index {
             self.remove_at(i);
         }
         while !self.order.is_empty()
-            && (self.order.len() >= bounds.max_entries || self.bytes + bytes > bounds.max_bytes)
+            && (self.order.len() >= bounds.max_entries
+                || self.total_bytes() + bytes + self.new_slot_bytes(&part, vector.len())
+                    > bounds.max_bytes)
         {
             self.remove_at(0);
         }
@@ -178,6 +231,8 @@ impl Index {
             dims: vector.len(),
             vectors: Vec::new(),
             entries: Vec::new(),
+            graph: None,
+            tail: VecDeque::new(),
         });
         self.rows.insert(id, p.entries.len());
         p.vectors.extend_from_slice(&vector);
@@ -185,7 +240,11 @@ impl Index {
             id,
             answer,
             expires: now + ttl,
+            graphed: false,
         });
+        if p.graph.is_some() {
+            p.tail.push_back(id);
+        }
         self.order.push_back(Slot {
             id,
             part,
@@ -194,6 +253,11 @@ impl Index {
         });
         *self.per_tenant.entry(tenant).or_insert(0) += 1;
         self.bytes += bytes;
+        self.grow_graph(&part);
+        // The backfill may have taken new graph slots.
+        while self.order.len() > 1 && self.total_bytes() > bounds.max_bytes {
+            self.remove_at(0);
+        }
         true
     }
 
@@ -218,6 +282,7 @@ impl Index {
         *self = Index {
             next_id: self.next_id,
             evicted: self.evicted,
+            ann: self.ann,
             ..Index::default()
         };
         n
@@ -226,10 +291,85 @@ impl Index {
     pub fn stats(&self) -> IndexStats {
         IndexStats {
             entries: self.order.len(),
-            bytes: self.bytes,
+            bytes: self.total_bytes(),
             partitions: self.parts.len(),
             evicted: self.evicted,
+            graphs: self.parts.values().filter(|p| p.graph.is_some()).count(),
+            graph_bytes: self.graph_bytes,
         }
+    }
+
+    /// usearch's own count of the graphs' memory (walks every node).
+    pub fn measured_graph_bytes(&self) -> usize {
+        self.parts
+            .values()
+            .filter_map(|p| p.graph.as_ref())
+            .map(Graph::measured_bytes)
+            .sum()
+    }
+
+    fn total_bytes(&self) -> usize {
+        self.bytes + self.graph_bytes
+    }
+
+    /// The graph bytes storing one more entry in `part` would add now.
+    fn new_slot_bytes(&self, part: &PartKey, dims: usize) -> usize {
+        match self.parts.get(part) {
+            Some(p) => match &p.graph {
+                Some(g) if !g.needs_slot() => 0,
+                Some(_) => slot_bytes(dims, self.ann.connectivity),
+                None if p.entries.len() + 1 >= self.ann.min_entries => {
+                    slot_bytes(dims, self.ann.connectivity)
+                }
+                None => 0,
+            },
+            None if self.ann.min_entries <= 1 => slot_bytes(dims, self.ann.connectivity),
+            None => 0,
+        }
+    }
+
+    /// Gives a partition that reached `min_entries` a graph, and moves up to
+    /// `1 + backfill` entries of its tail into it.
+    fn grow_graph(&mut self, part: &PartKey) {
+        let ann = self.ann;
+        let Some(p) = self.parts.get_mut(part) else {
+            return;
+        };
+        let before = p.graph_bytes();
+        if p.graph.is_none() && p.entries.len() >= ann.min_entries {
+            if let Some(g) = Graph::new(p.dims, &ann) {
+                p.graph = Some(g);
+                p.tail = p.entries.iter().map(|e| e.id).collect();
+            }
+        }
+        let mut added = 0;
+        let mut met = 0;
+        // Removed ids are skipped but counted (4 per add allowed), so a tail
+        // of removed entries cannot make one insert slow either.
+        while added <= ann.backfill && met <= 4 * (ann.backfill + 1) {
+            let Some(g) = p.graph.as_mut() else {
+                break;
+            };
+            let Some(id) = p.tail.pop_front() else {
+                break;
+            };
+            met += 1;
+            let Some(&row) = self.rows.get(&id) else {
+                continue;
+            };
+            let v = &p.vectors[row * p.dims..(row + 1) * p.dims];
+            if g.add(id, v) {
+                p.entries[row].graphed = true;
+                added += 1;
+            } else {
+                // usearch refused (logged): back to exact for this partition.
+                p.graph = None;
+                p.tail.clear();
+                p.entries.iter_mut().for_each(|e| e.graphed = false);
+            }
+        }
+        let after = p.graph_bytes();
+        self.graph_bytes = self.graph_bytes + after - before;
     }
 
     fn drop_partition(&mut self, part: &PartKey) {
@@ -239,7 +379,7 @@ impl Index {
     }
 
     /// Removes the `i`th oldest entry: its row is swapped with the
-    /// partition's last.
+    /// partition's last, and it becomes a tombstone in the graph.
     fn remove_at(&mut self, i: usize) {
         let Some(slot) = self.order.remove(i) else {
             return;
@@ -258,6 +398,12 @@ impl Index {
         let Some(p) = self.parts.get_mut(&slot.part) else {
             return;
         };
+        let before = p.graph_bytes();
+        if let Some(g) = p.graph.as_mut() {
+            if p.entries[row].graphed {
+                g.remove(slot.id);
+            }
+        }
         let last = p.entries.len() - 1;
         p.entries.swap_remove(row);
         let d = p.dims;
@@ -266,10 +412,43 @@ impl Index {
             self.rows.insert(p.entries[row].id, row);
         }
         p.vectors.truncate(last * d);
+        let live = p.entries.len();
+        if let Some(g) = &p.graph {
+            // More tombstones than live entries: start the graph over (it
+            // catches up a few entries per insert); a partition that shrank
+            // well under the threshold goes back to exact.
+            if live == 0 || g.dead() > g.live() || live < self.ann.min_entries / 2 {
+                p.graph = None;
+                p.tail.clear();
+                p.entries.iter_mut().for_each(|e| e.graphed = false);
+            }
+        }
+        self.graph_bytes = self.graph_bytes + p.graph_bytes() - before;
         if p.entries.is_empty() {
             self.parts.remove(&slot.part);
         }
     }
+}
+
+/// The best live row of `rows` for `query`, scored exactly.
+fn best_of(
+    p: &Partition,
+    rows: impl Iterator<Item = usize>,
+    query: &[f32],
+    now: Instant,
+) -> Option<(f32, usize)> {
+    let d = p.dims;
+    let mut best: Option<(f32, usize)> = None;
+    for row in rows {
+        let Some(v) = p.vectors.get(row * d..(row + 1) * d) else {
+            continue;
+        };
+        let score = dot(v, query);
+        if best.is_none_or(|(b, _)| score > b) && p.entries[row].expires > now {
+            best = Some((score, row));
+        }
+    }
+    best
 }
 
 #[cfg(test)]
@@ -391,6 +570,264 @@ mod tests {
             }
         );
     }
+
+    /// Small graphs for fast tests: a partition of 64 entries gets one.
+    fn small() -> AnnParams {
+        AnnParams {
+            min_entries: 64,
+            ..AnnParams::default()
+        }
+    }
+
+    fn random_unit(rng: &mut fastrand::Rng, dims: usize) -> Vec<f32> {
+        unit(&(0..dims).map(|_| rng.f32() * 2.0 - 1.0).collect::<Vec<_>>())
+    }
+
+    /// `v` plus a little noise: a paraphrase (cosine ~0.98).
+    fn paraphrase(rng: &mut fastrand::Rng, v: &[f32]) -> Vec<f32> {
+        unit(
+            &v.iter()
+                .map(|x| x + (rng.f32() - 0.5) * 0.06)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    fn part(n: u8) -> PartKey {
+        [n; 32]
+    }
+
+    #[test]
+    fn a_paraphrase_is_found_through_the_graph() {
+        let mut rng = fastrand::Rng::with_seed(1);
+        let mut ix = Index::with_ann(small());
+        let mut exact = Index::with_ann(AnnParams::exact());
+        let now = Instant::now();
+        let vs: Vec<Vec<f32>> = (0..600).map(|_| random_unit(&mut rng, 48)).collect();
+        for (i, v) in vs.iter().enumerate() {
+            let a = answer(&format!("e{i}"));
+            ix.insert(part(1), 1, v.clone(), a.clone(), HOUR, now, BIG_ANN);
+            exact.insert(part(1), 1, v.clone(), a, HOUR, now, BIG_ANN);
+        }
+        let s = ix.stats();
+        assert_eq!((s.entries, s.graphs), (600, 1));
+        assert_eq!(exact.stats().graphs, 0);
+        // The graph has caught up: its tail is empty.
+        assert!(ix.parts[&part(1)].tail.is_empty());
+        assert!(ix.parts[&part(1)].entries.iter().all(|e| e.graphed));
+        for i in (0..600).step_by(7) {
+            let q = paraphrase(&mut rng, &vs[i]);
+            let n = ix.nearest(&part(1), &q, now).expect("hit");
+            let e = exact.nearest(&part(1), &q, now).expect("hit");
+            assert!(body(&n).contains(&format!("\"e{i}\"")), "{i}: {}", body(&n));
+            assert_eq!(n.score, e.score);
+        }
+    }
+
+    #[test]
+    fn tombstoned_and_expired_entries_are_never_returned() {
+        let mut rng = fastrand::Rng::with_seed(2);
+        let mut ix = Index::with_ann(small());
+        let now = Instant::now();
+        let short = Duration::from_secs(60);
+        let b = Bounds {
+            max_entries_per_tenant: 300,
+            ..BIG_ANN
+        };
+        let vs: Vec<Vec<f32>> = (0..400).map(|_| random_unit(&mut rng, 32)).collect();
+        for (i, v) in vs.iter().enumerate() {
+            // Odd entries expire after a minute.
+            let ttl = if i % 2 == 1 { short } else { HOUR };
+            ix.insert(part(1), 1, v.clone(), answer(&format!("e{i}")), ttl, now, b);
+        }
+        // The first 100 were evicted by the tenant bound: tombstones.
+        assert_eq!(ix.stats().entries, 300);
+        assert_eq!(ix.stats().graphs, 1);
+        for (i, v) in vs.iter().enumerate().take(100) {
+            let n = ix.nearest(&part(1), v, now).expect("hit");
+            assert!(
+                !body(&n).contains(&format!("\"e{i}\"")),
+                "evicted {i} returned"
+            );
+        }
+        // Past a minute, no odd (expired) entry is returned, even for its own vector.
+        let later = now + short;
+        for (i, v) in vs.iter().enumerate().skip(100) {
+            let n = ix.nearest(&part(1), v, later).expect("hit");
+            let got = body(&n);
+            if i % 2 == 0 {
+                assert!(got.contains(&format!("\"e{i}\"")), "{i}: {got}");
+            } else {
+                assert!(!got.contains(&format!("\"e{i}\"")), "expired {i} returned");
+            }
+        }
+        // A new entry takes a removed one's slot and is found.
+        ix.insert(part(1), 1, vs[0].clone(), answer("new"), HOUR, later, b);
+        let n = ix.nearest(&part(1), &vs[0], later).expect("hit");
+        assert!(body(&n).contains("new"));
+        // A purge drops the graphs and their bytes.
+        ix.clear();
+        assert_eq!((ix.stats().graphs, ix.stats().graph_bytes), (0, 0));
+    }
+
+    #[test]
+    fn a_graph_with_more_tombstones_than_entries_starts_over() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut ix = Index::with_ann(small());
+        let now = Instant::now();
+        let vs: Vec<Vec<f32>> = (0..300).map(|_| random_unit(&mut rng, 32)).collect();
+        for (i, v) in vs.iter().enumerate() {
+            let ttl = if i < 200 {
+                Duration::from_secs(60)
+            } else {
+                HOUR
+            };
+            ix.insert(
+                part(1),
+                1,
+                v.clone(),
+                answer(&format!("e{i}")),
+                ttl,
+                now,
+                BIG_ANN,
+            );
+        }
+        let later = now + Duration::from_secs(61);
+        // 200 expire: 200 tombstones for 100 live entries: a new graph, fed
+        // a few entries per insert; the rest are scanned exactly meanwhile.
+        ix.insert(
+            part(1),
+            1,
+            vs[0].clone(),
+            answer("new"),
+            HOUR,
+            later,
+            BIG_ANN,
+        );
+        let p = &ix.parts[&part(1)];
+        let g = p.graph.as_ref().expect("a new graph");
+        assert_eq!(g.dead(), 0);
+        assert_eq!(g.live(), small().backfill + 1);
+        assert_eq!(p.tail.len(), 101 - g.live());
+        for (i, v) in vs.iter().enumerate().skip(200) {
+            let n = ix.nearest(&part(1), v, later).expect("hit");
+            assert!(body(&n).contains(&format!("\"e{i}\"")), "{i}: {}", body(&n));
+        }
+        // Under half the threshold: back to exact.
+        let b = Bounds {
+            max_entries_per_tenant: 20,
+            ..BIG_ANN
+        };
+        ix.insert(part(1), 1, vs[1].clone(), answer("x"), HOUR, later, b);
+        assert_eq!(ix.stats().graphs, 0);
+        assert_eq!(ix.stats().graph_bytes, 0);
+    }
+
+    #[test]
+    fn graphs_keep_tenants_apart() {
+        let mut rng = fastrand::Rng::with_seed(4);
+        let mut ix = Index::with_ann(small());
+        let now = Instant::now();
+        let mut a = Vec::new();
+        for i in 0..200 {
+            let v = random_unit(&mut rng, 32);
+            ix.insert(
+                part(1),
+                1,
+                v.clone(),
+                answer(&format!("a{i}")),
+                HOUR,
+                now,
+                BIG_ANN,
+            );
+            a.push(v);
+            let w = random_unit(&mut rng, 32);
+            ix.insert(part(2), 2, w, answer(&format!("b{i}")), HOUR, now, BIG_ANN);
+        }
+        assert_eq!(ix.stats().graphs, 2);
+        for v in &a {
+            // Tenant 2's lookup with tenant 1's exact vector: only tenant 2's answers.
+            let n = ix.nearest(&part(2), v, now).expect("hit");
+            assert!(body(&n).contains("\"b"), "{}", body(&n));
+            assert!(n.score < 0.99);
+            let n = ix.nearest(&part(1), v, now).expect("hit");
+            assert!(body(&n).contains("\"a"));
+            assert!(n.score > 0.999);
+        }
+    }
+
+    #[test]
+    fn lookups_from_many_threads_at_once_are_answered() {
+        // More threads than the graph has search contexts (2 per core, at least 4): a
+        // search that finds none free scans exactly instead; every answer is right.
+        let mut rng = fastrand::Rng::with_seed(6);
+        let mut ix = Index::with_ann(small());
+        let now = Instant::now();
+        let vs: Vec<Vec<f32>> = (0..400).map(|_| random_unit(&mut rng, 32)).collect();
+        for (i, v) in vs.iter().enumerate() {
+            ix.insert(
+                part(1),
+                1,
+                v.clone(),
+                answer(&format!("e{i}")),
+                HOUR,
+                now,
+                BIG_ANN,
+            );
+        }
+        assert_eq!(ix.stats().graphs, 1);
+        let ix = &ix;
+        let vs = &vs;
+        std::thread::scope(|s| {
+            for t in 0..16 {
+                s.spawn(move || {
+                    for i in (t..400).step_by(16) {
+                        let n = ix.nearest(&part(1), &vs[i], now).expect("hit");
+                        assert!(body(&n).contains(&format!("\"e{i}\"")), "{i}");
+                    }
+                });
+            }
+        });
+    }
+
+    #[test]
+    fn the_byte_bound_counts_the_graphs() {
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut ix = Index::with_ann(small());
+        let now = Instant::now();
+        let b = Bounds {
+            max_bytes: 400_000,
+            ..BIG_ANN
+        };
+        for i in 0..1500 {
+            let v = random_unit(&mut rng, 64);
+            assert!(ix.insert(part(1), 1, v, answer(&format!("e{i}")), HOUR, now, b));
+            let s = ix.stats();
+            assert!(s.bytes <= b.max_bytes, "{i}: {s:?}");
+        }
+        let s = ix.stats();
+        assert_eq!(s.graphs, 1);
+        assert!(s.graph_bytes > 0 && s.entries > 64, "{s:?}");
+        // The estimate is not below usearch's own count.
+        assert!(
+            s.graph_bytes >= ix.measured_graph_bytes(),
+            "{} < {}",
+            s.graph_bytes,
+            ix.measured_graph_bytes()
+        );
+        // Without the graph the same bound would hold more entries.
+        let mut exact = Index::with_ann(AnnParams::exact());
+        for _ in 0..1500 {
+            let v = random_unit(&mut rng, 64);
+            exact.insert(part(1), 1, v, answer("e"), HOUR, now, b);
+        }
+        assert!(exact.stats().entries > s.entries);
+    }
+
+    const BIG_ANN: Bounds = Bounds {
+        max_entries: 10_000,
+        max_entries_per_tenant: 10_000,
+        max_bytes: 1 << 30,
+    };
 
     #[test]
     fn dot_matches_the_plain_sum() {

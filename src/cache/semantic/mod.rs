@@ -11,13 +11,15 @@
 //! but the conversation (system prompt, sampling settings, output caps,
 //! tools when allowed). The embedding comes from the configured embeddings
 //! model; the nearest entry of the partition is found by cosine similarity
-//! ([`index::Index`]). The answer a miss gets is stored through the exact
+//! ([`index::Index`]: exactly in small partitions, through an HNSW graph
+//! ([`ann`]) and an exact re-score in large ones). The answer a miss gets is stored through the exact
 //! cache's capture (so streamed answers are assembled and replayed the
 //! same way), under the request's vector.
 //!
 //! Observe mode serves every request upstream and, once the real answer is
 //! complete, records how alike the would-be hit was to it ([`observe`]).
 
+pub mod ann;
 pub mod index;
 pub mod observe;
 pub mod request;
@@ -126,6 +128,8 @@ impl SemanticCache {
             "entries": s.entries,
             "bytes": s.bytes,
             "partitions": s.partitions,
+            "graphs": s.graphs,
+            "graph_bytes": s.graph_bytes,
             "evicted": s.evicted,
             "lookups": n(&self.lookups),
             "served": n(&self.served),
