@@ -6,13 +6,13 @@
 //! `MAX_LABEL_CHARS`.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, SharedString,
-    Unit,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Histogram, SharedString, Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
@@ -353,26 +353,84 @@ pub struct RequestLabels<'a> {
     pub cache: &'static str,
 }
 
+/// The metrics a finished request touches, registered for one label set.
+#[derive(Clone)]
+struct RequestHandles {
+    requests: Counter,
+    ttft: Histogram,
+    duration: Histogram,
+}
+
+/// Label sets whose handles one thread keeps. Label values come from the
+/// config, so a thread sees a few dozen at most; past this bound a request
+/// goes through the registry as before.
+const MAX_CACHED_LABEL_SETS: usize = 1024;
+
+/// A thread's handles by label set, and the buffer their keys are written in.
+type HandleCache = (
+    String,
+    HashMap<Box<str>, RequestHandles, foldhash::fast::RandomState>,
+);
+
+thread_local! {
+    /// Handles by their label set (written as one string, each part after
+    /// its length), per worker thread: a request
+    /// increments atomics instead of building three keys and looking each
+    /// up in the registry.
+    static REQUEST_HANDLES: std::cell::RefCell<HandleCache> = Default::default();
+}
+
+fn request_handles(l: &RequestLabels<'_>) -> RequestHandles {
+    let class = status_class(l.status);
+    let register = || {
+        // One lookup of the shared model value for all three metrics.
+        let model = label_value(l.model);
+        RequestHandles {
+            requests: counter!(
+                "sluice_requests_total",
+                "model" => model.clone(),
+                "provider" => label_value(l.provider),
+                "endpoint" => l.endpoint,
+                "status_class" => class,
+                "cache" => l.cache
+            ),
+            ttft: histogram!("sluice_ttft_seconds", "endpoint" => l.endpoint, "model" => model.clone()),
+            duration: histogram!("sluice_request_duration_seconds", "endpoint" => l.endpoint, "model" => model),
+        }
+    };
+    REQUEST_HANDLES.with(|cell| {
+        let Ok(mut cell) = cell.try_borrow_mut() else {
+            return register();
+        };
+        let (key, map) = &mut *cell;
+        key.clear();
+        // Each part after its length: no two label sets write one key.
+        let mut len = itoa::Buffer::new();
+        for part in [l.model, l.provider, l.endpoint, class, l.cache] {
+            key.push_str(len.format(part.len()));
+            key.push(':');
+            key.push_str(part);
+        }
+        if let Some(h) = map.get(key.as_str()) {
+            return h.clone();
+        }
+        let h = register();
+        if map.len() < MAX_CACHED_LABEL_SETS {
+            map.insert(key.as_str().into(), h.clone());
+        }
+        h
+    })
+}
+
 /// A finished request: its count, its duration and (when a byte came) its
 /// time to first byte, the latencies by endpoint and model.
 pub fn request_done(l: &RequestLabels<'_>, duration: Duration, ttft: Option<Duration>) {
-    // One lookup of the shared model value for all three metrics.
-    let model = label_value(l.model);
-    counter!(
-        "sluice_requests_total",
-        "model" => model.clone(),
-        "provider" => label_value(l.provider),
-        "endpoint" => l.endpoint,
-        "status_class" => status_class(l.status),
-        "cache" => l.cache
-    )
-    .increment(1);
+    let h = request_handles(l);
+    h.requests.increment(1);
     if let Some(t) = ttft {
-        histogram!("sluice_ttft_seconds", "endpoint" => l.endpoint, "model" => model.clone())
-            .record(t);
+        h.ttft.record(t);
     }
-    histogram!("sluice_request_duration_seconds", "endpoint" => l.endpoint, "model" => model)
-        .record(duration);
+    h.duration.record(duration);
 }
 
 pub fn overhead(d: Duration) {
@@ -674,6 +732,63 @@ pub fn journal_dropped() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    #[test]
+    fn a_request_s_metrics_land_on_its_own_label_set_through_the_kept_handles() {
+        let (rec, exporter) = described::Describing::new(PrometheusBuilder::new().build_recorder());
+        let labels = |model, status| RequestLabels {
+            model,
+            provider: "p",
+            endpoint: "chat",
+            status,
+            cache: "bypass",
+        };
+        let ms = Duration::from_millis(3);
+        metrics::with_local_recorder(&rec, || {
+            request_done(&labels("m-1", 200), ms, Some(ms));
+            request_done(&labels("m-1", 200), ms, None);
+            request_done(&labels("m-1", 503), ms, None);
+            // Lengths in the key: ("m-1" + "p") and ("m-1p" + "") stay apart.
+            request_done(
+                &RequestLabels {
+                    provider: "",
+                    ..labels("m-1p", 200)
+                },
+                ms,
+                None,
+            );
+        });
+        let text = exporter.render();
+        let count = |series: &str| {
+            text.lines()
+                .find(|l| l.starts_with(series))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        let req = |model: &str, provider: &str, class: &str| {
+            format!(
+                "sluice_requests_total{{model=\"{model}\",provider=\"{provider}\",endpoint=\"chat\",status_class=\"{class}\",cache=\"bypass\"}}"
+            )
+        };
+        assert_eq!(
+            count(&req("m-1", "p", "2xx")).as_deref(),
+            Some("2"),
+            "{text}"
+        );
+        assert_eq!(
+            count(&req("m-1", "p", "5xx")).as_deref(),
+            Some("1"),
+            "{text}"
+        );
+        assert_eq!(
+            count(&req("m-1p", "", "2xx")).as_deref(),
+            Some("1"),
+            "{text}"
+        );
+        let ttft = "sluice_ttft_seconds_count{endpoint=\"chat\",model=\"m-1\"}";
+        assert_eq!(count(ttft).as_deref(), Some("1"), "{text}");
+    }
 
     #[test]
     fn labels_are_printable_ascii_and_bounded() {

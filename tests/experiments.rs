@@ -267,6 +267,16 @@ min_samples = 100
             break;
         }
     }
+    // The guards are looked at once a second: 600 requests can all fit
+    // before the look that has enough samples.
+    for _ in 0..30 {
+        if rolled_back {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (_, v) = admin_as(&s, Method::GET, "/admin/experiments/canary").await;
+        rolled_back = v["rollout"]["phase"] == "rolled_back";
+    }
     assert!(rolled_back, "the guard never fired");
     let (_, v) = admin_as(&s, Method::GET, "/admin/experiments/canary").await;
     assert_eq!(v["rollout"]["by"], "guard", "{v}");
