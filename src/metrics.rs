@@ -367,22 +367,51 @@ struct RequestHandles {
 const MAX_CACHED_LABEL_SETS: usize = 1024;
 
 /// A thread's handles by label set, and the buffer their keys are written in.
-type HandleCache = (
-    String,
-    HashMap<Box<str>, RequestHandles, foldhash::fast::RandomState>,
-);
+type HandleCache<H> = (String, HashMap<Box<str>, H, foldhash::fast::RandomState>);
 
 thread_local! {
     /// Handles by their label set (written as one string, each part after
-    /// its length), per worker thread: a request
-    /// increments atomics instead of building three keys and looking each
-    /// up in the registry.
-    static REQUEST_HANDLES: std::cell::RefCell<HandleCache> = Default::default();
+    /// its length), per worker thread: a request increments atomics instead
+    /// of building keys and looking each up in the registry.
+    static REQUEST_HANDLES: std::cell::RefCell<HandleCache<RequestHandles>> = Default::default();
+    static MODEL_HANDLES: std::cell::RefCell<HandleCache<ModelHandles>> = Default::default();
+}
+
+/// The handles kept for `parts` in `cache`, registered by `register` the
+/// first time (and every time past `MAX_CACHED_LABEL_SETS`).
+fn kept<H: Clone + 'static>(
+    cache: &'static std::thread::LocalKey<std::cell::RefCell<HandleCache<H>>>,
+    parts: &[&str],
+    register: impl FnOnce() -> H,
+) -> H {
+    cache.with(|cell| {
+        let Ok(mut cell) = cell.try_borrow_mut() else {
+            return register();
+        };
+        let (key, map) = &mut *cell;
+        key.clear();
+        // Each part after its length: no two label sets write one key.
+        let mut len = itoa::Buffer::new();
+        for part in parts {
+            key.push_str(len.format(part.len()));
+            key.push(':');
+            key.push_str(part);
+        }
+        if let Some(h) = map.get(key.as_str()) {
+            return h.clone();
+        }
+        let h = register();
+        if map.len() < MAX_CACHED_LABEL_SETS {
+            map.insert(key.as_str().into(), h.clone());
+        }
+        h
+    })
 }
 
 fn request_handles(l: &RequestLabels<'_>) -> RequestHandles {
     let class = status_class(l.status);
-    let register = || {
+    let parts = [l.model, l.provider, l.endpoint, class, l.cache];
+    kept(&REQUEST_HANDLES, &parts, || {
         // One lookup of the shared model value for all three metrics.
         let model = label_value(l.model);
         RequestHandles {
@@ -397,28 +426,27 @@ fn request_handles(l: &RequestLabels<'_>) -> RequestHandles {
             ttft: histogram!("sluice_ttft_seconds", "endpoint" => l.endpoint, "model" => model.clone()),
             duration: histogram!("sluice_request_duration_seconds", "endpoint" => l.endpoint, "model" => model),
         }
-    };
-    REQUEST_HANDLES.with(|cell| {
-        let Ok(mut cell) = cell.try_borrow_mut() else {
-            return register();
-        };
-        let (key, map) = &mut *cell;
-        key.clear();
-        // Each part after its length: no two label sets write one key.
-        let mut len = itoa::Buffer::new();
-        for part in [l.model, l.provider, l.endpoint, class, l.cache] {
-            key.push_str(len.format(part.len()));
-            key.push(':');
-            key.push_str(part);
+    })
+}
+
+/// The kinds of `sluice_tokens_total`, in `ModelHandles::tokens` order.
+const TOKEN_KINDS: [&str; 4] = ["input", "cached_input", "output", "reasoning"];
+
+/// The per-model counters of a request's usage and cost.
+#[derive(Clone)]
+struct ModelHandles {
+    tokens: [Counter; 4],
+    cost: Counter,
+}
+
+fn model_handles(model: &str) -> ModelHandles {
+    kept(&MODEL_HANDLES, &[model], || {
+        let m = label_value(model);
+        ModelHandles {
+            tokens: TOKEN_KINDS
+                .map(|kind| counter!("sluice_tokens_total", "model" => m.clone(), "kind" => kind)),
+            cost: counter!("sluice_cost_nanodollars_total", "model" => m),
         }
-        if let Some(h) = map.get(key.as_str()) {
-            return h.clone();
-        }
-        let h = register();
-        if map.len() < MAX_CACHED_LABEL_SETS {
-            map.insert(key.as_str().into(), h.clone());
-        }
-        h
     })
 }
 
@@ -438,8 +466,13 @@ pub fn overhead(d: Duration) {
 }
 
 pub fn tokens(model: &str, kind: &'static str, n: u64) {
-    if n > 0 {
-        counter!("sluice_tokens_total", "model" => label_value(model), "kind" => kind).increment(n);
+    if n == 0 {
+        return;
+    }
+    match TOKEN_KINDS.iter().position(|k| *k == kind) {
+        Some(i) => model_handles(model).tokens[i].increment(n),
+        None => counter!("sluice_tokens_total", "model" => label_value(model), "kind" => kind)
+            .increment(n),
     }
 }
 
@@ -685,7 +718,7 @@ pub fn batch_lines(outcome: &'static str, n: u64) {
 
 pub fn cost(model: &str, nanos: u64) {
     if nanos > 0 {
-        counter!("sluice_cost_nanodollars_total", "model" => label_value(model)).increment(nanos);
+        model_handles(model).cost.increment(nanos);
     }
 }
 
@@ -749,6 +782,10 @@ mod tests {
             request_done(&labels("m-1", 200), ms, Some(ms));
             request_done(&labels("m-1", 200), ms, None);
             request_done(&labels("m-1", 503), ms, None);
+            tokens("m-1", "input", 5);
+            tokens("m-1", "input", 7);
+            tokens("m-1", "output", 0);
+            cost("m-1", 30);
             // Lengths in the key: ("m-1" + "p") and ("m-1p" + "") stay apart.
             request_done(
                 &RequestLabels {
@@ -788,6 +825,10 @@ mod tests {
         );
         let ttft = "sluice_ttft_seconds_count{endpoint=\"chat\",model=\"m-1\"}";
         assert_eq!(count(ttft).as_deref(), Some("1"), "{text}");
+        let input = "sluice_tokens_total{model=\"m-1\",kind=\"input\"}";
+        assert_eq!(count(input).as_deref(), Some("12"), "{text}");
+        let spent = "sluice_cost_nanodollars_total{model=\"m-1\"}";
+        assert_eq!(count(spent).as_deref(), Some("30"), "{text}");
     }
 
     #[test]
