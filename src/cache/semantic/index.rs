@@ -583,6 +583,11 @@ mod tests {
         unit(&(0..dims).map(|_| rng.f32() * 2.0 - 1.0).collect::<Vec<_>>())
     }
 
+    /// `n` random unit vectors.
+    fn random_units(rng: &mut fastrand::Rng, n: usize, dims: usize) -> Vec<Vec<f32>> {
+        (0..n).map(|_| random_unit(rng, dims)).collect()
+    }
+
     /// `v` plus a little noise: a paraphrase (cosine ~0.98).
     fn paraphrase(rng: &mut fastrand::Rng, v: &[f32]) -> Vec<f32> {
         unit(
@@ -602,7 +607,7 @@ mod tests {
         let mut ix = Index::with_ann(small());
         let mut exact = Index::with_ann(AnnParams::exact());
         let now = Instant::now();
-        let vs: Vec<Vec<f32>> = (0..600).map(|_| random_unit(&mut rng, 48)).collect();
+        let vs = random_units(&mut rng, 600, 48);
         for (i, v) in vs.iter().enumerate() {
             let a = answer(&format!("e{i}"));
             ix.insert(part(1), 1, v.clone(), a.clone(), HOUR, now, BIG_ANN);
@@ -633,7 +638,7 @@ mod tests {
             max_entries_per_tenant: 300,
             ..BIG_ANN
         };
-        let vs: Vec<Vec<f32>> = (0..400).map(|_| random_unit(&mut rng, 32)).collect();
+        let vs = random_units(&mut rng, 400, 32);
         for (i, v) in vs.iter().enumerate() {
             // Odd entries expire after a minute.
             let ttl = if i % 2 == 1 { short } else { HOUR };
@@ -674,7 +679,7 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(3);
         let mut ix = Index::with_ann(small());
         let now = Instant::now();
-        let vs: Vec<Vec<f32>> = (0..300).map(|_| random_unit(&mut rng, 32)).collect();
+        let vs = random_units(&mut rng, 300, 32);
         for (i, v) in vs.iter().enumerate() {
             let ttl = if i < 200 {
                 Duration::from_secs(60)
@@ -762,7 +767,7 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(6);
         let mut ix = Index::with_ann(small());
         let now = Instant::now();
-        let vs: Vec<Vec<f32>> = (0..400).map(|_| random_unit(&mut rng, 32)).collect();
+        let vs = random_units(&mut rng, 400, 32);
         for (i, v) in vs.iter().enumerate() {
             ix.insert(
                 part(1),
