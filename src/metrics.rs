@@ -465,17 +465,6 @@ pub fn overhead(d: Duration) {
     histogram!("sluice_overhead_seconds").record(d);
 }
 
-pub fn tokens(model: &str, kind: &'static str, n: u64) {
-    if n == 0 {
-        return;
-    }
-    match TOKEN_KINDS.iter().position(|k| *k == kind) {
-        Some(i) => model_handles(model).tokens[i].increment(n),
-        None => counter!("sluice_tokens_total", "model" => label_value(model), "kind" => kind)
-            .increment(n),
-    }
-}
-
 pub fn upstream_attempt(provider: &str, outcome: &'static str) {
     counter!("sluice_upstream_attempts_total", "provider" => label_value(provider), "outcome" => outcome)
         .increment(1);
@@ -716,9 +705,22 @@ pub fn batch_lines(outcome: &'static str, n: u64) {
     }
 }
 
-pub fn cost(model: &str, nanos: u64) {
-    if nanos > 0 {
-        model_handles(model).cost.increment(nanos);
+/// A request's tokens by kind and its cost, on its model's counters (one
+/// lookup of the model's handles for all of them; zeros are not added).
+pub fn usage(model: &str, usage: Option<&crate::usage::Usage>, cost: Option<u64>) {
+    let counts = usage.map(|u| [u.input, u.cached_input, u.output, u.reasoning]);
+    let cost = cost.filter(|&c| c > 0);
+    if cost.is_none() && counts.is_none_or(|c| c.iter().all(|&n| n == 0)) {
+        return;
+    }
+    let h = model_handles(model);
+    for (counter, n) in h.tokens.iter().zip(counts.unwrap_or_default()) {
+        if n > 0 {
+            counter.increment(n);
+        }
+    }
+    if let Some(c) = cost {
+        h.cost.increment(c);
     }
 }
 
@@ -782,10 +784,13 @@ mod tests {
             request_done(&labels("m-1", 200), ms, Some(ms));
             request_done(&labels("m-1", 200), ms, None);
             request_done(&labels("m-1", 503), ms, None);
-            tokens("m-1", "input", 5);
-            tokens("m-1", "input", 7);
-            tokens("m-1", "output", 0);
-            cost("m-1", 30);
+            let u = |input| crate::usage::Usage {
+                input,
+                ..Default::default()
+            };
+            usage("m-1", Some(&u(5)), Some(30));
+            usage("m-1", Some(&u(7)), None);
+            usage("m-1", None, Some(0));
             // Lengths in the key: ("m-1" + "p") and ("m-1p" + "") stay apart.
             request_done(
                 &RequestLabels {

@@ -328,18 +328,10 @@ impl RequestRecord {
         if let Some(b) = &batch {
             self.batch_metrics(b);
         } else {
-            if let Some(c) = cost {
-                metrics::cost(model_label, c);
-                if let Some(l) = &self.ledger {
-                    l.attribute(&self.facts.identity, c);
-                }
+            if let (Some(c), Some(l)) = (cost, &self.ledger) {
+                l.attribute(&self.facts.identity, c);
             }
-            if let Some(u) = &usage {
-                metrics::tokens(model_label, "input", u.input);
-                metrics::tokens(model_label, "cached_input", u.cached_input);
-                metrics::tokens(model_label, "output", u.output);
-                metrics::tokens(model_label, "reasoning", u.reasoning);
-            }
+            metrics::usage(model_label, usage.as_ref(), cost);
         }
         metrics::response_bytes(self.facts.endpoint.label(), response_bytes);
         if self.outcome.upstream.attempts > 0 {

@@ -82,11 +82,7 @@ impl RequestRecord {
                 Some(snap) => snap.router.model_label(&m.model),
                 None => crate::route::OTHER_MODEL,
             };
-            metrics::cost(label, m.cost);
-            metrics::tokens(label, "input", m.usage.input);
-            metrics::tokens(label, "cached_input", m.usage.cached_input);
-            metrics::tokens(label, "output", m.usage.output);
-            metrics::tokens(label, "reasoning", m.usage.reasoning);
+            metrics::usage(label, Some(&m.usage), Some(m.cost));
         }
         metrics::batch_lines("charged", c.charged);
         metrics::batch_lines("already_charged", c.already);
