@@ -117,8 +117,21 @@ fn init_tracing(log: &LogConfig) {
     }
 }
 
+/// Transparent huge pages off for this process. mimalloc asks for huge pages on its arenas
+/// unless built with `no_thp` (Cargo.toml), and a kernel set to THP `always` gives them
+/// anyway: every 2 MiB region the heap touches then becomes resident whole. An idle proxy
+/// held 8 MiB of anonymous memory for ~1.7 MiB of heap (23 MB RSS instead of 16.6). A proxy's
+/// heap is small buffers turned over per request, where huge pages save few TLB misses, and
+/// a sidecar per pod pays the RSS on every pod. Linux only; if the call fails, nothing
+/// changes.
+fn keep_heap_pages_small() {
+    #[cfg(target_os = "linux")]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
+}
+
 #[expect(clippy::print_stdout, reason = "command output, not logs")]
 fn main() -> ExitCode {
+    keep_heap_pages_small();
     let cmd = match parse_args() {
         Ok(c) => c,
         Err(e) => {

@@ -21,12 +21,18 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Msg;
 
-/// The shortest time between two fsyncs of the journal under load: at
-/// thousands of charges a second, one fsync per few hundred microseconds
-/// costs the process more CPU than everything else the budget does. A
-/// usage record waits for its charge's fsync, so this is the most a busy
-/// gateway adds to when a record is written (never to a response).
-const COMMIT_INTERVAL: Duration = Duration::from_millis(2);
+/// The shortest time between two fsyncs of the journal under load. Each
+/// commit costs the process far more than its write: a timer wake, the
+/// fsync's I/O and its completion, each a context switch (and, on a VM, an
+/// exit to the hypervisor). At 2 ms, ~500 commits a second cost a
+/// limits+budget request ~5 µs of its ~45 (bench/RESULTS.md); at 10 ms, ~1.
+/// What a longer interval risks: a `kill -9` or power loss forgets the
+/// charges of at most its last interval, which is small beside what a crash
+/// forgets anyway (the requests in flight, running for seconds, whose
+/// charges settle only at their end). A usage record waits for its charge's
+/// fsync, so this is also the most a busy gateway delays a record (never a
+/// response).
+const COMMIT_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Charges waiting for the disk, at most.
 pub const MAX_PENDING: usize = 16_384;
