@@ -484,7 +484,7 @@ fn deployment_name(upstream: &Upstream, cand: &Candidate) -> String {
     if cand.upstream_model.is_empty() {
         cand.state.name.clone()
     } else {
-        format!("{}/{}", upstream.name, cand.upstream_model)
+        crate::resilience::deployment_name(&upstream.name, &cand.upstream_model)
     }
 }
 
@@ -710,6 +710,9 @@ fn build_request(
         _ => body.clone(),
     };
     let mut headers = upstream_request_headers(call.client_headers);
+    if let Some(host) = upstream.plain_host() {
+        headers.insert(header::HOST, host.clone());
+    }
     protocol::headers::fit(
         &mut headers,
         call.shape,

@@ -19,6 +19,27 @@ pub fn nanos_to_usd(n: Nanos) -> f64 {
     n as f64 / 1e9
 }
 
+/// `n` nano-dollars as a decimal number of dollars with `decimals` (at most
+/// 9) places, cut (never rounded up: a remaining budget is not shown larger
+/// than it is). Integer arithmetic, so exact at any size, and no formatting
+/// machinery on the request path.
+pub fn usd_text(n: Nanos, decimals: u32) -> String {
+    let decimals = decimals.min(9);
+    let mut digits = itoa::Buffer::new();
+    let mut s = String::with_capacity(24);
+    s.push_str(digits.format(n / 1_000_000_000));
+    if decimals > 0 {
+        let frac = (n % 1_000_000_000) / 10u64.pow(9 - decimals);
+        let frac = digits.format(frac);
+        s.push('.');
+        for _ in frac.len()..decimals as usize {
+            s.push('0');
+        }
+        s.push_str(frac);
+    }
+    s
+}
+
 /// One set of per-token rates, in nano-dollars per token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Rates {
@@ -335,6 +356,20 @@ fn bedrock_anthropic_name(id: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usd_text_is_exact_and_cut() {
+        assert_eq!(usd_text(0, 9), "0.000000000");
+        assert_eq!(usd_text(123, 9), "0.000000123");
+        assert_eq!(usd_text(1_234_567_891, 9), "1.234567891");
+        assert_eq!(usd_text(1_999_999, 6), "0.001999");
+        assert_eq!(usd_text(u64::MAX, 9), "18446744073.709551615");
+        assert_eq!(usd_text(5_000_000_000, 0), "5");
+        // The same text as the float formatting it replaced, where that was exact.
+        for n in [1, 999, 1_000, 42_000_017, 3_000_000_000] {
+            assert_eq!(usd_text(n, 9), format!("{:.9}", nanos_to_usd(n)));
+        }
+    }
 
     #[test]
     fn bedrock_model_ids_are_priced_as_their_anthropic_model() {

@@ -33,6 +33,11 @@ pub struct Upstream {
     authority: http::uri::Authority,
     /// Path prefix from the base URL, without a trailing slash.
     prefix: String,
+    /// The `host` header, made once, for a plain-HTTP provider (always
+    /// HTTP/1.1): hyper's client would otherwise format it per request.
+    /// Over TLS the protocol is chosen by ALPN, and HTTP/2 carries the
+    /// host in `:authority`, so there hyper's client still decides.
+    plain_host: Option<HeaderValue>,
     /// The provider's own credential header, when a key is configured.
     auth: Option<(HeaderName, HeaderValue)>,
     /// Env var the key comes from (for error messages).
@@ -143,12 +148,20 @@ impl Upstream {
             kind: p.kind,
             timeouts: p.timeouts,
             client,
+            plain_host: (scheme == http::uri::Scheme::HTTP)
+                .then(|| HeaderValue::from_str(&host_header(&scheme, &authority)).ok())
+                .flatten(),
             scheme,
             authority,
             prefix,
             auth,
             api_key_env: p.api_key_env.clone(),
         })
+    }
+
+    /// The `host` header to send, when made once at load (plain HTTP).
+    pub fn plain_host(&self) -> Option<&HeaderValue> {
+        self.plain_host.as_ref()
     }
 
     /// Whether this provider serves requests of the given API shape.
@@ -178,11 +191,11 @@ impl Upstream {
             }
             // Bedrock's path (`/model/{id}/invoke`) is made by the caller.
             (ProviderKind::Anthropic | ProviderKind::Bedrock, _) => {
-                format!("{}{path_and_query}", self.prefix)
+                concat(&[&self.prefix, path_and_query])
             }
             _ => {
                 let rest = path_and_query.strip_prefix("/v1").unwrap_or(path_and_query);
-                format!("{}{rest}", self.prefix)
+                concat(&[&self.prefix, rest])
             }
         };
         Uri::builder()
@@ -418,6 +431,15 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'st
         .collect()
 }
 
+/// `parts` joined, in one allocation (per request: no formatting machinery).
+pub(crate) fn concat(parts: &[&str]) -> String {
+    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        s.push_str(p);
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,6 +451,24 @@ mod tests {
         );
         let cfg = Config::parse(&text, "t", &|_| Some("sk-1".into())).expect("config");
         Upstream::new(&cfg.providers[0]).expect("upstream")
+    }
+
+    #[tokio::test]
+    async fn the_host_header_is_made_once_for_plain_http_only() {
+        let plain = upstream("openai-compatible", "http://127.0.0.1:9/v1");
+        assert_eq!(
+            plain.plain_host().map(|h| h.as_bytes()),
+            Some(&b"127.0.0.1:9"[..])
+        );
+        let default_port = upstream("openai-compatible", "http://vllm.internal:80/v1");
+        assert_eq!(
+            default_port.plain_host().map(|h| h.as_bytes()),
+            Some(&b"vllm.internal"[..])
+        );
+        // Over TLS, ALPN may choose HTTP/2 (`:authority`): hyper's client decides.
+        assert!(upstream("openai", "https://api.openai.com/v1")
+            .plain_host()
+            .is_none());
     }
 
     #[tokio::test]

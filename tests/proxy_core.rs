@@ -39,6 +39,16 @@ async fn chat_body_reaches_provider_byte_for_byte_with_provider_key() {
         body.to_string().as_bytes(),
         "body must pass unchanged"
     );
+    // The provider's own host (with its non-default port), once, never the client's.
+    let hosts: Vec<_> = seen.headers.iter().filter(|(n, _)| n == "host").collect();
+    assert_eq!(hosts.len(), 1, "{hosts:?}");
+    let mock_host = mock
+        .url()
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .map(str::to_owned);
+    assert_eq!(Some(hosts[0].1.clone()), mock_host);
     assert_eq!(
         seen.header("authorization"),
         Some(&*format!("Bearer {UPSTREAM_OPENAI_KEY}"))

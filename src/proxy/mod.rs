@@ -116,7 +116,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
                 rec.outcome.status = 0;
             }
             if let Some(cost) = rec.cost_of(&observed) {
-                let usd = format!("{:.9}", crate::pricing::nanos_to_usd(cost));
+                let usd = crate::pricing::usd_text(cost, 9);
                 resp.headers_mut().insert("x-sluice-cost-usd", value(&usd));
             }
             let len = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
@@ -174,7 +174,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
         );
     }
     if let Some(left) = budget_left {
-        let usd = format!("{:.6}", crate::pricing::nanos_to_usd(left));
+        let usd = crate::pricing::usd_text(left, 6);
         h.insert("x-sluice-budget-remaining-usd", value(&usd));
     }
     resp

@@ -70,7 +70,7 @@ impl Drop for InflightGuard {
 
 /// The name of a deployment's state: `provider/model`.
 pub fn deployment_name(provider: &str, model: &str) -> String {
-    format!("{provider}/{model}")
+    crate::upstream::concat(&[provider, "/", model])
 }
 
 /// Every deployment's state, by `provider/upstream_model` (or
@@ -84,6 +84,9 @@ impl Deployments {
     pub fn get(&self, provider: &str, model: &str) -> Arc<DeploymentState> {
         let name = deployment_name(provider, model);
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(state) = map.get(&name) {
+            return state.clone();
+        }
         map.entry(name.clone())
             .or_insert_with(|| Arc::new(DeploymentState::new(name)))
             .clone()
