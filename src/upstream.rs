@@ -210,13 +210,19 @@ impl Upstream {
     /// client: organisation and project are replaced, and only allowed
     /// `anthropic-beta` values are kept.
     pub fn set_billing_headers(&self, headers: &mut HeaderMap) {
-        headers.remove("openai-organization");
-        headers.remove("openai-project");
+        const ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
+        const PROJECT: HeaderName = HeaderName::from_static("openai-project");
+        const BETA: HeaderName = HeaderName::from_static("anthropic-beta");
+        headers.remove(ORGANIZATION);
+        headers.remove(PROJECT);
         for (name, v) in &self.billing {
             headers.insert(name.clone(), v.clone());
         }
+        if !headers.contains_key(BETA) {
+            return;
+        }
         let betas: Vec<String> = headers
-            .get_all("anthropic-beta")
+            .get_all(BETA)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
@@ -224,10 +230,10 @@ impl Upstream {
             .filter(|b| self.anthropic_beta.iter().any(|a| a == b))
             .map(str::to_owned)
             .collect();
-        headers.remove("anthropic-beta");
+        headers.remove(BETA);
         if let Ok(v) = HeaderValue::from_str(&betas.join(",")) {
             if !betas.is_empty() {
-                headers.insert("anthropic-beta", v);
+                headers.insert(BETA, v);
             }
         }
     }

@@ -15,6 +15,26 @@ pub struct WindowKey {
 }
 
 impl WindowKey {
+    /// Appends `b`; the longest name (`YYYYYY-MM-DD/week` for far years)
+    /// fits, and past the end bytes are dropped (a year past 999,999, which
+    /// the clock never gives).
+    fn push(&mut self, b: &[u8]) {
+        let at = usize::from(self.len);
+        let n = b.len().min(WINDOW_KEY_MAX - at);
+        self.bytes[at..at + n].copy_from_slice(&b[..n]);
+        self.len += n as u8;
+    }
+
+    /// Appends `v` in decimal, zero-padded to `width` digits.
+    fn num(&mut self, v: u64, width: usize) {
+        let mut digits = itoa::Buffer::new();
+        let text = digits.format(v);
+        for _ in text.len()..width {
+            self.push(b"0");
+        }
+        self.push(text.as_bytes());
+    }
+
     const EMPTY: WindowKey = WindowKey {
         bytes: [0; WINDOW_KEY_MAX],
         len: 0,
@@ -110,27 +130,36 @@ impl Window {
     /// The name of the window containing `unix` seconds, e.g. `2026-11-26`
     /// (built on the stack: every budget check asks for it).
     pub fn key(self, unix: u64) -> WindowKey {
-        use std::io::Write;
         let days = (unix / 86_400) as i64;
         let (y, m, d) = civil_from_days(days);
         let mut k = WindowKey::EMPTY;
-        let mut out = &mut k.bytes[..];
-        // The longest name (`YYYYYY-MM-DD/week` for far years) fits: a write
-        // can only fail on a year past 999,999, which the clock never gives.
-        let _ = match self {
-            Window::Hour => write!(out, "{y:04}-{m:02}-{d:02}T{:02}", (unix % 86_400) / 3600),
-            Window::Day => write!(out, "{y:04}-{m:02}-{d:02}"),
+        let date = |k: &mut WindowKey, (y, m, d): (i64, u32, u32)| {
+            k.num(u64::try_from(y).unwrap_or(0), 4);
+            k.push(b"-");
+            k.num(u64::from(m), 2);
+            k.push(b"-");
+            k.num(u64::from(d), 2);
+        };
+        match self {
+            Window::Hour => {
+                date(&mut k, (y, m, d));
+                k.push(b"T");
+                k.num((unix % 86_400) / 3600, 2);
+            }
+            Window::Day => date(&mut k, (y, m, d)),
             Window::Week => {
                 // 1970-01-01 was a Thursday: Monday-based weekday is (days + 3) % 7.
                 let monday = days - (days + 3).rem_euclid(7);
-                let (y, m, d) = civil_from_days(monday);
-                write!(out, "{y:04}-{m:02}-{d:02}/week")
+                date(&mut k, civil_from_days(monday));
+                k.push(b"/week");
             }
-            Window::Month => write!(out, "{y:04}-{m:02}"),
-            Window::Lifetime => write!(out, "lifetime"),
-        };
-        let left = out.len();
-        k.len = (WINDOW_KEY_MAX - left) as u8;
+            Window::Month => {
+                k.num(u64::try_from(y).unwrap_or(0), 4);
+                k.push(b"-");
+                k.num(u64::from(m), 2);
+            }
+            Window::Lifetime => k.push(b"lifetime"),
+        }
         k
     }
 

@@ -101,21 +101,28 @@ fn set(h: &mut HeaderMap, shape: ApiShape, what: &Names, limit: u64, left: u64, 
     }
 }
 
-/// `1m2.5s`, `6s`, `120ms` — the format OpenAI uses.
+/// `1m2.5s`, `6s`, `120ms` — the format OpenAI uses (tenths of a second
+/// rounded half up). Digits by `itoa`, not the formatting machinery: this
+/// runs twice on every admitted request under a rate limit.
 fn openai_duration(out: &mut impl Write, d: Duration) -> std::fmt::Result {
-    let ms = d.as_millis() as u64;
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let mut digits = itoa::Buffer::new();
     if ms < 1000 {
-        return write!(out, "{ms}ms");
+        out.write_str(digits.format(ms))?;
+        return out.write_str("ms");
     }
     let (m, rest_ms) = (ms / 60_000, ms % 60_000);
     if m > 0 {
-        write!(out, "{m}m")?;
+        out.write_str(digits.format(m))?;
+        out.write_char('m')?;
     }
-    if rest_ms % 1000 == 0 {
-        write!(out, "{}s", rest_ms / 1000)
-    } else {
-        write!(out, "{:.1}s", rest_ms as f64 / 1000.0)
+    let tenths = (rest_ms + 50) / 100;
+    out.write_str(digits.format(tenths / 10))?;
+    if tenths % 10 != 0 {
+        out.write_char('.')?;
+        out.write_str(digits.format(tenths % 10))?;
     }
+    out.write_char('s')
 }
 
 #[cfg(test)]
@@ -133,6 +140,10 @@ mod tests {
         assert_eq!(text(Duration::from_secs(6)), "6s");
         assert_eq!(text(Duration::from_millis(62_500)), "1m2.5s");
         assert_eq!(text(Duration::from_secs(60)), "1m0s");
+        assert_eq!(text(Duration::from_millis(1_049)), "1s");
+        assert_eq!(text(Duration::from_millis(1_050)), "1.1s");
+        assert_eq!(text(Duration::from_millis(59_960)), "60s");
+        assert_eq!(text(Duration::from_millis(999)), "999ms");
     }
 
     #[test]
