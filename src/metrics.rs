@@ -359,6 +359,10 @@ struct RequestHandles {
     requests: Counter,
     ttft: Histogram,
     duration: Histogram,
+    /// `sluice_response_bytes_total` by endpoint.
+    bytes: Counter,
+    /// `sluice_overhead_seconds` (no labels: the same for every set).
+    overhead: Histogram,
 }
 
 /// Label sets whose handles one thread keeps. Label values come from the
@@ -425,6 +429,8 @@ fn request_handles(l: &RequestLabels<'_>) -> RequestHandles {
             ),
             ttft: histogram!("sluice_ttft_seconds", "endpoint" => l.endpoint, "model" => model.clone()),
             duration: histogram!("sluice_request_duration_seconds", "endpoint" => l.endpoint, "model" => model),
+            bytes: counter!("sluice_response_bytes_total", "endpoint" => l.endpoint),
+            overhead: histogram!("sluice_overhead_seconds"),
         }
     })
 }
@@ -450,19 +456,30 @@ fn model_handles(model: &str) -> ModelHandles {
     })
 }
 
-/// A finished request: its count, its duration and (when a byte came) its
-/// time to first byte, the latencies by endpoint and model.
-pub fn request_done(l: &RequestLabels<'_>, duration: Duration, ttft: Option<Duration>) {
-    let h = request_handles(l);
-    h.requests.increment(1);
-    if let Some(t) = ttft {
-        h.ttft.record(t);
-    }
-    h.duration.record(duration);
+/// What a finished request reports beside its labels.
+pub struct Finished {
+    pub duration: Duration,
+    /// Time to first byte, when a byte came.
+    pub ttft: Option<Duration>,
+    /// Sluice's own share of the time (the upstream's wait taken out).
+    pub overhead: Duration,
+    /// Bytes of the response body sent.
+    pub response_bytes: u64,
 }
 
-pub fn overhead(d: Duration) {
-    histogram!("sluice_overhead_seconds").record(d);
+/// A finished request: its count, its duration and (when a byte came) its
+/// time to first byte, the latencies by endpoint and model, Sluice's
+/// overhead and the response bytes by endpoint — through the handles this
+/// thread keeps for the label set.
+pub fn request_done(l: &RequestLabels<'_>, f: &Finished) {
+    let h = request_handles(l);
+    h.requests.increment(1);
+    if let Some(t) = f.ttft {
+        h.ttft.record(t);
+    }
+    h.duration.record(f.duration);
+    h.overhead.record(f.overhead);
+    h.bytes.increment(f.response_bytes);
 }
 
 pub fn upstream_attempt(provider: &str, outcome: &'static str) {
@@ -780,10 +797,16 @@ mod tests {
             cache: "bypass",
         };
         let ms = Duration::from_millis(3);
+        let done = |ttft, response_bytes| Finished {
+            duration: ms,
+            ttft,
+            overhead: Duration::from_micros(40),
+            response_bytes,
+        };
         metrics::with_local_recorder(&rec, || {
-            request_done(&labels("m-1", 200), ms, Some(ms));
-            request_done(&labels("m-1", 200), ms, None);
-            request_done(&labels("m-1", 503), ms, None);
+            request_done(&labels("m-1", 200), &done(Some(ms), 100));
+            request_done(&labels("m-1", 200), &done(None, 20));
+            request_done(&labels("m-1", 503), &done(None, 3));
             let u = |input| crate::usage::Usage {
                 input,
                 ..Default::default()
@@ -797,8 +820,7 @@ mod tests {
                     provider: "",
                     ..labels("m-1p", 200)
                 },
-                ms,
-                None,
+                &done(None, 0),
             );
         });
         let text = exporter.render();
@@ -834,6 +856,14 @@ mod tests {
         assert_eq!(count(input).as_deref(), Some("12"), "{text}");
         let spent = "sluice_cost_nanodollars_total{model=\"m-1\"}";
         assert_eq!(count(spent).as_deref(), Some("30"), "{text}");
+        // Bytes by endpoint add up over every label set; the overhead has none.
+        let bytes = "sluice_response_bytes_total{endpoint=\"chat\"}";
+        assert_eq!(count(bytes).as_deref(), Some("123"), "{text}");
+        assert_eq!(
+            count("sluice_overhead_seconds_count").as_deref(),
+            Some("4"),
+            "{text}"
+        );
     }
 
     #[test]

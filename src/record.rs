@@ -315,15 +315,17 @@ impl RequestRecord {
                 status: self.outcome.status,
                 cache: self.outcome.cache.label(),
             },
-            duration,
-            ttft,
-        );
-        metrics::overhead(
-            self.outcome
-                .first_byte_at
-                .map(|fb| fb.duration_since(self.started))
-                .unwrap_or(duration)
-                .saturating_sub(self.outcome.upstream.wait),
+            &metrics::Finished {
+                duration,
+                ttft,
+                overhead: self
+                    .outcome
+                    .first_byte_at
+                    .map(|fb| fb.duration_since(self.started))
+                    .unwrap_or(duration)
+                    .saturating_sub(self.outcome.upstream.wait),
+                response_bytes,
+            },
         );
         if let Some(b) = &batch {
             self.batch_metrics(b);
@@ -333,7 +335,6 @@ impl RequestRecord {
             }
             metrics::usage(model_label, usage.as_ref(), cost);
         }
-        metrics::response_bytes(self.facts.endpoint.label(), response_bytes);
         if self.outcome.upstream.attempts > 0 {
             metrics::stream_end(end.label());
         }
