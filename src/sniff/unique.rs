@@ -10,7 +10,8 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 
 /// Deepest nesting accepted (serde_json's own recursion limit is 128).
 const MAX_DEPTH: usize = 128;
-/// Objects up to this many keys are checked by a linear scan.
+/// Objects up to this many keys are checked by a linear scan, their keys
+/// kept on the stack (16 × 32 bytes a nesting level, 64 KiB at the deepest).
 const LINEAR_MAX: usize = 16;
 
 /// Checks `body` (a JSON document) for a duplicate key in any object;
@@ -69,17 +70,25 @@ impl<'de> Visitor<'de> for Walk {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let depth = self.nested::<A::Error>()?;
-        let mut few: Vec<Key<'de>> = Vec::new();
+        // The first keys on the stack (no allocation for the usual small
+        // object), the rest of a large one in a set.
+        let mut few: [Option<Key<'de>>; LINEAR_MAX] = Default::default();
+        let mut n = 0;
         let mut many: Option<HashSet<Key<'de>>> = None;
         while let Some(key) = map.next_key::<Key<'de>>()? {
             let dup = match &mut many {
                 Some(set) => !set.insert(key.clone()),
-                None if few.contains(&key) => true,
+                None if few[..n].iter().flatten().any(|k| *k == key) => true,
+                None if n < LINEAR_MAX => {
+                    few[n] = Some(key.clone());
+                    n += 1;
+                    false
+                }
                 None => {
-                    few.push(key.clone());
-                    if few.len() > LINEAR_MAX {
-                        many = Some(few.drain(..).collect());
-                    }
+                    let mut set: HashSet<Key<'de>> =
+                        few.iter_mut().filter_map(Option::take).collect();
+                    set.insert(key.clone());
+                    many = Some(set);
                     false
                 }
             };
@@ -175,6 +184,19 @@ mod tests {
         ] {
             let e = check(body.as_bytes()).expect_err(body);
             assert!(e.contains("duplicate key"), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_switch_from_the_stack_to_the_set_loses_no_key() {
+        let keys = |n: usize| (0..n).map(|i| format!("\"k{i}\":{i}")).collect::<Vec<_>>();
+        for n in [LINEAR_MAX - 1, LINEAR_MAX, LINEAR_MAX + 1, 3 * LINEAR_MAX] {
+            let distinct = format!("{{{}}}", keys(n).join(","));
+            check(distinct.as_bytes()).expect(&distinct);
+            for dup in [0, n / 2, n - 1] {
+                let body = format!("{{{},\"k{dup}\":0}}", keys(n).join(","));
+                assert!(check(body.as_bytes()).is_err(), "{body}");
+            }
         }
     }
 
