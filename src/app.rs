@@ -280,10 +280,7 @@ impl App {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
-        let mut buf = *b"req_0000000000000000";
-        // 16 hex digits always fit the 16 bytes after the prefix.
-        let _ = hex::encode_to_slice(z.to_be_bytes(), &mut buf[4..]);
-        Arc::from(std::str::from_utf8(&buf).unwrap_or("req_"))
+        crate::text::prefixed_hex("req_", &z.to_be_bytes())
     }
 
     pub fn begin_shutdown(&self) {

@@ -201,7 +201,7 @@ impl Keys {
                 Identity {
                     // 128 bits of the key's SHA-256: distinct keys never
                     // share cache entries, budgets or rate buckets.
-                    key: Some(passthrough_key(&digest)),
+                    key: Some(crate::text::prefixed_hex("passthrough:", &digest[..16])),
                     ..Identity::default()
                 },
             ),
@@ -276,18 +276,6 @@ pub fn run_id(
         .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
         .filter(|id| id.bytes().any(|b| b != b'0'));
     Ok(trace.map(|id| Arc::from(id.to_ascii_lowercase())))
-}
-
-/// `passthrough:` and the hex of the first 128 bits of a key's SHA-256.
-fn passthrough_key(digest: &[u8]) -> Arc<str> {
-    const PREFIX: &[u8] = b"passthrough:";
-    let mut buf = [0u8; PREFIX.len() + 32];
-    buf[..PREFIX.len()].copy_from_slice(PREFIX);
-    let hex_ok = hex::encode_to_slice(&digest[..16], &mut buf[PREFIX.len()..]).is_ok();
-    match std::str::from_utf8(&buf) {
-        Ok(s) if hex_ok => Arc::from(s),
-        _ => Arc::from(format!("passthrough:{}", hex::encode(&digest[..16]))),
-    }
 }
 
 #[cfg(test)]

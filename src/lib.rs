@@ -8,7 +8,8 @@
 //! (`python3 scripts/module-deps.py` checks it, and the test suite runs it):
 //!
 //! - leaves: [`vocab`] (API shape, endpoint, identity, scope dimensions,
-//!   refusals), [`find`] (byte-string search), [`glob`], [`pricing`],
+//!   refusals), [`find`] (byte-string search), [`text`] (strings built
+//!   without `format!`), [`glob`], [`pricing`],
 //!   [`window`], [`usage`], [`webhook`], [`stats`] (experiment statistics), [`translate`] (OpenAI ↔ Anthropic
 //!   requests, responses, streams and errors), [`protocol`] (each wire
 //!   format behind one interface: request facts, answers and usage, SSE
@@ -67,6 +68,7 @@ pub mod sniff;
 pub mod stats;
 pub mod stream;
 pub mod telemetry;
+pub mod text;
 pub mod translate;
 pub mod upstream;
 pub mod usage;

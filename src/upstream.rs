@@ -191,11 +191,11 @@ impl Upstream {
             }
             // Bedrock's path (`/model/{id}/invoke`) is made by the caller.
             (ProviderKind::Anthropic | ProviderKind::Bedrock, _) => {
-                concat(&[&self.prefix, path_and_query])
+                crate::text::concat(&[&self.prefix, path_and_query])
             }
             _ => {
                 let rest = path_and_query.strip_prefix("/v1").unwrap_or(path_and_query);
-                concat(&[&self.prefix, rest])
+                crate::text::concat(&[&self.prefix, rest])
             }
         };
         Uri::builder()
@@ -435,15 +435,6 @@ fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'st
     rustls::pki_types::CertificateDer::pem_slice_iter(pem)
         .filter_map(Result::ok)
         .collect()
-}
-
-/// `parts` joined, in one allocation (per request: no formatting machinery).
-pub(crate) fn concat(parts: &[&str]) -> String {
-    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for p in parts {
-        s.push_str(p);
-    }
-    s
 }
 
 #[cfg(test)]

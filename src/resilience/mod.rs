@@ -70,7 +70,7 @@ impl Drop for InflightGuard {
 
 /// The name of a deployment's state: `provider/model`.
 pub fn deployment_name(provider: &str, model: &str) -> String {
-    crate::upstream::concat(&[provider, "/", model])
+    crate::text::concat(&[provider, "/", model])
 }
 
 /// Every deployment's state, by `provider/upstream_model` (or
