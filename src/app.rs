@@ -250,6 +250,9 @@ impl App {
         {
             tracing::warn!("listen addresses changed; they take effect on restart");
         }
+        if snap.config.server.workers != old.config.server.workers {
+            tracing::warn!("[server] workers changed; it takes effect on restart");
+        }
         if snap.config.redis.as_ref().map(|r| (&r.url, &r.key_prefix))
             != old.config.redis.as_ref().map(|r| (&r.url, &r.key_prefix))
         {

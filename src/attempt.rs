@@ -195,7 +195,7 @@ impl Transport for [Upstream] {
         provider: usize,
         req: Request<Full<Bytes>>,
     ) -> impl Future<Output = Result<Response<Incoming>, SendError>> + Send {
-        let sent = self.get(provider).map(|u| u.client.request(req));
+        let sent = self.get(provider).map(|u| u.client().request(req));
         async move {
             match sent {
                 Some(response) => response.await.map_err(|e| SendError::from_client(&e)),

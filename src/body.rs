@@ -23,7 +23,10 @@ use crate::stream::translate::SseTranslator;
 use crate::upstream::bedrock::EventStreamToSse;
 
 mod fault;
+mod gather;
+
 pub use fault::FaultyBody;
+pub use gather::Gather;
 
 /// Marks a response the server must not send: it drops the connection
 /// instead (a chaos fault's reset before the response head).
@@ -37,8 +40,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum ProxyBody {
     /// A complete body (errors, admin answers, cache hits).
     Full(Option<Bytes>),
-    /// An upstream body streamed through a tap.
-    Tap(Box<TapBody>),
+    /// An upstream body streamed through a tap (a stream's bursts
+    /// gathered into one write each).
+    Tap(Box<Gather<TapBody>>),
     /// Frames sent one by one (a cached answer replayed as SSE).
     Frames(std::collections::VecDeque<Bytes>),
     /// Chunks produced off the async workers (the admin usage export),
@@ -49,6 +53,15 @@ pub enum ProxyBody {
 }
 
 impl ProxyBody {
+    /// An upstream body through its tap; a stream's bursts are gathered.
+    pub fn tap(inner: Incoming, cfg: TapConfig, record: RequestRecord) -> Self {
+        let stream = cfg.observer.is_stream();
+        ProxyBody::Tap(Box::new(Gather::new(
+            TapBody::new(inner, cfg, record),
+            stream,
+        )))
+    }
+
     pub fn full(b: impl Into<Bytes>) -> Self {
         ProxyBody::Full(Some(b.into()))
     }
@@ -90,8 +103,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
-            ProxyBody::Tap(t) if t.passthrough_size => t.inner.size_hint(),
-            ProxyBody::Tap(_) => SizeHint::default(),
+            ProxyBody::Tap(t) => t.size_hint(),
             ProxyBody::Frames(f) => SizeHint::with_exact(f.iter().map(|b| b.len() as u64).sum()),
             ProxyBody::Channel(_) | ProxyBody::Faulty(_) => SizeHint::default(),
         }
@@ -386,6 +398,14 @@ impl Body for TapBody {
 
     fn is_end_stream(&self) -> bool {
         self.done && self.tail.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.passthrough_size {
+            self.inner.size_hint()
+        } else {
+            SizeHint::default()
+        }
     }
 }
 

@@ -9,7 +9,8 @@
 //!
 //! - leaves: [`vocab`] (API shape, endpoint, identity, scope dimensions,
 //!   refusals), [`find`] (byte-string search), [`text`] (strings built
-//!   without `format!`), [`glob`], [`pricing`],
+//!   without `format!`), [`worker`] (the data plane's threads and what each
+//!   keeps for itself), [`glob`], [`pricing`],
 //!   [`window`], [`usage`], [`webhook`], [`stats`] (experiment statistics), [`translate`] (OpenAI ↔ Anthropic
 //!   requests, responses, streams and errors), [`protocol`] (each wire
 //!   format behind one interface: request facts, answers and usage, SSE
@@ -76,3 +77,4 @@ pub mod usage_log;
 pub mod vocab;
 pub mod webhook;
 pub mod window;
+pub mod worker;

@@ -204,7 +204,9 @@ fn main() -> ExitCode {
                 }
             };
             init_tracing(&log);
-            let Some(rt) = runtime(true) else {
+            // The main thread is the first worker; `run` starts the others,
+            // each on its own single-threaded runtime (see `worker`).
+            let Some(rt) = runtime(false) else {
                 return ExitCode::FAILURE;
             };
             match rt.block_on(sluice::run::run(path)) {

@@ -19,6 +19,9 @@ use crate::{admin, metrics, ownership, proxy, server};
 /// Runs Sluice on a config file until SIGTERM/SIGINT.
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&config_path)?;
+    // Before the snapshot: each provider keeps a connection pool per worker.
+    let workers = crate::worker::Workers::start(config.server.workers)
+        .map_err(|e| anyhow::anyhow!("worker threads: {e}"))?;
     let snapshot = Snapshot::build(config)?;
     let metrics = metrics::install().map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
     {
@@ -167,6 +170,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             stop_data.clone(),
             server_cfg.drain_timeout,
             data_limits,
+            workers.handles().to_vec(),
         ))
     };
     let admin_task = {
@@ -178,6 +182,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             stop_admin.clone(),
             Duration::from_secs(1),
             admin_limits,
+            Vec::new(),
         ))
     };
 
@@ -186,6 +191,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     app.begin_shutdown();
     stop_data.cancel();
     let _ = data.await;
+    workers.stop().await;
     stop_admin.cancel();
     let _ = admin_task.await;
     stop_sweeper.cancel();

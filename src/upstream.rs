@@ -19,6 +19,7 @@ use percent_encoding::utf8_percent_encode;
 
 use crate::config::{BedrockApi, ProviderConfig, ProviderKind, Timeouts};
 use crate::error::ApiShape;
+use crate::worker::PerWorker;
 
 /// The HTTP client used for one provider.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -28,7 +29,9 @@ pub struct Upstream {
     pub name: Arc<str>,
     pub kind: ProviderKind,
     pub timeouts: Timeouts,
-    pub client: HttpClient,
+    /// A connection pool per worker, so a request and the upstream
+    /// connection it borrows run on one thread (see [`crate::worker`]).
+    clients: PerWorker<HttpClient>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     /// Path prefix from the base URL, without a trailing slash.
@@ -80,9 +83,15 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
+    /// This worker's client (its own pool of connections to the provider).
+    pub fn client(&self) -> &HttpClient {
+        self.clients.get()
+    }
+
     /// Builds the provider's client; fails on an unreadable CA file.
     pub fn new(p: &ProviderConfig) -> Result<Upstream, String> {
-        let client = build_client(p)?;
+        let connector = build_connector(p)?;
+        let clients = PerWorker::new(|_| pooled(connector.clone()));
         let parts = p.base_url.clone().into_parts();
         let scheme = parts.scheme.ok_or("base_url has no scheme")?;
         let authority = parts.authority.ok_or("base_url has no host")?;
@@ -147,7 +156,7 @@ impl Upstream {
             name: p.name.as_str().into(),
             kind: p.kind,
             timeouts: p.timeouts,
-            client,
+            clients,
             plain_host: (scheme == http::uri::Scheme::HTTP)
                 .then(|| HeaderValue::from_str(&host_header(&scheme, &authority)).ok())
                 .flatten(),
@@ -348,7 +357,8 @@ const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANU
     .remove(b'_')
     .remove(b'~');
 
-fn build_client(p: &ProviderConfig) -> Result<HttpClient, String> {
+/// The connector one provider's clients share (TLS roots, timeouts).
+fn build_connector(p: &ProviderConfig) -> Result<HttpsConnector<HttpConnector>, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(ca) = &p.ca_file {
@@ -377,16 +387,20 @@ fn build_client(p: &ProviderConfig) -> Result<HttpClient, String> {
     http.set_connect_timeout(Some(p.timeouts.connect));
     http.set_keepalive(Some(Duration::from_secs(60)));
 
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_all_versions()
-        .wrap_connector(http);
+        .wrap_connector(http))
+}
+
+/// A keep-alive pool over `https`.
+fn pooled(https: HttpsConnector<HttpConnector>) -> HttpClient {
     // The idle timeout is only enforced with a timer.
-    Ok(Client::builder(TokioExecutor::new())
+    Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .build(https))
+        .build(https)
 }
 
 /// Why a request got no response headers from a provider (the transport's

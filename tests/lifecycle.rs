@@ -106,6 +106,63 @@ async fn transparent_huge_pages_are_off_for_the_proxy() {
     }
 }
 
+/// The threads of a running Sluice, by name, with what each has written.
+fn threads(pid: u32) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let dir = task.expect("task").path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        // `wchar` counts what the thread passed to write(2) and writev(2),
+        // which is how responses reach their clients.
+        let io = std::fs::read_to_string(dir.join("io")).unwrap_or_default();
+        let written = io
+            .lines()
+            .find_map(|l| l.strip_prefix("wchar: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        out.push((name.trim().to_owned(), written));
+    }
+    out
+}
+
+/// `[server] workers`: that many threads serve the data plane (the main
+/// thread and `sluice-worker-1..`), connections are spread over them, and
+/// what they serve lands in the one shared usage log.
+#[tokio::test]
+async fn workers_serve_connections_on_their_own_threads() {
+    let mock = MockProvider::start().await.expect("mock");
+    let s = Sluice::start(&config(&mock.url(), "workers = 3", "")).await;
+    let names: Vec<String> = threads(s.pid()).into_iter().map(|(n, _)| n).collect();
+    for w in ["sluice-worker-1", "sluice-worker-2"] {
+        assert!(names.iter().any(|n| n == w), "{w} missing in {names:?}");
+    }
+    assert!(!names.iter().any(|n| n == "sluice-worker-3"), "{names:?}");
+
+    // Each call is a new connection: round robin gives each worker some.
+    let body =
+        json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "spread"}]});
+    let calls = (0..9).map(|_| post(&s, "/v1/chat/completions", &[], &body));
+    for (st, _, b) in futures_util::future::join_all(calls).await {
+        assert_eq!(st, StatusCode::OK);
+        assert!(String::from_utf8_lossy(&b).contains("[DONE]"));
+    }
+    s.wait_usage(9).await;
+    for (name, written) in threads(s.pid()) {
+        if name.starts_with("sluice-worker-") {
+            assert!(written > 0, "{name} served nothing");
+        }
+    }
+
+    let one = Sluice::start(&config(&mock.url(), "workers = 1", "")).await;
+    let names: Vec<String> = threads(one.pid()).into_iter().map(|(n, _)| n).collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("sluice-worker")),
+        "{names:?}"
+    );
+    let (st, _, _) = post(&one, "/v1/chat/completions", &[], &body).await;
+    assert_eq!(st, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn admin_plane_metrics_and_token() {
     let mock = MockProvider::start().await.expect("mock");

@@ -200,7 +200,7 @@ impl SharedCache {
         let this = Arc::clone(self);
         let k = redis_key(key);
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        tokio::spawn(async move {
+        crate::worker::spawn_main(async move {
             let _permit = permit;
             let mut conn = this.conn.clone();
             let mut set = redis::cmd("SET");

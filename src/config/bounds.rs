@@ -190,6 +190,20 @@ mod tests {
     }
 
     #[test]
+    fn workers_default_to_the_cores_and_are_bounded() {
+        let c = parse("").expect("valid");
+        assert_eq!(c.server.workers, crate::worker::default_count());
+        assert_eq!(parse("workers = 3").expect("valid").server.workers, 3);
+        for bad in ["workers = 0", "workers = 257"] {
+            let err = parse(bad).expect_err("invalid");
+            assert!(
+                err.contains("server.workers: must be between 1 and 256"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn every_bad_bound_is_named() {
         let err = parse(
             "header_timeout = \"0s\"\nidle_timeout = \"soon\"\nmax_connections = 0\n\

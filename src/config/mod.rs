@@ -139,6 +139,9 @@ pub struct ServerConfig {
     pub run_from_traceparent: bool,
     pub end_user_from_body: bool,
     pub drain_timeout: Duration,
+    /// Threads serving the data plane (`[server] workers`; one per core by
+    /// default), each with its own connections and upstream pools.
+    pub workers: usize,
     pub tls: Option<TlsFiles>,
     /// Passthrough families every virtual key may use (`[server] passthrough`).
     pub passthrough: Vec<Family>,
@@ -414,6 +417,19 @@ impl Validator<'_> {
                 s.drain_timeout.as_deref(),
                 Duration::from_secs(30),
             ),
+            workers: match s.workers {
+                None => crate::worker::default_count(),
+                Some(n) => match usize::try_from(n) {
+                    Ok(n @ 1..=crate::worker::MAX_WORKERS) => n,
+                    _ => {
+                        self.err(
+                            "server.workers",
+                            format!("must be between 1 and {}", crate::worker::MAX_WORKERS),
+                        );
+                        1
+                    }
+                },
+            },
             tls: s.tls.as_ref().map(|t| {
                 for (field, path) in [("server.tls.cert", &t.cert), ("server.tls.key", &t.key)] {
                     if !Path::new(path).exists() {

@@ -191,6 +191,7 @@ pub struct RawServer {
     pub run_from_traceparent: Option<bool>,
     pub end_user_from_body: Option<bool>,
     pub drain_timeout: Option<String>,
+    pub workers: Option<u64>,
     pub tls: Option<RawTls>,
     pub passthrough: Option<Vec<String>>,
     pub header_timeout: Option<String>,

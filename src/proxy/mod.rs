@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 
 use crate::app::{App, Snapshot};
 use crate::attempt;
-use crate::body::{ProxyBody, TapBody, TapConfig};
+use crate::body::{ProxyBody, TapConfig};
 use crate::error::ProxyError;
 use crate::headers::{client_response_headers, value};
 use crate::limits;
@@ -129,7 +129,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
             rec.outcome.status = head.status.as_u16();
             let keep_length =
                 !tap.observer.rewrites() && tap.translator.is_none() && tap.decoder.is_none();
-            let mut resp = Response::new(ProxyBody::Tap(Box::new(TapBody::new(body, tap, rec))));
+            let mut resp = Response::new(ProxyBody::tap(body, tap, rec));
             *resp.status_mut() = head.status;
             *resp.headers_mut() = client_response_headers(&head.headers, keep_length);
             resp

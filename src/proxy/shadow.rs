@@ -103,7 +103,7 @@ pub(super) fn mirror(
     // Nothing more happens on the primary's path: the record starts the
     // copy once the primary's answer went to the client.
     rec.facts.shadow = Some(Pending::new(move |primary| {
-        tokio::spawn(copy.run(primary, permit));
+        crate::worker::spawn_main(copy.run(primary, permit));
     }));
 }
 

@@ -83,6 +83,7 @@ pub async fn replay(opts: &Options) -> anyhow::Result<Report> {
             stop.clone(),
             Duration::from_secs(5),
             limits,
+            Vec::new(),
         ))
     };
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();

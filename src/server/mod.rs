@@ -25,6 +25,22 @@ use crate::body::ProxyBody;
 use crate::config::{Bounds, TlsFiles};
 use crate::metrics;
 
+/// An accepted socket, on the accepting runtime's reactor or leaving it.
+enum Accepted {
+    Here(tokio::net::TcpStream),
+    Moving(std::net::TcpStream),
+}
+
+impl Accepted {
+    /// The socket on the current runtime's reactor.
+    fn register(self) -> std::io::Result<tokio::net::TcpStream> {
+        match self {
+            Accepted::Here(s) => Ok(s),
+            Accepted::Moving(s) => tokio::net::TcpStream::from_std(s),
+        }
+    }
+}
+
 /// Binds a listener, naming the address on failure.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr)
@@ -137,6 +153,9 @@ impl ConnLimits {
 /// Serves connections from `listener` with `handler` until `stop` fires,
 /// then lets open connections finish for up to `drain`.
 ///
+/// Each connection is served, whole, on one of the runtimes `on` (round
+/// robin; see [`crate::worker`]), or on the current one when `on` is empty.
+///
 /// At most `limits.max_connections` are served at once: past that, the loop
 /// stops accepting until one closes, so new connections wait in the kernel's
 /// accept queue rather than fail, and connections already open (streams in
@@ -148,6 +167,7 @@ pub async fn serve<H, F>(
     stop: CancellationToken,
     drain: Duration,
     limits: ConnLimits,
+    on: Vec<tokio::runtime::Handle>,
 ) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
@@ -161,6 +181,7 @@ pub async fn serve<H, F>(
     // while the journal and usage writers are still running.
     let kill = CancellationToken::new();
     let mut saturated = false;
+    let mut next = 0usize;
     loop {
         let permit = match permits.clone().try_acquire_owned() {
             Ok(p) => {
@@ -199,13 +220,33 @@ pub async fn serve<H, F>(
             },
         };
         let _ = stream.set_nodelay(true);
+        // To serve it on another runtime, its socket moves to that
+        // runtime's reactor, so its readiness wakes the thread serving it.
+        let (stream, runtime) = match on.get(next % on.len().max(1)) {
+            Some(h) => match stream.into_std() {
+                Ok(s) => (Accepted::Moving(s), Some(h)),
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "cannot hand the connection over");
+                    continue;
+                }
+            },
+            None => (Accepted::Here(stream), None),
+        };
+        next = next.wrapping_add(1);
         let handler = handler.clone();
         let builder = builder.clone();
         let tls = tls.clone();
         let stop = stop.clone();
         let kill = kill.clone();
-        tasks.spawn(async move {
+        let connection = async move {
             let _permit = permit;
+            let stream = match stream.register() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "cannot register the connection");
+                    return;
+                }
+            };
             let _open = metrics::OpenConnection::start(limits.plane);
             let serve = async {
                 match tls {
@@ -240,7 +281,11 @@ pub async fn serve<H, F>(
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-        });
+        };
+        match runtime {
+            Some(h) => drop(tasks.spawn_on(connection, h)),
+            None => drop(tasks.spawn(connection)),
+        }
     }
     drop(listener);
     tasks.close();

@@ -149,6 +149,11 @@ impl Observer {
         }
     }
 
+    /// Whether the body is an event stream.
+    pub fn is_stream(&self) -> bool {
+        matches!(self, Observer::Sse { .. })
+    }
+
     /// Whether frames must be rewritten (not just observed).
     pub fn rewrites(&self) -> bool {
         matches!(self, Observer::Sse { state, .. } if state.strip_injected_usage)
