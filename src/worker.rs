@@ -24,6 +24,10 @@ use tokio_util::sync::CancellationToken;
 /// The most workers a config may ask for.
 pub const MAX_WORKERS: usize = 256;
 
+/// Blocking threads of each worker thread's runtime (exact token counts of
+/// long prompts run there, off the event loop); more wait their turn.
+pub const BLOCKING_THREADS: usize = 8;
+
 thread_local! {
     static INDEX: Cell<usize> = const { Cell::new(0) };
 }
@@ -116,6 +120,7 @@ impl Workers {
                     INDEX.with(|c| c.set(i));
                     let rt = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
+                        .max_blocking_threads(BLOCKING_THREADS)
                         .build()
                     {
                         Ok(rt) => rt,

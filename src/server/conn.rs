@@ -146,6 +146,54 @@ impl Activity {
 }
 
 /// Holds a request in flight until dropped (with its response body).
+/// Why serving a connection must change course, set once by its watcher.
+#[derive(Default)]
+struct Interrupt {
+    /// 0: nothing yet; 1: shutdown; 2 + [`Watch`] as a number: the watch.
+    verdict: std::sync::atomic::AtomicU8,
+    waker: futures_util::task::AtomicWaker,
+}
+
+impl Interrupt {
+    fn fire(&self, verdict: Option<Watch>) {
+        let code = match verdict {
+            None => 1,
+            Some(Watch::NoRequest) => 2,
+            Some(Watch::Idle) => 3,
+            Some(Watch::Stalled) => 4,
+        };
+        self.verdict.store(code, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// The verdict once there is one: `None` for shutdown.
+    fn wait(&self) -> impl Future<Output = Option<Watch>> + '_ {
+        std::future::poll_fn(move |cx| {
+            let read = |v: &Self| match v.verdict.load(Ordering::Acquire) {
+                0 => Poll::Pending,
+                1 => Poll::Ready(None),
+                2 => Poll::Ready(Some(Watch::NoRequest)),
+                3 => Poll::Ready(Some(Watch::Idle)),
+                _ => Poll::Ready(Some(Watch::Stalled)),
+            };
+            if let Poll::Ready(v) = read(self) {
+                return Poll::Ready(v);
+            }
+            self.waker.register(cx.waker());
+            read(self)
+        })
+    }
+}
+
+/// Aborts a task when dropped (the connection's watcher, with it).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 struct InFlight(Arc<Activity>);
 
 impl InFlight {
@@ -252,13 +300,35 @@ where
     };
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
+    // Shutdown and the idle/stall watch run in a task of their own, which
+    // wakes this one only when it has a verdict: this task is woken for
+    // every chunk of a stream, and polling the watch's timers and the
+    // shared shutdown signal each time would cost more than the chunk.
+    let interrupt = Arc::new(Interrupt::default());
+    let _watcher = AbortOnDrop(
+        tokio::spawn({
+            let (interrupt, activity, stop) = (interrupt.clone(), activity.clone(), stop.clone());
+            let (first, keep) = (limits.header_timeout, limits.idle_timeout);
+            async move {
+                let verdict = tokio::select! {
+                    _ = stop.cancelled() => None,
+                    why = activity.watch(first, keep) => Some(why),
+                };
+                interrupt.fire(verdict);
+            }
+        })
+        .abort_handle(),
+    );
     let watch = tokio::select! {
+        biased;
         done = conn.as_mut() => return done,
-        _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            return conn.await;
-        }
-        why = activity.watch(limits.header_timeout, limits.idle_timeout) => why,
+        verdict = interrupt.wait() => match verdict {
+            Some(why) => why,
+            None => {
+                conn.as_mut().graceful_shutdown();
+                return conn.await;
+            }
+        },
     };
     let reason = match watch {
         Watch::NoRequest => "no_request",
