@@ -6,7 +6,8 @@
 //! forwarding each as it comes costs a `writev` (and the client a wake-up)
 //! per event, where nginx, reading what the socket holds, writes once.
 //!
-//! After a chunk, the body yields a scheduler turn. The upstream
+//! The first chunk goes out at once. After a later chunk, the body yields a
+//! scheduler turn. The upstream
 //! connection runs on the same worker (see [`crate::worker`]), so by then
 //! it has decoded what it already held: another chunk, gathered, or
 //! nothing, and then what was gathered goes out. Bytes are never held while
@@ -37,6 +38,8 @@ pub struct Gather<B: Body> {
     turns: u8,
     /// Polls in a row that found nothing new since the last chunk.
     quiet: u8,
+    /// The first chunk went out (it is never held).
+    started: bool,
     /// What came after the gathered bytes (a non-data frame, an error, the
     /// end), for the next poll.
     held: Option<Polled<B::Error>>,
@@ -51,6 +54,7 @@ impl<B: Body<Data = Bytes> + Unpin> Gather<B> {
             first: None,
             turns: 0,
             quiet: 0,
+            started: false,
             held: None,
         }
     }
@@ -104,6 +108,12 @@ where
         }
         let polled = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) if !this.started => {
+                    // The first bytes go at once: time to first token is
+                    // what a client of a stream waits on.
+                    this.started = true;
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
                 Ok(data) => {
                     this.push(data);
                     this.quiet = 0;
@@ -224,6 +234,7 @@ mod tests {
     #[test]
     fn a_burst_goes_out_as_one_frame_and_nothing_waits_for_silence() {
         let script = Script(VecDeque::from([
+            data("h"),
             data("a"),
             data("b"),
             Poll::Pending,
@@ -235,10 +246,10 @@ mod tests {
         ]));
         let mut body = Gather::new(script, true);
         let (out, wakes) = drain(&mut body, 20);
-        // a and b gathered; the first quiet poll (hyper polls again in the
-        // same turn) waits, the second sends them; c alone; d is the last
-        // chunk and goes at once.
-        assert_eq!(out, [".", ".", ".", "ab", ".", ".", "c", "d"]);
+        // The first chunk at once; a and b gathered; the first quiet poll
+        // (hyper polls again in the same turn) waits, the second sends
+        // them; c alone; d is the last chunk and goes at once.
+        assert_eq!(out, ["h", ".", ".", ".", "ab", ".", ".", "c", "d"]);
         assert_eq!(
             wakes, 5,
             "a self-wake for each chunk and each first quiet poll"
@@ -248,17 +259,18 @@ mod tests {
     #[test]
     fn the_end_an_error_or_trailers_come_after_what_was_gathered() {
         let script = Script(VecDeque::from([
+            data("h"),
             data("a"),
             data("b"),
             Poll::Ready(Some(Err("cut"))),
         ]));
         let (out, _) = drain(&mut Gather::new(script, true), 10);
-        assert_eq!(out, [".", ".", "ab", "<cut>"]);
+        assert_eq!(out, ["h", ".", ".", "ab", "<cut>"]);
 
         let trailers = Poll::Ready(Some(Ok(Frame::trailers(http::HeaderMap::new()))));
-        let script = Script(VecDeque::from([data("a"), trailers, data("z")]));
+        let script = Script(VecDeque::from([data("h"), data("a"), trailers, data("z")]));
         let (out, _) = drain(&mut Gather::new(script, true), 10);
-        assert_eq!(out, [".", "a", "<trailers>", "z"]);
+        assert_eq!(out, ["h", ".", "a", "<trailers>", "z"]);
     }
 
     #[test]
@@ -266,7 +278,8 @@ mod tests {
         let many: VecDeque<_> = (0..40).map(|_| data("x")).collect();
         let (out, _) = drain(&mut Gather::new(Script(many), true), 100);
         let frames: Vec<&String> = out.iter().filter(|s| *s != ".").collect();
-        assert_eq!(frames[0].len(), usize::from(MAX_TURNS) + 1);
+        assert_eq!(frames[0].len(), 1, "the first chunk alone");
+        assert_eq!(frames[1].len(), usize::from(MAX_TURNS) + 1);
         assert_eq!(frames.iter().map(|s| s.len()).sum::<usize>(), 40);
     }
 
