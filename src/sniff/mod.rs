@@ -94,8 +94,12 @@ pub fn sniff(body: &[u8], endpoint: Endpoint) -> Result<Sniffed, ProxyError> {
             ))
         }
     }
-    let raw: Raw<'_> = serde_json::from_slice(body).map_err(invalid_json)?;
-    unique::check(body)
+    // One UTF-8 check of the whole body (JSON is UTF-8), so the two walks
+    // below read it as text and skip validating each string again.
+    let text = utf8(body)
+        .map_err(|e| ProxyError::InvalidRequest(format!("invalid JSON in request body: {e}")))?;
+    let raw: Raw<'_> = serde_json::from_str(text).map_err(invalid_json)?;
+    unique::check_str(text)
         .map_err(|e| ProxyError::InvalidRequest(format!("invalid JSON in request body: {e}")))?;
     let model = match raw.model {
         Some(m) if !m.is_empty() => m,
@@ -161,6 +165,16 @@ pub fn model_in(body: &[u8]) -> Option<String> {
         model: Option<String>,
     }
     serde_json::from_slice::<M>(body).ok()?.model
+}
+
+/// `body` as text, or where it stops being UTF-8 (which JSON must be).
+pub(crate) fn utf8(body: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(body).map_err(|e| {
+        format!(
+            "invalid UTF-8 at byte {} (JSON text must be UTF-8)",
+            e.valid_up_to()
+        )
+    })
 }
 
 fn invalid_json(e: serde_json::Error) -> ProxyError {
@@ -311,6 +325,10 @@ mod tests {
             let e = sniff(body, Endpoint::ChatCompletions).expect_err("bad");
             assert_eq!(e.status(), http::StatusCode::BAD_REQUEST, "{body:?}");
         }
+        // JSON is UTF-8: a stray byte in a string is named by its offset.
+        let e = sniff(b"{\"model\":\"m\xff\"}", Endpoint::ChatCompletions).expect_err("bad");
+        assert_eq!(e.status(), http::StatusCode::BAD_REQUEST);
+        assert!(e.to_string().contains("invalid UTF-8 at byte 11"), "{e}");
     }
 
     #[test]

@@ -17,7 +17,13 @@ const LINEAR_MAX: usize = 16;
 /// Checks `body` (a JSON document) for a duplicate key in any object;
 /// the error names the key.
 pub fn check(body: &[u8]) -> Result<(), String> {
-    let mut de = serde_json::Deserializer::from_slice(body);
+    check_str(super::utf8(body)?)
+}
+
+/// [`check`] on a body already known to be UTF-8 (its strings are then not
+/// validated again, string by string).
+pub fn check_str(body: &str) -> Result<(), String> {
+    let mut de = serde_json::Deserializer::from_str(body);
     Walk { depth: 0 }
         .deserialize(&mut de)
         .map_err(|e| e.to_string())?;

@@ -259,7 +259,11 @@ impl Observer {
                             &joined
                         }
                     };
-                    if let Ok(top) = serde_json::from_slice::<answer::Whole<'_>>(body) {
+                    // Read as text (one UTF-8 check, not one per string).
+                    let parsed = std::str::from_utf8(body)
+                        .ok()
+                        .and_then(|t| serde_json::from_str::<answer::Whole<'_>>(t).ok());
+                    if let Some(top) = parsed {
                         out.answer = top.facts();
                         if let Some(u) = &top.usage {
                             let mut acc = UsageAcc::new(*anthropic);
