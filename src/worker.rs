@@ -107,13 +107,15 @@ impl Workers {
 
     /// The threads alone (no process-wide state set).
     fn spawn(n: usize) -> std::io::Result<Workers> {
-        let main = Handle::current();
-        let stop = CancellationToken::new();
-        let mut handles = vec![main];
-        let mut threads = Vec::with_capacity(n - 1);
+        // Dropped on an error below, it ends the threads already started.
+        let mut workers = Workers {
+            handles: vec![Handle::current()],
+            threads: Vec::with_capacity(n - 1),
+            stop: CancellationToken::new(),
+        };
         for i in 1..n {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            let stop = stop.clone();
+            let stop = workers.stop.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("sluice-worker-{i}"))
                 .spawn(move || {
@@ -137,14 +139,10 @@ impl Workers {
             let handle = rx
                 .recv()
                 .map_err(|_| std::io::Error::other("worker thread exited at start"))??;
-            handles.push(handle);
-            threads.push(thread);
+            workers.handles.push(handle);
+            workers.threads.push(thread);
         }
-        Ok(Workers {
-            handles,
-            threads,
-            stop,
-        })
+        Ok(workers)
     }
 
     /// Every worker's runtime, the main one first.
@@ -154,15 +152,23 @@ impl Workers {
 
     /// Ends the worker threads (their tasks are dropped) and waits for them.
     /// Call it once the data plane has drained.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.stop.cancel();
-        let threads = self.threads;
+        let threads = std::mem::take(&mut self.threads);
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
         })
         .await;
+    }
+}
+
+impl Drop for Workers {
+    /// Without [`Workers::stop`] (start failed, or `run` returned early):
+    /// the threads still end, without being waited for.
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
@@ -196,5 +202,21 @@ mod tests {
             assert_eq!(idx, i);
         }
         workers.stop().await;
+    }
+
+    #[tokio::test]
+    async fn dropped_workers_end_their_threads() {
+        let workers = Workers::spawn(2).expect("start");
+        let worker = workers.handles()[1].clone();
+        drop(workers);
+        // Its runtime is gone once the thread ends: a task sent there is
+        // cancelled, never run.
+        for _ in 0..500 {
+            if worker.spawn(async {}).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the worker thread is still running");
     }
 }
