@@ -23,7 +23,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
         return false;
     };
     let mut remaining = between;
-    for part in middle.split('*') {
+    for part in middle.split('*').filter(|p| !p.is_empty()) {
         match remaining.find(part) {
             Some(i) => remaining = &remaining[i + part.len()..],
             None => return false,

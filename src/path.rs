@@ -195,6 +195,30 @@ pub fn normalise(raw: &str) -> Result<String, ProxyError> {
     if !raw.starts_with('/') {
         return Err(bad("must start with /"));
     }
+    if is_normal(raw) {
+        // What every SDK sends: nothing to decode, drop or refuse.
+        return Ok(raw.to_owned());
+    }
+    rebuild(raw)
+}
+
+/// Whether `raw` is its own normal form: no escape, backslash or control
+/// byte, and no empty, `.` or `..` segment (a trailing `/` is an empty one).
+fn is_normal(raw: &str) -> bool {
+    if raw == "/" {
+        return true;
+    }
+    let clean = !raw
+        .bytes()
+        .any(|c| c == b'%' || c == b'\\' || c < 0x20 || c == 0x7f);
+    clean
+        && raw[1..]
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != "..")
+}
+
+/// The normal form, segment by segment.
+fn rebuild(raw: &str) -> Result<String, ProxyError> {
     let mut stack: Vec<String> = Vec::new();
     for seg in raw.split('/') {
         let seg = decode_segment(seg)?;
@@ -310,6 +334,42 @@ mod tests {
         let r = post("/anthropic/v1/messages").expect("ok");
         assert!(r.anthropic_prefix);
         assert_eq!(r.endpoint, Endpoint::Messages);
+    }
+
+    #[test]
+    fn the_fast_path_takes_only_paths_that_are_their_own_normal_form() {
+        for p in [
+            "/",
+            "/v1",
+            "/v1/chat/completions",
+            "/anthropic/v1/messages",
+            "/v1/files/file-abc/content",
+            "/v1/models/gpt-4o-2024-08-06",
+            "/v1/caf\u{e9}/x",
+            "/v1/.hidden/..x/...",
+            "/v1/chat/completions/",
+            "/v1//chat",
+            "/v1/./chat",
+            "/v1/x/../chat",
+            "/v1/%63hat",
+            "/v1/chat/.",
+            "/v1/chat/..",
+            "//",
+            "/v1/a\\b",
+            "/v1/a\u{1}b",
+        ] {
+            let slow = rebuild(p);
+            if is_normal(p) {
+                assert_eq!(slow.as_deref().ok(), Some(p), "{p}");
+            }
+            assert_eq!(
+                normalise(p).map_err(|e| e.to_string()),
+                slow.map_err(|e| e.to_string()),
+                "{p}"
+            );
+        }
+        assert!(is_normal("/v1/chat/completions"));
+        assert!(!is_normal("/v1/chat/completions/"));
     }
 
     #[test]

@@ -15,23 +15,42 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-fn is_hop_by_hop(name: &HeaderName, connection: &HeaderMap) -> bool {
-    HOP_BY_HOP.contains(name)
-        || *name == header::UPGRADE
-        || connection
+/// Which of a message's headers are hop-by-hop: the fixed list, and those
+/// its `Connection` header names (read once per message, not per header).
+struct HopByHop<'a> {
+    named: Vec<&'a str>,
+}
+
+impl<'a> HopByHop<'a> {
+    fn of(headers: &'a HeaderMap) -> Self {
+        let named = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .collect();
+        Self { named }
+    }
+
+    fn contains(&self, name: &HeaderName) -> bool {
+        HOP_BY_HOP.contains(name)
+            || *name == header::UPGRADE
+            || self
+                .named
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(name.as_str()))
+    }
 }
 
 /// Headers for the upstream request: the client's, less hop-by-hop, host,
 /// length, credentials and Sluice's own `x-sluice-*` controls.
 pub fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(client.len());
+    let hop = HopByHop::of(client);
     for (name, value) in client {
-        if is_hop_by_hop(name, client)
+        if hop.contains(name)
             || *name == header::HOST
             || *name == header::CONTENT_LENGTH
             || *name == header::AUTHORIZATION
@@ -49,8 +68,9 @@ pub fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
 /// `keep_length` is false when the body is rewritten.
 pub fn client_response_headers(upstream: &HeaderMap, keep_length: bool) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(upstream.len() + 6);
+    let hop = HopByHop::of(upstream);
     for (name, value) in upstream {
-        if is_hop_by_hop(name, upstream) || (!keep_length && *name == header::CONTENT_LENGTH) {
+        if hop.contains(name) || (!keep_length && *name == header::CONTENT_LENGTH) {
             continue;
         }
         out.append(name.clone(), value.clone());
