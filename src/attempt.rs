@@ -530,7 +530,18 @@ fn record_breaker(cand: &Candidate, cfg: &crate::config::BreakerConfig, ok: bool
     if opened {
         tracing::warn!(deployment = %cand.state.name, "circuit opened");
     }
-    metrics::circuit(&cand.state.name, cand.state.breaker.state(cfg));
+    // The gauge is 0 or 1: set it when that changes, not on every answer
+    // (a label lookup and a registry lookup each time).
+    let state = cand.state.breaker.state(cfg);
+    let shown = if state == "closed" { 1 } else { 2 };
+    if cand
+        .state
+        .circuit_shown
+        .swap(shown, std::sync::atomic::Ordering::Relaxed)
+        != shown
+    {
+        metrics::circuit(&cand.state.name, state);
+    }
 }
 
 /// Notes which deployment answered (the last one tried, so far).

@@ -379,6 +379,7 @@ thread_local! {
     /// of building keys and looking each up in the registry.
     static REQUEST_HANDLES: std::cell::RefCell<HandleCache<RequestHandles>> = Default::default();
     static MODEL_HANDLES: std::cell::RefCell<HandleCache<ModelHandles>> = Default::default();
+    static ATTEMPT_HANDLES: std::cell::RefCell<HandleCache<Counter>> = Default::default();
 }
 
 /// The handles kept for `parts` in `cache`, registered by `register` the
@@ -483,8 +484,10 @@ pub fn request_done(l: &RequestLabels<'_>, f: &Finished) {
 }
 
 pub fn upstream_attempt(provider: &str, outcome: &'static str) {
-    counter!("sluice_upstream_attempts_total", "provider" => label_value(provider), "outcome" => outcome)
-        .increment(1);
+    kept(&ATTEMPT_HANDLES, &[provider, outcome], || {
+        counter!("sluice_upstream_attempts_total", "provider" => label_value(provider), "outcome" => outcome)
+    })
+    .increment(1);
 }
 
 /// A provider's model list could not be fetched.

@@ -30,6 +30,9 @@ pub struct DeploymentState {
     pub inflight: AtomicU64,
     /// Latency to response headers, EWMA, in microseconds (0 = no sample).
     pub ewma_us: AtomicU64,
+    /// What `sluice_circuit_open` last showed for it: 0 nothing yet, 1
+    /// closed, 2 open (or half open); the gauge is set only on a change.
+    pub circuit_shown: std::sync::atomic::AtomicU8,
 }
 
 impl DeploymentState {
@@ -40,6 +43,7 @@ impl DeploymentState {
             budget: RetryBudget::default(),
             inflight: AtomicU64::new(0),
             ewma_us: AtomicU64::new(0),
+            circuit_shown: std::sync::atomic::AtomicU8::new(0),
         }
     }
 
