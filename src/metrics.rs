@@ -380,6 +380,7 @@ thread_local! {
     static REQUEST_HANDLES: std::cell::RefCell<HandleCache<RequestHandles>> = Default::default();
     static MODEL_HANDLES: std::cell::RefCell<HandleCache<ModelHandles>> = Default::default();
     static ATTEMPT_HANDLES: std::cell::RefCell<HandleCache<Counter>> = Default::default();
+    static STREAM_END_HANDLES: std::cell::RefCell<HandleCache<Counter>> = Default::default();
 }
 
 /// The handles kept for `parts` in `cache`, registered by `register` the
@@ -501,7 +502,12 @@ pub fn response_bytes(endpoint: &'static str, n: u64) {
 }
 
 pub fn stream_end(kind: &'static str) {
-    counter!("sluice_stream_ends_total", "end" => kind).increment(1);
+    kept(
+        &STREAM_END_HANDLES,
+        &[kind],
+        || counter!("sluice_stream_ends_total", "end" => kind),
+    )
+    .increment(1);
 }
 
 /// One open client connection in `sluice_connections`, until dropped.
