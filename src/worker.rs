@@ -82,8 +82,8 @@ impl<T> PerWorker<T> {
 
     /// This thread's.
     pub fn get(&self) -> &T {
-        // A value built before a restart with more workers (never in
-        // practice: the count is fixed at start) still answers.
+        // A value built while the count was smaller (before `start`, as in
+        // tests) wraps instead of panicking.
         &self.0[index() % self.0.len()]
     }
 }

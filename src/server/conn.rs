@@ -145,42 +145,30 @@ impl Activity {
     }
 }
 
-/// Holds a request in flight until dropped (with its response body).
-/// Why serving a connection must change course, set once by its watcher.
+/// Why serving a connection must change course, set once by its watcher:
+/// `None` for shutdown, else the watch's verdict.
 #[derive(Default)]
 struct Interrupt {
-    /// 0: nothing yet; 1: shutdown; 2 + [`Watch`] as a number: the watch.
-    verdict: std::sync::atomic::AtomicU8,
+    verdict: std::sync::OnceLock<Option<Watch>>,
     waker: futures_util::task::AtomicWaker,
 }
 
 impl Interrupt {
     fn fire(&self, verdict: Option<Watch>) {
-        let code = match verdict {
-            None => 1,
-            Some(Watch::NoRequest) => 2,
-            Some(Watch::Idle) => 3,
-            Some(Watch::Stalled) => 4,
-        };
-        self.verdict.store(code, Ordering::Release);
+        let _ = self.verdict.set(verdict);
         self.waker.wake();
     }
 
-    /// The verdict once there is one: `None` for shutdown.
+    /// The verdict, once there is one.
     fn wait(&self) -> impl Future<Output = Option<Watch>> + '_ {
         std::future::poll_fn(move |cx| {
-            let read = |v: &Self| match v.verdict.load(Ordering::Acquire) {
-                0 => Poll::Pending,
-                1 => Poll::Ready(None),
-                2 => Poll::Ready(Some(Watch::NoRequest)),
-                3 => Poll::Ready(Some(Watch::Idle)),
-                _ => Poll::Ready(Some(Watch::Stalled)),
-            };
-            if let Poll::Ready(v) = read(self) {
-                return Poll::Ready(v);
+            if let Some(v) = self.verdict.get() {
+                return Poll::Ready(*v);
             }
             self.waker.register(cx.waker());
-            read(self)
+            self.verdict
+                .get()
+                .map_or(Poll::Pending, |v| Poll::Ready(*v))
         })
     }
 }
@@ -194,6 +182,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Holds a request in flight until dropped (with its response body).
 struct InFlight(Arc<Activity>);
 
 impl InFlight {
