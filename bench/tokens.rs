@@ -1,4 +1,4 @@
-//! Cost of counting input tokens: the crate Sluice uses (bpe-openai) against
+//! Cost of counting input tokens: Sluice's counter (src/limits/tokens/) against
 //! tiktoken-rs, on prompts of about 1k, 10k and 100k tokens, plus the whole
 //! request path Sluice runs (JSON parse + per-message counting) and the cheap
 //! upper bound that lets small prompts skip counting.
@@ -28,7 +28,7 @@ fn counting(c: &mut Criterion) {
     for tokens in [1_000usize, 10_000, 100_000] {
         let t = text(tokens);
         g.throughput(Throughput::Bytes(t.len() as u64));
-        g.bench_with_input(BenchmarkId::new("bpe-openai", tokens), &t, |b, t| {
+        g.bench_with_input(BenchmarkId::new("sluice", tokens), &t, |b, t| {
             b.iter(|| black_box(Family::O200k.count(black_box(t))))
         });
         g.bench_with_input(BenchmarkId::new("tiktoken-rs", tokens), &t, |b, t| {

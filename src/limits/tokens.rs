@@ -6,17 +6,27 @@
 //! public: Claude counts are a documented conservative estimate (cl100k
 //! count × 1.25, rounded up).
 //!
-//! Counting costs about 70 ns per token (7 ms for a 100k-token prompt), so the
-//! pipeline first takes a cheap upper bound (`upper_bound`) and counts
-//! exactly only when a limit is close enough to matter. The tokenizer tables
-//! (tens of MB) load on first use, so a Sluice that never counts never pays
-//! for them.
+//! The counter is Sluice's own (`split` pre-tokenizes with tiktoken's
+//! patterns, `merge` applies tiktoken's merge rule to each piece, `table`
+//! holds the vocabularies, laid out by build.rs from OpenAI's published
+//! files and read in place from the binary), tested against tiktoken-rs.
+//! It costs about 40 ns per token on one core (4 ms for a 100k-token prompt),
+//! so the pipeline first takes a cheap upper bound (`upper_bound`) and counts
+//! exactly only when a limit is close enough to matter. Nothing is loaded at
+//! start: a count keeps resident only the table pages it touched (at most
+//! 4.3 MB for o200k_base, 2.1 MB for cl100k_base) and the pre-tokenizer's
+//! compiled pattern.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
+
+mod merge;
+mod split;
+mod table;
+mod table_hash;
 
 use crate::protocol::{Input, Protocol};
 use crate::sniff::Endpoint;
@@ -100,9 +110,9 @@ impl Family {
             return 0;
         }
         match self {
-            Family::O200k => bpe_openai::o200k_base().count(text) as u64,
-            Family::Cl100k => bpe_openai::cl100k_base().count(text) as u64,
-            Family::Claude => (bpe_openai::cl100k_base().count(text) as u64 * 5).div_ceil(4),
+            Family::O200k => bpe_count(&split::O200K, &table::O200K, text),
+            Family::Cl100k => bpe_count(&split::CL100K, &table::CL100K, text),
+            Family::Claude => (bpe_count(&split::CL100K, &table::CL100K, text) * 5).div_ceil(4),
         }
     }
 
@@ -114,6 +124,16 @@ impl Family {
             _ => bytes,
         }
     }
+}
+
+/// Tokens tiktoken makes of `text`: each pre-tokenizer piece merged on its
+/// own.
+fn bpe_count(pieces: &split::Splitter, table: &table::Table, text: &str) -> u64 {
+    let mut n = 0u64;
+    pieces.each(text, |piece| {
+        n += merge::count_piece(table, piece.as_bytes()) as u64
+    });
+    n
 }
 
 /// Message texts at least this long have their counts remembered: agents

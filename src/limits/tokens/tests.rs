@@ -57,6 +57,102 @@ fn counts_match_the_reference_tokenizer() {
     }
 }
 
+/// Random texts built from the fragments the pre-tokenizers treat
+/// differently (every letter category, marks, digits, contractions in both
+/// cases, every kind of whitespace, punctuation runs, slashes, newlines),
+/// counted against tiktoken-rs: the split and the merge together.
+#[test]
+fn random_texts_count_as_the_reference_does() {
+    let fragments = [
+        " ",
+        "  ",
+        "\t",
+        "\n",
+        "\r\n",
+        "\r",
+        "\n\n",
+        " \n ",
+        "\u{a0}",
+        "\u{3000}",
+        "\u{2028}",
+        "a",
+        "the",
+        "The",
+        "THE",
+        "tHe",
+        "word",
+        "Words",
+        "x",
+        "'s",
+        "'S",
+        "'ll",
+        "'LL",
+        "'re",
+        "'d",
+        "'",
+        "\"",
+        "ǅ",
+        "ʰ",
+        "語",
+        "日本",
+        "한국",
+        "é",
+        "e\u{301}",
+        "\u{301}",
+        "Ω",
+        "ß",
+        "ſ",
+        "0",
+        "7",
+        "123",
+        "4567",
+        "٣",
+        "½",
+        ".",
+        ",",
+        "!",
+        "?",
+        "...",
+        "--",
+        "//",
+        "/",
+        "{",
+        "}",
+        "()",
+        "=>",
+        "::",
+        "#",
+        "@",
+        "$",
+        "%",
+        "_",
+        "\\",
+        "🚀",
+        "👩\u{200d}💻",
+        "\u{fe0f}",
+        "\u{0}",
+    ];
+    let o200k = tiktoken_rs::o200k_base().expect("o200k");
+    let cl100k = tiktoken_rs::cl100k_base().expect("cl100k");
+    let mut rng = fastrand::Rng::with_seed(20261201);
+    for _ in 0..3_000 {
+        let n = rng.usize(1..40);
+        let text: String = (0..n)
+            .map(|_| fragments[rng.usize(..fragments.len())])
+            .collect();
+        assert_eq!(
+            Family::O200k.count_one(&text),
+            o200k.encode_ordinary(&text).len() as u64,
+            "o200k: {text:?}"
+        );
+        assert_eq!(
+            Family::Cl100k.count_one(&text),
+            cl100k.encode_ordinary(&text).len() as u64,
+            "cl100k: {text:?}"
+        );
+    }
+}
+
 #[test]
 fn an_anthropic_provider_always_counts_as_claude() {
     assert_eq!(Family::for_upstream("my-alias", true), Family::Claude);
