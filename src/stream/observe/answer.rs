@@ -7,9 +7,9 @@
 use crate::find::{contains, find};
 use std::borrow::Cow;
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use serde::de::MapAccess;
 
+use super::lenient::{fields, skip, value, Lenient, Shape};
 use crate::usage::UsageFields;
 
 /// Most distinct tool names kept per answer; calls past it are still
@@ -62,37 +62,30 @@ impl AnswerFacts {
     pub fn on_event(&mut self, event: &[u8], data: &[u8]) {
         match event {
             b"message_delta" => {
-                if let Ok(m) = serde_json::from_slice::<MessageDelta<'_>>(data) {
-                    if let Some(r) = m.delta.and_then(|d| d.stop_reason) {
-                        self.finish(&r);
-                    }
+                let delta = read::<DeltaOf<StopReasonOf<Cow<'_, str>>>>(data);
+                if let Some(r) = delta.and_then(|m| m.0?.0) {
+                    self.finish(&r);
                 }
             }
             b"content_block_start" => {
                 if !contains!(data, b"tool_use\"") {
                     return;
                 }
-                if let Ok(s) = serde_json::from_slice::<BlockStart<'_>>(data) {
-                    if let Some(b) = s.content_block {
-                        self.block(&b);
-                    }
+                if let Some(b) = read::<ContentBlockOf<Block<'_>>>(data).and_then(|s| s.0) {
+                    self.block(&b);
                 }
             }
             b"response.output_item.added" => {
                 if !contains!(data, b"_call\"") {
                     return;
                 }
-                if let Ok(a) = serde_json::from_slice::<ItemAdded<'_>>(data) {
-                    if let Some(item) = a.item {
-                        self.item(&item);
-                    }
+                if let Some(item) = read::<ItemOf<Block<'_>>>(data).and_then(|a| a.0) {
+                    self.item(&item);
                 }
             }
             b"response.completed" | b"response.incomplete" | b"response.failed" => {
-                if let Ok(f) = serde_json::from_slice::<FinalEvent<'_>>(data) {
-                    if let Some(r) = f.response {
-                        self.response_end(&r);
-                    }
+                if let Some(r) = read::<ResponseOf<ResponseEnd<'_>>>(data).and_then(|f| f.0) {
+                    self.response_end(&r);
                 }
             }
             // OpenAI chat and completions streams name no events.
@@ -112,8 +105,8 @@ impl AnswerFacts {
         if !finish && !tools {
             return;
         }
-        if let Ok(chunk) = serde_json::from_slice::<Choices<'_>>(data) {
-            self.choices(chunk.choices);
+        if let Some(choices) = read::<ChoicesOf<Vec<Choice<'_>>>>(data).and_then(|c| c.0) {
+            self.choices(choices);
         }
     }
 
@@ -122,14 +115,9 @@ impl AnswerFacts {
             if let (0, Some(r)) = (c.index, &c.finish_reason) {
                 self.finish(r);
             }
+            // A stream names a call in its first delta only.
             for m in [c.delta, c.message].into_iter().flatten() {
-                for call in m.tool_calls.unwrap_or_default() {
-                    // A stream names a call in its first delta only.
-                    if let Some(name) = call.function.and_then(|f| f.name) {
-                        self.tool(&name);
-                    }
-                }
-                if let Some(name) = m.function_call.and_then(|f| f.name) {
+                for name in m.names() {
                     self.tool(&name);
                 }
             }
@@ -161,10 +149,7 @@ impl AnswerFacts {
     }
 
     fn response_end(&mut self, r: &ResponseEnd<'_>) {
-        let reason = r
-            .incomplete_details
-            .as_ref()
-            .and_then(|d| d.reason.as_ref());
+        let reason = r.incomplete_details.as_ref().and_then(|d| d.0.as_ref());
         match (r.status.as_deref(), reason) {
             (Some("incomplete"), Some(reason)) => self.finish(reason),
             (Some(status), _) => self.finish(status),
@@ -186,51 +171,63 @@ fn cut(s: &str, max: usize) -> &str {
 }
 
 /// A complete JSON answer (any API shape): its usage, and the fields that
-/// say how it ended, borrowed and parsed further only when present — so an
-/// odd shape in one of them never costs the usage.
-#[derive(Deserialize)]
+/// say how it ended, read in the same pass. A fact field of an odd shape
+/// reads as absent, so it never costs the usage.
+#[derive(Default)]
 pub(super) struct Whole<'a> {
     pub usage: Option<UsageFields>,
-    #[serde(borrow)]
-    choices: Option<&'a RawValue>,
-    #[serde(borrow)]
-    stop_reason: Option<&'a RawValue>,
-    #[serde(borrow)]
-    content: Option<&'a RawValue>,
-    #[serde(borrow)]
-    output: Option<&'a RawValue>,
-    #[serde(borrow)]
-    status: Option<&'a RawValue>,
-    #[serde(borrow)]
-    incomplete_details: Option<&'a RawValue>,
-    #[serde(borrow)]
-    object: Option<&'a RawValue>,
+    choices: Option<Vec<Choice<'a>>>,
+    stop_reason: Option<Cow<'a, str>>,
+    content: Option<Vec<Block<'a>>>,
+    output: Option<Vec<Block<'a>>>,
+    object: Option<Cow<'a, str>>,
+    end: ResponseEnd<'a>,
 }
 
-impl Whole<'_> {
+impl<'de: 'a, 'a> Shape<'de> for Whole<'a> {
+    fn from_map<A: MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
+        let mut w = Whole::default();
+        fields(map, |key, map| {
+            match key {
+                "usage" => w.usage = map.next_value()?,
+                "choices" => w.choices = value(map)?,
+                "stop_reason" => w.stop_reason = value(map)?,
+                "content" => w.content = value(map)?,
+                "output" => w.output = value(map)?,
+                "object" => w.object = value(map)?,
+                "status" => w.end.status = value(map)?,
+                "incomplete_details" => w.end.incomplete_details = value(map)?,
+                _ => skip(map)?,
+            }
+            Ok(())
+        })?;
+        Ok(Some(w))
+    }
+}
+
+impl<'a> Whole<'a> {
+    /// Reads a complete answer; `None` if it is not a JSON object.
+    pub fn read(body: &'a str) -> Option<Whole<'a>> {
+        serde_json::from_str::<Lenient<Whole<'a>>>(body).ok()?.0
+    }
+
     /// How the answer ended and what it called.
-    pub fn facts(&self) -> AnswerFacts {
-        fn parse<'a, T: Deserialize<'a>>(raw: Option<&'a RawValue>) -> Option<T> {
-            serde_json::from_str(raw?.get()).ok()
-        }
+    pub fn facts(self) -> AnswerFacts {
         let mut f = AnswerFacts::default();
-        if let Some(choices) = parse::<Vec<Choice<'_>>>(self.choices) {
+        if let Some(choices) = self.choices {
             f.choices(choices);
         }
-        if let Some(reason) = parse::<Cow<'_, str>>(self.stop_reason) {
+        if let Some(reason) = self.stop_reason {
             f.finish(&reason);
         }
-        for b in parse::<Vec<Block<'_>>>(self.content).unwrap_or_default() {
+        for b in self.content.unwrap_or_default() {
             f.block(&b);
         }
-        if parse::<Cow<'_, str>>(self.object).as_deref() == Some("response") {
-            for item in parse::<Vec<Block<'_>>>(self.output).unwrap_or_default() {
+        if self.object.as_deref() == Some("response") {
+            for item in self.output.unwrap_or_default() {
                 f.item(&item);
             }
-            f.response_end(&ResponseEnd {
-                status: parse(self.status),
-                incomplete_details: parse(self.incomplete_details),
-            });
+            f.response_end(&self.end);
         }
         f
     }
@@ -238,101 +235,180 @@ impl Whole<'_> {
 
 /// The complete answer's facts (a cached answer, replayed).
 pub fn of_json(body: &[u8]) -> AnswerFacts {
-    serde_json::from_slice::<Whole<'_>>(body)
-        .map(|w| w.facts())
+    read::<Whole<'_>>(body)
+        .map(Whole::facts)
         .unwrap_or_default()
 }
 
-#[derive(Deserialize)]
-struct Choices<'a> {
-    #[serde(default, borrow)]
-    choices: Vec<Choice<'a>>,
+/// Declares an object read for one field only: `Name<T>` holds its
+/// `"key"` member when that has shape `T`.
+macro_rules! one_field {
+    ($(#[$doc:meta])* $name:ident, $key:literal) => {
+        $(#[$doc])*
+        struct $name<T>(Option<T>);
+
+        impl<'de, T: Shape<'de>> Shape<'de> for $name<T> {
+            fn from_map<A: MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
+                let mut v = None;
+                fields(map, |key, map| match key {
+                    $key => Ok(v = value(map)?),
+                    _ => skip(map),
+                })?;
+                Ok(Some($name(v)))
+            }
+        }
+    };
 }
 
-#[derive(Deserialize)]
+one_field!(
+    /// An OpenAI chat or completions chunk: only its choices.
+    ChoicesOf,
+    "choices"
+);
+one_field!(
+    /// A chat tool call: its function.
+    FunctionOf,
+    "function"
+);
+one_field!(
+    /// A function (call): its name.
+    NameOf,
+    "name"
+);
+one_field!(
+    /// Anthropic's `message_delta` event: its delta.
+    DeltaOf,
+    "delta"
+);
+one_field!(
+    /// A `message_delta` event's delta: its stop reason.
+    StopReasonOf,
+    "stop_reason"
+);
+one_field!(
+    /// Anthropic's `content_block_start` event: the block.
+    ContentBlockOf,
+    "content_block"
+);
+one_field!(
+    /// The Responses API's `response.output_item.added` event: the item.
+    ItemOf,
+    "item"
+);
+one_field!(
+    /// The Responses API's final events: the response.
+    ResponseOf,
+    "response"
+);
+one_field!(
+    /// A Responses answer's `incomplete_details`: the reason.
+    ReasonOf,
+    "reason"
+);
+
+type Name<'a> = NameOf<Cow<'a, str>>;
+
+#[derive(Default)]
 struct Choice<'a> {
-    #[serde(default)]
     index: u64,
-    #[serde(borrow)]
     finish_reason: Option<Cow<'a, str>>,
-    #[serde(borrow)]
     delta: Option<Message<'a>>,
-    #[serde(borrow)]
     message: Option<Message<'a>>,
 }
 
-/// A chat message or delta: only its calls.
-#[derive(Deserialize)]
+impl<'de: 'a, 'a> Shape<'de> for Choice<'a> {
+    fn from_map<A: MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
+        let mut c = Choice::default();
+        fields(map, |key, map| {
+            match key {
+                "index" => c.index = value(map)?.unwrap_or_default(),
+                "finish_reason" => c.finish_reason = value(map)?,
+                "delta" => c.delta = value(map)?,
+                "message" => c.message = value(map)?,
+                _ => skip(map)?,
+            }
+            Ok(())
+        })?;
+        Ok(Some(c))
+    }
+}
+
+/// A chat message or delta: only the names of the tools it calls.
+#[derive(Default)]
 struct Message<'a> {
-    #[serde(borrow)]
-    tool_calls: Option<Vec<Call<'a>>>,
-    #[serde(borrow)]
-    function_call: Option<Function<'a>>,
+    tool_calls: Vec<FunctionOf<Name<'a>>>,
+    function_call: Option<Name<'a>>,
 }
 
-#[derive(Deserialize)]
-struct Call<'a> {
-    #[serde(borrow)]
-    function: Option<Function<'a>>,
+impl<'a> Message<'a> {
+    fn names(self) -> impl Iterator<Item = Cow<'a, str>> {
+        let calls = self.tool_calls.into_iter().filter_map(|c| c.0?.0);
+        calls.chain(self.function_call.and_then(|f| f.0))
+    }
 }
 
-#[derive(Deserialize)]
-struct Function<'a> {
-    #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
+impl<'de: 'a, 'a> Shape<'de> for Message<'a> {
+    fn from_map<A: MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
+        let mut m = Message::default();
+        fields(map, |key, map| {
+            match key {
+                "tool_calls" => m.tool_calls = value(map)?.unwrap_or_default(),
+                "function_call" => m.function_call = value(map)?,
+                _ => skip(map)?,
+            }
+            Ok(())
+        })?;
+        Ok(Some(m))
+    }
 }
 
-/// An Anthropic content block or a Responses output item.
-#[derive(Deserialize)]
+/// An Anthropic content block or a Responses output item (one without a
+/// string `type` is left out).
 struct Block<'a> {
-    #[serde(rename = "type", borrow)]
     kind: Cow<'a, str>,
-    #[serde(borrow)]
     name: Option<Cow<'a, str>>,
 }
 
-#[derive(Deserialize)]
-struct MessageDelta<'a> {
-    #[serde(borrow)]
-    delta: Option<StopReason<'a>>,
+impl<'de: 'a, 'a> Shape<'de> for Block<'a> {
+    fn from_map<A: MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
+        let (mut kind, mut name) = (None, None);
+        fields(map, |key, map| {
+            match key {
+                "type" => kind = value(map)?,
+                "name" => name = value(map)?,
+                _ => skip(map)?,
+            }
+            Ok(())
+        })?;
+        Ok(kind.map(|kind| Block { kind, name }))
+    }
 }
 
-#[derive(Deserialize)]
-struct StopReason<'a> {
-    #[serde(borrow)]
-    stop_reason: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct BlockStart<'a> {
-    #[serde(borrow)]
-    content_block: Option<Block<'a>>,
-}
-
-#[derive(Deserialize)]
-struct ItemAdded<'a> {
-    #[serde(borrow)]
-    item: Option<Block<'a>>,
-}
-
-#[derive(Deserialize)]
-struct FinalEvent<'a> {
-    #[serde(borrow)]
-    response: Option<ResponseEnd<'a>>,
-}
-
-#[derive(Deserialize)]
+/// A Responses answer's end: its status, and why it is incomplete.
+#[derive(Default)]
 struct ResponseEnd<'a> {
-    #[serde(borrow)]
     status: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    incomplete_details: Option<Incomplete<'a>>,
+    incomplete_details: Option<ReasonOf<Cow<'a, str>>>,
 }
 
-#[derive(Deserialize)]
-struct Incomplete<'a> {
-    #[serde(borrow)]
-    reason: Option<Cow<'a, str>>,
+impl<'de: 'a, 'a> Shape<'de> for ResponseEnd<'a> {
+    fn from_map<A: MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
+        let mut r = ResponseEnd::default();
+        fields(map, |key, map| {
+            match key {
+                "status" => r.status = value(map)?,
+                "incomplete_details" => r.incomplete_details = value(map)?,
+                _ => skip(map)?,
+            }
+            Ok(())
+        })?;
+        Ok(Some(r))
+    }
+}
+
+/// `data` read as shape `T`, or `None` (malformed JSON or another shape).
+fn read<'a, T: Shape<'a>>(data: &'a [u8]) -> Option<T> {
+    serde_json::from_slice::<Lenient<T>>(data).ok()?.0
 }
 
 #[cfg(test)]
@@ -474,10 +550,20 @@ mod tests {
         // An odd field never breaks the parse (nor the usage beside it).
         let odd = of_json(br#"{"choices":"x","content":"text","stop_reason":7,"status":500}"#);
         assert_eq!(odd, AnswerFacts::default());
-        let w: Whole<'_> =
-            serde_json::from_slice(br#"{"content":"s","status":1,"usage":{"input_tokens":3}}"#)
-                .expect("whole");
+        let w =
+            Whole::read(r#"{"content":"s","status":1,"usage":{"input_tokens":3}}"#).expect("whole");
         assert!(w.usage.is_some());
+        // One odd choice costs only itself; repeated keys: the last wins.
+        let mixed = of_json(
+            br#"{"choices":[7,{"index":"0","message":{"tool_calls":[{"function":{"name":"a"}},"x",
+                {"function":{"name":1}}],"function_call":{"name":"b"}}},
+                {"index":0,"finish_reason":"stop","finish_reason":"length"}]}"#,
+        );
+        assert_eq!(mixed.tool_names, ["a", "b"]);
+        assert_eq!(mixed.finish_reason.as_deref(), Some("length"));
+        // Escaped strings are read too.
+        let escaped = of_json(br#"{"stop_reason":"end\u005fturn"}"#);
+        assert_eq!(escaped.finish_reason.as_deref(), Some("end_turn"));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::usage::{Usage, UsageAcc, UsageFields};
 pub use answer::AnswerFacts;
 
 pub mod answer;
+mod lenient;
 
 /// Streamed output text kept for counting, at most this many bytes.
 const MAX_TEXT: usize = 4 << 20;
@@ -260,12 +261,11 @@ impl Observer {
                         }
                     };
                     // Read as text (one UTF-8 check, not one per string).
-                    let parsed = std::str::from_utf8(body)
-                        .ok()
-                        .and_then(|t| serde_json::from_str::<answer::Whole<'_>>(t).ok());
-                    if let Some(top) = parsed {
+                    let parsed = std::str::from_utf8(body).ok().and_then(answer::Whole::read);
+                    if let Some(mut top) = parsed {
+                        let usage = top.usage.take();
                         out.answer = top.facts();
-                        if let Some(u) = &top.usage {
+                        if let Some(u) = &usage {
                             let mut acc = UsageAcc::new(*anthropic);
                             acc.add(u);
                             out.usage = acc.get();
