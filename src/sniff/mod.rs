@@ -1,10 +1,14 @@
 //! What a request is: its endpoint (from the path) and the few body fields
-//! the pipeline needs (from one borrowed parse of the JSON), plus the body
-//! rewrite applied only when something must change.
+//! the pipeline needs (read in the one pass over the JSON that also refuses
+//! a duplicate key anywhere), plus the body rewrite applied only when
+//! something must change.
 
 use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
 
 use bytes::Bytes;
+use serde::de::{DeserializeSeed, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -13,6 +17,8 @@ use crate::protocol::{CapFields, Protocol};
 pub use crate::vocab::Endpoint;
 
 pub(crate) mod unique;
+
+use unique::Key;
 
 /// Longest model name accepted, in bytes.
 pub const MAX_MODEL_LEN: usize = 256;
@@ -42,35 +48,122 @@ pub struct Sniffed {
     pub temperature: Option<f64>,
 }
 
-#[derive(Deserialize)]
+/// The request fields read from the body, in the pass that checks it for
+/// duplicate keys (`unique::members`).
+#[derive(Default)]
 struct Raw<'a> {
-    #[serde(borrow)]
     model: Option<Cow<'a, str>>,
     stream: Option<bool>,
     temperature: Option<f64>,
-    stream_options: Option<StreamOptions>,
+    include_usage: Option<bool>,
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
     max_output_tokens: Option<u64>,
     n: Option<u64>,
     best_of: Option<u64>,
-    #[serde(borrow)]
     user: Option<Cow<'a, str>>,
-    metadata: Option<Metadata>,
-    #[serde(borrow)]
-    tools: Option<&'a serde_json::value::RawValue>,
-    #[serde(borrow)]
-    messages: Option<&'a serde_json::value::RawValue>,
-}
-
-#[derive(Deserialize)]
-struct StreamOptions {
-    include_usage: Option<bool>,
-}
-
-#[derive(Deserialize)]
-struct Metadata {
+    /// Anthropic's `metadata.user_id`.
     user_id: Option<String>,
+    tools: Option<unique::Kind>,
+    messages: Option<unique::Kind>,
+}
+
+impl<'a> Raw<'a> {
+    /// Reads a JSON object body (already known to start with `{`).
+    fn read(text: &'a str) -> Result<Raw<'a>, serde_json::Error> {
+        use serde::de::Deserializer as _;
+        let mut de = serde_json::Deserializer::from_str(text);
+        let raw = (&mut de).deserialize_map(Top)?;
+        de.end()?;
+        Ok(raw)
+    }
+}
+
+/// The body's top-level object.
+struct Top;
+
+impl<'de> Visitor<'de> for Top {
+    type Value = Raw<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Raw<'de>, A::Error> {
+        let mut raw = Raw::default();
+        unique::members(map, 0, |key, map| {
+            match key {
+                "model" => raw.model = map.next_value::<Option<Key<'de>>>()?.map(Key::into_cow),
+                "user" => raw.user = map.next_value::<Option<Key<'de>>>()?.map(Key::into_cow),
+                "stream" => raw.stream = map.next_value()?,
+                "temperature" => raw.temperature = map.next_value()?,
+                "max_tokens" => raw.max_tokens = map.next_value()?,
+                "max_completion_tokens" => raw.max_completion_tokens = map.next_value()?,
+                "max_output_tokens" => raw.max_output_tokens = map.next_value()?,
+                "n" => raw.n = map.next_value()?,
+                "best_of" => raw.best_of = map.next_value()?,
+                "stream_options" => {
+                    raw.include_usage = map.next_value_seed(Member::new("include_usage"))?
+                }
+                "metadata" => raw.user_id = map.next_value_seed(Member::new("user_id"))?,
+                "tools" => raw.tools = Some(map.next_value_seed(unique::Walk { depth: 1 })?),
+                "messages" => raw.messages = Some(map.next_value_seed(unique::Walk { depth: 1 })?),
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(raw)
+    }
+}
+
+/// One member of a nested object (`stream_options.include_usage`,
+/// `metadata.user_id`), read as `T`; the object's other members are walked.
+/// The object may be `null`; anything else but an object is an error, as
+/// the member's own wrong type is.
+struct Member<T> {
+    name: &'static str,
+    wanted: PhantomData<T>,
+}
+
+impl<T> Member<T> {
+    fn new(name: &'static str) -> Self {
+        Member {
+            name,
+            wanted: PhantomData,
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for Member<T> {
+    type Value = Option<T>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for Member<T> {
+    type Value = Option<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an object with an optional `{}`", self.name)
+    }
+
+    fn visit_unit<E>(self) -> Result<Option<T>, E> {
+        Ok(None)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Option<T>, A::Error> {
+        let mut out = None;
+        unique::members(map, 1, |key, map| {
+            if key != self.name {
+                return Ok(false);
+            }
+            out = map.next_value::<Option<T>>()?;
+            Ok(true)
+        })?;
+        Ok(out)
+    }
 }
 
 /// Reads the fields the pipeline needs from a request to `endpoint`. A body
@@ -98,9 +191,7 @@ pub fn sniff(body: &[u8], endpoint: Endpoint) -> Result<Sniffed, ProxyError> {
     // below read it as text and skip validating each string again.
     let text = utf8(body)
         .map_err(|e| ProxyError::InvalidRequest(format!("invalid JSON in request body: {e}")))?;
-    let raw: Raw<'_> = serde_json::from_str(text).map_err(invalid_json)?;
-    unique::check_str(text)
-        .map_err(|e| ProxyError::InvalidRequest(format!("invalid JSON in request body: {e}")))?;
+    let raw = Raw::read(text).map_err(invalid_json)?;
     let model = match raw.model {
         Some(m) if !m.is_empty() => m,
         _ => {
@@ -122,7 +213,8 @@ pub fn sniff(body: &[u8], endpoint: Endpoint) -> Result<Sniffed, ProxyError> {
     });
     // The input must have the shape the API defines: a body the gateway
     // cannot read for counting is refused, never sent on as zero tokens.
-    if protocol.takes_messages() && raw.messages.is_some_and(|m| !m.get().starts_with('[')) {
+    let array = |k| matches!(k, unique::Kind::Array | unique::Kind::EmptyArray);
+    if protocol.takes_messages() && raw.messages.is_some_and(|m| !array(m)) {
         return Err(ProxyError::InvalidRequest(
             "invalid type for 'messages': expected an array of objects".into(),
         ));
@@ -136,21 +228,15 @@ pub fn sniff(body: &[u8], endpoint: Endpoint) -> Result<Sniffed, ProxyError> {
     Ok(Sniffed {
         model: model.into_owned(),
         stream: raw.stream.unwrap_or(false),
-        include_usage: raw
-            .stream_options
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false),
+        include_usage: raw.include_usage.unwrap_or(false),
         max_output,
         max_output_field,
         choices,
-        end_user: raw
-            .user
-            .map(Cow::into_owned)
-            .or(raw.metadata.and_then(|m| m.user_id)),
+        end_user: raw.user.map(Cow::into_owned).or(raw.user_id),
         temperature: raw.temperature,
         has_tools: raw
             .tools
-            .is_some_and(|t| !matches!(t.get().trim(), "[]" | "null")),
+            .is_some_and(|t| !matches!(t, unique::Kind::EmptyArray | unique::Kind::Null)),
         has_images: crate::find::contains!(body, b"\"image_url\"")
             || crate::find::contains!(body, b"\"input_image\"")
             || crate::find::contains!(body, b"\"type\":\"image\""),
@@ -329,6 +415,66 @@ mod tests {
         let e = sniff(b"{\"model\":\"m\xff\"}", Endpoint::ChatCompletions).expect_err("bad");
         assert_eq!(e.status(), http::StatusCode::BAD_REQUEST);
         assert!(e.to_string().contains("invalid UTF-8 at byte 11"), "{e}");
+    }
+
+    /// The fields are read in the pass that checks for duplicate keys: a
+    /// repeat anywhere (the top level, the fields read, deep in messages)
+    /// is refused, and the fields read keep serde's type errors.
+    #[test]
+    fn one_pass_reads_the_fields_and_refuses_repeats() {
+        let refused = |body: &str, says: &str| {
+            let e = sniff(body.as_bytes(), Endpoint::ChatCompletions).expect_err(body);
+            assert_eq!(e.status(), http::StatusCode::BAD_REQUEST, "{body}");
+            assert!(e.to_string().contains(says), "{body}: {e}");
+        };
+        let dup = "duplicate key";
+        refused(r#"{"model":"a","model":"b"}"#, dup);
+        refused(r#"{"model":"a","\u006dodel":"b"}"#, dup);
+        refused(r#"{"model":"a","max_tokens":1,"max_tokens":9}"#, dup);
+        refused(
+            r#"{"model":"a","messages":[{"role":"user","content":"x","content":"y"}]}"#,
+            dup,
+        );
+        refused(
+            r#"{"model":"a","stream_options":{"include_usage":true,"include_usage":false}}"#,
+            dup,
+        );
+        refused(
+            r#"{"model":"a","metadata":{"user_id":"u","x":{"k":1,"k":2}}}"#,
+            dup,
+        );
+        refused(r#"{"model":"a","tools":[{"a":1,"a":1}]}"#, dup);
+        refused(r#"{"model":"a","other":{"k":1,"k":2}}"#, dup);
+        refused(r#"{"model":5}"#, "expected a string");
+        refused(r#"{"model":"a","max_tokens":"9"}"#, "invalid type");
+        refused(r#"{"model":"a","stream_options":"yes"}"#, "invalid type");
+        refused(
+            r#"{"model":"a","stream_options":{"include_usage":1}}"#,
+            "invalid type",
+        );
+        refused(
+            r#"{"model":"a","messages":{"role":"user"}}"#,
+            "expected an array",
+        );
+        refused(r#"{"model":"a"} {}"#, "trailing characters");
+        let deep = format!(
+            r#"{{"model":"a","x":{}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        refused(&deep, "invalid JSON in request body");
+
+        let s = sniff(
+            br#"{"model":"a\u00e9","stream_options":null,"metadata":{"user_id":"x","other":[1]},
+                "tools":[ ],"messages":[]}"#,
+            Endpoint::Messages,
+        )
+        .expect("ok");
+        assert_eq!(s.model, "a\u{e9}");
+        assert!(!s.include_usage && !s.has_tools);
+        assert_eq!(s.end_user.as_deref(), Some("x"));
+        let t = sniff(br#"{"model":"a","tools":[{}]}"#, Endpoint::ChatCompletions).expect("ok");
+        assert!(t.has_tools);
     }
 
     #[test]

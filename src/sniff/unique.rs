@@ -30,108 +30,153 @@ pub fn check_str(body: &str) -> Result<(), String> {
     de.end().map_err(|e| e.to_string())
 }
 
-struct Walk {
-    depth: usize,
+/// What a walked value was: what `sniff` needs to know of `messages` and
+/// `tools` without keeping them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Null,
+    EmptyArray,
+    Array,
+    Other,
+}
+
+/// Walks one JSON value, checking every object in it.
+pub(super) struct Walk {
+    pub(super) depth: usize,
 }
 
 impl<'de> DeserializeSeed<'de> for Walk {
-    type Value = ();
+    type Value = Kind;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Kind, D::Error> {
         d.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for Walk {
-    type Value = ();
+    type Value = Kind;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("any JSON value")
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
+    fn visit_bool<E>(self, _: bool) -> Result<Kind, E> {
+        Ok(Kind::Other)
     }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
+    fn visit_i64<E>(self, _: i64) -> Result<Kind, E> {
+        Ok(Kind::Other)
     }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
+    fn visit_u64<E>(self, _: u64) -> Result<Kind, E> {
+        Ok(Kind::Other)
     }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
+    fn visit_f64<E>(self, _: f64) -> Result<Kind, E> {
+        Ok(Kind::Other)
     }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
+    fn visit_str<E>(self, _: &str) -> Result<Kind, E> {
+        Ok(Kind::Other)
     }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let depth = self.nested::<A::Error>()?;
-        while seq.next_element_seed(Walk { depth })?.is_some() {}
-        Ok(())
+    fn visit_unit<E>(self) -> Result<Kind, E> {
+        Ok(Kind::Null)
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let depth = self.nested::<A::Error>()?;
-        // The first keys on the stack (no allocation for the usual small
-        // object), the rest of a large one in a set.
-        let mut few: [Option<Key<'de>>; LINEAR_MAX] = Default::default();
-        let mut n = 0;
-        let mut many: Option<HashSet<Key<'de>>> = None;
-        while let Some(key) = map.next_key::<Key<'de>>()? {
-            let dup = match &mut many {
-                Some(set) => !set.insert(key.clone()),
-                None if few[..n].iter().flatten().any(|k| *k == key) => true,
-                None if n < LINEAR_MAX => {
-                    few[n] = Some(key.clone());
-                    n += 1;
-                    false
-                }
-                None => {
-                    let mut set: HashSet<Key<'de>> =
-                        few.iter_mut().filter_map(Option::take).collect();
-                    set.insert(key.clone());
-                    many = Some(set);
-                    false
-                }
-            };
-            if dup {
-                return Err(de::Error::custom(format_args!(
-                    "duplicate key {:?} in a JSON object",
-                    key.short()
-                )));
-            }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Kind, A::Error> {
+        let depth = nested::<A::Error>(self.depth)?;
+        let mut kind = Kind::EmptyArray;
+        while seq.next_element_seed(Walk { depth })?.is_some() {
+            kind = Kind::Array;
+        }
+        Ok(kind)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Kind, A::Error> {
+        members(map, self.depth, |_, _| Ok(false))?;
+        Ok(Kind::Other)
+    }
+}
+
+/// Reads the members of an object at nesting `depth`, refusing a repeated
+/// key: `member` is given each key with the map positioned at its value,
+/// and either reads the value (returning `true`) or leaves it to be walked
+/// (`false`). So a caller reads the fields it wants in the same pass that
+/// checks the whole document.
+pub(super) fn members<'de, A, F>(mut map: A, depth: usize, mut member: F) -> Result<(), A::Error>
+where
+    A: MapAccess<'de>,
+    F: FnMut(&str, &mut A) -> Result<bool, A::Error>,
+{
+    let depth = nested::<A::Error>(depth)?;
+    let mut seen = Seen::default();
+    while let Some(key) = map.next_key::<Key<'de>>()? {
+        if !seen.insert(&key) {
+            return Err(de::Error::custom(format_args!(
+                "duplicate key {:?} in a JSON object",
+                key.short()
+            )));
+        }
+        if !member(key.as_str(), &mut map)? {
             map.next_value_seed(Walk { depth })?;
         }
-        Ok(())
     }
+    Ok(())
 }
 
-impl Walk {
-    fn nested<E: de::Error>(&self) -> Result<usize, E> {
-        if self.depth >= MAX_DEPTH {
-            return Err(E::custom("JSON nested too deeply"));
+fn nested<E: de::Error>(depth: usize) -> Result<usize, E> {
+    if depth >= MAX_DEPTH {
+        return Err(E::custom("JSON nested too deeply"));
+    }
+    Ok(depth + 1)
+}
+
+/// The keys of one object seen so far: the first ones on the stack (no
+/// allocation for the usual small object), the rest of a large one in a set.
+#[derive(Default)]
+struct Seen<'de> {
+    few: [Option<Key<'de>>; LINEAR_MAX],
+    n: usize,
+    many: Option<HashSet<Key<'de>>>,
+}
+
+impl<'de> Seen<'de> {
+    /// Adds `key`; `false` if it was there already.
+    fn insert(&mut self, key: &Key<'de>) -> bool {
+        if let Some(set) = &mut self.many {
+            return set.insert(key.clone());
         }
-        Ok(self.depth + 1)
+        if self.few[..self.n].iter().flatten().any(|k| k == key) {
+            return false;
+        }
+        if self.n < LINEAR_MAX {
+            self.few[self.n] = Some(key.clone());
+            self.n += 1;
+        } else {
+            let mut set: HashSet<Key<'de>> = self.few.iter_mut().filter_map(Option::take).collect();
+            set.insert(key.clone());
+            self.many = Some(set);
+        }
+        true
     }
 }
 
-/// An object key, borrowed from the body unless it had escapes; compared
-/// by content (`"a"` and `"\u0061"` are the same key).
+/// An object key or a string value, borrowed from the body unless it had
+/// escapes; compared by content (`"a"` and `"\u0061"` are the same key).
 #[derive(Clone)]
-enum Key<'de> {
+pub(super) enum Key<'de> {
     Borrowed(&'de str),
     Owned(String),
 }
 
-impl Key<'_> {
-    fn as_str(&self) -> &str {
+impl<'de> Key<'de> {
+    pub(super) fn as_str(&self) -> &str {
         match self {
             Key::Borrowed(s) => s,
             Key::Owned(s) => s,
+        }
+    }
+
+    pub(super) fn into_cow(self) -> std::borrow::Cow<'de, str> {
+        match self {
+            Key::Borrowed(s) => std::borrow::Cow::Borrowed(s),
+            Key::Owned(s) => std::borrow::Cow::Owned(s),
         }
     }
 
@@ -147,7 +192,7 @@ impl<'de> de::Deserialize<'de> for Key<'de> {
         impl<'de> Visitor<'de> for V {
             type Value = Key<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string key")
+                f.write_str("a string")
             }
             fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
                 Ok(Key::Borrowed(s))
