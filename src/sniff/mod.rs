@@ -267,20 +267,28 @@ fn invalid_json(e: serde_json::Error) -> ProxyError {
     ProxyError::InvalidRequest(format!("invalid JSON in request body: {e}"))
 }
 
-/// The common rewrite under a budget, an output cap the client did not set,
-/// done without re-encoding the body: `,"field":n` before its closing brace.
-/// Only when that is certainly the one key of that name: the body is an
-/// object (sniffed already), holds no `\u` escape (which could spell the key
-/// another way) and does not name the field or an alias anywhere. `None`:
+/// The common rewrites, done without re-encoding the body: an output cap
+/// the client did not set (under a budget) and `stream_options` asking for
+/// usage on a stream the client did not ask it for, appended as members
+/// before the closing brace. Only when each is certainly the one key of its
+/// name: the body is an object (sniffed already, so no key repeats), holds
+/// no `\u` escape (the only escape that could spell a key's letters another
+/// way) and does not hold the name (or a cap's alias) anywhere. `None`:
 /// re-encode instead.
-fn append_cap(body: &[u8], rw: &Rewrite) -> Option<Bytes> {
-    let (field, n) = rw.max_output?;
-    if rw.model.is_some() || rw.include_usage {
+fn append_members(body: &[u8], rw: &Rewrite) -> Option<Bytes> {
+    if rw.model.is_some() || crate::find::contains!(body, b"\\u") {
         return None;
     }
-    let names = std::iter::once(field).chain(Protocol::cap_aliases(field).iter().copied());
     let find = |needle: &[u8]| memchr::memmem::find(body, needle).is_some();
-    if crate::find::contains!(body, b"\\u") || names.into_iter().any(|f| find(f.as_bytes())) {
+    let mut cap = None;
+    if let Some((field, n)) = rw.max_output {
+        let names = std::iter::once(field).chain(Protocol::cap_aliases(field).iter().copied());
+        if names.into_iter().any(|f| find(f.as_bytes())) {
+            return None;
+        }
+        cap = Some((field, n));
+    }
+    if rw.include_usage && find(b"stream_options") {
         return None;
     }
     let end = body.iter().rposition(|b| !b.is_ascii_whitespace())?;
@@ -288,20 +296,35 @@ fn append_cap(body: &[u8], rw: &Rewrite) -> Option<Bytes> {
         return None;
     }
     // `{}` has no member to follow; any other object has one.
-    let empty = body[..end].iter().rev().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let mut first = body[..end].iter().rev().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    const USAGE: &[u8] = b"\"stream_options\":{\"include_usage\":true}";
     let mut digits = itoa::Buffer::new();
-    let digits = digits.format(n);
+    let cap = cap.map(|(field, n)| (field, digits.format(n)));
     // Exactly the length: a `Vec` that is full becomes `Bytes` without a copy.
-    let len = end + usize::from(!empty) + field.len() + 3 + digits.len() + 1;
+    let members = usize::from(cap.is_some()) + usize::from(rw.include_usage);
+    let len = end + members - usize::from(first && members > 0)
+        + cap.map_or(0, |(field, digits)| field.len() + 3 + digits.len())
+        + if rw.include_usage { USAGE.len() } else { 0 }
+        + 1;
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(&body[..end]);
-    if !empty {
-        out.push(b',');
+    let mut comma = |out: &mut Vec<u8>| {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+    };
+    if let Some((field, digits)) = cap {
+        comma(&mut out);
+        out.push(b'"');
+        out.extend_from_slice(field.as_bytes());
+        out.extend_from_slice(b"\":");
+        out.extend_from_slice(digits.as_bytes());
     }
-    out.push(b'"');
-    out.extend_from_slice(field.as_bytes());
-    out.extend_from_slice(b"\":");
-    out.extend_from_slice(digits.as_bytes());
+    if rw.include_usage {
+        comma(&mut out);
+        out.extend_from_slice(USAGE);
+    }
     out.push(b'}');
     debug_assert_eq!(out.len(), len);
     Some(Bytes::from(out))
@@ -330,7 +353,7 @@ pub fn rewrite(body: Bytes, rw: &Rewrite) -> Result<Bytes, ProxyError> {
     if rw.is_empty() {
         return Ok(body);
     }
-    if let Some(appended) = append_cap(&body, rw) {
+    if let Some(appended) = append_members(&body, rw) {
         return Ok(appended);
     }
     let mut obj: Map<String, Value> = serde_json::from_slice(&body).map_err(invalid_json)?;
@@ -576,6 +599,52 @@ mod tests {
             if sniff(&body, endpoint).is_ok() {
                 assert!(serde_json::from_slice::<Value>(&body).is_ok());
                 assert!(unique::check(&body).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn usage_options_are_appended_without_reencoding() {
+        let usage = Rewrite {
+            include_usage: true,
+            ..Rewrite::default()
+        };
+        let out = rewrite(
+            Bytes::from_static(br#"{"model":"m","stream":true} "#),
+            &usage,
+        )
+        .expect("ok");
+        assert_eq!(
+            &out[..],
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#
+        );
+        let both = Rewrite {
+            include_usage: true,
+            max_output: Some(("max_tokens", 9)),
+            ..Rewrite::default()
+        };
+        let out = rewrite(Bytes::from_static(b"{ }"), &both).expect("ok");
+        assert_eq!(
+            &out[..],
+            br#"{ "max_tokens":9,"stream_options":{"include_usage":true}}"#
+        );
+        // `stream_options` named anywhere (even inside a message), or an
+        // escape that could spell it: re-encoded, one key of each name, the
+        // client's other options kept.
+        for body in [
+            br#"{"model":"m","stream_options":{"x":1}}"#.as_slice(),
+            br#"{"model":"m","stream_options":null}"#,
+            br#"{"model":"m","messages":[{"content":"stream_options"}]}"#,
+            br#"{"model":"m","stream_options":{"x":1}}"#,
+        ] {
+            let out = rewrite(Bytes::copy_from_slice(body), &both).expect("ok");
+            unique::check(&out).expect("no duplicate key");
+            let v: Value = serde_json::from_slice(&out).expect("json");
+            let text = String::from_utf8_lossy(body);
+            assert_eq!(v["stream_options"]["include_usage"], true, "{text}");
+            assert_eq!(v["max_tokens"], 9, "{text}");
+            if text.contains("\"x\"") {
+                assert_eq!(v["stream_options"]["x"], 1, "{text}");
             }
         }
     }
