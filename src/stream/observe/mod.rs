@@ -24,6 +24,8 @@ mod lenient;
 
 /// Streamed output text kept for counting, at most this many bytes.
 const MAX_TEXT: usize = 4 << 20;
+/// What the raw event buffer starts with (about 30 chunks of a chat stream).
+const RAW_FIRST: usize = 4096;
 /// A non-streamed JSON body is parsed for usage only up to this size.
 const MAX_JSON: usize = 16 << 20;
 
@@ -185,14 +187,16 @@ impl Observer {
             return Some(chunk);
         };
         let was_empty = splitter.pending().is_empty();
-        let mut out: Vec<u8> = Vec::new();
+        // At most what was held back and this chunk: no growth on the way.
+        let mut out: Vec<u8> = Vec::with_capacity(splitter.pending().len() + chunk.len());
         let mut changed = false;
         splitter.feed(&chunk, |block| match state.on_event(block) {
             Keep::Unchanged => out.extend_from_slice(block),
             Keep::Drop => changed = true,
-            Keep::Edited(b) => {
+            Keep::Cut(at, len) => {
                 changed = true;
-                out.extend_from_slice(&b);
+                out.extend_from_slice(&block[..at]);
+                out.extend_from_slice(&block[at + len..]);
             }
         });
         if was_empty && !changed && splitter.pending().is_empty() {
@@ -294,7 +298,8 @@ impl Observer {
 enum Keep {
     Unchanged,
     Drop,
-    Edited(Vec<u8>),
+    /// Forwarded without the `len` bytes at `at`.
+    Cut(usize, usize),
 }
 
 const USAGE_NULL: &[u8] = b",\"usage\":null";
@@ -326,6 +331,11 @@ impl SseState {
         }
         self.out.answer.on_event(ev.event, data);
         if self.raw.len() + data.len() <= MAX_TEXT {
+            if self.raw.capacity() == 0 {
+                // A short answer's events fit without growing the buffer.
+                self.raw.reserve(RAW_FIRST);
+                self.raw_ends.reserve(RAW_FIRST / 64);
+            }
             self.raw.extend_from_slice(data);
             self.raw_ends.push(self.raw.len());
         }
@@ -355,12 +365,7 @@ impl SseState {
             return Keep::Drop;
         }
         match find!(block, USAGE_NULL) {
-            Some(at) => {
-                let mut edited = Vec::with_capacity(block.len());
-                edited.extend_from_slice(&block[..at]);
-                edited.extend_from_slice(&block[at + USAGE_NULL.len()..]);
-                Keep::Edited(edited)
-            }
+            Some(at) => Keep::Cut(at, USAGE_NULL.len()),
             None => Keep::Unchanged,
         }
     }
