@@ -6,8 +6,9 @@
 //! Layout, every number a little-endian u32:
 //!   header: token count, slot bits, longest token's length, longest probe
 //!   offsets: token count + 1 (token r is bytes[offsets[r]..offsets[r + 1]])
-//!   slots: 1 << slot bits (0 empty, else rank + 1; linear probing from the
-//!          top bits of `token_hash`)
+//!   slots: 1 << slot bits (0 empty, else `tag << 18 | rank + 1`; linear
+//!          probing from the top bits of `token_hash`, the tag the 14 bits
+//!          below those, so a probe rejects another token without reading it)
 //!   bytes: every token's bytes, in rank order
 
 #![allow(
@@ -58,22 +59,27 @@ fn lay_out(text: &str) -> Result<Vec<u8>, String> {
         tokens.push(bytes);
     }
     let n = tokens.len();
+    if n + 1 >= 1 << RANK_BITS {
+        return Err(format!("{n} tokens do not fit {RANK_BITS} bits"));
+    }
     // At most 1/2 full, so a miss stops after a probe or two.
     let bits = (2 * n).next_power_of_two().trailing_zeros();
     let mask = (1usize << bits) - 1;
     let mut slots = vec![0u32; 1 << bits];
     let mut longest_probe = 0usize;
     for (rank, t) in tokens.iter().enumerate() {
-        let mut i = (token_hash(t) >> (64 - bits)) as usize;
+        let h = token_hash(t);
+        let mut i = (h >> (64 - bits)) as usize;
         let mut probe = 1;
         while slots[i] != 0 {
-            if tokens[slots[i] as usize - 1] == *t {
-                return Err(format!("token {rank} repeats token {}", slots[i] - 1));
+            let other = (slots[i] & ((1 << RANK_BITS) - 1)) as usize - 1;
+            if tokens[other] == *t {
+                return Err(format!("token {rank} repeats token {other}"));
             }
             i = (i + 1) & mask;
             probe += 1;
         }
-        slots[i] = rank as u32 + 1;
+        slots[i] = slot_tag(h, bits) << RANK_BITS | (rank as u32 + 1);
         longest_probe = longest_probe.max(probe);
     }
     let max_len = tokens.iter().map(Vec::len).max().unwrap_or(0);

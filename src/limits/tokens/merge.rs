@@ -16,12 +16,20 @@ use super::table::Table;
 
 /// Pieces up to this many bytes take the scan.
 const SHORT: usize = 32;
+/// Longest piece merged exactly. A longer one is a run of letters (or of
+/// punctuation) with no space, digit or line break for 64 KiB, which no
+/// honest text has: it counts as one token per byte, an upper bound (a token
+/// is at least one byte), so it can neither be under-counted nor make the
+/// merge hold 20 bytes of state per byte of it.
+pub(super) const MAX_EXACT: usize = 64 << 10;
 
-/// How many tokens tiktoken makes of `piece`.
+/// How many tokens tiktoken makes of `piece` (for a piece over
+/// [`MAX_EXACT`] bytes, its length: never fewer).
 pub(super) fn count_piece(table: &Table, piece: &[u8]) -> usize {
     match piece.len() {
         0 => 0,
         1 => 1,
+        n if n > MAX_EXACT => n,
         _ if table.rank(piece).is_some() => 1,
         n if n <= SHORT => scan(table, piece),
         _ => heap(table, piece),
@@ -230,10 +238,15 @@ mod tests {
     }
 
     #[test]
-    fn a_long_hostile_piece_is_counted() {
-        // One 1 MB piece: the heap path, counted whole.
-        let p = vec![b'a'; 1 << 20];
+    fn long_pieces_are_merged_up_to_the_bound_then_counted_by_bytes() {
+        // Up to the bound: the heap path, exact (as the scan is, chunk by chunk).
+        let p = vec![b'a'; MAX_EXACT];
         let n = count_piece(&O200K, &p);
+        assert_eq!(n, heap(&O200K, &p));
         assert!(n > 0 && n < p.len() / 4, "{n}");
+        // Past it: one token per byte, never fewer than the merge would make.
+        let p = vec![b'a'; MAX_EXACT + 1];
+        assert_eq!(count_piece(&O200K, &p), p.len());
+        assert!(heap(&O200K, &p) <= p.len());
     }
 }

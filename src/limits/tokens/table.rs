@@ -1,13 +1,14 @@
 //! A vocabulary's rank table, read in place from the binary (build.rs lays
 //! it out from OpenAI's published `.tiktoken` files).
 //!
-//! Nothing is built at start or on first use: a lookup hashes the bytes,
-//! probes an open-addressing slot array and compares against the token's
-//! bytes. Resident memory is only the pages counts have touched, at most the
+//! Nothing is built at start or on first use: a lookup hashes the bytes and
+//! probes an open-addressing slot array; a slot keeps 14 more bits of its
+//! token's hash beside the rank, so only a probable match reads the token's
+//! bytes to compare. Resident memory is only the pages counts have touched, at most the
 //! table's size (o200k_base 4.3 MB, cl100k_base 2.1 MB), and the kernel
 //! may drop them again under pressure (they are file-backed).
 
-use super::table_hash::token_hash;
+use super::table_hash::{slot_tag, token_hash, RANK_BITS};
 
 /// One vocabulary: byte strings to BPE ranks (the rank is the merge
 /// priority, lower merges first).
@@ -70,15 +71,19 @@ impl Table {
             return None;
         }
         let mask = (1usize << self.bits) - 1;
-        let mut i = (token_hash(bytes) >> (64 - self.bits)) as usize;
+        let h = token_hash(bytes);
+        let tag = slot_tag(h, self.bits);
+        let mut i = (h >> (64 - self.bits)) as usize;
         loop {
             let slot = word(self.data, self.slots + 4 * i);
             if slot == 0 {
                 return None;
             }
-            let rank = slot - 1;
-            if self.token(rank) == bytes {
-                return Some(rank);
+            if slot >> RANK_BITS == tag {
+                let rank = (slot & ((1 << RANK_BITS) - 1)) - 1;
+                if self.token(rank) == bytes {
+                    return Some(rank);
+                }
             }
             i = (i + 1) & mask;
         }

@@ -23,3 +23,12 @@ pub fn token_hash(bytes: &[u8]) -> u64 {
     }
     h ^ (h >> 31)
 }
+
+/// Bits of a table slot that hold the rank (plus one; 0 is an empty slot).
+pub const RANK_BITS: u32 = 18;
+
+/// The tag a slot keeps beside the rank: the 14 hash bits below the ones
+/// that chose the slot (`bits` of them).
+pub fn slot_tag(hash: u64, bits: u32) -> u32 {
+    ((hash >> (64 - bits - (32 - RANK_BITS))) as u32) & ((1 << (32 - RANK_BITS)) - 1)
+}
