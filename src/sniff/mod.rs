@@ -279,16 +279,13 @@ fn append_members(body: &[u8], rw: &Rewrite) -> Option<Bytes> {
     if rw.model.is_some() || crate::find::contains!(body, b"\\u") {
         return None;
     }
-    let find = |needle: &[u8]| memchr::memmem::find(body, needle).is_some();
-    let mut cap = None;
-    if let Some((field, n)) = rw.max_output {
-        let names = std::iter::once(field).chain(Protocol::cap_aliases(field).iter().copied());
-        if names.into_iter().any(|f| find(f.as_bytes())) {
+    if let Some((field, _)) = rw.max_output {
+        let mut names = std::iter::once(field).chain(Protocol::cap_aliases(field).iter().copied());
+        if names.any(|f| memchr::memmem::find(body, f.as_bytes()).is_some()) {
             return None;
         }
-        cap = Some((field, n));
     }
-    if rw.include_usage && find(b"stream_options") {
+    if rw.include_usage && crate::find::contains!(body, b"stream_options") {
         return None;
     }
     let end = body.iter().rposition(|b| !b.is_ascii_whitespace())?;
@@ -299,7 +296,7 @@ fn append_members(body: &[u8], rw: &Rewrite) -> Option<Bytes> {
     let mut first = body[..end].iter().rev().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     const USAGE: &[u8] = b"\"stream_options\":{\"include_usage\":true}";
     let mut digits = itoa::Buffer::new();
-    let cap = cap.map(|(field, n)| (field, digits.format(n)));
+    let cap = rw.max_output.map(|(field, n)| (field, digits.format(n)));
     // Exactly the length: a `Vec` that is full becomes `Bytes` without a copy.
     let members = usize::from(cap.is_some()) + usize::from(rw.include_usage);
     let len = end + members - usize::from(first && members > 0)

@@ -16,10 +16,15 @@ pub(super) struct Table {
     data: &'static [u8],
     bits: u32,
     longest: usize,
-    offsets: usize,
+    /// The most slots any token's insert probed: a lookup that has probed
+    /// this many without finding its bytes is a miss.
+    probes: usize,
     slots: usize,
     bytes: usize,
 }
+
+/// Where the offsets start: after the four header words.
+const OFFSETS: usize = 16;
 
 pub(super) static O200K: Table = Table::new(include_bytes!(concat!(
     env!("OUT_DIR"),
@@ -38,14 +43,13 @@ impl Table {
     const fn new(data: &'static [u8]) -> Table {
         let tokens = word(data, 0) as usize;
         let bits = word(data, 4);
-        let offsets = 16;
-        let slots = offsets + 4 * (tokens + 1);
+        let slots = OFFSETS + 4 * (tokens + 1);
         let bytes = slots + 4 * (1 << bits);
         Table {
             data,
             bits,
             longest: word(data, 8) as usize,
-            offsets,
+            probes: word(data, 12) as usize,
             slots,
             bytes,
         }
@@ -59,7 +63,7 @@ impl Table {
 
     /// The bytes of the token with this rank.
     pub(super) fn token(&self, rank: u32) -> &'static [u8] {
-        let at = self.offsets + 4 * rank as usize;
+        let at = OFFSETS + 4 * rank as usize;
         let start = word(self.data, at) as usize;
         let end = word(self.data, at + 4) as usize;
         &self.data[self.bytes + start..self.bytes + end]
@@ -74,7 +78,7 @@ impl Table {
         let h = token_hash(bytes);
         let tag = slot_tag(h, self.bits);
         let mut i = (h >> (64 - self.bits)) as usize;
-        loop {
+        for _ in 0..self.probes {
             let slot = word(self.data, self.slots + 4 * i);
             if slot == 0 {
                 return None;
@@ -87,6 +91,7 @@ impl Table {
             }
             i = (i + 1) & mask;
         }
+        None
     }
 }
 

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use serde::de::MapAccess;
 
-use super::lenient::{fields, skip, value, Lenient, Shape};
+use super::lenient::{fields, value, Lenient, Shape};
 use crate::usage::UsageFields;
 
 /// Most distinct tool names kept per answer; calls past it are still
@@ -197,9 +197,9 @@ impl<'de: 'a, 'a> Shape<'de> for Whole<'a> {
                 "object" => w.object = value(map)?,
                 "status" => w.end.status = value(map)?,
                 "incomplete_details" => w.end.incomplete_details = value(map)?,
-                _ => skip(map)?,
+                _ => return Ok(false),
             }
-            Ok(())
+            Ok(true)
         })?;
         Ok(Some(w))
     }
@@ -250,9 +250,12 @@ macro_rules! one_field {
         impl<'de, T: Shape<'de>> Shape<'de> for $name<T> {
             fn from_map<A: MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
                 let mut v = None;
-                fields(map, |key, map| match key {
-                    $key => Ok(v = value(map)?),
-                    _ => skip(map),
+                fields(map, |key, map| {
+                    if key != $key {
+                        return Ok(false);
+                    }
+                    v = value(map)?;
+                    Ok(true)
                 })?;
                 Ok(Some($name(v)))
             }
@@ -325,9 +328,9 @@ impl<'de: 'a, 'a> Shape<'de> for Choice<'a> {
                 "finish_reason" => c.finish_reason = value(map)?,
                 "delta" => c.delta = value(map)?,
                 "message" => c.message = value(map)?,
-                _ => skip(map)?,
+                _ => return Ok(false),
             }
-            Ok(())
+            Ok(true)
         })?;
         Ok(Some(c))
     }
@@ -354,9 +357,9 @@ impl<'de: 'a, 'a> Shape<'de> for Message<'a> {
             match key {
                 "tool_calls" => m.tool_calls = value(map)?.unwrap_or_default(),
                 "function_call" => m.function_call = value(map)?,
-                _ => skip(map)?,
+                _ => return Ok(false),
             }
-            Ok(())
+            Ok(true)
         })?;
         Ok(Some(m))
     }
@@ -376,9 +379,9 @@ impl<'de: 'a, 'a> Shape<'de> for Block<'a> {
             match key {
                 "type" => kind = value(map)?,
                 "name" => name = value(map)?,
-                _ => skip(map)?,
+                _ => return Ok(false),
             }
-            Ok(())
+            Ok(true)
         })?;
         Ok(kind.map(|kind| Block { kind, name }))
     }
@@ -398,9 +401,9 @@ impl<'de: 'a, 'a> Shape<'de> for ResponseEnd<'a> {
             match key {
                 "status" => r.status = value(map)?,
                 "incomplete_details" => r.incomplete_details = value(map)?,
-                _ => skip(map)?,
+                _ => return Ok(false),
             }
-            Ok(())
+            Ok(true)
         })?;
         Ok(Some(r))
     }

@@ -133,19 +133,21 @@ impl<'de, T: Shape<'de>> Shape<'de> for Vec<T> {
     }
 }
 
-/// Reads an object's fields: `field` is called with each key and the map,
-/// positioned at that key's value, which it must read (or skip).
+/// Reads an object's fields: `field` is given each key with the map
+/// positioned at its value, and either reads the value (returning `true`)
+/// or leaves it to be skipped (`false`), as `sniff::unique::members` does.
 pub(super) fn fields<'de, A, F>(mut map: A, mut field: F) -> Result<(), A::Error>
 where
     A: MapAccess<'de>,
-    F: FnMut(&str, &mut A) -> Result<(), A::Error>,
+    F: FnMut(&str, &mut A) -> Result<bool, A::Error>,
 {
     while let Some(Lenient(key)) = map.next_key::<Lenient<Cow<'de, str>>>()? {
-        match key {
+        let read = match key {
             Some(key) => field(&key, &mut map)?,
-            None => {
-                map.next_value::<IgnoredAny>()?;
-            }
+            None => false,
+        };
+        if !read {
+            map.next_value::<IgnoredAny>()?;
         }
     }
     Ok(())
@@ -156,11 +158,6 @@ pub(super) fn value<'de, T: Shape<'de>, A: MapAccess<'de>>(
     map: &mut A,
 ) -> Result<Option<T>, A::Error> {
     Ok(map.next_value::<Lenient<T>>()?.0)
-}
-
-/// Skips the value at the map's current key.
-pub(super) fn skip<'de, A: MapAccess<'de>>(map: &mut A) -> Result<(), A::Error> {
-    map.next_value::<IgnoredAny>().map(drop)
 }
 
 #[cfg(test)]
