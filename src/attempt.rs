@@ -13,10 +13,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::upstream::pool::Body as UpstreamBody;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -188,17 +188,17 @@ pub trait Transport: Sync {
 /// The providers' own clients (generic, not boxed: the loop is compiled for
 /// this transport, with no allocation of its own per request).
 impl Transport for [Upstream] {
-    type Body = Incoming;
+    type Body = UpstreamBody;
 
     fn send(
         &self,
         provider: usize,
         req: Request<Full<Bytes>>,
-    ) -> impl Future<Output = Result<Response<Incoming>, SendError>> + Send {
-        let sent = self.get(provider).map(|u| u.client().request(req));
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + Send {
+        let pool = self.get(provider).map(Upstream::pool);
         async move {
-            match sent {
-                Some(response) => response.await.map_err(|e| SendError::from_client(&e)),
+            match pool {
+                Some(pool) => pool.send(req).await,
                 None => Err(SendError::Connect(format!("no provider #{provider}"))),
             }
         }
@@ -236,7 +236,7 @@ pub struct Call<'a> {
 }
 
 /// The upstream answer that goes to the client.
-pub enum Answered<B = Incoming> {
+pub enum Answered<B = UpstreamBody> {
     /// Headers received; the body streams through the tap.
     Stream(Response<B>),
     /// An error body Sluice had to read (to look for a context-length error).

@@ -11,9 +11,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::upstream::pool::Body as UpstreamBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use crate::cache::Capture;
@@ -54,7 +54,7 @@ pub enum ProxyBody {
 
 impl ProxyBody {
     /// An upstream body through its tap; a stream's bursts are gathered.
-    pub fn tap(inner: Incoming, cfg: TapConfig, record: RequestRecord) -> Self {
+    pub fn tap(inner: UpstreamBody, cfg: TapConfig, record: RequestRecord) -> Self {
         let stream = cfg.observer.is_stream();
         ProxyBody::Tap(Box::new(Gather::new(
             TapBody::new(inner, cfg, record),
@@ -112,7 +112,7 @@ impl Body for ProxyBody {
 
 /// Streams an upstream body while observing it.
 pub struct TapBody {
-    inner: Incoming,
+    inner: UpstreamBody,
     observer: Observer,
     record: Option<RequestRecord>,
     /// The size of the upstream body is the size of this body (no rewrite).
@@ -151,7 +151,7 @@ pub struct TapConfig {
 }
 
 impl TapBody {
-    pub fn new(inner: Incoming, cfg: TapConfig, record: RequestRecord) -> Self {
+    pub fn new(inner: UpstreamBody, cfg: TapConfig, record: RequestRecord) -> Self {
         let now = Instant::now();
         Self {
             inner,

@@ -4,25 +4,20 @@
 
 pub mod bedrock;
 pub mod converse;
+pub mod pool;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
-use http_body_util::Full;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use percent_encoding::utf8_percent_encode;
 
 use crate::config::{BedrockApi, ProviderConfig, ProviderKind, Timeouts};
 use crate::error::ApiShape;
 use crate::worker::PerWorker;
-
-/// The HTTP client used for one provider.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub use pool::Pool;
 
 /// A provider ready to take requests.
 pub struct Upstream {
@@ -31,7 +26,7 @@ pub struct Upstream {
     pub timeouts: Timeouts,
     /// A connection pool per worker, so a request and the upstream
     /// connection it borrows run on one thread (see [`crate::worker`]).
-    clients: PerWorker<HttpClient>,
+    pools: PerWorker<Arc<Pool>>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     /// Path prefix from the base URL, without a trailing slash.
@@ -83,15 +78,14 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// This worker's client (its own pool of connections to the provider).
-    pub fn client(&self) -> &HttpClient {
-        self.clients.get()
+    /// This worker's pool of connections to the provider.
+    pub fn pool(&self) -> &Arc<Pool> {
+        self.pools.get()
     }
 
     /// Builds the provider's client; fails on an unreadable CA file.
     pub fn new(p: &ProviderConfig) -> Result<Upstream, String> {
         let connector = build_connector(p)?;
-        let clients = PerWorker::new(|_| pooled(connector.clone()));
         let parts = p.base_url.clone().into_parts();
         let scheme = parts.scheme.ok_or("base_url has no scheme")?;
         let authority = parts.authority.ok_or("base_url has no host")?;
@@ -147,6 +141,17 @@ impl Upstream {
             host: host_header(&scheme, &authority),
             api: b.api,
         });
+        let origin = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| format!("base_url: {e}"))?;
+        let host = HeaderValue::from_str(&host_header(&scheme, &authority))
+            .map_err(|e| format!("base_url host: {e}"))?;
+        let pools = PerWorker::new(|_| {
+            Arc::new(Pool::new(connector.clone(), origin.clone(), host.clone()))
+        });
         Ok(Upstream {
             bedrock,
             client_keys: p.client_keys,
@@ -156,7 +161,7 @@ impl Upstream {
             name: p.name.as_str().into(),
             kind: p.kind,
             timeouts: p.timeouts,
-            clients,
+            pools,
             plain_host: (scheme == http::uri::Scheme::HTTP)
                 .then(|| HeaderValue::from_str(&host_header(&scheme, &authority)).ok())
                 .flatten(),
@@ -394,15 +399,6 @@ fn build_connector(p: &ProviderConfig) -> Result<HttpsConnector<HttpConnector>, 
         .wrap_connector(http))
 }
 
-/// A keep-alive pool over `https`.
-fn pooled(https: HttpsConnector<HttpConnector>) -> HttpClient {
-    // The idle timeout is only enforced with a timer.
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(https)
-}
-
 /// Why a request got no response headers from a provider (the transport's
 /// own failures; timeouts Sluice imposes are the attempt loop's).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -415,10 +411,10 @@ pub enum SendError {
 }
 
 impl SendError {
-    /// Classifies a client error: a connect timeout shows as an I/O
-    /// `TimedOut` somewhere in its causes.
-    pub fn from_client(e: &hyper_util::client::legacy::Error) -> SendError {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    /// Classifies a connect error: a connect timeout shows as an I/O
+    /// `TimedOut` in it or its causes.
+    pub fn classify(e: &(dyn std::error::Error + 'static)) -> SendError {
+        let mut source = Some(e);
         while let Some(s) = source {
             if let Some(io) = s.downcast_ref::<std::io::Error>() {
                 if io.kind() == std::io::ErrorKind::TimedOut {
@@ -432,7 +428,7 @@ impl SendError {
 }
 
 /// The error and its causes, one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -89,6 +89,7 @@
 //! | `x-mock-endless-event-kb: N` | stream: after the first event, one `data:` line of N KiB that never ends (no newline), then silence until the client goes away |
 //! | `x-mock-stall-after-bytes: N` | non-stream 2xx: send the first N bytes of the body, then nothing until the client goes away |
 //! | `x-mock-tool-calls: N` | an answer that calls tools makes N parallel calls (default 1) |
+//! | `x-mock-close: 1` | answer with `connection: close`, then close the connection |
 //!
 //! Embeddings: a text starting with `vec:` and comma-separated numbers (`vec:0.1,0.9 any
 //! words`) is embedded as exactly that vector, so a test decides which texts are similar;

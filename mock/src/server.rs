@@ -117,6 +117,11 @@ impl MockProvider {
         self.shared.active_connections.load(Ordering::SeqCst)
     }
 
+    /// TCP connections accepted since the start.
+    pub fn accepted_connections(&self) -> usize {
+        self.shared.accepted_connections.load(Ordering::SeqCst)
+    }
+
     /// Streamed response bodies that were dropped (client gone) before they were finished.
     pub fn cancelled_streams(&self) -> usize {
         self.shared.cancelled_streams.load(Ordering::SeqCst)
@@ -176,6 +181,7 @@ pub(crate) struct Shared {
     recording: AtomicBool,
     seq: AtomicUsize,
     active_connections: AtomicUsize,
+    accepted_connections: AtomicUsize,
     pub(crate) cancelled_streams: AtomicUsize,
 }
 
@@ -189,6 +195,7 @@ impl Default for Shared {
             recording: AtomicBool::new(true),
             seq: AtomicUsize::new(0),
             active_connections: AtomicUsize::new(0),
+            accepted_connections: AtomicUsize::new(0),
             cancelled_streams: AtomicUsize::new(0),
         }
     }
@@ -249,6 +256,7 @@ struct ConnectionGuard(Arc<Shared>);
 impl ConnectionGuard {
     fn new(shared: Arc<Shared>) -> Self {
         shared.active_connections.fetch_add(1, Ordering::SeqCst);
+        shared.accepted_connections.fetch_add(1, Ordering::SeqCst);
         ConnectionGuard(shared)
     }
 }
@@ -264,7 +272,18 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let service = service_fn(move |request| {
         let shared = Arc::clone(&shared);
-        async move { Ok::<_, Infallible>(handle(shared, request).await) }
+        // `x-mock-close`: answer, then close the connection.
+        let close = request.headers().contains_key("x-mock-close");
+        async move {
+            let mut response = handle(shared, request).await;
+            if close {
+                response.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     // Connection errors (client resets, aborted streams) are expected in fault tests.

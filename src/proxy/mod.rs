@@ -53,7 +53,7 @@ enum Answer {
 
 struct UpstreamAnswer {
     head: http::response::Parts,
-    body: Incoming,
+    body: crate::upstream::pool::Body,
     tap: TapConfig,
 }
 

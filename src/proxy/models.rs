@@ -164,7 +164,7 @@ async fn visible(
         })
         .map(|(p, key, req, u)| async move {
             let fetch = fetch(
-                u.client().clone(),
+                u.pool().clone(),
                 req,
                 u.name.clone(),
                 u.timeouts.first_byte,

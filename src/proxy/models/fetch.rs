@@ -16,7 +16,7 @@ use crate::auth::Credential;
 use crate::cache::model_lists::ListKey;
 use crate::config::ProviderKind;
 use crate::metrics;
-use crate::upstream::{HttpClient, Upstream};
+use crate::upstream::{Pool, SendError, Upstream};
 
 /// Longest one list fetch may take (the provider's `first_byte` and
 /// `total` timeouts apply when shorter).
@@ -99,13 +99,13 @@ fn list_key(provider: &str, uri: &http::Uri, headers: &HeaderMap) -> ListKey {
 
 /// Fetches one list; a failure is logged, counted and answered `None`.
 pub(super) async fn fetch(
-    client: HttpClient,
+    pool: Arc<Pool>,
     req: Request<Full<Bytes>>,
     provider: Arc<str>,
     first_byte: Duration,
     total: Duration,
 ) -> Option<Vec<Arc<str>>> {
-    match fetch_ids(client, req, &provider, first_byte, total).await {
+    match fetch_ids(pool, req, &provider, first_byte, total).await {
         Ok(ids) => Some(ids),
         Err(why) => {
             tracing::warn!(provider = %provider, error = %why, "provider model list unavailable; listing without it");
@@ -116,7 +116,7 @@ pub(super) async fn fetch(
 }
 
 async fn fetch_ids(
-    client: HttpClient,
+    pool: Arc<Pool>,
     req: Request<Full<Bytes>>,
     provider: &str,
     first_byte: Duration,
@@ -125,14 +125,17 @@ async fn fetch_ids(
     let start = Instant::now();
     let deadline = start + total.min(FETCH_TIMEOUT);
     let head_by = (start + first_byte).min(deadline);
-    let resp = match tokio::time::timeout_at(head_by, client.request(req)).await {
+    let resp = match tokio::time::timeout_at(head_by, pool.send(req)).await {
         Err(_) => {
             metrics::upstream_attempt(provider, "timeout");
             return Err("no answer in time".into());
         }
         Ok(Err(e)) => {
             metrics::upstream_attempt(provider, "connect_error");
-            return Err(error_chain(&e));
+            return Err(match e {
+                SendError::ConnectTimeout => "connect timed out".into(),
+                SendError::Connect(why) => why,
+            });
         }
         Ok(Ok(resp)) => resp,
     };
@@ -159,18 +162,6 @@ async fn fetch_ids(
         Ok(Ok(c)) => c.to_bytes(),
     };
     parse_ids(&body)
-}
-
-/// The error and its causes, one line (transport errors: no secrets).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// A list in either provider shape: `{"data":[{"id":..},..],..}`.
