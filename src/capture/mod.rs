@@ -248,8 +248,24 @@ impl Pending {
 }
 
 /// The writer thread: redacts and writes each record, flushing whenever the
-/// queue runs empty.
+/// queue runs empty. A record counts as written once it is flushed, so
+/// `written` in the admin status never runs ahead of the file.
 fn writer(mut rx: mpsc::Receiver<Msg>, mut sink: sink::Sink, capturer: &Capturer) {
+    // Records in the sink's buffer, not yet flushed to the file.
+    let mut unflushed = 0u64;
+    let flush = |sink: &mut sink::Sink, unflushed: &mut u64| {
+        let counts = &capturer.counts;
+        match sink.flush() {
+            Ok(()) => counts.written.fetch_add(*unflushed, Ordering::Relaxed),
+            Err(e) => {
+                tracing::warn!(error = %e, "capture file flush failed");
+                counts
+                    .dropped_write_error
+                    .fetch_add(*unflushed, Ordering::Relaxed)
+            }
+        };
+        *unflushed = 0;
+    };
     while let Some(msg) = rx.blocking_recv() {
         let mut next = Some(msg);
         while let Some(msg) = next.take() {
@@ -264,7 +280,7 @@ fn writer(mut rx: mpsc::Receiver<Msg>, mut sink: sink::Sink, capturer: &Capturer
                     bytes.push(b'\n');
                     match sink.write(&bytes, bounds) {
                         Ok(()) => {
-                            capturer.counts.written.fetch_add(1, Ordering::Relaxed);
+                            unflushed += 1;
                             crate::metrics::captured(reason);
                         }
                         Err(e) => {
@@ -278,15 +294,13 @@ fn writer(mut rx: mpsc::Receiver<Msg>, mut sink: sink::Sink, capturer: &Capturer
                     }
                 }
                 Msg::Flush(done) => {
-                    let _ = sink.flush();
+                    flush(&mut sink, &mut unflushed);
                     let _ = done.send(());
                 }
             }
             next = rx.try_recv().ok();
         }
-        if let Err(e) = sink.flush() {
-            tracing::warn!(error = %e, "capture file flush failed");
-        }
+        flush(&mut sink, &mut unflushed);
     }
 }
 

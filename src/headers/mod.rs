@@ -3,6 +3,27 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+/// Sluice's own response headers. Named by constants: a name given as
+/// text is parsed, and copied to the heap, on every insert.
+pub mod names {
+    use http::HeaderName;
+
+    pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-sluice-request-id");
+    pub const MODEL: HeaderName = HeaderName::from_static("x-sluice-model");
+    pub const PROVIDER: HeaderName = HeaderName::from_static("x-sluice-provider");
+    pub const EXPERIMENT: HeaderName = HeaderName::from_static("x-sluice-experiment");
+    pub const ARM: HeaderName = HeaderName::from_static("x-sluice-arm");
+    pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-sluice-attempts");
+    pub const CACHE: HeaderName = HeaderName::from_static("x-sluice-cache");
+    pub const COST_USD: HeaderName = HeaderName::from_static("x-sluice-cost-usd");
+    pub const BUDGET_REMAINING_USD: HeaderName =
+        HeaderName::from_static("x-sluice-budget-remaining-usd");
+}
+
+/// Sluice's own headers a response may carry beyond the upstream's (the
+/// room reserved for them up front, so adding them never grows the map).
+const OWN_HEADERS: usize = 12;
+
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -67,7 +88,7 @@ pub fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
 /// Headers for the client response: the upstream's, less hop-by-hop.
 /// `keep_length` is false when the body is rewritten.
 pub fn client_response_headers(upstream: &HeaderMap, keep_length: bool) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(upstream.len() + 6);
+    let mut out = HeaderMap::with_capacity(upstream.len() + OWN_HEADERS);
     let hop = HopByHop::of(upstream);
     for (name, value) in upstream {
         if hop.contains(name) || (!keep_length && *name == header::CONTENT_LENGTH) {

@@ -11,7 +11,7 @@ use crate::app::{App, Snapshot};
 use crate::attempt;
 use crate::body::{ProxyBody, TapConfig};
 use crate::error::ProxyError;
-use crate::headers::{client_response_headers, value};
+use crate::headers::{client_response_headers, names, value};
 use crate::limits;
 use crate::limits::tokens::Family;
 use crate::record::{RequestRecord, StreamEnd};
@@ -117,7 +117,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
             }
             if let Some(cost) = rec.cost_of(&observed) {
                 let usd = crate::pricing::usd_text(cost, 9);
-                resp.headers_mut().insert("x-sluice-cost-usd", value(&usd));
+                resp.headers_mut().insert(names::COST_USD, value(&usd));
             }
             let len = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
             tee_local(&mut rec, resp.body());
@@ -150,32 +150,29 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
     };
     let mut resp = faults::spoil(resp, stream_fault);
     let h = resp.headers_mut();
-    h.insert("x-sluice-request-id", id);
+    h.insert(names::REQUEST_ID, id);
     if let Some(m) = model {
-        h.insert("x-sluice-model", m);
+        h.insert(names::MODEL, m);
     }
     if let Some(p) = provider {
-        h.insert("x-sluice-provider", p);
+        h.insert(names::PROVIDER, p);
     }
     if let Some((experiment, arm)) = arm {
-        h.insert("x-sluice-experiment", experiment);
-        h.insert("x-sluice-arm", arm);
+        h.insert(names::EXPERIMENT, experiment);
+        h.insert(names::ARM, arm);
     }
     if attempts > 0 {
-        h.insert("x-sluice-attempts", HeaderValue::from(attempts));
+        h.insert(names::ATTEMPTS, HeaderValue::from(attempts));
     }
     if let Some(a) = allowance {
         limits::headers::allowed(h, &a, shape);
     }
     if has_model {
-        h.insert(
-            "x-sluice-cache",
-            HeaderValue::from_static(cache_state.label()),
-        );
+        h.insert(names::CACHE, HeaderValue::from_static(cache_state.label()));
     }
     if let Some(left) = budget_left {
         let usd = crate::pricing::usd_text(left, 6);
-        h.insert("x-sluice-budget-remaining-usd", value(&usd));
+        h.insert(names::BUDGET_REMAINING_USD, value(&usd));
     }
     resp
 }
