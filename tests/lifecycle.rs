@@ -389,6 +389,32 @@ async fn tls_on_both_sides_with_generated_certificates() {
     // The TLS front offers h2 by ALPN and the mock behind it speaks h2c, so
     // Sluice's upstream connection is HTTP/2.
     assert_eq!(mock.last_request().expect("req").http_version, "HTTP/2.0");
+    // Later requests, one after another and then four at once, share that
+    // one upstream connection (the front opens one to the mock per TLS
+    // connection it accepts).
+    let send = |text: &'static str| {
+        let req = http::Request::post(format!(
+            "https://localhost:{}/v1/chat/completions",
+            s.data.port()
+        ))
+        .header("authorization", format!("Bearer {KEY}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            chat("m", text).to_string(),
+        )))
+        .expect("req");
+        let client = client.clone();
+        async move {
+            let resp = client.request(req).await.expect("tls request");
+            assert_eq!(resp.status(), StatusCode::OK);
+            resp.into_body().collect().await.expect("body").to_bytes()
+        }
+    };
+    for _ in 0..3 {
+        send("again").await;
+    }
+    futures_util::future::join_all((0..4).map(|_| send("together"))).await;
+    assert_eq!(mock.request_count(), 8);
+    assert_eq!(mock.accepted_connections(), 1);
 
     // Without the extra CA the upstream certificate is refused: 502, not a hang.
     let cfg2 = cfg.replace(&format!("\nca_file = \"{}\"", ca.display()), "");

@@ -109,7 +109,9 @@ fn headers_with_key(authorization: &str, words: u32, delay_ms: Option<u32>) -> H
 pub(crate) fn scenarios(quick: bool) -> Vec<Scenario> {
     let n = |full: usize| if quick { (full / 10).max(20) } else { full };
     let mut v = Vec::new();
-    for (c, count) in [(1, 5_000), (16, 20_000), (64, 30_000)] {
+    // Long enough that /proc's 10 ms CPU ticks resolve ~1 % per arm (a
+    // run of 30,000 at c=64 gave ~70 ticks: a 5 % change did not show).
+    for (c, count) in [(1, 20_000), (16, 60_000), (64, 120_000)] {
         v.push(Scenario {
             name: format!("chat c={c}"),
             kind: Kind::NonStream,
@@ -122,7 +124,7 @@ pub(crate) fn scenarios(quick: bool) -> Vec<Scenario> {
             think: Duration::ZERO,
         });
     }
-    for (c, count) in [(1, 1_000), (16, 8_000), (64, 12_000)] {
+    for (c, count) in [(1, 3_000), (16, 16_000), (64, 24_000)] {
         v.push(Scenario {
             name: format!("stream c={c}"),
             kind: Kind::Stream,
