@@ -143,17 +143,18 @@ impl Pool {
                 idle.h2 = None;
             }
         }
-        let (tx, at) = idle.h1.pop()?;
-        if at.elapsed() > IDLE_TIMEOUT {
-            // The rest were freed earlier still.
-            idle.h1.clear();
-            return None;
+        while let Some((tx, at)) = idle.h1.pop() {
+            if at.elapsed() > IDLE_TIMEOUT {
+                // The rest were freed earlier still.
+                idle.h1.clear();
+                return None;
+            }
+            // One the provider closed while it was idle is dropped.
+            if !tx.is_closed() {
+                return Some(Conn::H1(tx));
+            }
         }
-        if tx.is_closed() {
-            drop(idle);
-            return self.checkout();
-        }
-        Some(Conn::H1(tx))
+        None
     }
 
     /// Takes back an HTTP/1 connection whose answer has ended.
