@@ -37,6 +37,7 @@ pub fn install() -> Result<Exporter, String> {
     let (recorder, exporter) = described::Describing::new(recorder);
     metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
     describe();
+    let _ = INFLIGHT.set(gauge!("sluice_inflight_requests"));
     Ok(exporter)
 }
 
@@ -759,19 +760,29 @@ pub fn config_reload(ok: bool) {
         .increment(1);
 }
 
+/// `sluice_inflight_requests`, registered once by [`install`]: every
+/// request moves it twice, and `gauge!` looks its key up in the registry
+/// each time.
+static INFLIGHT: std::sync::OnceLock<metrics::Gauge> = std::sync::OnceLock::new();
+
 /// Tracks one in-flight request in `sluice_inflight_requests`.
-pub struct Inflight(());
+pub struct Inflight(metrics::Gauge);
 
 impl Inflight {
     pub fn start() -> Self {
-        gauge!("sluice_inflight_requests").increment(1.0);
-        Inflight(())
+        // Before `install` (unit tests) there is no recorder: a no-op handle.
+        let gauge = INFLIGHT
+            .get()
+            .cloned()
+            .unwrap_or_else(|| gauge!("sluice_inflight_requests"));
+        gauge.increment(1.0);
+        Inflight(gauge)
     }
 }
 
 impl Drop for Inflight {
     fn drop(&mut self) {
-        gauge!("sluice_inflight_requests").decrement(1.0);
+        self.0.decrement(1.0);
     }
 }
 
