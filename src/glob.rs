@@ -4,6 +4,12 @@
 
 use std::collections::HashMap;
 
+/// The maps' hasher: foldhash, seeded per process. Their keys come from the
+/// config, never from clients, so a client's names can only be looked up,
+/// not pile into one bucket; SipHash cost ~150 instructions a lookup, and
+/// every request looks its model up a few times.
+type Fast = foldhash::fast::RandomState;
+
 /// Whether `model` matches a model filter: `None` matches everything,
 /// otherwise any of the globs (key allow-lists, rate limits, budgets).
 pub fn in_filter(patterns: Option<&Vec<String>>, model: &str) -> bool {
@@ -40,10 +46,10 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 pub struct GlobIndex {
     patterns: Vec<Box<str>>,
     /// Exact (star-free) patterns → their positions, ascending.
-    exact: HashMap<Box<str>, Vec<usize>>,
+    exact: HashMap<Box<str>, Vec<usize>, Fast>,
     /// Globs by their literal prefix (what precedes the first `*`) →
     /// positions, ascending.
-    by_prefix: HashMap<Box<str>, Vec<usize>>,
+    by_prefix: HashMap<Box<str>, Vec<usize>, Fast>,
     /// The distinct lengths of those prefixes, ascending.
     prefix_lens: Vec<usize>,
 }

@@ -329,8 +329,12 @@ impl PriceTable {
     pub fn get(&self, model: &str) -> Option<Price> {
         let m = model.rsplit('/').next().unwrap_or(model);
         let m = bedrock_anthropic_name(m).unwrap_or(m);
+        // The first byte first: most entries differ there, and it is
+        // cheaper than the prefix compare (every priced request scans).
+        let first = m.as_bytes().first();
         self.entries
             .iter()
+            .filter(|(name, _)| name.as_bytes().first() == first)
             .find(|(name, _)| m.strip_prefix(name.as_str()).is_some_and(same_model_suffix))
             .map(|(_, p)| *p)
     }

@@ -81,7 +81,9 @@ pub fn deployment_name(provider: &str, model: &str) -> String {
 /// `provider/pattern`).
 #[derive(Debug, Default)]
 pub struct Deployments {
-    map: Mutex<HashMap<String, Arc<DeploymentState>>>,
+    /// Keyed by configured deployments only, so foldhash (every request
+    /// looks one up; SipHash cost ~150 instructions of it).
+    map: Mutex<HashMap<String, Arc<DeploymentState>, foldhash::fast::RandomState>>,
 }
 
 impl Deployments {
