@@ -39,11 +39,15 @@ pub struct Router {
     index: GlobIndex,
     tiers: Vec<TierRoute>,
     /// Routing model name → its first entry in `tiers`.
-    tier_index: HashMap<String, usize>,
+    tier_index: HashMap<String, usize, Fast>,
     /// Model names written in the config (exact rule names, upstream
     /// models, routing models): the only ones used as metric labels.
-    configured: HashSet<String>,
+    configured: HashSet<String, Fast>,
 }
+
+/// Keys from config only, looked up with client names on every request:
+/// foldhash (see `crate::glob`).
+type Fast = foldhash::fast::RandomState;
 
 /// The metric label of a model name that no rule names.
 pub const OTHER_MODEL: &str = "other";
@@ -61,7 +65,7 @@ impl Router {
             .chain(tiers.iter().map(|t| t.model.clone()))
             .collect();
         let index = GlobIndex::new(rules.iter().map(|r| r.pattern.as_str()));
-        let mut tier_index = HashMap::new();
+        let mut tier_index = HashMap::default();
         for (i, t) in tiers.iter().enumerate() {
             tier_index.entry(t.model.clone()).or_insert(i);
         }
@@ -108,7 +112,9 @@ impl Router {
             [shape, shape.other()].into_iter().find(|&s| u.speaks(s))
         };
         let i = self.index.first(model, |i| api_of(i).is_some())?;
-        self.resolve(model, api_of(i)?, upstreams)
+        // Rule `i` is also the first whose providers speak `api_of(i)`: an
+        // earlier match speaks neither API. So no second lookup.
+        Self::route(self.rules.get(i)?, model, api_of(i)?)
     }
 
     /// The first rule matching `model` whose providers speak `shape`.
@@ -118,7 +124,11 @@ impl Router {
         shape: ApiShape,
         upstreams: &[Upstream],
     ) -> Option<Route<'_>> {
-        let rule = self.rule_for(model, shape, upstreams)?;
+        Self::route(self.rule_for(model, shape, upstreams)?, model, shape)
+    }
+
+    /// The route `rule` gives a request for `model` in `shape`.
+    fn route<'r>(rule: &'r ModelRule, model: &str, shape: ApiShape) -> Option<Route<'r>> {
         let first = rule.deployments.first()?;
         Some(Route {
             rule,
