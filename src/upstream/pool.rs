@@ -14,7 +14,9 @@
 //! to a provider (one more is closed when its answer ends) and closes one
 //! idle for [`IDLE_TIMEOUT`] when the pool is next used. Over TLS, ALPN
 //! may choose HTTP/2: then one connection per worker carries every
-//! request, as hyper-util's pool did.
+//! request, as hyper-util's pool did; when it has no stream free (the
+//! provider's concurrent-stream limit), a request opens another, which is
+//! shared from then on while the first finishes its streams and closes.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
