@@ -1,18 +1,16 @@
 #!/bin/bash
 # User-space instructions per request (valgrind's callgrind), deterministic
-# where wall-clock CPU on a shared 2-core VM is not. The same binary's plain
-# count is bimodal by ~5k (a periodic task, likely the metrics upkeep, falls
-# in a run or not): compare several runs for changes under ~5 %. Two runs of
-# Sluice under callgrind, after a 50-request warm-up, with 300 and 3,300
-# requests; the difference / 3,000 is one request's instructions, start-up
-# and shutdown cancelled out. Kernel time
-# (socket I/O, fsync) is not counted: compare binaries with it, and confirm
-# with the timed load harness.
+# where wall-clock CPU on a shared 2-core VM is not. Sluice runs under
+# callgrind with instrumentation off; after a 50-request warm-up it is turned
+# on (callgrind_control) for 3,000 requests on one keep-alive connection and
+# off again, so start-up (its clock calibration varies run to run) and
+# shutdown are not counted. Kernel time (socket I/O, fsync) is not counted:
+# compare binaries with it, and confirm with the timed load harness or perf.
 #
 #   bash bench/instructions/run.sh [SLUICE_BINARY]    (default target/release/sluice)
 #
 # Needs valgrind, python3 and target/release/sluice-mock. Ports 18480-18491
-# and 18081 on 127.0.0.1. About a minute per configuration.
+# and 18081 on 127.0.0.1. About 20 s per configuration.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -26,28 +24,32 @@ sed "s#@STATE@#$tmp/state.jsonl#; s#@SHA@#$(printf 'sk-test' | sha256sum | cut -
     "$here/limits.toml" > "$tmp/limits.toml"
 
 total() { # config port requests mode
-    valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.out" "$bin" --config "$1" \
-        >"$tmp/cg.log" 2>&1 &
+    # Instrumentation starts off: start-up, the warm-up and shutdown are not
+    # counted, only the requests (and whatever runs beside them meanwhile).
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$tmp/cg.out" \
+        "$bin" --config "$1" >"$tmp/cg.log" 2>&1 &
     local vg=$!
     for _ in $(seq 1 100); do
         curl -sf -o /dev/null "http://127.0.0.1:18490/healthz" && break
         sleep 0.3
     done
     python3 "$here/drive.py" "$2" 50 "$4"
+    callgrind_control -i on "$vg" >/dev/null 2>&1
     python3 "$here/drive.py" "$2" "$3" "$4"
+    callgrind_control -i off "$vg" >/dev/null 2>&1
     kill -INT $vg
     wait $vg || true
-    grep -m1 '^totals\|^summary' "$tmp/cg.out" | awk '{print $2}'
+    # (`summary:` counts from the start, 0 here; `totals:` what was collected.)
+    grep -m1 '^totals:' "$tmp/cg.out" | awk '{print $2}'
 }
 
 mkdir -p "$root/bench/out"
 measure() { # label slug config port mode
-    local a b
-    a=$(total "$3" "$4" 300 "$5")
-    b=$(total "$3" "$4" 3300 "$5")
-    # The 3,300-request profile, for callgrind_annotate.
+    local n=3000 t
+    t=$(total "$3" "$4" "$n" "$5")
+    # The profile of those requests, for callgrind_annotate.
     cp "$tmp/cg.out" "$root/bench/out/callgrind-$2.out"
-    echo "$1: $(( (b - a) / 3000 )) instructions/request"
+    echo "$1: $(( t / n )) instructions/request"
 }
 
 measure "plain (non-streaming)" plain "$here/plain.toml" 18480 json
