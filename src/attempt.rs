@@ -13,7 +13,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::upstream::pool::Body as UpstreamBody;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -33,6 +32,7 @@ use crate::resilience::retry::{self, breaker_failure, retryable_status};
 use crate::resilience::{Deployments, InflightGuard};
 use crate::sniff::{self, Endpoint, Rewrite};
 use crate::telemetry::{self, AttemptEnd, AttemptStart, RequestTrace};
+use crate::upstream::pool::Body as UpstreamBody;
 use crate::upstream::{SendError, Upstream};
 
 mod bedrock;
@@ -720,10 +720,8 @@ fn build_request(
         )?,
         _ => body.clone(),
     };
+    // (The pool adds `host` on HTTP/1.)
     let mut headers = upstream_request_headers(call.client_headers);
-    if let Some(host) = upstream.plain_host() {
-        headers.insert(header::HOST, host.clone());
-    }
     protocol::headers::fit(
         &mut headers,
         call.shape,

@@ -11,7 +11,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::upstream::pool::Body as UpstreamBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
@@ -21,6 +20,7 @@ use crate::record::{RequestRecord, StreamEnd};
 use crate::stream::observe::Observer;
 use crate::stream::translate::SseTranslator;
 use crate::upstream::bedrock::EventStreamToSse;
+use crate::upstream::pool::Body as UpstreamBody;
 
 mod fault;
 mod gather;

@@ -31,11 +31,6 @@ pub struct Upstream {
     authority: http::uri::Authority,
     /// Path prefix from the base URL, without a trailing slash.
     prefix: String,
-    /// The `host` header, made once, for a plain-HTTP provider (always
-    /// HTTP/1.1): hyper's client would otherwise format it per request.
-    /// Over TLS the protocol is chosen by ALPN, and HTTP/2 carries the
-    /// host in `:authority`, so there hyper's client still decides.
-    plain_host: Option<HeaderValue>,
     /// The provider's own credential header, when a key is configured.
     auth: Option<(HeaderName, HeaderValue)>,
     /// Env var the key comes from (for error messages).
@@ -162,20 +157,12 @@ impl Upstream {
             kind: p.kind,
             timeouts: p.timeouts,
             pools,
-            plain_host: (scheme == http::uri::Scheme::HTTP)
-                .then(|| HeaderValue::from_str(&host_header(&scheme, &authority)).ok())
-                .flatten(),
             scheme,
             authority,
             prefix,
             auth,
             api_key_env: p.api_key_env.clone(),
         })
-    }
-
-    /// The `host` header to send, when made once at load (plain HTTP).
-    pub fn plain_host(&self) -> Option<&HeaderValue> {
-        self.plain_host.as_ref()
     }
 
     /// Whether this provider serves requests of the given API shape.
@@ -460,22 +447,20 @@ mod tests {
         Upstream::new(&cfg.providers[0]).expect("upstream")
     }
 
-    #[tokio::test]
-    async fn the_host_header_is_made_once_for_plain_http_only() {
-        let plain = upstream("openai-compatible", "http://127.0.0.1:9/v1");
-        assert_eq!(
-            plain.plain_host().map(|h| h.as_bytes()),
-            Some(&b"127.0.0.1:9"[..])
-        );
-        let default_port = upstream("openai-compatible", "http://vllm.internal:80/v1");
-        assert_eq!(
-            default_port.plain_host().map(|h| h.as_bytes()),
-            Some(&b"vllm.internal"[..])
-        );
-        // Over TLS, ALPN may choose HTTP/2 (`:authority`): hyper's client decides.
-        assert!(upstream("openai", "https://api.openai.com/v1")
-            .plain_host()
-            .is_none());
+    #[test]
+    fn the_host_sent_over_http1_drops_a_default_port() {
+        // Made once per provider; the pool adds it to HTTP/1 requests (HTTP/2
+        // carries the host in `:authority`).
+        let host = |url: &str| {
+            let parts = url.parse::<Uri>().expect("uri").into_parts();
+            host_header(
+                &parts.scheme.expect("scheme"),
+                &parts.authority.expect("authority"),
+            )
+        };
+        assert_eq!(host("http://127.0.0.1:9/v1"), "127.0.0.1:9");
+        assert_eq!(host("http://vllm.internal:80/v1"), "vllm.internal");
+        assert_eq!(host("https://api.openai.com/v1"), "api.openai.com");
     }
 
     #[tokio::test]
