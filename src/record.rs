@@ -370,7 +370,7 @@ impl RequestRecord {
             c.finish(self.capture_outcome(&end, &observed, usage, cost, duration, ttft));
         }
         let line = UsageLine {
-            ts: humantime::format_rfc3339_millis(self.started_at).to_string(),
+            ts: Timestamp(self.started_at),
             request_id: &self.facts.id,
             key: self.facts.identity.key.as_deref(),
             user: self.facts.identity.user.as_deref(),
@@ -670,10 +670,22 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
+/// A wall-clock time, written as RFC 3339 with milliseconds only when a
+/// line is serialized (most requests build a line nobody writes: the
+/// usage log off, no span).
+#[derive(Debug, Clone, Copy)]
+pub struct Timestamp(pub SystemTime);
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(self.0))
+    }
+}
+
 /// One line of the usage log.
 #[derive(Serialize)]
 pub struct UsageLine<'a> {
-    pub ts: String,
+    pub ts: Timestamp,
     pub request_id: &'a str,
     pub key: Option<&'a str>,
     pub user: Option<&'a str>,

@@ -15,13 +15,27 @@ pub fn concat(parts: &[&str]) -> String {
 /// `prefix` followed by `bytes` in lowercase hex, in one allocation.
 pub fn prefixed_hex(prefix: &str, bytes: &[u8]) -> Arc<str> {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(prefix.len() + 2 * bytes.len());
-    s.push_str(prefix);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    // Made on the stack and copied once into the `Arc` (a request id and a
+    // passthrough key's name are made on every request).
+    let mut buf = [0u8; 96];
+    let len = prefix.len() + 2 * bytes.len();
+    let Some(out) = buf.get_mut(..len) else {
+        let mut s = String::with_capacity(len);
+        s.push_str(prefix);
+        for b in bytes {
+            s.push(char::from(DIGITS[usize::from(b >> 4)]));
+            s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+        }
+        return Arc::from(s);
+    };
+    let (head, hex) = out.split_at_mut(prefix.len());
+    head.copy_from_slice(prefix.as_bytes());
+    for (pair, b) in hex.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
     }
-    Arc::from(s)
+    // A `str` prefix and ASCII digits: always UTF-8.
+    Arc::from(std::str::from_utf8(out).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -38,5 +52,11 @@ mod tests {
             format!("req_{z:016x}")
         );
         assert_eq!(&*prefixed_hex("p:", &[]), "p:");
+        // Past the stack buffer, the same text.
+        let long = [0xa5u8; 60];
+        assert_eq!(
+            &*prefixed_hex("x:", &long),
+            format!("x:{}", "a5".repeat(60))
+        );
     }
 }

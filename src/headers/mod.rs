@@ -85,18 +85,33 @@ pub fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// Headers for the client response: the upstream's, less hop-by-hop.
-/// `keep_length` is false when the body is rewritten.
-pub fn client_response_headers(upstream: &HeaderMap, keep_length: bool) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(upstream.len() + OWN_HEADERS);
-    let hop = HopByHop::of(upstream);
-    for (name, value) in upstream {
-        if hop.contains(name) || (!keep_length && *name == header::CONTENT_LENGTH) {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
+/// Headers for the client response: the upstream's, less hop-by-hop, in
+/// the map they came in (copying every header to a new map was ~1k
+/// instructions a request). `keep_length` is false when the body is
+/// rewritten.
+pub fn client_response_headers(mut headers: HeaderMap, keep_length: bool) -> HeaderMap {
+    let hop = HopByHop::of(&headers);
+    // Found in one pass over the names; usually there are none to drop.
+    let dropped: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| hop.contains(n) || (!keep_length && *n == header::CONTENT_LENGTH))
+        .cloned()
+        .collect();
+    for name in dropped {
+        headers.remove(name);
     }
-    out
+    headers.reserve(OWN_HEADERS);
+    headers
+}
+
+/// A count as a header value: the usual small ones without an allocation
+/// (`HeaderValue::from(n)` writes every number to the heap).
+pub fn count(n: u32) -> HeaderValue {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match SMALL.get(n as usize) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(n),
+    }
 }
 
 /// A header value from text Sluice made; invalid bytes become `-`.
@@ -141,8 +156,39 @@ mod tests {
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
         );
-        assert!(client_response_headers(&h, true).contains_key(header::CONTENT_LENGTH));
-        assert!(!client_response_headers(&h, false).contains_key(header::CONTENT_LENGTH));
-        assert!(!client_response_headers(&h, true).contains_key(header::TRANSFER_ENCODING));
+        assert!(client_response_headers(h.clone(), true).contains_key(header::CONTENT_LENGTH));
+        assert!(!client_response_headers(h.clone(), false).contains_key(header::CONTENT_LENGTH));
+        assert!(!client_response_headers(h, true).contains_key(header::TRANSFER_ENCODING));
+    }
+
+    #[test]
+    fn counts_as_values() {
+        for n in [0, 1, 9, 10, 4_000_000_000] {
+            assert_eq!(count(n), HeaderValue::from(n));
+        }
+    }
+
+    #[test]
+    fn response_hop_by_hop_dropped_in_place() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Hop"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.append("x-multi", HeaderValue::from_static("a"));
+        h.append("x-multi", HeaderValue::from_static("b"));
+        let out = client_response_headers(h, true);
+        // (Removing moves the last header into the gap: the order of
+        // different names is not kept, and means nothing in HTTP.)
+        let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, vec!["content-type", "x-multi"]);
+        assert_eq!(out.get_all("x-multi").iter().count(), 2);
+        // Room for Sluice's own headers without growing.
+        assert!(out.capacity() >= out.len() + OWN_HEADERS);
     }
 }

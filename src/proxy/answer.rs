@@ -50,7 +50,7 @@ pub(super) async fn upstream_answer(
     }
     match answer {
         attempt::Answered::Buffered(head, bytes) => {
-            Ok(Answer::Local(local(&head, bytes), Box::default()))
+            Ok(Answer::Local(local(head, bytes), Box::default()))
         }
         attempt::Answered::Stream(resp) => {
             let (head, body) = resp.into_parts();
@@ -84,7 +84,7 @@ pub(super) async fn upstream_answer(
                     c.finish_json(bytes.clone());
                 }
                 let observed = observer.finish();
-                return Ok(Answer::Local(local(&head, bytes), Box::new(observed)));
+                return Ok(Answer::Local(local(head, bytes), Box::new(observed)));
             }
             Ok(Answer::Upstream(Box::new(UpstreamAnswer {
                 head,
@@ -104,10 +104,10 @@ pub(super) async fn upstream_answer(
 
 /// The client's complete answer: `bytes` under the provider's status and
 /// headers.
-pub(super) fn local(head: &http::response::Parts, bytes: Bytes) -> Response<ProxyBody> {
+pub(super) fn local(head: http::response::Parts, bytes: Bytes) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::full(bytes));
     *resp.status_mut() = head.status;
-    *resp.headers_mut() = client_response_headers(&head.headers, false);
+    *resp.headers_mut() = client_response_headers(head.headers, false);
     resp
 }
 

@@ -77,7 +77,7 @@ pub(super) async fn answer(
                 c.finish_json(translated.clone());
             }
             Ok(Answer::Local(
-                local(&head, translated),
+                local(head, translated),
                 Box::new(observer.finish()),
             ))
         }
@@ -127,7 +127,7 @@ fn error(
 ) -> http::Response<crate::body::ProxyBody> {
     let status = head.status.as_u16();
     let reply = crossing.across().error(status, bytes);
-    let mut resp = local(head, Bytes::from(reply.body));
+    let mut resp = local(head.clone(), Bytes::from(reply.body));
     *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(head.status);
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -131,7 +131,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
                 !tap.observer.rewrites() && tap.translator.is_none() && tap.decoder.is_none();
             let mut resp = Response::new(ProxyBody::tap(body, tap, rec));
             *resp.status_mut() = head.status;
-            *resp.headers_mut() = client_response_headers(&head.headers, keep_length);
+            *resp.headers_mut() = client_response_headers(head.headers, keep_length);
             resp
         }
         Err(e) => {
@@ -162,7 +162,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<ProxyBody
         h.insert(names::ARM, arm);
     }
     if attempts > 0 {
-        h.insert(names::ATTEMPTS, HeaderValue::from(attempts));
+        h.insert(names::ATTEMPTS, crate::headers::count(attempts));
     }
     if let Some(a) = allowance {
         limits::headers::allowed(h, &a, shape);
