@@ -2,6 +2,8 @@
 //! $2.50 per 1M tokens is 2,500 nano-dollars per token), never floats in
 //! the ledger.
 
+use std::collections::HashMap;
+
 use serde::Deserialize;
 
 use crate::usage::Usage;
@@ -172,6 +174,11 @@ impl Price {
 pub struct PriceTable {
     /// Sorted by name length, longest first.
     entries: Vec<(String, Price)>,
+    /// The same entries by exact name: most requests name a priced model
+    /// exactly, and a hash is cheaper than scanning for the longest prefix.
+    /// (foldhash: the keys come from config; a client's name is only
+    /// looked up.)
+    exact: HashMap<String, Price, foldhash::fast::RandomState>,
 }
 
 /// Whether `suffix` (what follows an entry's name) names a snapshot or an
@@ -320,7 +327,8 @@ impl PriceTable {
             entries.push((o.model.clone(), o.price()));
         }
         entries.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
-        PriceTable { entries }
+        let exact = entries.iter().cloned().collect();
+        PriceTable { entries, exact }
     }
 
     /// The price of `model` (after any `provider/` prefix): the longest
@@ -329,6 +337,10 @@ impl PriceTable {
     pub fn get(&self, model: &str) -> Option<Price> {
         let m = model.rsplit('/').next().unwrap_or(model);
         let m = bedrock_anthropic_name(m).unwrap_or(m);
+        // An entry that is the whole name is its longest match.
+        if let Some(p) = self.exact.get(m) {
+            return Some(*p);
+        }
         // The first byte first: most entries differ there, and it is
         // cheaper than the prefix compare (every priced request scans).
         let first = m.as_bytes().first();

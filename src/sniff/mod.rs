@@ -237,9 +237,11 @@ pub fn sniff(body: &[u8], endpoint: Endpoint) -> Result<Sniffed, ProxyError> {
         has_tools: raw
             .tools
             .is_some_and(|t| !matches!(t, unique::Kind::EmptyArray | unique::Kind::Null)),
-        has_images: crate::find::contains!(body, b"\"image_url\"")
-            || crate::find::contains!(body, b"\"input_image\"")
-            || crate::find::contains!(body, b"\"type\":\"image\""),
+        // (One search rules out the usual body with no image at all.)
+        has_images: crate::find::contains!(body, b"image")
+            && (crate::find::contains!(body, b"\"image_url\"")
+                || crate::find::contains!(body, b"\"input_image\"")
+                || crate::find::contains!(body, b"\"type\":\"image\"")),
     })
 }
 
