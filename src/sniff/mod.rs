@@ -556,6 +556,34 @@ mod tests {
         assert_eq!(out["max_tokens"], 100);
     }
 
+    #[test]
+    fn image_parts_in_every_shape() {
+        let has =
+            |endpoint, body: &str| sniff(body.as_bytes(), endpoint).expect("sniffs").has_images;
+        let chat = Endpoint::ChatCompletions;
+        assert!(has(
+            chat,
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"u"}}]}]}"#
+        ));
+        assert!(has(
+            Endpoint::Messages,
+            r#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":[{"type":"image","source":{}}]}]}"#
+        ));
+        assert!(has(
+            Endpoint::Responses,
+            r#"{"model":"m","input":[{"role":"user","content":[{"type":"input_image","image_url":"u"}]}]}"#
+        ));
+        // The word alone is not an image; nor is no mention at all.
+        assert!(!has(
+            chat,
+            r#"{"model":"m","messages":[{"role":"user","content":"describe an image"}]}"#
+        ));
+        assert!(!has(
+            chat,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#
+        ));
+    }
+
     /// Bounded mutation fuzzing (stable toolchain, a fixed seed): sniffing
     /// never panics on any mangling of real bodies, and what it accepts is
     /// valid JSON without duplicate keys.
