@@ -666,22 +666,29 @@ async fn attempt<T: Transport + ?Sized>(
     let result = tokio::time::timeout_at(limit, send).await;
     progress.awaiting = false;
     progress.wait += sent.elapsed();
-    let provider = upstream.name.to_string();
+    // (Named only for an error: `to_string` formats, and allocates.)
+    let provider = || upstream.name.to_string();
     match result {
         Err(_) => {
             metrics::upstream_attempt(&upstream.name, "timeout");
-            Err(ProxyError::UpstreamTimeout { provider, phase })
+            Err(ProxyError::UpstreamTimeout {
+                provider: provider(),
+                phase,
+            })
         }
         Ok(Err(SendError::ConnectTimeout)) => {
             metrics::upstream_attempt(&upstream.name, "timeout");
             Err(ProxyError::UpstreamTimeout {
-                provider,
+                provider: provider(),
                 phase: "connect",
             })
         }
         Ok(Err(SendError::Connect(detail))) => {
             metrics::upstream_attempt(&upstream.name, "connect_error");
-            Err(ProxyError::UpstreamConnect { provider, detail })
+            Err(ProxyError::UpstreamConnect {
+                provider: provider(),
+                detail,
+            })
         }
         Ok(Ok(resp)) => {
             metrics::upstream_attempt(&upstream.name, outcome_label(resp.status().as_u16()));
