@@ -714,8 +714,9 @@ fn build_request(
         Some(c) => (c.path, &c.body),
         None => (call.path_and_query, &call.body),
     };
+    // (Origin form: the pool makes it absolute where HTTP/2 needs it.)
     let uri = upstream
-        .uri_for(path, model)
+        .origin_form(path, model)
         .map_err(|e| ProxyError::Internal(format!("building upstream URL: {e}")))?;
     let body = match call.client_model {
         Some(m) if m != cand.upstream_model => sniff::rewrite(

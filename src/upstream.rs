@@ -186,7 +186,25 @@ impl Upstream {
     /// the deployment (the model name sent to it) in the path and its
     /// `api-version` in the query.
     pub fn uri_for(&self, path_and_query: &str, model: &str) -> Result<Uri, http::Error> {
-        let pq = match (self.kind, &self.api_version) {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(self.path_for(path_and_query, model))
+            .build()
+    }
+
+    /// [`Upstream::uri_for`] in origin form (the path and query alone): what
+    /// an HTTP/1 request line carries. The pool adds the scheme and
+    /// authority for HTTP/2, so a request's URI is parsed once, not built
+    /// whole and cut back.
+    pub fn origin_form(&self, path_and_query: &str, model: &str) -> Result<Uri, http::Error> {
+        let pq = http::uri::PathAndQuery::try_from(self.path_for(path_and_query, model))?;
+        Ok(Uri::from(pq))
+    }
+
+    /// The upstream path and query for a client's (see [`Upstream::uri`]).
+    fn path_for(&self, path_and_query: &str, model: &str) -> String {
+        match (self.kind, &self.api_version) {
             (ProviderKind::Azure, Some(version)) => {
                 azure_path(&self.prefix, path_and_query, model, version)
             }
@@ -198,12 +216,7 @@ impl Upstream {
                 let rest = path_and_query.strip_prefix("/v1").unwrap_or(path_and_query);
                 crate::text::concat(&[&self.prefix, rest])
             }
-        };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
+        }
     }
 
     /// Headers that choose who is billed, or turn on features pricing does
@@ -499,6 +512,18 @@ mod tests {
             "https://acme.openai.azure.com/openai/deployments/whisper/audio/transcriptions?api-version=2024-10-21"
         );
         assert_eq!(z.auth_header().map(|(n, _)| n.as_str()), Some("api-key"));
+        // The origin form is the same path and query, alone.
+        for (u, path, model) in [
+            (&o, "/v1/chat/completions?a=1", ""),
+            (&g, "/v1/models", ""),
+            (&a, "/v1/messages", ""),
+            (&z, "/v1/chat/completions?api-version=1&x=2", "gpt-4o prod"),
+        ] {
+            let whole = u.uri_for(path, model).expect("uri");
+            let origin = u.origin_form(path, model).expect("uri");
+            assert!(origin.scheme().is_none() && origin.authority().is_none());
+            assert_eq!(origin.path_and_query(), whole.path_and_query());
+        }
         assert!(format!("{a:?}").contains("redacted") && !format!("{a:?}").contains("sk-1"));
     }
 
