@@ -231,7 +231,13 @@ fn presented_key(headers: &HeaderMap) -> Option<(HeaderName, HeaderValue, &str)>
         let bearer = v
             .to_str()
             .ok()
-            .and_then(|s| s.split_once(' '))
+            // (The scheme is a few bytes: a byte loop, not the generic
+            // pattern searcher `split_once` takes.)
+            .and_then(|s| {
+                s.bytes()
+                    .position(|b| b == b' ')
+                    .map(|at| (&s[..at], &s[at + 1..]))
+            })
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, key)| key.trim())
             .filter(|key| !key.is_empty());

@@ -131,7 +131,7 @@ pub fn classify(raw: &str, method: &Method) -> Result<Route, ProxyError> {
     let Some(below) = rest.strip_prefix("/v1/") else {
         return Err(ProxyError::NotFound(raw.to_owned()));
     };
-    let segments: Vec<&str> = below.split('/').collect();
+    let segments: Vec<&str> = crate::text::split_slash(below).collect();
     // The API paths are lower case; a differently cased spelling of one is
     // not a passthrough path, it is nothing.
     if below.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -211,10 +211,7 @@ fn is_normal(raw: &str) -> bool {
     let clean = !raw
         .bytes()
         .any(|c| c == b'%' || c == b'\\' || c < 0x20 || c == 0x7f);
-    clean
-        && raw[1..]
-            .split('/')
-            .all(|s| !s.is_empty() && s != "." && s != "..")
+    clean && crate::text::split_slash(&raw[1..]).all(|s| !s.is_empty() && s != "." && s != "..")
 }
 
 /// The normal form, segment by segment.

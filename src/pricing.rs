@@ -335,7 +335,7 @@ impl PriceTable {
     /// entry that is its name, or its name followed by a date or `-latest`.
     /// A prefix alone is not enough: `o3-pro` is not priced as `o3`.
     pub fn get(&self, model: &str) -> Option<Price> {
-        let m = model.rsplit('/').next().unwrap_or(model);
+        let m = crate::text::model_name(model);
         let m = bedrock_anthropic_name(m).unwrap_or(m);
         // An entry that is the whole name is its longest match.
         if let Some(p) = self.exact.get(m) {

@@ -3,7 +3,7 @@
 
 /// Context window (input + output tokens) of a well-known upstream model.
 pub fn context_window(model: &str) -> Option<u64> {
-    let m = model.rsplit('/').next().unwrap_or(model);
+    let m = crate::text::model_name(model);
     // Most specific prefixes first.
     const TABLE: &[(&str, u64)] = &[
         ("gpt-4.1", 1_047_576),

@@ -43,7 +43,7 @@ pub enum Family {
 impl Family {
     /// The tokenizer for an upstream model name.
     pub fn for_model(model: &str) -> Family {
-        let m = model.rsplit('/').next().unwrap_or(model);
+        let m = crate::text::model_name(model);
         if m.starts_with("claude") {
             Family::Claude
         } else if m.starts_with("gpt-4o")
