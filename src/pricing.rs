@@ -357,7 +357,9 @@ impl PriceTable {
 /// `us.anthropic.claude-sonnet-4-20250514-v1:0` are `claude-3-5-sonnet-20241022`
 /// and `claude-sonnet-4-20250514`. `None` for any other name.
 fn bedrock_anthropic_name(id: &str) -> Option<&str> {
-    // (A searcher built once: this runs for every priced request.)
+    // (A searcher built once: this runs for every priced request. A name
+    // with no `.` at all, most of them, is ruled out before it.)
+    memchr::memchr(b'.', id.as_bytes())?;
     let at = crate::find::find!(id.as_bytes(), b"anthropic.")?;
     let rest = &id[at + "anthropic.".len()..];
     let (name, version) = rest.rsplit_once("-v")?;

@@ -88,8 +88,21 @@ pub struct Deployments {
 
 impl Deployments {
     pub fn get(&self, provider: &str, model: &str) -> Arc<DeploymentState> {
-        let name = deployment_name(provider, model);
+        // Looked up under a name made on the stack (every request looks up
+        // its deployments; only a new one needs the name on the heap).
+        let mut buf = [0u8; 128];
+        let len = provider.len() + 1 + model.len();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(out) = buf.get_mut(..len) {
+            let (p, rest) = out.split_at_mut(provider.len());
+            p.copy_from_slice(provider.as_bytes());
+            rest[0] = b'/';
+            rest[1..].copy_from_slice(model.as_bytes());
+            if let Some(state) = std::str::from_utf8(out).ok().and_then(|n| map.get(n)) {
+                return state.clone();
+            }
+        }
+        let name = deployment_name(provider, model);
         if let Some(state) = map.get(&name) {
             return state.clone();
         }
@@ -146,6 +159,19 @@ pub struct DeploymentReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_state_per_name_short_or_long() {
+        let d = Deployments::default();
+        let long = "m".repeat(300);
+        for (provider, model) in [("p", "gpt-4o"), ("p", long.as_str()), ("é", "ü*")] {
+            let a = d.get(provider, model);
+            let b = d.get(provider, model);
+            assert!(Arc::ptr_eq(&a, &b));
+            assert_eq!(a.name, format!("{provider}/{model}"));
+        }
+        assert_eq!(d.entries(), 3);
+    }
 
     #[test]
     fn retain_drops_unconfigured_idle_deployments() {
