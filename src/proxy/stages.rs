@@ -435,39 +435,35 @@ pub(super) fn attempt_groups(
         breakpoints: attempt::breakpoints(&snap.config.cache),
     };
     let cross = rec.facts.endpoint.crosses();
-    let mut chain = snap.router.chain(route, shape, cross, &snap.upstreams);
-    let first = chain.remove(0);
+    let chain = snap.router.chain(route, shape, cross, &snap.upstreams);
     // The model asked for must be translatable when it crosses APIs (a
-    // clear 400); a fallback that cannot be is skipped.
-    let mut groups = vec![attempt::group_for(&first, &input)?];
-    groups.extend(chain.iter().filter_map(|r| {
-        attempt::group_for(r, &input)
-            .map_err(|e| tracing::debug!(to = %r.public, error = %e, "fallback not translatable"))
-            .ok()
-    }));
+    // clear 400); a fallback that cannot be is skipped. (Built in the
+    // deque the attempts take, with no list in between.)
+    let mut groups = VecDeque::with_capacity(chain.len());
+    for (i, r) in chain.iter().enumerate() {
+        match attempt::group_for(r, &input) {
+            Ok(g) => groups.push_back(g),
+            Err(e) if i == 0 => return Err(e),
+            Err(e) => tracing::debug!(to = %r.public, error = %e, "fallback not translatable"),
+        }
+    }
     // A deployment turned off by a kill switch is skipped: its share goes to
     // the rule's other deployments, then to the fallbacks.
     let mut killed = None;
-    let groups: VecDeque<attempt::Group> = groups
-        .into_iter()
-        .map(|mut g| {
-            g.candidates.retain(|c| {
-                let Some(u) = snap.upstreams.get(c.provider) else {
-                    return true;
-                };
-                let switch = app.kills.for_deployment(
-                    &snap.config.kill_switches,
-                    &u.name,
-                    &c.upstream_model,
-                );
-                let live = switch.is_none();
-                killed = killed.take().or(switch);
-                live
-            });
-            g
-        })
-        .filter(|g| !g.candidates.is_empty())
-        .collect();
+    groups.retain_mut(|g| {
+        g.candidates.retain(|c| {
+            let Some(u) = snap.upstreams.get(c.provider) else {
+                return true;
+            };
+            let switch =
+                app.kills
+                    .for_deployment(&snap.config.kill_switches, &u.name, &c.upstream_model);
+            let live = switch.is_none();
+            killed = killed.take().or(switch);
+            live
+        });
+        !g.candidates.is_empty()
+    });
     if groups.is_empty() {
         if let Some(switch) = killed {
             crate::metrics::killed("deployment");
