@@ -47,18 +47,18 @@ pub fn split_slash(s: &str) -> impl Iterator<Item = &str> {
 /// `prefix` followed by `bytes` in lowercase hex, in one allocation.
 pub fn prefixed_hex(prefix: &str, bytes: &[u8]) -> Arc<str> {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    // Made on the stack and copied once into the `Arc` (a request id and a
-    // passthrough key's name are made on every request).
-    let mut buf = [0u8; 96];
+    // Made on the stack (the heap only past 96 bytes) and copied once into
+    // the `Arc`: a request id and a passthrough key's name are made on
+    // every request.
     let len = prefix.len() + 2 * bytes.len();
-    let Some(out) = buf.get_mut(..len) else {
-        let mut s = String::with_capacity(len);
-        s.push_str(prefix);
-        for b in bytes {
-            s.push(char::from(DIGITS[usize::from(b >> 4)]));
-            s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    let mut stack = [0u8; 96];
+    let mut heap = Vec::new();
+    let out = match stack.get_mut(..len) {
+        Some(out) => out,
+        None => {
+            heap.resize(len, 0);
+            &mut heap[..]
         }
-        return Arc::from(s);
     };
     let (head, hex) = out.split_at_mut(prefix.len());
     head.copy_from_slice(prefix.as_bytes());

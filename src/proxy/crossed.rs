@@ -42,19 +42,13 @@ pub(super) async fn answer(
     };
     let (head, body) = match answer {
         attempt::Answered::Buffered(head, bytes) => {
-            return Ok(Answer::Local(
-                error(&head, &bytes, crossing),
-                Box::default(),
-            ));
+            return Ok(Answer::Local(error(head, &bytes, crossing), Box::default()));
         }
         attempt::Answered::Stream(resp) => resp.into_parts(),
     };
     if !head.status.is_success() {
         let bytes = read_answer(body, &head.headers, limits, rec).await?;
-        return Ok(Answer::Local(
-            error(&head, &bytes, crossing),
-            Box::default(),
-        ));
+        return Ok(Answer::Local(error(head, &bytes, crossing), Box::default()));
     }
     let across = crossing.across();
     let mut observer = observer_for(across.provider().endpoint(), &head, false)
@@ -121,14 +115,14 @@ fn json(bytes: &[u8], crossing: &Crossing) -> Result<Bytes, String> {
 /// A provider's error in the client's API, its headers kept (minus the
 /// length and type of the old body).
 fn error(
-    head: &http::response::Parts,
+    head: http::response::Parts,
     bytes: &[u8],
     crossing: &Crossing,
 ) -> http::Response<crate::body::ProxyBody> {
-    let status = head.status.as_u16();
-    let reply = crossing.across().error(status, bytes);
-    let mut resp = local(head.clone(), Bytes::from(reply.body));
-    *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(head.status);
+    let status = head.status;
+    let reply = crossing.across().error(status.as_u16(), bytes);
+    let mut resp = local(head, Bytes::from(reply.body));
+    *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(status);
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

@@ -88,21 +88,8 @@ pub struct Deployments {
 
 impl Deployments {
     pub fn get(&self, provider: &str, model: &str) -> Arc<DeploymentState> {
-        // Looked up under a name made on the stack (every request looks up
-        // its deployments; only a new one needs the name on the heap).
-        let mut buf = [0u8; 128];
-        let len = provider.len() + 1 + model.len();
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(out) = buf.get_mut(..len) {
-            let (p, rest) = out.split_at_mut(provider.len());
-            p.copy_from_slice(provider.as_bytes());
-            rest[0] = b'/';
-            rest[1..].copy_from_slice(model.as_bytes());
-            if let Some(state) = std::str::from_utf8(out).ok().and_then(|n| map.get(n)) {
-                return state.clone();
-            }
-        }
         let name = deployment_name(provider, model);
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(state) = map.get(&name) {
             return state.clone();
         }
@@ -161,7 +148,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_state_per_name_short_or_long() {
+    fn one_state_per_name() {
         let d = Deployments::default();
         let long = "m".repeat(300);
         for (provider, model) in [("p", "gpt-4o"), ("p", long.as_str()), ("é", "ü*")] {
