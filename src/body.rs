@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -121,6 +121,10 @@ pub struct TapBody {
     last_frame: Instant,
     idle_timer: Pin<Box<Sleep>>,
     deadline: Pin<Box<Sleep>>,
+    /// The waker both timers hold, once polled: a stream goes pending a few
+    /// times an event, and polling a timer again with the waker it already
+    /// has only re-registers it (~120 instructions each).
+    armed: Option<Waker>,
     bytes: u64,
     /// The upstream body has ended (or failed) and the record is finished.
     done: bool,
@@ -164,6 +168,7 @@ impl TapBody {
             last_frame: now,
             idle_timer: Box::pin(tokio::time::sleep(cfg.idle)),
             deadline: Box::pin(tokio::time::sleep_until(cfg.deadline)),
+            armed: None,
             bytes: 0,
             done: false,
             tail: None,
@@ -282,6 +287,15 @@ impl TapBody {
     }
 
     fn poll_timers(&mut self, cx: &mut Context<'_>) -> Option<StreamEnd> {
+        // Registered with this task and neither has fired: nothing to do (a
+        // timer that fires wakes the task and is elapsed when it looks).
+        let same = self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if same && !self.deadline.is_elapsed() && !self.idle_timer.is_elapsed() {
+            return None;
+        }
+        if !same {
+            self.armed = Some(cx.waker().clone());
+        }
         if self.deadline.as_mut().poll(cx).is_ready() {
             return Some(StreamEnd::TotalTimeout);
         }

@@ -315,6 +315,58 @@ async fn stalled_stream_ends_with_an_error_event() {
     assert_eq!(rec["end"], "idle_timeout");
 }
 
+/// Events closer together than the idle timeout never trip it, however
+/// long the stream runs (the timer is pushed out, not re-armed per event).
+#[tokio::test]
+async fn a_paced_stream_outlives_its_idle_timeout() {
+    let mock = MockProvider::start().await.expect("mock");
+    let cfg = config(&mock.url(), "", "") + "\n[timeouts]\nidle = \"1s\"\n";
+    let s = Sluice::start(&cfg).await;
+    let body =
+        json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "a b c"}]});
+    // Nine events 300 ms apart: about three idle timeouts end to end.
+    let (st, h, b) = post(
+        &s,
+        "/v1/chat/completions",
+        &[("x-mock-words", "8"), ("x-mock-delay-ms", "300")],
+        &body,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&b).contains("[DONE]"));
+    let rec = s
+        .usage_for(h["x-sluice-request-id"].to_str().expect("id"))
+        .await;
+    assert_eq!(rec["end"], "complete");
+}
+
+/// A stream that keeps sending is still cut at the request's total timeout.
+#[tokio::test]
+async fn a_stream_past_the_total_timeout_ends_with_an_error_event() {
+    let mock = MockProvider::start().await.expect("mock");
+    let cfg = config(&mock.url(), "", "") + "\n[timeouts]\nidle = \"5s\"\ntotal = \"1s\"\n";
+    let s = Sluice::start(&cfg).await;
+    let body =
+        json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "a b c"}]});
+    let (st, h, b) = post(
+        &s,
+        "/v1/chat/completions",
+        &[("x-mock-words", "30"), ("x-mock-delay-ms", "200")],
+        &body,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let data = sse_data(&b);
+    assert!(data.len() > 2, "some events went through first: {data:?}");
+    let last: Value = serde_json::from_str(data.last().expect("events")).expect("json");
+    assert_eq!(last["error"]["code"], "upstream_stream_error", "{data:?}");
+    assert!(!String::from_utf8_lossy(&b).contains("[DONE]"));
+    let rec = s
+        .usage_for(h["x-sluice-request-id"].to_str().expect("id"))
+        .await;
+    assert_eq!(rec["end"], "total_timeout");
+}
+
 #[tokio::test]
 async fn upstream_dying_mid_stream_is_never_a_clean_end() {
     let (_mock, s) = setup_with("", "").await;
