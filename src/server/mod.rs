@@ -17,9 +17,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::body::ProxyBody;
 use crate::config::{Bounds, TlsFiles};
@@ -175,11 +175,14 @@ pub async fn serve<H, F>(
     let builder = Arc::new(limits.builder());
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     metrics::connection_limit(limits.plane, limits.max_connections);
-    let tasks = TaskTracker::new();
-    // Fired when the drain time is up: every connection still open is
-    // dropped, which finishes its requests' records (usage line, charge)
-    // while the journal and usage writers are still running.
-    let kill = CancellationToken::new();
+    // Every connection's task: when the drain time is up, those still open
+    // are aborted, and dropping a connection finishes its requests' records
+    // (usage line, charge) while the journal and usage writers still run.
+    // (Aborting, rather than a signal each connection polls, keeps the
+    // connection's own polls, one per chunk of a stream, free of it.) Ended
+    // tasks are reaped at each accept, so the set holds at most
+    // `max_connections` + 1.
+    let mut tasks = JoinSet::new();
     let mut saturated = false;
     let mut next = 0usize;
     loop {
@@ -237,7 +240,6 @@ pub async fn serve<H, F>(
         let builder = builder.clone();
         let tls = tls.clone();
         let stop = stop.clone();
-        let kill = kill.clone();
         let connection = async move {
             let _permit = permit;
             let stream = match stream.register() {
@@ -274,27 +276,27 @@ pub async fn serve<H, F>(
                     }
                 }
             };
-            let result = tokio::select! {
-                r = serve => r,
-                _ = kill.cancelled() => Ok(()),
-            };
-            if let Err(e) = result {
+            if let Err(e) = serve.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         };
+        while tasks.try_join_next().is_some() {}
         match runtime {
             Some(h) => drop(tasks.spawn_on(connection, h)),
             None => drop(tasks.spawn(connection)),
         }
     }
     drop(listener);
-    tasks.close();
-    if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
+    let all_ended = async |tasks: &mut JoinSet<()>| while tasks.join_next().await.is_some() {};
+    if tokio::time::timeout(drain, all_ended(&mut tasks))
+        .await
+        .is_err()
+    {
         tracing::warn!(?drain, "drain timeout: closing remaining connections");
-        kill.cancel();
+        tasks.abort_all();
         // Dropping a connection finishes its records at once; this only
-        // waits for the tasks to observe the cancellation.
-        if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+        // waits for the tasks to observe the abort.
+        if tokio::time::timeout(Duration::from_secs(5), all_ended(&mut tasks))
             .await
             .is_err()
         {
