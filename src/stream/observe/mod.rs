@@ -339,7 +339,8 @@ impl SseState {
             self.raw.extend_from_slice(data);
             self.raw_ends.push(self.raw.len());
         }
-        let usage = has_usage_object(data);
+        let key = usage_key(data);
+        let usage = key.object;
         if usage || contains!(data, b"\"error\"") {
             if let Ok(probe) = serde_json::from_slice::<Probe<'_>>(data) {
                 if probe.error.is_some() {
@@ -364,7 +365,15 @@ impl SseState {
         if usage && contains!(data, b"\"choices\":[]") {
             return Keep::Drop;
         }
-        match find!(block, USAGE_NULL) {
+        // The `,"usage":null` to cut was met by the key's search: placed in
+        // the block (whose slice the data is, unless it spans lines).
+        let at = match &ev.data {
+            Cow::Borrowed(d) => key
+                .null_at
+                .map(|i| d.as_ptr() as usize - block.as_ptr() as usize + i),
+            Cow::Owned(_) => find!(block, USAGE_NULL),
+        };
+        match at {
             Some(at) => Keep::Cut(at, USAGE_NULL.len()),
             None => Keep::Unchanged,
         }
@@ -384,16 +393,33 @@ impl SseState {
     }
 }
 
-/// A `usage` object (not `"usage":null`), in compact or spaced JSON: one
-/// search for the key, then its value's first byte.
-fn has_usage_object(data: &[u8]) -> bool {
+/// What an event's `"usage":` keys hold.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct UsageKey {
+    /// A `usage` object (not `"usage":null`), in compact or spaced JSON.
+    object: bool,
+    /// Where the first `,"usage":null` starts (the member Sluice cuts from
+    /// chunks when it asked for usage itself).
+    null_at: Option<usize>,
+}
+
+/// One search for the key, then each value's first byte.
+fn usage_key(data: &[u8]) -> UsageKey {
     const KEY: &[u8] = b"\"usage\":";
-    crate::find::find_iter!(data, KEY).any(|at| {
-        data[at + KEY.len()..]
-            .iter()
-            .find(|b| !b.is_ascii_whitespace())
-            == Some(&b'{')
-    })
+    let mut key = UsageKey::default();
+    for at in crate::find::find_iter!(data, KEY) {
+        let value = &data[at + KEY.len()..];
+        if key.null_at.is_none() && at > 0 && data[at - 1] == b',' && value.starts_with(b"null") {
+            key.null_at = Some(at - 1);
+        }
+        if !key.object && value.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+            key.object = true;
+        }
+        if key.object && key.null_at.is_some() {
+            break;
+        }
+    }
+    key
 }
 
 fn collect_text(probe: &Probe<'_>, text: &mut String) {

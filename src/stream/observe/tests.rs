@@ -161,7 +161,7 @@ fn an_oversized_event_is_reported_and_never_forwarded_when_rewriting() {
 
 #[test]
 fn a_usage_object_is_found_however_it_is_spaced() {
-    use super::has_usage_object as found;
+    let found = |data: &[u8]| super::usage_key(data).object;
     assert!(found(br#"{"usage":{"prompt_tokens":1}}"#));
     assert!(found(br#"{"usage": {"prompt_tokens":1}}"#));
     assert!(found(b"{\"usage\":\n\t {\"prompt_tokens\":1}}"));
@@ -169,4 +169,45 @@ fn a_usage_object_is_found_however_it_is_spaced() {
     assert!(found(br#"{"usage":null,"x":{"usage":{"a":1}}}"#));
     assert!(!found(br#"{"usage":"#));
     assert!(!found(br#"{"text":"no usage here"}"#));
+}
+
+#[test]
+fn the_usage_null_to_cut_is_found_with_the_key() {
+    let null_at = |data: &[u8]| super::usage_key(data).null_at;
+    let chunk = br#"{"id":"c1","choices":[],"usage":null}"#;
+    assert_eq!(
+        null_at(chunk),
+        memchr::memmem::find(chunk, super::USAGE_NULL)
+    );
+    assert_eq!(
+        null_at(br#"{"usage":null}"#),
+        None,
+        "no comma: not the member cut"
+    );
+    assert_eq!(
+        null_at(br#"{"a":1,"usage": null}"#),
+        None,
+        "spaced: not Sluice's"
+    );
+    assert_eq!(null_at(br#"{"a":1,"usage":{"x":1}}"#), None);
+    let two = br#"{"a":1,"usage":null,"b":{"c":2,"usage":null}}"#;
+    assert_eq!(null_at(two), Some(6), "the first");
+    let after = br#"{"usage":{"x":1},"b":{"c":2,"usage":null}}"#;
+    assert!(super::usage_key(after).object);
+    assert_eq!(
+        null_at(after),
+        memchr::memmem::find(after, super::USAGE_NULL)
+    );
+}
+
+/// Data split over several `data:` lines is a copy, not a slice of the
+/// block: the cut is searched in the block itself.
+#[test]
+fn usage_null_is_cut_from_multi_line_data_too() {
+    let mut obs = Observer::sse(false, true);
+    let multi = "data: {\"id\":\"c1\",\n\
+                 data: \"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n";
+    let out = run(&mut obs, &[multi, DONE]);
+    assert!(!out.contains("usage"), "{out}");
+    assert!(out.contains("\"content\":\"Hi\""), "{out}");
 }
