@@ -304,8 +304,12 @@ pub(crate) fn report(
         );
     }
 
-    // Goal check against DESIGN.md §5.
-    let _ = writeln!(w, "\n## DESIGN.md §5 goals (computed)\n");
+    // Goal check against DESIGN.md §5, with issue 10's stricter bound for
+    // streams (1.5× nginx's CPU, where DESIGN.md says 2×).
+    let _ = writeln!(
+        w,
+        "\n## Goals (computed: DESIGN.md §5; streams at issue 10's 1.5×)\n"
+    );
     let _ = writeln!(w, "| goal | measured | verdict |");
     let _ = writeln!(w, "|---|---|---|");
     let get = |name: &str| results.iter().find(|(sc, _)| sc.name == name);
@@ -315,20 +319,24 @@ pub(crate) fn report(
         if let (Some(s), Some(n)) = (find(runs, "sluice"), find(runs, "nginx")) {
             if let (Some(sc_cpu), Some(n_cpu)) = (s.proxy_cpu, n.proxy_cpu) {
                 let ratio = sc_cpu / n_cpu.max(1e-9);
+                let bound = match sc.kind {
+                    Kind::Stream | Kind::Paced => 1.5,
+                    Kind::NonStream | Kind::Prompt => 2.0,
+                };
                 // A tick count is only exact to ±1 tick: judge when the whole range agrees.
                 let per_tick = |r: &Run| tick_us / r.s.ok.max(1) as f64;
                 let (s_lo, s_hi) = (sc_cpu - per_tick(s), sc_cpu + per_tick(s));
                 let (n_lo, n_hi) = ((n_cpu - per_tick(n)).max(0.0), n_cpu + per_tick(n));
-                let judged = if s_hi <= 2.0 * n_lo {
+                let judged = if s_hi <= bound * n_lo {
                     "met"
-                } else if s_lo > 2.0 * n_hi {
+                } else if s_lo > bound * n_hi {
                     "NOT met"
                 } else {
                     "too few ticks to judge"
                 };
                 let _ = writeln!(
                     w,
-                    "| CPU/req ≤ 2× nginx ({}) | {:.1} vs {:.1} µs = {:.2}× ({} vs {} ticks) | {} |",
+                    "| CPU/req ≤ {bound}× nginx ({}) | {:.1} vs {:.1} µs = {:.2}× ({} vs {} ticks) | {} |",
                     sc.name, sc_cpu, n_cpu, ratio, s.proxy_ticks, n.proxy_ticks, judged
                 );
             }
