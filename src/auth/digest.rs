@@ -47,7 +47,9 @@ pub fn sha256(key: &[u8]) -> [u8; 32] {
     if key.len() > MAX_KEY {
         return Sha256::digest(key).into();
     }
-    MEMO.with_borrow_mut(|memo| {
+    // (A thread being torn down has no table: the key is hashed.)
+    let remembered = MEMO.try_with(|memo| {
+        let mut memo = memo.borrow_mut();
         let at = memo.seed.hash_one(key) as usize & (SLOTS - 1);
         let slot = &mut memo.slots[at];
         // (`ct_eq` on slices is false for different lengths.)
@@ -60,7 +62,8 @@ pub fn sha256(key: &[u8]) -> [u8; 32] {
             digest,
         });
         digest
-    })
+    });
+    remembered.unwrap_or_else(|_| Sha256::digest(key).into())
 }
 
 #[cfg(test)]
