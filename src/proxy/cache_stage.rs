@@ -15,6 +15,7 @@ use crate::sniff::{Endpoint, Sniffed};
 
 use super::answer::cache_hit;
 use super::semantic;
+use super::stages::Asked;
 use super::Answer;
 
 /// What the cache step decided for one request.
@@ -97,20 +98,15 @@ pub(super) async fn lookup(app: &App, l: Lookup<'_>) -> Step {
 
 /// The cache step of the pipeline: a hit is the answer; a miss that leads
 /// its flight tees the upstream answer into the cache (`rec.holds.capture`).
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the cache key and tenant come from several pipeline stages"
-)]
 pub(super) async fn serve(
     app: &App,
     snap: &std::sync::Arc<Snapshot>,
-    headers: &HeaderMap,
-    cred: &Credential,
-    s: &Sniffed,
+    asked: &Asked<'_>,
     body: &Bytes,
     timeouts: Timeouts,
     rec: &mut RequestRecord,
 ) -> Option<Answer> {
+    let (headers, cred, s) = (&asked.parts.headers, asked.cred, asked.s);
     let cfg = &snap.config.cache;
     let upstream_model = rec.outcome.upstream.model.clone();
     let tenant = cache::tenant::tenant(

@@ -38,8 +38,8 @@ use answer::upstream_answer;
 use cache_stage::serve as cache_lookup;
 use cost::Ask;
 use stages::{
-    attempt_groups, classify, needs_usage_injection, note_sniffed, price, read_body, rewrite,
-    stored_ids, token_plan, tokens_out,
+    arm_capture, attempt_groups, classify, needs_usage_injection, note_sniffed, price, read_body,
+    rewrite, stored_ids, token_plan, tokens_out, Asked,
 };
 
 /// What the pipeline produced.
@@ -259,19 +259,9 @@ async fn pipeline(
     // Sniffed once (duplicate keys refused) for what routing and accounting need.
     let s = sniff::sniff(&body, rec.facts.endpoint)?;
     note_sniffed(rec, snap, &s);
-    // Capture is armed here, with the client's body in hand, when a rule or
-    // an admin trigger may want this request.
-    if snap.config.capture.is_some() {
-        rec.facts.capture = app.capture.arm(
-            snap.config.capture.as_ref(),
-            &rec.facts.identity,
-            &s.model,
-            &parts.method,
-            &target.path_and_query(parts.uri.query()),
-            &parts.headers,
-            &body,
-        );
-    }
+    let path_and_query = target.path_and_query(parts.uri.query());
+    // Capture sees the body as the client sent it.
+    arm_capture(app, snap, &parts, &path_and_query, &s.model, &body, rec);
     let vk = cred.virtual_key();
     model::check_asked(snap, vk, &s)?;
     // The same request again and again from one run (or key, or user) is a loop.
@@ -285,6 +275,13 @@ async fn pipeline(
     let chosen = model::choose(app, snap, &cred, &parts.headers, &body, &s, rec)?;
     // An experiment arm's parameters and system prefix (sniffed again: limits see the body sent).
     let (body, s) = model::arm_overrides(snap, chosen.arm, body, s, rec.facts.endpoint)?;
+    // The request as the cache, shadows and attempts see it (the body goes on its own).
+    let asked = Asked {
+        parts: &parts,
+        path_and_query: &path_and_query,
+        cred: &cred,
+        s: &s,
+    };
     // Where it goes: the model's route (first deployment: limits, tokenizer).
     // (A model only the other API serves is reached by translating the request.)
     let cross = rec.facts.endpoint.crosses();
@@ -325,16 +322,7 @@ async fn pipeline(
     // (Boxed, like the attempts below: a large future held inline would make
     // the request's own future larger, and it is moved several times.)
     if cache_stage::configured(snap) {
-        let lookup = cache_lookup(
-            app,
-            snap,
-            &parts.headers,
-            &cred,
-            &s,
-            &body,
-            upstream.timeouts,
-            rec,
-        );
+        let lookup = cache_lookup(app, snap, &asked, &body, upstream.timeouts, rec);
         if let Some(answer) = Box::pin(lookup).await {
             return Ok(answer);
         }
@@ -353,19 +341,7 @@ async fn pipeline(
         rec.facts.request_body = Some(body.clone());
     }
     // A shadow copy, in a task of its own (bounded: dropped when its slots are full).
-    let path_and_query = target.path_and_query(parts.uri.query());
-    let (method, headers) = (&parts.method, &parts.headers);
-    shadow::mirror(
-        app,
-        snap,
-        method,
-        &path_and_query,
-        headers,
-        &cred,
-        &s,
-        &body,
-        rec,
-    );
+    shadow::mirror(app, snap, &asked, &body, rec);
     // The attempts, while a long prompt is counted against the context window beside them.
     let call = attempt::Call {
         snap,

@@ -26,27 +26,24 @@ use crate::error::ApiShape;
 use crate::metrics;
 use crate::record::RequestRecord;
 use crate::shadow::{compare, Answer, Pending, Primary, ShadowLive};
-use crate::sniff::{Endpoint, Sniffed};
+use crate::sniff::Endpoint;
 
 use super::answer::{observer_for, read_bounded, ReadLimits};
+use super::stages::Asked;
 
 /// The longest a shadow's answer may pause between chunks.
 const SHADOW_IDLE: Duration = Duration::from_secs(120);
 
 /// Starts a shadow copy of this request when a rule matches and a slot is
 /// free.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn mirror(
     app: &Arc<App>,
     snap: &Arc<Snapshot>,
-    method: &http::Method,
-    path_and_query: &str,
-    headers: &http::HeaderMap,
-    cred: &Credential,
-    s: &Sniffed,
+    asked: &Asked<'_>,
     body: &Bytes,
     rec: &mut RequestRecord,
 ) {
+    let (cred, s) = (asked.cred, asked.s);
     let rules = &snap.config.shadows;
     if rules.is_empty() || matches!(cred, Credential::Passthrough { .. }) {
         return;
@@ -86,9 +83,9 @@ pub(super) fn mirror(
         snap: snap.clone(),
         rule: rule.clone(),
         live,
-        method: method.clone(),
-        path_and_query: path_and_query.to_owned(),
-        headers: headers.clone(),
+        method: asked.parts.method.clone(),
+        path_and_query: asked.path_and_query.to_owned(),
+        headers: asked.parts.headers.clone(),
         cred: cred.clone(),
         body: body.clone(),
         model: s.model.clone(),

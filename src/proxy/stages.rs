@@ -34,6 +34,41 @@ use crate::sniff::{self, Endpoint, Rewrite, Sniffed};
 use super::cost::{self, Ask};
 use super::count::Input;
 
+/// The client's request as the stages after routing see it: its head, the
+/// path it asked for, who sent it and what was sniffed from it. (The body
+/// goes on its own: stages rewrite it.)
+pub(super) struct Asked<'a> {
+    pub parts: &'a http::request::Parts,
+    /// The normalised path and the query.
+    pub path_and_query: &'a str,
+    pub cred: &'a Credential,
+    pub s: &'a Sniffed,
+}
+
+/// Arms capture, with the client's body as it came, when a rule or an admin
+/// trigger may want this request.
+pub(super) fn arm_capture(
+    app: &App,
+    snap: &Snapshot,
+    parts: &http::request::Parts,
+    path_and_query: &str,
+    model: &str,
+    body: &Bytes,
+    rec: &mut RequestRecord,
+) {
+    if snap.config.capture.is_some() {
+        rec.facts.capture = app.capture.arm(
+            snap.config.capture.as_ref(),
+            &rec.facts.identity,
+            model,
+            &parts.method,
+            path_and_query,
+            &parts.headers,
+            body,
+        );
+    }
+}
+
 /// The whole request's deadline: the first deployment's total timeout.
 pub(super) fn deadline(
     rec: &mut RequestRecord,
