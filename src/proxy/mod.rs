@@ -190,6 +190,20 @@ fn tee_local(rec: &mut RequestRecord, body: &ProxyBody) {
     }
 }
 
+/// Refuses a request whose key or feature a kill switch turned off.
+fn not_killed(app: &App, snap: &Snapshot, rec: &RequestRecord) -> Result<(), ProxyError> {
+    let switches = &snap.config.kill_switches;
+    let Some(k) = app.kills.for_identity(switches, &rec.facts.identity) else {
+        return Ok(());
+    };
+    crate::metrics::killed(k.target.label());
+    Err(ProxyError::Disabled {
+        kind: k.target.label(),
+        value: k.target.value().to_owned(),
+        reason: k.reason,
+    })
+}
+
 /// `[runs]`: counts this request in its run, or refuses a run past a total.
 fn runs_admit(app: &App, snap: &Snapshot, rec: &mut RequestRecord) -> Result<(), ProxyError> {
     let (Some(cfg), Some(run)) = (&snap.config.runs, &rec.facts.identity.run) else {
@@ -235,17 +249,7 @@ async fn pipeline(
     rec.facts.identity.run =
         crate::auth::run_id(&parts.headers, snap.config.server.run_from_traceparent)?;
     // A key or feature turned off by a kill switch goes no further.
-    if let Some(k) = app
-        .kills
-        .for_identity(&snap.config.kill_switches, &rec.facts.identity)
-    {
-        crate::metrics::killed(k.target.label());
-        return Err(ProxyError::Disabled {
-            kind: k.target.label(),
-            value: k.target.value().to_owned(),
-            reason: k.reason,
-        });
-    }
+    not_killed(app, snap, rec)?;
     // An agent run past its totals goes no further.
     runs_admit(app, snap, rec)?;
     // The body, bounded in size and time.
@@ -284,16 +288,8 @@ async fn pipeline(
     };
     // Where it goes: the model's route (first deployment: limits, tokenizer).
     // (A model only the other API serves is reached by translating the request.)
-    let cross = rec.facts.endpoint.crosses();
-    let route = snap
-        .router
-        .resolve_across(&chosen.model, rec.facts.shape, cross, &snap.upstreams)
-        .ok_or_else(|| ProxyError::UnknownModel {
-            model: chosen.model.clone(),
-        })?;
+    let route = stages::route(snap, &chosen.model, rec)?;
     let upstream = &snap.upstreams[route.provider];
-    rec.outcome.upstream.provider = upstream.name.clone();
-    rec.outcome.upstream.model = route.upstream_model.clone();
     // Chaos: an injected failure at the client's edge answers here (before
     // the cache, limits and budgets); an upstream one goes to the attempts.
     let chaos = faults::pick(app, snap, &parts.headers, rec, &route.upstream_model).await;

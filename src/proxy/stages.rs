@@ -45,6 +45,25 @@ pub(super) struct Asked<'a> {
     pub s: &'a Sniffed,
 }
 
+/// The model's route, named in the record as the provider and model it
+/// goes to (until an attempt says otherwise).
+pub(super) fn route<'s>(
+    snap: &'s Snapshot,
+    model: &str,
+    rec: &mut RequestRecord,
+) -> Result<Route<'s>, ProxyError> {
+    let cross = rec.facts.endpoint.crosses();
+    let route = snap
+        .router
+        .resolve_across(model, rec.facts.shape, cross, &snap.upstreams)
+        .ok_or_else(|| ProxyError::UnknownModel {
+            model: model.to_owned(),
+        })?;
+    rec.outcome.upstream.provider = snap.upstreams[route.provider].name.clone();
+    rec.outcome.upstream.model = route.upstream_model.clone();
+    Ok(route)
+}
+
 /// Arms capture, with the client's body as it came, when a rule or an admin
 /// trigger may want this request.
 pub(super) fn arm_capture(
