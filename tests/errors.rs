@@ -290,28 +290,36 @@ async fn unreachable_provider_is_502_and_slow_one_504() {
     assert_anthropic_error(&b, "api_error");
 }
 
-#[tokio::test]
-async fn stalled_stream_ends_with_an_error_event() {
-    let mock = MockProvider::start().await.expect("mock");
-    let cfg = config(&mock.url(), "", "") + "\n[timeouts]\nidle = \"300ms\"\n";
+/// A chat stream through a Sluice with `[timeouts]` lines `timeouts`, paced
+/// by the mock as `mock` asks: the stream's data fields, whether it ended
+/// with `[DONE]`, and its usage record.
+async fn timed_stream(timeouts: &str, mock: &[(&str, &str)]) -> (Vec<String>, bool, Value) {
+    let provider = MockProvider::start().await.expect("mock");
+    let cfg = config(&provider.url(), "", "") + "\n[timeouts]\n" + timeouts;
     let s = Sluice::start(&cfg).await;
     let body =
         json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "a b c"}]});
-    let (st, h, b) = post(
-        &s,
-        "/v1/chat/completions",
-        &[("x-mock-delay-ms", "2000")],
-        &body,
-    )
-    .await;
+    let (st, h, b) = post(&s, "/v1/chat/completions", mock, &body).await;
     assert_eq!(st, StatusCode::OK);
-    let data = sse_data(&b);
-    let last: Value = serde_json::from_str(data.last().expect("events")).expect("json");
-    assert_eq!(last["error"]["code"], "upstream_stream_error", "{data:?}");
-    assert!(!String::from_utf8_lossy(&b).contains("[DONE]"));
     let rec = s
         .usage_for(h["x-sluice-request-id"].to_str().expect("id"))
         .await;
+    let done = String::from_utf8_lossy(&b).contains("[DONE]");
+    (sse_data(&b), done, rec)
+}
+
+/// The terminal error event a stream cut by Sluice ends with.
+fn last_error_code(data: &[String]) -> Value {
+    let last: Value = serde_json::from_str(data.last().expect("events")).expect("json");
+    last["error"]["code"].clone()
+}
+
+#[tokio::test]
+async fn stalled_stream_ends_with_an_error_event() {
+    let (data, done, rec) =
+        timed_stream("idle = \"300ms\"\n", &[("x-mock-delay-ms", "2000")]).await;
+    assert_eq!(last_error_code(&data), "upstream_stream_error", "{data:?}");
+    assert!(!done);
     assert_eq!(rec["end"], "idle_timeout");
 }
 
@@ -319,51 +327,21 @@ async fn stalled_stream_ends_with_an_error_event() {
 /// long the stream runs (the timer is pushed out, not re-armed per event).
 #[tokio::test]
 async fn a_paced_stream_outlives_its_idle_timeout() {
-    let mock = MockProvider::start().await.expect("mock");
-    let cfg = config(&mock.url(), "", "") + "\n[timeouts]\nidle = \"1s\"\n";
-    let s = Sluice::start(&cfg).await;
-    let body =
-        json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "a b c"}]});
     // Nine events 300 ms apart: about three idle timeouts end to end.
-    let (st, h, b) = post(
-        &s,
-        "/v1/chat/completions",
-        &[("x-mock-words", "8"), ("x-mock-delay-ms", "300")],
-        &body,
-    )
-    .await;
-    assert_eq!(st, StatusCode::OK);
-    assert!(String::from_utf8_lossy(&b).contains("[DONE]"));
-    let rec = s
-        .usage_for(h["x-sluice-request-id"].to_str().expect("id"))
-        .await;
+    let pace = [("x-mock-words", "8"), ("x-mock-delay-ms", "300")];
+    let (_, done, rec) = timed_stream("idle = \"1s\"\n", &pace).await;
+    assert!(done);
     assert_eq!(rec["end"], "complete");
 }
 
 /// A stream that keeps sending is still cut at the request's total timeout.
 #[tokio::test]
 async fn a_stream_past_the_total_timeout_ends_with_an_error_event() {
-    let mock = MockProvider::start().await.expect("mock");
-    let cfg = config(&mock.url(), "", "") + "\n[timeouts]\nidle = \"5s\"\ntotal = \"1s\"\n";
-    let s = Sluice::start(&cfg).await;
-    let body =
-        json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "a b c"}]});
-    let (st, h, b) = post(
-        &s,
-        "/v1/chat/completions",
-        &[("x-mock-words", "30"), ("x-mock-delay-ms", "200")],
-        &body,
-    )
-    .await;
-    assert_eq!(st, StatusCode::OK);
-    let data = sse_data(&b);
+    let pace = [("x-mock-words", "30"), ("x-mock-delay-ms", "200")];
+    let (data, done, rec) = timed_stream("idle = \"5s\"\ntotal = \"1s\"\n", &pace).await;
     assert!(data.len() > 2, "some events went through first: {data:?}");
-    let last: Value = serde_json::from_str(data.last().expect("events")).expect("json");
-    assert_eq!(last["error"]["code"], "upstream_stream_error", "{data:?}");
-    assert!(!String::from_utf8_lossy(&b).contains("[DONE]"));
-    let rec = s
-        .usage_for(h["x-sluice-request-id"].to_str().expect("id"))
-        .await;
+    assert_eq!(last_error_code(&data), "upstream_stream_error", "{data:?}");
+    assert!(!done);
     assert_eq!(rec["end"], "total_timeout");
 }
 
