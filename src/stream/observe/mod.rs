@@ -366,13 +366,18 @@ impl SseState {
             return Keep::Drop;
         }
         // The `,"usage":null` to cut was met by the key's search: placed in
-        // the block (whose slice the data is, unless it spans lines).
-        let at = match &ev.data {
-            Cow::Borrowed(d) => key
-                .null_at
-                .map(|i| d.as_ptr() as usize - block.as_ptr() as usize + i),
-            Cow::Owned(_) => find!(block, USAGE_NULL),
+        // the block, whose slice the data is unless it spans lines (then,
+        // or should the place not hold it, the block is searched).
+        let placed = match (&ev.data, key.null_at) {
+            (Cow::Borrowed(_), None) => Some(None),
+            (Cow::Borrowed(d), Some(i)) => (d.as_ptr() as usize)
+                .checked_sub(block.as_ptr() as usize)
+                .map(|start| start + i)
+                .filter(|&at| block.get(at..).is_some_and(|b| b.starts_with(USAGE_NULL)))
+                .map(Some),
+            (Cow::Owned(_), _) => None,
         };
+        let at = placed.unwrap_or_else(|| find!(block, USAGE_NULL));
         match at {
             Some(at) => Keep::Cut(at, USAGE_NULL.len()),
             None => Keep::Unchanged,
