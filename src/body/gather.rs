@@ -1,27 +1,22 @@
 //! Gathering a burst of streamed frames into one write.
 //!
-//! hyper's client hands a response body over one chunk at a time: the
-//! upstream connection decodes the next chunk only after the request has
-//! taken the last. A provider often writes several SSE events at once, and
-//! forwarding each as it comes costs a `writev` (and the client a wake-up)
-//! per event, where nginx, reading what the socket holds, writes once.
+//! A provider often writes several SSE events at once. Forwarding each as
+//! it comes costs a `writev` (and the client a wake-up) per event, where
+//! nginx, reading what the socket holds, writes once.
 //!
-//! The first chunk goes out at once. After a later chunk, the body yields a
-//! scheduler turn. The upstream
-//! connection runs on the same worker (see [`crate::worker`]), so by then
-//! it has decoded what it already held: another chunk, gathered, or
-//! nothing, and then what was gathered goes out. Bytes are never held while
-//! the provider is silent; a burst costs one write, and an event waits at
-//! most [`MAX_TURNS`] turns or [`MAX_BYTES`].
+//! The first chunk goes out at once: time to first token is what a client
+//! of a stream waits on. After that, each poll takes chunks for as long as
+//! the body has one ready and sends them as one frame when it has no more
+//! for now. An HTTP/1 upstream connection is read in this same poll (see
+//! [`crate::upstream::pool`]), so "ready" means decoded from what the
+//! socket already held. Bytes are never held while the provider is silent;
+//! a burst costs one write, and a frame holds at most [`MAX_BYTES`].
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-
-/// The most turns a gathered chunk waits for more.
-pub const MAX_TURNS: u8 = 16;
 
 /// The most bytes gathered into one frame.
 pub const MAX_BYTES: usize = 64 * 1024;
@@ -35,9 +30,6 @@ pub struct Gather<B: Body> {
     stash: BytesMut,
     /// The first chunk of a gather, kept as is (most bursts are one chunk).
     first: Option<Bytes>,
-    turns: u8,
-    /// Polls in a row that found nothing new since the last chunk.
-    quiet: u8,
     /// The first chunk went out (it is never held).
     started: bool,
     /// What came after the gathered bytes (a non-data frame, an error, the
@@ -52,8 +44,6 @@ impl<B: Body<Data = Bytes> + Unpin> Gather<B> {
             on,
             stash: BytesMut::new(),
             first: None,
-            turns: 0,
-            quiet: 0,
             started: false,
             held: None,
         }
@@ -77,8 +67,6 @@ impl<B: Body<Data = Bytes> + Unpin> Gather<B> {
 
     /// What was gathered, as one frame (`None` when nothing was).
     fn take(&mut self) -> Option<Bytes> {
-        self.turns = 0;
-        self.quiet = 0;
         match self.first.take() {
             Some(b) => Some(b),
             None if self.stash.is_empty() => None,
@@ -106,43 +94,29 @@ where
         if let Some(held) = this.held.take() {
             return Poll::Ready(held);
         }
-        let polled = match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                Ok(data) if !this.started => {
-                    // The first bytes go at once: time to first token is
-                    // what a client of a stream waits on.
-                    this.started = true;
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Ok(data) => {
-                    this.push(data);
-                    this.quiet = 0;
-                    let full = this.gathered() >= MAX_BYTES || this.turns >= MAX_TURNS;
-                    if !full && !this.inner.is_end_stream() {
-                        // One turn for the upstream connection to decode
-                        // what it already holds.
-                        this.turns += 1;
-                        cx.waker().wake_by_ref();
-                        return Poll::Pending;
+        let polled = loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if !this.started => {
+                        this.started = true;
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
-                    return Poll::Ready(this.take().map(|b| Ok(Frame::data(b))));
-                }
-                Err(frame) => Some(Ok(frame)),
-            },
-            Poll::Ready(other) => other,
-            Poll::Pending if this.gathered() == 0 => return Poll::Pending,
-            Poll::Pending => {
-                // hyper polls a body again in the same turn after it went
-                // pending: the first quiet poll may come before the upstream
-                // connection had its turn; the second comes after it.
-                this.quiet += 1;
-                this.turns += 1;
-                if this.quiet < 2 && this.turns < MAX_TURNS {
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
+                    Ok(data) => {
+                        this.push(data);
+                        if this.gathered() >= MAX_BYTES || this.inner.is_end_stream() {
+                            return Poll::Ready(this.take().map(|b| Ok(Frame::data(b))));
+                        }
+                    }
+                    Err(frame) => break Some(Ok(frame)),
+                },
+                Poll::Ready(other) => break other,
                 // Nothing more for now: what was gathered goes out.
-                return Poll::Ready(this.take().map(|b| Ok(Frame::data(b))));
+                Poll::Pending => {
+                    return match this.take() {
+                        None => Poll::Pending,
+                        Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                    }
+                }
             }
         };
         match this.take() {
@@ -238,7 +212,6 @@ mod tests {
             data("a"),
             data("b"),
             Poll::Pending,
-            Poll::Pending,
             data("c"),
             Poll::Pending,
             Poll::Pending,
@@ -246,14 +219,11 @@ mod tests {
         ]));
         let mut body = Gather::new(script, true);
         let (out, wakes) = drain(&mut body, 20);
-        // The first chunk at once; a and b gathered; the first quiet poll
-        // (hyper polls again in the same turn) waits, the second sends
-        // them; c alone; d is the last chunk and goes at once.
-        assert_eq!(out, ["h", ".", ".", ".", "ab", ".", ".", "c", "d"]);
-        assert_eq!(
-            wakes, 5,
-            "a self-wake for each chunk and each first quiet poll"
-        );
+        // The first chunk at once; a and b gathered and sent when the body
+        // has nothing more; c alone; a quiet poll is just pending; d is the
+        // last chunk and goes at once.
+        assert_eq!(out, ["h", "ab", "c", ".", "d"]);
+        assert_eq!(wakes, 0, "nothing waits for a turn of its own");
     }
 
     #[test]
@@ -265,22 +235,23 @@ mod tests {
             Poll::Ready(Some(Err("cut"))),
         ]));
         let (out, _) = drain(&mut Gather::new(script, true), 10);
-        assert_eq!(out, ["h", ".", ".", "ab", "<cut>"]);
+        assert_eq!(out, ["h", "ab", "<cut>"]);
 
         let trailers = Poll::Ready(Some(Ok(Frame::trailers(http::HeaderMap::new()))));
         let script = Script(VecDeque::from([data("h"), data("a"), trailers, data("z")]));
         let (out, _) = drain(&mut Gather::new(script, true), 10);
-        assert_eq!(out, ["h", ".", "a", "<trailers>", "z"]);
+        assert_eq!(out, ["h", "a", "<trailers>", "z"]);
     }
 
     #[test]
-    fn gathering_stops_at_its_bounds() {
-        let many: VecDeque<_> = (0..40).map(|_| data("x")).collect();
+    fn gathering_stops_at_its_bound() {
+        const CHUNK: usize = 16 * 1024;
+        let many: VecDeque<_> = (0..10)
+            .map(|_| Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; CHUNK]))))))
+            .collect();
         let (out, _) = drain(&mut Gather::new(Script(many), true), 100);
-        let frames: Vec<&String> = out.iter().filter(|s| *s != ".").collect();
-        assert_eq!(frames[0].len(), 1, "the first chunk alone");
-        assert_eq!(frames[1].len(), usize::from(MAX_TURNS) + 1);
-        assert_eq!(frames.iter().map(|s| s.len()).sum::<usize>(), 40);
+        let sizes: Vec<usize> = out.iter().map(String::len).collect();
+        assert_eq!(sizes, [CHUNK, MAX_BYTES, MAX_BYTES, CHUNK]);
     }
 
     #[test]
