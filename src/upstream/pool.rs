@@ -11,7 +11,7 @@
 //! ([`Body`]), not through a task.
 //!
 //! An HTTP/1 connection has no task of its own either: whoever holds it
-//! drives it ([`H1::drive`]), the request until its answer's head is in,
+//! drives it (`H1::drive`), the request until its answer's head is in,
 //! then the answer's body, which reads the socket in the task that writes
 //! to the client. A streamed event is read, decoded and written in one
 //! turn of one task, as nginx does it in one pass of its loop; with a
