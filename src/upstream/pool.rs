@@ -325,13 +325,11 @@ impl Pool {
 pub struct Body {
     inner: Incoming,
     back: Option<(Arc<Pool>, H1)>,
-    /// Whether data has been handed on.
-    gave_data: bool,
-    /// A failure met after data, held for one turn: when a body fails,
-    /// hyper closes the client's connection without writing what it has
-    /// buffered, and the data the provider sent before it broke off
-    /// should reach the client (the connection is read in the client's
-    /// task, so the data and the failure often come in one turn).
+    /// A failure, held for one turn: when a body fails, hyper closes the
+    /// client's connection without writing what it has buffered, and the
+    /// head and data the provider sent before it broke off should reach
+    /// the client (the connection is read in the client's task, so they
+    /// and the failure often come in one turn).
     held: Option<hyper::Error>,
 }
 
@@ -340,7 +338,6 @@ impl Body {
         let mut body = Self {
             inner,
             back,
-            gave_data: false,
             held: None,
         };
         if http_body::Body::is_end_stream(&body.inner) {
@@ -378,25 +375,17 @@ impl http_body::Body for Body {
         }
         match polled {
             Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(ref frame))) => {
-                this.gave_data |= frame.is_data();
-                if this.inner.is_end_stream() {
-                    this.release();
-                }
-            }
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
             Poll::Ready(Some(Err(e))) => {
                 // A broken answer's connection is not reused.
                 this.back = None;
-                if this.gave_data {
-                    // The client's connection writes out what it has
-                    // while this is pending; the failure comes next turn.
-                    this.held = Some(e);
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
-                return Poll::Ready(Some(Err(e)));
+                // The client's connection writes out what it has while
+                // this is pending; the failure comes next turn.
+                this.held = Some(e);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
-            Poll::Pending => {}
+            Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
         }
         polled
     }
