@@ -5,13 +5,14 @@ use std::process::ExitCode;
 
 use sluice::config::{Config, LogConfig};
 
-/// mimalloc: a proxy allocates and frees many small buffers per request.
+/// mimalloc: a proxy allocates and frees many small buffers per request
+/// (asked for an alignment only when a block needs one: alloc/src/lib.rs).
 /// The `system-alloc` feature leaves the system allocator in place, so heap
 /// profilers that hook malloc (valgrind's DHAT, heaptrack) see every
 /// allocation (bench/README.md: counting allocations per request).
 #[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: sluice_alloc::MiMalloc = sluice_alloc::MiMalloc;
 
 const USAGE_HEAD: &str = "\
 usage:
