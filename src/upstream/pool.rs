@@ -365,14 +365,14 @@ impl http_body::Body for Body {
         if let Some(e) = this.held.take() {
             return Poll::Ready(Some(Err(e)));
         }
-        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if polled.is_pending() {
-            if let Some((_, h1)) = &mut this.back {
-                // Nothing handed on yet: let the connection read some.
-                h1.drive(cx);
-                polled = Pin::new(&mut this.inner).poll_frame(cx);
-            }
+        // The connection reads and decodes first, then the chunk it handed
+        // over is taken: one poll of hyper's body channel a chunk. (Taking
+        // first found the channel empty about once a chunk, and each of its
+        // polls is a handful of atomic operations: bench/RESULTS.md.)
+        if let Some((_, h1)) = &mut this.back {
+            h1.drive(cx);
         }
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match polled {
             Poll::Ready(None) => this.release(),
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
