@@ -125,9 +125,9 @@ fn init_tracing(log: &LogConfig) {
 /// anonymous memory for ~1.7 MiB of heap (RSS 23 MB instead of 16.6). The price, measured
 /// in three alternating pairs when this was chosen, was ~6-9 % more CPU per request under
 /// load (TLB misses: the instruction count does not change); with the smaller heap of later
-/// commits it is within the noise (bench/RESULTS.md). A sidecar is mostly idle and runs on every pod, so
-/// footprint comes first; a busy shared gateway can build without the feature. Linux
-/// only; if the call fails, nothing changes.
+/// commits it is within the noise (bench/RESULTS.md). A sidecar is mostly idle and runs
+/// on every pod, so footprint comes first; a busy shared gateway can build without the
+/// feature. Linux only; if the call fails, nothing changes.
 fn keep_heap_pages_small() {
     #[cfg(all(target_os = "linux", feature = "small-heap-pages"))]
     let _ = rustix::thread::disable_transparent_huge_pages(true);
