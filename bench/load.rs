@@ -60,7 +60,7 @@ use processes::{
     LogTail, Procs, PIDS,
 };
 use procfs::{clk_tck, fd_count, status_kb};
-use report::{mb, report, Memory};
+use report::{mb, report, rounds, Memory};
 use report_instances::{features_report, matrix_report, MatrixRun};
 use scenarios::{cache_fill, feature_scenarios, matrix_scenarios, scenarios, Scenario};
 
@@ -71,13 +71,19 @@ const TIME_CAP: Duration = Duration::from_secs(10);
 /// scenarios whose name contains TEXT, or is exactly TEXT when it starts with `=` (`streams`
 /// selects the many-streams scenario);
 /// `--soak SECS` instead drives non-streaming chat at c=64 through each proxy for SECS seconds
-/// and reports every 5 s (does the cost per request stay flat?). Anything else (cargo bench
-/// passes `--bench`) is ignored.
+/// and reports every 5 s (does the cost per request stay flat?); `--repeat N` runs the main
+/// scenarios N rounds over (at most [`MAX_ROUNDS`]) and adds each goal's ratio in every round
+/// and its median (one run of a shared VM is ±10 %). Anything else (cargo bench passes
+/// `--bench`) is ignored.
 struct Args {
     quick: bool,
     only: Vec<String>,
     soak: Option<u64>,
+    repeat: usize,
 }
+
+/// The most rounds `--repeat` runs.
+const MAX_ROUNDS: usize = 15;
 
 impl Args {
     fn parse() -> Args {
@@ -86,12 +92,20 @@ impl Args {
             quick: false,
             only: Vec::new(),
             soak: None,
+            repeat: 1,
         };
         while let Some(a) = args.next() {
             match a.as_str() {
                 "--quick" => out.quick = true,
                 "--only" => out.only.extend(args.next()),
                 "--soak" => out.soak = args.next().and_then(|v| v.parse().ok()),
+                "--repeat" => {
+                    out.repeat = args
+                        .next()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(1)
+                        .clamp(1, MAX_ROUNDS)
+                }
                 _ => {}
             }
         }
@@ -202,11 +216,22 @@ async fn run(args: Args) {
         return;
     }
 
+    // Round 0 is the report's; with `--repeat`, the later rounds feed only the rounds table.
     let mut results = Vec::new();
-    for sc in scenarios(quick).into_iter().filter(|s| args.wants(&s.name)) {
-        let runs = run_scenario(&env, &arms, &sc).await;
-        results.push((sc, runs));
+    let mut later_rounds = Vec::new();
+    for round in 0..args.repeat {
+        let mut this_round = Vec::new();
+        for sc in scenarios(quick).into_iter().filter(|s| args.wants(&s.name)) {
+            let runs = run_scenario(&env, &arms, &sc).await;
+            this_round.push((sc, runs));
+        }
+        if round == 0 {
+            results = this_round;
+        } else {
+            later_rounds.push(this_round);
+        }
     }
+    let rounds_text = (args.repeat > 1).then(|| rounds(&results, &later_rounds));
     let peak_kb = env.rss.sluice_max.load(Ordering::Relaxed);
 
     // The features instance: cache hits, memory per cached MB, failover (no nginx arm).
@@ -367,6 +392,7 @@ async fn run(args: Args) {
         .chain(matrix.into_iter().map(|m| (m.scenario, m.runs)))
         .collect();
     let mut text = report(quick, &all_results, &mem, &many, &logs, started.elapsed());
+    text.push_str(rounds_text.as_deref().unwrap_or_default());
     text.push_str(&feat_text);
     text.push_str(&matrix_text);
     println!("{text}");

@@ -489,3 +489,91 @@ pub(crate) fn report(
     }
     o
 }
+
+/// The median of `v` (the mean of the middle two for an even count); `None` when empty.
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// `--repeat`: each main scenario's Sluice-to-nginx figures in every round, and their medians.
+pub(crate) fn rounds(
+    first: &[(Scenario, Vec<Run>)],
+    later: &[Vec<(Scenario, Vec<Run>)>],
+) -> String {
+    let mut o = String::new();
+    let w = &mut o;
+    let _ = writeln!(
+        w,
+        "\n## Rounds ({} of the scenarios above, the arms back to back in each)\n",
+        later.len() + 1
+    );
+    let _ = writeln!(
+        w,
+        "Round 1 is the one reported above. Latency = Sluice's p50 minus nginx's: the whole \
+         response for non-streamed scenarios, the first body byte (TTFB) for streams.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| scenario | CPU/req Sluice ÷ nginx, each round | median | req/s Sluice ÷ nginx, each round | median | latency over nginx's (µs), each round | median |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|");
+    let all = || std::iter::once(first).chain(later.iter().map(Vec::as_slice));
+    for (sc, _) in first {
+        let (mut cpu, mut rps, mut lat) = (Vec::new(), Vec::new(), Vec::new());
+        for round in all() {
+            let Some((_, runs)) = round.iter().find(|(s, _)| s.name == sc.name) else {
+                continue;
+            };
+            let (Some(s), Some(n)) = (find(runs, "sluice"), find(runs, "nginx")) else {
+                continue;
+            };
+            if let (Some(a), Some(b)) = (s.proxy_cpu, n.proxy_cpu) {
+                cpu.push(a / b.max(1e-9));
+            }
+            rps.push(s.rps() / n.rps().max(1e-9));
+            let samples = |r: &Run| match sc.kind {
+                Kind::Stream | Kind::Paced => pct(&r.s.ttfb, 0.5),
+                Kind::NonStream | Kind::Prompt => pct(&r.s.lat, 0.5),
+            };
+            lat.push(samples(s) as f64 - samples(n) as f64);
+        }
+        if rps.is_empty() {
+            continue;
+        }
+        let list = |v: &[f64], ratio: bool| {
+            v.iter()
+                .map(|x| {
+                    if ratio {
+                        format!("{x:.2}×")
+                    } else {
+                        format!("{x:+.0}")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let med = |v: &[f64], ratio: bool| match median(v.to_vec()) {
+            Some(m) if ratio => format!("**{m:.2}×**"),
+            Some(m) => format!("**{m:+.0}**"),
+            None => "–".into(),
+        };
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            sc.name,
+            list(&cpu, true),
+            med(&cpu, true),
+            list(&rps, true),
+            med(&rps, true),
+            list(&lat, false),
+            med(&lat, false)
+        );
+    }
+    o
+}
