@@ -8,8 +8,8 @@
 //! larger one (a boxed future, an 8 KiB read buffer, a grown `Vec`) that is
 //! not a power of two is over-allocated by its alignment and marks its page
 //! as holding interior pointers, which every later free on that page then
-//! pays for. Per request that was ~8 over-allocations and 1,200
-//! instructions (bench/RESULTS.md). Here, as in `std`'s own allocator, an
+//! pays for. A plain request made ~8 such allocations; asking as below
+//! saved ~2,300 instructions of it (bench/RESULTS.md). Here, as in `std`'s own allocator, an
 //! alignment of at most 16 that is no larger than the size goes to plain
 //! `mi_malloc`, whose blocks satisfy it: bins of 16 bytes and more are
 //! multiples of 16 from 16-aligned page starts, and the 8-byte bin serves
